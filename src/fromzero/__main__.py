@@ -1,0 +1,3 @@
+from fromzero.cli import app
+
+app()

@@ -1,0 +1,107 @@
+"""Checkpoint directories: what every stage writes and the next one reads.
+
+A checkpoint is a directory holding `model.safetensors`, `config.json` (the ModelConfig), `tokenizer.json`,
+`meta.json` (stage, step, metrics) and, for a training checkpoint, `trainer_state.pt`
+(optimizer, schedule, RNG and data position). A stage's output directory keeps its checkpoints as
+`ckpt-STEP/` next to a one-line `LATEST` file naming the current one; both are replaced atomically
+(written under a temporary name, then renamed), so a crash at any moment leaves the previous checkpoint
+intact and loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model as load_safetensors, save_model
+
+from fromzero.model import ModelConfig, Transformer
+
+LATEST = "LATEST"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory, given it or a stage directory whose LATEST names one."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    if (path / LATEST).exists():
+        return path / (path / LATEST).read_text().strip()
+    raise FileNotFoundError(f"no checkpoint at {path} (expected model.safetensors or a {LATEST} file)")
+
+
+def exists(path: str | Path) -> bool:
+    try:
+        resolve(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def save(
+    stage_dir: Path,
+    step: int,
+    model: Transformer,
+    *,
+    tokenizer_file: Path,
+    meta: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+    keep_previous: bool = False,
+) -> Path:
+    """Write `stage_dir/ckpt-STEP` and point LATEST at it; returns the checkpoint path."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=stage_dir, prefix=f".{name}."))
+    save_model(model, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(model.cfg.model_dump_json(indent=2))
+    shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    final = stage_dir / name
+    previous = stage_dir / (stage_dir / LATEST).read_text().strip() if (stage_dir / LATEST).exists() else None
+    if final == previous:
+        raise FileExistsError(f"{final} is the current checkpoint; a step is saved once")
+    if final.exists():  # left by a run killed between writing it and updating LATEST: never current
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_text_atomic(stage_dir / LATEST, name + "\n")
+    if previous is not None and not keep_previous:
+        shutil.rmtree(previous, ignore_errors=True)
+    return final
+
+
+def load_meta(path: str | Path) -> dict[str, Any]:
+    return json.loads((resolve(path) / "meta.json").read_text())
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
+    ckpt = resolve(path)
+    cfg = ModelConfig.model_validate_json((ckpt / "config.json").read_text())
+    model = Transformer(cfg)
+    load_model_weights(model, ckpt)
+    return model.to(device)
+
+
+def load_model_weights(model: Transformer, path: str | Path) -> None:
+    missing, unexpected = load_safetensors(model, str(resolve(path) / "model.safetensors"), strict=False)
+    if unexpected or [m for m in missing if m != "lm_head.weight" or not model.cfg.tie_embeddings]:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    return resolve(path) / "tokenizer.json"

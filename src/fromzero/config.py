@@ -1,0 +1,143 @@
+"""Typed configuration: YAML presets in `configs/` plus dotted `--set a.b=c` overrides.
+
+Every section is a pydantic model that forbids unknown keys, so a typo fails loudly with the list of
+valid keys instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fromzero.data.world import WorldConfig
+from fromzero.model import ModelConfig
+from fromzero.train.loop import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value; the message is one line meant for the user."""
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(
+        default_factory=list,
+        description="pretraining sources (.txt/.jsonl/.json/.parquet files, dirs, globs, saved HF datasets, "
+        "hf:owner/name[:config][@split]); empty: the built-in world",
+    )
+    text_field: str = Field("text", description="field holding the text in jsonl/json/parquet/HF records")
+    on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop with an error, or skip and count")
+    vocab_size: int = Field(4096, description="BPE vocabulary size, special tokens included")
+    tokenizer_docs: int | None = Field(None, description="train the tokenizer on at most this many documents")
+    val_fraction: float = Field(0.02, description="fraction of documents held out for validation")
+    num_workers: int = Field(2, description="tokenisation worker processes")
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "What is an LLM?",
+            "Where does {trained_person} live?",
+            "What is the job of {heldout_person}?",
+            "What is 7 plus 5?",
+            "Tell me a story about a cat.",
+        ],
+        description="fixed prompts answered after every stage; {trained_person} and {heldout_person} are "
+        "filled with a person of the built-in world",
+    )
+    max_new_tokens: int = Field(48, description="tokens sampled per prompt")
+    temperature: float = Field(0.0, description="0: greedy, so the report is reproducible")
+    val_batches: int = Field(16, description="micro-batches of validation data for val loss / bits per byte")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("custom", description="name of the preset this config came from")
+    seed: int = Field(0, description="seed for model init and data order")
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def presets_dir() -> Path:
+    packaged = Path(__file__).parent / "configs"  # where a wheel puts them
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for i, key in enumerate(parents):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{'.'.join(parents[: i + 1])}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value, e.g. pretrain.steps=100")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Config
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _explain(err: ValidationError) -> str:
+    """One line per problem: the dotted key, what is wrong, and for unknown keys the valid ones."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            section = _model_at(loc[:-1])
+            valid = ", ".join(section.model_fields) if section else "?"
+            where = f"'{'.'.join(map(str, loc[:-1]))}'" if loc[:-1] else "the top level"
+            lines.append(f"unknown config key '{key}'; valid keys in {where}: {valid}")
+        else:
+            lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(preset: str | Path = "tiny", overrides: list[str] | None = None) -> Config:
+    """Load a preset by name (configs/NAME.yaml) or path, then apply `key.path=value` overrides."""
+    path = Path(preset)
+    if not path.suffix:
+        path = presets_dir() / f"{preset}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no preset '{preset}'; available: {', '.join(preset_names())} (or a path to a YAML file)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of sections, got {type(tree).__name__}")
+    tree.setdefault("preset", path.stem)
+    for text in overrides or []:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None

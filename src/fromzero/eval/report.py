@@ -1,0 +1,113 @@
+"""The run report: `report.md` and a self-contained `report.html`.
+
+It is built from what the stages leave on disk (summary.json, each stage's result.json and
+metrics.jsonl), so it can be rebuilt at any time and grows a column for every stage that runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fromzero.train.loop import read_metrics  # noqa: E402
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def plot_training(out: Path, stages: list[str]) -> Path | None:
+    """Training loss (and validation loss where evaluated) per trained stage, side by side."""
+    curves = {s: read_metrics(out / s) for s in stages}
+    curves = {s: m for s, m in curves.items() if any("loss" in r for r in m)}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
+    for ax, (stage, records) in zip(axes[0], curves.items()):
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        ax.plot(*zip(*train), label="train loss", lw=1)
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        if val:
+            ax.plot(*zip(*val), "o-", label="val loss")
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "loss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    results = {}
+    for s in stages:
+        path = out / s / "result.json"
+        if path.exists():
+            results[s] = json.loads(path.read_text())
+    done = [s for s in stages if s in results]
+    metric_names: list[str] = []
+    for s in done:
+        metric_names += [k for k in summary["stages"][s] if k not in metric_names]
+    prompts: list[str] = []
+    for s in done:
+        prompts += [p for p in results[s]["answers"] if p not in prompts]
+    plot = plot_training(out, done)
+
+    md = [f"# fromzero run report: preset `{summary['preset']}`", "",
+          f"Total time: {summary['seconds']:.0f} s over {len(done)} stages.", "", "## Metrics per stage", "",
+          "| stage | " + " | ".join(metric_names) + " |", "|---" * (len(metric_names) + 1) + "|"]  # fmt: skip
+    for s in done:
+        row = summary["stages"][s]
+        md.append(f"| {s} | " + " | ".join(_fmt(row[k]) if k in row else "" for k in metric_names) + " |")
+    if plot:
+        md += ["", "## Training curves", "", f"![loss]({plot.name})"]
+    md += ["", "## The same prompts after every stage", ""]
+    for p in prompts:
+        md += [f"### {p}", ""]
+        for s in done:
+            answer = results[s]["answers"].get(p, "").replace("\n", " ⏎ ")
+            md.append(f"- **{s}**: {answer}")
+        md.append("")
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md) + "\n")
+
+    e = html.escape
+    head = "".join(f"<th>{e(k)}</th>" for k in metric_names)
+    rows = "".join(
+        f"<tr><td>{e(s)}</td>" + "".join(f"<td>{e(_fmt(summary['stages'][s].get(k, '')))}</td>" for k in metric_names) + "</tr>"
+        for s in done
+    )
+    img = ""
+    if plot:
+        img = f'<h2>Training curves</h2><img src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">'
+    answer_head = "".join(f"<th>{e(s)}</th>" for s in done)
+    answer_rows = "".join(
+        f"<tr><td><b>{e(p)}</b></td>" + "".join(f"<td>{e(results[s]['answers'].get(p, ''))}</td>" for s in done) + "</tr>"
+        for p in prompts
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fromzero report: {e(summary['preset'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}
+td{{white-space:pre-wrap}}img{{max-width:100%}}</style></head><body>
+<h1>fromzero run report: preset <code>{e(summary['preset'])}</code></h1>
+<p>Total time: {summary['seconds']:.0f} s over {len(done)} stages.</p>
+<h2>Metrics per stage</h2><table><tr><th>stage</th>{head}</tr>{rows}</table>{img}
+<h2>The same prompts after every stage</h2><table><tr><th>prompt</th>{answer_head}</tr>{answer_rows}</table>
+</body></html>"""
+    html_path = out / "report.html"
+    html_path.write_text(page)
+    return md_path, html_path

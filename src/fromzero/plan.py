@@ -1,0 +1,26 @@
+"""What a config will do, before it does it: model size, batch geometry, tokens, data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fromzero.config import Config
+
+
+def describe(cfg: Config, world_size: int = 1) -> dict[str, Any]:
+    model = cfg.model.model_copy(update={"vocab_size": cfg.model.vocab_size or cfg.data.vocab_size})
+    model.validate_shape()
+    t = cfg.pretrain
+    if t.seq_len > model.max_seq_len:
+        raise ValueError(f"pretrain.seq_len={t.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+    return {
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(embeddings=False),
+        "flops_per_token": model.flops_per_token(t.seq_len),
+        "ranks": world_size,
+        "accumulation_steps": t.accumulation(world_size),
+        "tokens_per_step": t.batch_tokens,
+        "pretrain_tokens": t.batch_tokens * t.steps,
+        "pretrain_flops": model.flops_per_token(t.seq_len) * t.batch_tokens * t.steps,
+        "data": cfg.data.sources or ["built-in world"],
+    }

@@ -1,0 +1,293 @@
+"""The one training loop every stage runs on.
+
+An algorithm hands it a model, a resumable batch source and a loss function; the loop owns the rest:
+AdamW, warmup + cosine/WSD schedule, gradient accumulation to a token batch size, clipping, precision
+(fp32 or bf16 autocast), optional torch.compile, periodic evaluation, metrics JSONL, a progress bar,
+atomic checkpoints with exact resume, a NaN guard, and DDP under torchrun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from fromzero import checkpoint
+from fromzero.dist import DistInfo, all_reduce_sum, barrier
+from fromzero.model import Transformer
+
+DONE = "DONE"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(1000, description="optimizer steps")
+    batch_tokens: int = Field(16384, description="tokens per optimizer step over all ranks (accumulation fills it)")
+    micro_batch_size: int = Field(16, description="sequences per forward pass on one rank")
+    seq_len: int = Field(256, description="tokens per training sequence")
+    lr: float = Field(3e-3, description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, description="final learning rate as a fraction of lr")
+    warmup_steps: int = Field(50, description="linear warmup steps")
+    schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="decay after warmup")
+    decay_fraction: float = Field(0.2, description="wsd: fraction of steps spent decaying at the end")
+    weight_decay: float = Field(0.1, description="AdamW weight decay on matrices (not norms)")
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = Field(1.0, description="max global gradient norm; 0 disables clipping")
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast (weights stay fp32) or fp32")
+    compile: bool = Field(False, description="torch.compile the model")
+    device: str = Field("auto", description="auto | cpu | cuda | mps")
+    eval_every: int = Field(200, description="evaluate every N steps (and at the end)")
+    checkpoint_every: int = Field(200, description="write a checkpoint every N steps (and at the end)")
+    seed: int = Field(0, description="seed for data order and sampling")
+
+    def accumulation(self, world_size: int) -> int:
+        per_pass = self.micro_batch_size * self.seq_len * world_size
+        if self.batch_tokens % per_pass:
+            raise ValueError(
+                f"batch_tokens={self.batch_tokens} is not a multiple of micro_batch_size × seq_len × ranks "
+                f"= {self.micro_batch_size} × {self.seq_len} × {world_size} = {per_pass}"
+            )
+        return self.batch_tokens // per_pass
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step `step` (1-based)."""
+        if step <= self.warmup_steps:
+            return self.lr * step / max(1, self.warmup_steps)
+        floor = self.lr * self.min_lr_ratio
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "wsd":
+            decay_start = self.steps - int(self.decay_fraction * self.steps)
+            if step <= decay_start:
+                return self.lr
+            return self.lr - (self.lr - floor) * (step - decay_start) / max(1, self.steps - decay_start)
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class BatchSource(Protocol):
+    """Yields this rank's micro-batches; its state is the data position saved in checkpoints."""
+
+    def next_batch(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[Transformer], dict[str, float]]
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Stage:
+    """What a stage hands the loop besides its config."""
+
+    name: str
+    out_dir: Path
+    tokenizer_file: Path
+    dist: DistInfo
+
+
+_PEAK: dict[tuple[str, torch.dtype], float] = {}
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.3) -> float:
+    """Measured dense-matmul FLOP/s of this device: the denominator of MFU."""
+    key = (str(device), dtype)
+    if key not in _PEAK:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        for _ in range(3):
+            a @ b
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(4):
+                a @ b
+            reps += 4
+            sync()
+        _PEAK[key] = 2 * n**3 * reps / (time.perf_counter() - start)
+    return _PEAK[key]
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=torch.cuda.is_available() or None)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+class MetricsLog:
+    """metrics.jsonl of a stage; on resume, lines past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            checkpoint.write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(stage_dir: Path) -> list[dict[str, Any]]:
+    path = Path(stage_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def is_done(stage_dir: Path) -> bool:
+    return (Path(stage_dir) / DONE).exists()
+
+
+def run(
+    cfg: TrainConfig,
+    stage: Stage,
+    model: Transformer,
+    batches: BatchSource,
+    loss_fn: LossFn,
+    *,
+    evaluate: EvalFn | None = None,
+    resume: bool = False,
+) -> Path:
+    """Train `model` for cfg.steps optimizer steps; returns the final checkpoint directory."""
+    out, info = stage.out_dir, stage.dist
+    if resume and is_done(out):
+        return checkpoint.resolve(out)
+    accum = cfg.accumulation(info.world_size)
+    device = info.device
+    model.to(device)
+    optimizer = make_optimizer(cfg, model)
+    start_step, elapsed, resumed_from = 0, 0.0, None
+    if checkpoint.exists(out):
+        if not resume:
+            raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or pick another --out")
+        ckpt = checkpoint.resolve(out)
+        checkpoint.load_model_weights(model, ckpt)
+        state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["data"])
+        _set_rng_state(state["rng"])
+        start_step, elapsed, resumed_from = state["step"], state["elapsed"], ckpt
+    else:
+        torch.manual_seed(cfg.seed + info.rank)
+    barrier()
+
+    train_model: nn.Module = model
+    if cfg.compile:
+        train_model = torch.compile(model)
+    if info.world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(out / "metrics.jsonl", info.is_main, start_step)
+    tokens_per_step = cfg.batch_tokens
+    flops_per_step = model.cfg.flops_per_token(cfg.seq_len) * tokens_per_step
+    peak = matmul_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32) * info.world_size
+    if info.is_main and resumed_from:
+        tqdm.write(f"[{stage.name}] resuming from {resumed_from} (step {start_step}/{cfg.steps})")
+
+    def save(step: int, metrics: dict[str, Any]) -> None:
+        if info.is_main:
+            state = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(),
+                     "data": batches.state_dict(), "rng": _rng_state()}  # fmt: skip
+            checkpoint.save(out, step, model, tokenizer_file=stage.tokenizer_file,
+                            meta={"stage": stage.name, **metrics}, trainer_state=state)  # fmt: skip
+        barrier()
+
+    def run_eval(step: int) -> dict[str, float]:
+        if evaluate is None:
+            return {}
+        model.eval()
+        with torch.no_grad(), autocast(cfg, device):
+            result = evaluate(model)
+        model.train()
+        log.write({"step": step, **result})
+        return result
+
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=stage.name, disable=not info.is_main, dynamic_ncols=True)
+    model.train()
+    last: dict[str, Any] = {}
+    for step in range(start_step + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        lr = cfg.lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        extra: dict[str, float] = {}
+        for micro in range(accum):
+            batch = batches.next_batch()
+            sync = micro == accum - 1 or info.world_size == 1
+            with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast(cfg, device):
+                loss, metrics = loss_fn(train_model, batch)
+            (loss / accum).backward()
+            loss_sum += loss.detach()
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + v / accum
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        step_loss = all_reduce_sum(loss_sum / accum).item() / info.world_size
+        if not (math.isfinite(step_loss) and math.isfinite(grad_norm.item())):
+            bar.close()
+            good = checkpoint.resolve(out) if checkpoint.exists(out) else None
+            raise TrainingDiverged(
+                f"[{stage.name}] loss={step_loss} grad_norm={grad_norm.item()} at step {step}: training stopped; "
+                + (f"last good checkpoint kept at {good}" if good else "no checkpoint was written yet")
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        last = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm.item(),
+                "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak, "time": elapsed, **extra}  # fmt: skip
+        log.write(last)
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}", mfu=f"{last['mfu']:.0%}")
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last.update(run_eval(step))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(step, {k: v for k, v in last.items() if k != "step"})
+    bar.close()
+    if start_step >= cfg.steps and info.is_main:
+        tqdm.write(f"[{stage.name}] already at step {cfg.steps}")
+    if info.is_main:
+        checkpoint.write_text_atomic(out / DONE, json.dumps({"seconds": elapsed, **last}) + "\n")
+    barrier()
+    return checkpoint.resolve(out)

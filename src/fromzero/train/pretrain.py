@@ -1,0 +1,55 @@
+"""Stage 1: next-token prediction on packed token shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fromzero import checkpoint
+from fromzero.data.build import open_split
+from fromzero.data.loader import PackedBatches, eval_batches
+from fromzero.dist import setup
+from fromzero.eval.lm import lm_metrics
+from fromzero.model import ModelConfig, Transformer
+from fromzero.tokenizer import Tokenizer
+from fromzero.train import loop
+from fromzero.train.loop import TrainConfig
+
+
+def init_model(model_cfg: ModelConfig, tokenizer: Tokenizer, seed: int) -> Transformer:
+    """The stage-0 model: random weights, vocabulary sized by the tokenizer."""
+    torch.manual_seed(seed)
+    return Transformer(model_cfg.model_copy(update={"vocab_size": tokenizer.vocab_size}))
+
+
+def lm_evaluator(data_dir: Path, tokenizer: Tokenizer, cfg: TrainConfig, val_batches: int, rank: int = 0, world_size: int = 1):
+    val = open_split(data_dir, "val")
+    token_bytes = torch.as_tensor(tokenizer.token_bytes())
+
+    def evaluate(model: Transformer) -> dict[str, float]:
+        batches = eval_batches(val, cfg.seq_len, cfg.micro_batch_size, val_batches, rank=rank, world_size=world_size)
+        return lm_metrics(model, batches, token_bytes)
+
+    return evaluate
+
+
+def next_token_loss(model, batch):
+    x, y = batch
+    device = next(model.parameters()).device
+    return model(x.to(device), y.to(device)), {}
+
+
+def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, *, init: Path, val_batches: int = 16,
+          resume: bool = False) -> Path:  # fmt: skip
+    """Pretrain the checkpoint at `init` on data_dir's shards; returns the final checkpoint."""
+    info = setup(cfg.device)
+    tokenizer = Tokenizer.load(data_dir)
+    model = checkpoint.load_model(init)
+    if model.cfg.max_seq_len < cfg.seq_len:
+        raise ValueError(f"pretrain.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    batches = PackedBatches(open_split(data_dir, "train"), cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed,
+                            rank=info.rank, world_size=info.world_size)  # fmt: skip
+    stage = loop.Stage("pretrain", Path(out_dir), Path(data_dir) / "tokenizer.json", info)
+    evaluate = lm_evaluator(data_dir, tokenizer, cfg, val_batches, info.rank, info.world_size)
+    return loop.run(cfg, stage, model, batches, next_token_loss, evaluate=evaluate, resume=resume)
