@@ -1,0 +1,57 @@
+"""`fromzero run` end to end on the smoke preset, and the CLI's handling of bad input."""
+
+import json
+import subprocess
+
+from conftest import FROMZERO
+
+
+def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
+    out = tmp_path / "run"
+    first = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out)], env=cli_env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preset"] == "smoke"
+    init, pre = summary["stages"]["init"], summary["stages"]["pretrain"]
+    assert abs(init["val_loss"] - init["ln_vocab"]) < 0.5  # random weights: about ln(vocab)
+    assert pre["val_bpb"] < init["val_bpb"] and pre["seconds"] > 0
+    assert summary["seconds"] >= pre["seconds"]
+
+    report = (out / "report.md").read_text()
+    assert "| init |" in report and "| pretrain |" in report and "What is an LLM?" in report
+    assert "{trained_person}" not in report and "loss.png" in report and (out / "loss.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+    again = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out)], env=cli_env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0 and "[pretrain] finished earlier, skipped" in again.stdout
+    assert json.loads((out / "summary.json").read_text())["stages"]["pretrain"] == pre
+
+    redo = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--redo", "pretrain",
+                                      "--set", "pretrain.steps=10"], env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert redo.returncode == 0 and "[init] finished earlier" in redo.stdout
+    assert "[pretrain] finished earlier" not in redo.stdout
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, cli_env):
+    bad = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(tmp_path), "--set", "pretrain.lrr=1"],
+                         env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("error: unknown config key 'pretrain.lrr'; valid keys in 'pretrain': steps,")
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_reports_malformed_data_file_with_line(tmp_path, cli_env):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "one fine line"}\n{"text": "another"}\n{"text": broken}\n')
+    bad = subprocess.run(FROMZERO + ["data", "--preset", "smoke", "--out", str(tmp_path / "d"),
+                                     "--set", f"data.sources=[{corpus}]"], env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2
+    assert f"{corpus}:3" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_help_reads_well(cli_env):
+    out = subprocess.run(FROMZERO + ["--help"], env=cli_env, capture_output=True, text=True).stdout
+    for command in ("run", "data", "pretrain", "eval", "sample", "config"):
+        assert command in out
