@@ -1,0 +1,359 @@
+"""Stream text documents out of files, directories, globs and HF datasets.
+
+Everything is a generator: lines, parquet record batches and dataset rows are
+read one at a time, so a corpus larger than RAM streams through. The two
+exceptions are said where they happen (a whole `.json` file, and a text file
+without separators being one document).
+
+A source is one of
+  - `file.txt` / `file.md`: one document per file, or several if the file
+    contains `<|endoftext|>` separators; a UTF-8 BOM is dropped, CRLF line
+    ends become LF and each document's surrounding whitespace is stripped;
+  - `file.jsonl`: one JSON object per line, text under `text_field`;
+  - `file.json`: an array of objects, or an object holding one such array;
+  - `file.parquet`: text in the column `text_field`;
+  - any text format above gzip-compressed with a further `.gz`;
+  - a directory written by `datasets.save_to_disk` (the "train" split of a
+    DatasetDict, or `dir::split` for another);
+  - `hf:owner/name[:config][@split]`: a Hugging Face Hub dataset, streamed
+    (needs network);
+  - a directory (every supported file inside, recursively, in sorted order), a
+    glob pattern (`data/*.txt`), or a list of any of these.
+
+A JSON record may also be a bare string, which is then the document itself.
+Bad records (invalid JSON or UTF-8, a missing, non-string or empty text
+field) raise `DataError` naming the file and line (1-based, as in an editor),
+or the row / record (0-based, as in pandas/datasets for parquet, datasets and
+.json), or are skipped and counted in `SourceStats` with `on_error="skip"`.
+Problems with the source itself (missing path, unsupported file type, no such
+split) always raise.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DOC_SEPARATOR = "<|endoftext|>"
+TEXT_FORMATS = (".txt", ".md", ".jsonl", ".json")
+SUPPORTED = (
+    "a .txt/.md/.jsonl/.json file (optionally .gz), a .parquet file, a directory, a glob pattern, "
+    "a datasets save_to_disk directory (optionally dir::split), or hf:owner/name[:config][@split]"
+)
+MAX_EXAMPLE_ERRORS = 5
+
+Source = str | Path | Sequence[str | Path]
+
+
+class DataError(ValueError):
+    """A malformed record, or a file that can't be read as the documents it claims to hold."""
+
+
+@dataclass
+class SourceStats:
+    documents: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few skip reasons, as examples
+
+    def record_skip(self, error: DataError) -> None:
+        self.skipped += 1
+        if len(self.errors) < MAX_EXAMPLE_ERRORS:
+            self.errors.append(str(error))
+
+
+def iter_documents(
+    source: Source,
+    text_field: str = "text",
+    on_error: Literal["raise", "skip"] = "raise",
+    stats: SourceStats | None = None,
+) -> Iterator[str]:
+    """Yield the documents of `source` in a deterministic order (see the module docstring)."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    stats = stats if stats is not None else SourceStats()
+    for item in _records(source, text_field):
+        if isinstance(item, DataError):
+            if on_error == "raise":
+                raise item
+            stats.record_skip(item)
+        else:
+            stats.documents += 1
+            yield item
+
+
+# Readers below yield documents and DataErrors alike, so that the decision to
+# raise or skip is made once, in iter_documents.
+Record = str | DataError
+
+
+def _records(source: Source, text_field: str) -> Iterator[Record]:
+    if isinstance(source, (list, tuple)):
+        for s in source:
+            yield from _records(s, text_field)
+        return
+    if isinstance(source, str) and source.startswith("hf:"):
+        yield from _hub_records(source, text_field)
+        return
+    spec = str(source)
+    if "::" in spec:
+        path, split = spec.rsplit("::", 1)
+        if not _is_saved_dataset(Path(path)):
+            raise DataError(f"{path}: '::{split}' selects a split, but this is not a datasets save_to_disk directory")
+        yield from _saved_dataset_records(Path(path), text_field, split)
+        return
+    for path in _expand(spec):
+        yield from _file_records(path, text_field)
+
+
+def _expand(spec: str) -> list[Path]:
+    """Turn a path or glob into the files (and saved-dataset directories) it names."""
+    path = Path(spec)
+    if path.exists():
+        found = list(_walk(path, explicit=True))
+    elif glob.has_magic(spec):
+        matches = sorted(glob.glob(spec, recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"{spec}: no files match this pattern")
+        found = [f for m in matches for f in _walk(Path(m), explicit=False)]
+    else:
+        raise FileNotFoundError(f"{spec}: no such file or directory")
+    if not found:
+        raise DataError(f"{spec}: no supported files found; a source is {SUPPORTED}")
+    return found
+
+
+def _walk(path: Path, explicit: bool) -> Iterator[Path]:
+    """A file, a saved dataset, or a directory's supported files depth-first in sorted order.
+
+    A file named explicitly must be supported; files met while walking a
+    directory or matched by a glob are skipped when they aren't (a README.rst
+    next to the data).
+    """
+    if _is_saved_dataset(path):
+        yield path
+    elif path.is_dir():
+        for child in sorted(path.iterdir()):
+            if not child.name.startswith("."):  # .git, .cache, editor files
+                yield from _walk(child, explicit=False)
+    elif _kind(path) is not None:
+        yield path
+    elif explicit:
+        raise DataError(f"{path}: unsupported file type; a source is {SUPPORTED}")
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return ".parquet"
+    name = name.removesuffix(".gz")  # parquet compresses internally; text formats may be gzipped
+    return next((suffix for suffix in TEXT_FORMATS if name.endswith(suffix)), None)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    )
+
+
+def _file_records(path: Path, text_field: str) -> Iterator[Record]:
+    if _is_saved_dataset(path):
+        yield from _saved_dataset_records(path, text_field, split=None)
+        return
+    kind = _kind(path)
+    if kind in (".txt", ".md"):
+        yield from _text_records(path)
+    elif kind == ".jsonl":
+        yield from _jsonl_records(path, text_field)
+    elif kind == ".json":
+        yield from _json_records(path, text_field)
+    else:
+        yield from _parquet_records(path, text_field)
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
+    """(line number, text or decoding error) for each line, BOM stripped, CRLF turned into LF.
+
+    Lines are decoded one by one so that a bad byte costs one line, not the file.
+    """
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})")
+                continue
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            if line.endswith("\r\n"):
+                line = line[:-2] + "\n"
+            yield lineno, line
+
+
+def _text_records(path: Path) -> Iterator[Record]:
+    """Documents of a text file: split on separators, surrounding whitespace stripped.
+
+    A file without separators is a single document and so has to fit in
+    memory; put large corpora in several files or separate their documents.
+    Whitespace-only pieces (say, after a trailing separator) are dropped
+    silently rather than reported as empty documents.
+    """
+    parts: list[str] = []
+    error: DataError | None = None  # the first bad line of the current document
+    for _, line in _decoded_lines(path):
+        if isinstance(line, DataError):
+            error = error or line
+            continue
+        *ended, rest = line.split(DOC_SEPARATOR)
+        for piece in ended:
+            yield from _text_document([*parts, piece], error)
+            parts, error = [], None
+        parts.append(rest)
+    yield from _text_document(parts, error)
+
+
+def _text_document(parts: list[str], error: DataError | None) -> Iterator[Record]:
+    """The document made of `parts`, or its first decoding error, or nothing if it is blank."""
+    if error is not None:
+        yield error
+    elif doc := "".join(parts).strip():
+        yield doc
+
+
+def _jsonl_records(path: Path, text_field: str) -> Iterator[Record]:
+    for lineno, line in _decoded_lines(path):
+        if isinstance(line, DataError):
+            yield line
+            continue
+        if not line.strip():
+            continue  # blank lines (often a trailing one) are not records
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield DataError(f"{where}: invalid JSON ({e.msg})")
+            continue
+        yield _text_of(record, text_field, where)
+
+
+def _json_records(path: Path, text_field: str) -> Iterator[Record]:
+    """Records of a .json file, which is parsed whole: the stdlib can't stream a JSON array.
+
+    Use .jsonl for corpora that don't fit in memory.
+    """
+    with _open_binary(path) as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        yield DataError(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})")
+        return
+    except json.JSONDecodeError as e:
+        yield DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})")
+        return
+    if isinstance(data, dict) and text_field not in data:
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) != 1:
+            yield DataError(
+                f"{path}: expected an array of records, or an object with exactly one array "
+                f"or a {text_field!r} field (keys: {sorted(data)})"
+            )
+            return
+        data = data[lists[0]]
+    records = data if isinstance(data, list) else [data]
+    for i, record in enumerate(records):
+        yield _text_of(record, text_field, f"{path}: record {i}")
+
+
+def _text_of(record: Any, text_field: str, where: str) -> Record:
+    if isinstance(record, dict):
+        if text_field not in record:
+            return DataError(f"{where}: missing text field {text_field!r} (keys: {sorted(record)})")
+        text = record[text_field]
+    else:
+        text = record
+    return _check_text(text, text_field, where)
+
+
+def _check_text(text: Any, text_field: str, where: str) -> Record:
+    if not isinstance(text, str):
+        kind = "null" if text is None else type(text).__name__
+        return DataError(f"{where}: text field {text_field!r} is {kind}, expected a string")
+    if not text.strip():
+        return DataError(f"{where}: empty text in field {text_field!r}")
+    return text
+
+
+def _parquet_records(path: Path, text_field: str) -> Iterator[Record]:
+    try:
+        pf = pq.ParquetFile(path)
+    except pa.ArrowInvalid as e:
+        yield DataError(f"{path}: not a readable parquet file ({e})")
+        return
+    schema = pf.schema_arrow
+    if text_field not in schema.names:
+        yield DataError(f"{path}: missing text column {text_field!r} (columns: {schema.names})")
+        return
+    column_type = schema.field(text_field).type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        yield DataError(f"{path}: text column {text_field!r} has type {column_type}, expected string")
+        return
+    batches = (batch.column(0).to_pylist() for batch in pf.iter_batches(batch_size=1024, columns=[text_field]))
+    yield from _rows(batches, text_field, str(path))
+
+
+def _rows(batches: Iterable[list[Any]], text_field: str, where: str) -> Iterator[Record]:
+    row = 0
+    for texts in batches:
+        for text in texts:
+            yield _check_text(text, text_field, f"{where}: row {row}")
+            row += 1
+
+
+def _saved_dataset_records(path: Path, text_field: str, split: str | None) -> Iterator[Record]:
+    import datasets  # imported here because it is slow to import and only needed for this source
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        split = split or "train"
+        if split not in ds:
+            raise DataError(f"{path}: no split {split!r} (splits: {list(ds)}); pick one with {path}::SPLIT")
+        ds = ds[split]
+    elif split is not None:
+        raise DataError(f"{path}: a single dataset has no splits, drop '::{split}'")
+    if text_field not in ds.column_names:
+        yield DataError(f"{path}: missing text column {text_field!r} (columns: {ds.column_names})")
+        return
+    # Arrow-backed and memory-mapped: batches are read from disk as we go.
+    batches = (batch[text_field] for batch in ds.select_columns([text_field]).iter(batch_size=1024))
+    yield from _rows(batches, text_field, str(path))
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
+    """`hf:owner/name[:config][@split]` -> (name, config, split), split defaulting to "train"."""
+    rest = spec.removeprefix("hf:")
+    rest, _, split = rest.partition("@")
+    name, _, config = rest.partition(":")
+    if not name:
+        raise DataError(f"{spec}: expected hf:owner/name[:config][@split]")
+    return name, config or None, split or "train"
+
+
+def _hub_records(spec: str, text_field: str) -> Iterator[Record]:
+    import datasets  # slow to import; only needed for this source
+
+    name, config, split = parse_hub_spec(spec)
+    ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    for row, record in enumerate(ds):
+        yield _text_of(record, text_field, f"{spec}: row {row}")

@@ -1,0 +1,158 @@
+"""Byte-level BPE tokenizer, trained from scratch with HF `tokenizers`.
+
+Byte-level means the base alphabet is the 256 possible bytes, so any Unicode
+string can be encoded and `decode(encode(s)) == s` holds exactly (there is no
+normalizer and no prefix space). Special tokens come first in the vocabulary:
+
+    0 <|bos|>        document boundary, prepended to every document when packing
+    1 <|pad|>        padding
+    2 <|system|>     chat roles (the chat template is built on these in stage 2)
+    3 <|user|>
+    4 <|assistant|>
+    5 <|end|>        end of a chat turn
+
+`encode` treats its input purely as text: a literal "<|bos|>" typed by a user
+is encoded as ordinary bytes, never as the special id. Special ids only enter a
+sequence when code puts them there (`bos_id`, `special_id(...)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|bos|>",
+    "<|pad|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+)
+
+# GPT-4 style pre-tokenization split (as in nanochat): words with their leading
+# space, numbers in groups of at most 3 digits, punctuation runs, and newlines
+# kept apart from other whitespace. Merges never cross these boundaries.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}|"""
+    r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    """Resolve a `tokenizer.json` path or a directory holding one to the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer file not found")
+    return path
+
+
+class Tokenizer:
+    """A thin wrapper around `tokenizers.Tokenizer` with the project's conventions."""
+
+    def __init__(self, hf: HFTokenizer):
+        self._hf = hf
+        # Never match special-token strings inside user text (not persisted
+        # in tokenizer.json, so it is set on every construction).
+        self._hf.encode_special_tokens = True
+        for i, name in enumerate(SPECIAL_TOKENS):
+            if hf.token_to_id(name) != i:
+                raise ValueError(f"special token {name!r} must have id {i}, has {hf.token_to_id(name)}")
+        self.bos_id = self.special_id("<|bos|>")
+        self.pad_id = self.special_id("<|pad|>")
+        self.system_id = self.special_id("<|system|>")
+        self.user_id = self.special_id("<|user|>")
+        self.assistant_id = self.special_id("<|assistant|>")
+        self.end_id = self.special_id("<|end|>")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+        """Train a byte-level BPE with `vocab_size` tokens (specials and the 256 bytes included).
+
+        `texts` is consumed as a stream. A corpus too small to support that
+        many merges yields a smaller vocabulary.
+        """
+        minimum = len(SPECIAL_TOKENS) + 256
+        if vocab_size < minimum:
+            raise ValueError(f"vocab_size must be at least {minimum} (specials + 256 bytes), got {vocab_size}")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            # Seed with all 256 bytes, not just those seen in training, so
+            # text from any script or emoji is still encodable.
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer)
+        return cls(hf)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load from a `tokenizer.json` file or a directory containing one."""
+        return cls(HFTokenizer.from_file(str(tokenizer_file(path))))
+
+    def save(self, path: str | Path) -> Path:
+        """Write `tokenizer.json` into a directory, or to `path` if it names a .json file."""
+        path = Path(path)
+        if path.suffix != ".json":
+            path = path / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._hf.save(str(path))
+        return path
+
+    @property
+    def vocab_size(self) -> int:
+        return self._hf.get_vocab_size(with_added_tokens=True)
+
+    def special_id(self, name: str) -> int:
+        if name not in SPECIAL_TOKENS:
+            raise KeyError(f"unknown special token {name!r}; known: {list(SPECIAL_TOKENS)}")
+        return SPECIAL_TOKENS.index(name)
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # The fast variant skips computing character offsets, which we never use.
+        return [e.ids for e in self._hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Ids back to text; special tokens appear as their strings unless `skip_special`."""
+        return self._hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 byte length of every token (0 for specials), for bits-per-byte.
+
+        Exact: a byte-level token is spelled with one stand-in character per
+        byte (GPT-2's byte <-> unicode table), so its length in characters is
+        its length in bytes, and the lengths of an encoding sum to the UTF-8
+        length of the text it came from.
+        """
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self._hf.get_vocab(with_added_tokens=False).items():
+            if i < len(SPECIAL_TOKENS):
+                continue
+            if not alphabet.issuperset(token):
+                raise ValueError(f"token {i} ({token!r}) is not a byte-level token")
+            lengths[i] = len(token)
+        return lengths
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size})"
