@@ -56,7 +56,7 @@ def run(
     overrides: Overrides = None,
     redo: Annotated[Optional[str], typer.Option(help="redo this stage and every later one")] = None,
 ):
-    """The whole pipeline on the preset's data: build data, stage 0 (random init), stage 1 (pretrain), report."""
+    """The whole pipeline on the preset's data: build data, stage 0 (random init), 1 (pretrain), 2 (SFT), report."""
     from fromzero import pipeline
 
     cfg = _config(preset, overrides)
@@ -105,6 +105,101 @@ def pretrain(
         dist.barrier()
     ckpt = stage.train(cfg.pretrain, data, out, init=init, val_batches=cfg.eval.val_batches, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
+
+
+@app.command()
+@user_errors
+def sft(
+    init: Annotated[Path, typer.Option(help="checkpoint to fine-tune (a pretrain stage directory)")],
+    out: Annotated[Path, typer.Option(help="stage directory for checkpoints and metrics")],
+    data: Annotated[Optional[list[Path]], typer.Option(help="instruction files (repeatable); default: the built-in world's")] = None,
+    preset: Preset = "tiny",
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+):
+    """Stage 2: instruction tuning. Formats (auto-detected per file): messages/ShareGPT, Alpaca, Dolly, prompt/response."""
+    from fromzero.data.world import build_world
+    from fromzero.data.world_chat import build_instructions
+    from fromzero.train import sft as stage
+
+    cfg = _config(preset, overrides)
+    if data:
+        cfg.sft.data = [str(d) for d in data]
+    if cfg.sft.data:
+        conversations, stats = stage.load_conversations(cfg.sft)
+        if stats.skipped:
+            typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
+    else:
+        conversations = build_instructions(build_world(cfg.world), cfg.instruct).train
+    ckpt = stage.train(cfg.sft, conversations, init, out, resume=resume)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+@app.command()
+@user_errors
+def chat(
+    ckpt: Annotated[Path, typer.Option(help="checkpoint or stage directory of an instruction-tuned model")],
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    temperature: float = 0.7,
+    top_k: Optional[int] = 50,
+    top_p: Optional[float] = None,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+):
+    """Chat in the terminal, tokens streamed as they are sampled. /reset clears the history, /system TEXT
+    sets the system prompt, /quit leaves."""
+    import torch
+
+    from fromzero import checkpoint
+    from fromzero.data.chat import render
+    from fromzero.generate import SamplingConfig, stream
+    from fromzero.tokenizer import Tokenizer
+
+    model = checkpoint.load_model(ckpt).eval()
+    tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              stop_tokens=(tok.end_id,))  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    history: list = []
+    typer.echo("fromzero chat — /reset, /system TEXT, /quit")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            continue
+        if line == "/quit":
+            break
+        if line == "/reset":
+            history = []
+            typer.echo("(history cleared)")
+            continue
+        if line.startswith("/system"):
+            system = line[len("/system") :].strip() or None
+            history = []
+            typer.echo(f"(system prompt: {system!r}; history cleared)")
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        ids = render(tok, messages, generation_prompt=True)[0]
+        if len(ids) >= model.cfg.max_seq_len:
+            typer.echo("(the conversation no longer fits the context window: /reset)")
+            history.pop()
+            continue
+        typer.echo("bot> ", nl=False)
+        reply: list[int] = []
+        shown = ""
+        for token, active in stream(model, [ids], sampling, pad_id=tok.pad_id, generator=generator):
+            if not active[0] or int(token[0]) == tok.end_id:
+                break
+            reply.append(int(token[0]))
+            text = tok.decode(reply, skip_special=True)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                typer.echo(text[len(shown) :], nl=False)
+                shown = text
+        typer.echo(tok.decode(reply, skip_special=True)[len(shown) :])
+        history.append({"role": "assistant", "content": tok.decode(reply, skip_special=True)})
 
 
 @app.command("eval")

@@ -13,8 +13,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fromzero.data.world import WorldConfig
+from fromzero.data.world_chat import InstructConfig
 from fromzero.model import ModelConfig
 from fromzero.train.loop import TrainConfig
+from fromzero.train.sft import SFTConfig
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,7 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(48, description="tokens sampled per prompt")
     temperature: float = Field(0.0, description="0: greedy, so the report is reproducible")
     val_batches: int = Field(16, description="micro-batches of validation data for val loss / bits per byte")
+    qa_max_new_tokens: int = Field(40, description="tokens sampled per held-out question")
 
 
 class Config(BaseModel):
@@ -65,6 +68,8 @@ class Config(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
+    instruct: InstructConfig = Field(default_factory=InstructConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

@@ -8,6 +8,7 @@ after it).
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -22,10 +23,12 @@ from fromzero import checkpoint, dist
 from fromzero.config import Config
 from fromzero.data import build as data_build
 from fromzero.data.world import World, build_world
+from fromzero.data.world_chat import InstructData, build_instructions
+from fromzero.eval import qa
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import pretrain
+from fromzero.train import pretrain, sft
 
 
 @dataclass
@@ -47,13 +50,36 @@ class RunContext:
         fill = {"trained_person": self.world.trained_people[0].name, "heldout_person": self.world.heldout_people[0].name}
         return [p.format(**fill) for p in self.cfg.eval.prompts]
 
-    def answers(self, ckpt: Path) -> dict[str, str]:
-        """The fixed prompts answered by a checkpoint (rank 0 only: sampling is cheap)."""
+    @functools.cached_property
+    def instructions(self) -> InstructData:
+        return build_instructions(self.world, self.cfg.instruct)
+
+    def answers(self, ckpt: Path, chat: bool) -> dict[str, str]:
+        """The fixed prompts answered by a checkpoint (rank 0 only: sampling is cheap): continued as raw
+        text before instruction tuning, in the chat template after it."""
         model = checkpoint.load_model(ckpt, self.info.device)
-        prompts = self.prompts()
-        texts = complete(model, self.tokenizer, prompts, max_new_tokens=self.cfg.eval.max_new_tokens,
-                         temperature=self.cfg.eval.temperature, seed=self.cfg.seed)  # fmt: skip
+        prompts, e = self.prompts(), self.cfg.eval
+        if chat:
+            texts = qa.answer(model, self.tokenizer, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                              seed=self.cfg.seed)  # fmt: skip
+        else:
+            texts = complete(model, self.tokenizer, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                             seed=self.cfg.seed)  # fmt: skip
         return dict(zip(prompts, texts))
+
+    def qa_accuracy(self, ckpt: Path, *, chat: bool, log_to: Path | None = None) -> dict[str, float]:
+        """Held-out question accuracy (phrasing, people) of a checkpoint; graded answers go to log_to."""
+        model = checkpoint.load_model(ckpt, self.info.device)
+        data, out = self.instructions, {}
+        graded_all = []
+        for name, questions in (("heldout_phrasing_acc", data.heldout_phrasing), ("heldout_people_acc", data.heldout_people)):
+            out[name], graded = qa.accuracy(model, self.tokenizer, questions, self.world, chat=chat,
+                                            max_new_tokens=self.cfg.eval.qa_max_new_tokens)  # fmt: skip
+            graded_all += [{"set": name, "question": q.question, "expected": q.expected, "answer": a, "correct": ok}
+                           for q, a, ok in graded]  # fmt: skip
+        if log_to is not None:
+            log_to.write_text("".join(json.dumps(g) + "\n" for g in graded_all))
+        return out
 
     def lm_metrics(self, ckpt: Path) -> dict[str, float]:
         model = checkpoint.load_model(ckpt, self.info.device)
@@ -83,10 +109,27 @@ def stage_pretrain(ctx: RunContext) -> dict[str, Any]:
     return {"metrics": ctx.lm_metrics(ckpt), "checkpoint": ckpt}
 
 
-# Later stages append themselves here: (name, function returning {"metrics", "checkpoint"}).
+def stage_sft(ctx: RunContext) -> dict[str, Any]:
+    """Stage 2: instruction tuning, graded on held-out phrasings and held-out people against stage 1."""
+    out = ctx.out / "sft"
+    if ctx.cfg.sft.data:
+        conversations, _ = sft.load_conversations(ctx.cfg.sft)
+    else:
+        conversations = ctx.instructions.train
+    ckpt = sft.train(ctx.cfg.sft, conversations, ctx.out / "pretrain", out, resume=True)
+    metrics: dict[str, float] = {}
+    if ctx.info.is_main:
+        metrics = ctx.qa_accuracy(ckpt, chat=True, log_to=out / "heldout_answers.jsonl")
+        base = ctx.qa_accuracy(checkpoint.resolve(ctx.out / "pretrain"), chat=False, log_to=out / "base_heldout_answers.jsonl")
+        metrics.update({f"base_{k}": v for k, v in base.items()})
+    return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
+
+
+# Each stage returns {"metrics", "checkpoint", and "chat": True once the model speaks the chat template}.
 STAGES: list[tuple[str, Callable[[RunContext], dict[str, Any]]]] = [
     ("init", stage_init),
     ("pretrain", stage_pretrain),
+    ("sft", stage_sft),
 ]
 
 
@@ -128,7 +171,7 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
         start = time.perf_counter()
         result = fn(ctx)
         if info.is_main:
-            answers = ctx.answers(result["checkpoint"])
+            answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False))
             record = {"metrics": result["metrics"], "seconds": time.perf_counter() - start,
                       "checkpoint": str(result["checkpoint"]), "answers": answers}  # fmt: skip
             checkpoint.write_text_atomic(path, json.dumps(record, indent=2))

@@ -1,9 +1,8 @@
 """Fixed-length training sequences cut from packed token shards, in a seeded order.
 
-The token stream is cut into samples of seq_len + 1 tokens (inputs and shifted targets). Each epoch
-visits the samples in a permutation seeded by (seed, epoch). All ranks walk the same global order;
-global micro-batch j holds samples [j·mb·world, (j+1)·mb·world) and rank r reads its own mb-sized
-slice of it, so N ranks with A accumulation steps see exactly the batches one process sees with N·A.
+The token stream is cut into samples of seq_len + 1 tokens (inputs and shifted targets), visited in
+a `GlobalOrder`: all ranks walk the same seeded order and each reads its own slice of every global
+micro-batch, so N ranks with A accumulation steps see exactly the batches one process sees with N·A.
 The data position is one integer, which makes resume exact.
 """
 
@@ -17,36 +16,30 @@ import torch
 from fromzero.data.shards import TokenShards
 
 
-class PackedBatches:
-    def __init__(self, shards: TokenShards, seq_len: int, micro_batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):  # fmt: skip
-        self.shards, self.seq_len, self.mb = shards, seq_len, micro_batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.n_samples = (len(shards) - 1) // seq_len
-        if self.n_samples < micro_batch_size * world_size:
-            raise ValueError(
-                f"{len(shards)} tokens make only {self.n_samples} sequences of {seq_len}: fewer than one batch of "
-                f"{micro_batch_size} × {world_size} ranks; use more data or a shorter seq_len"
-            )
-        self.position = 0  # global micro-batches consumed
+class GlobalOrder:
+    """Which items each rank's next micro-batch holds, in a seeded order shared by all ranks.
+
+    Items are visited epoch by epoch, each epoch in a permutation seeded by (seed, epoch); global
+    micro-batch j holds items [j·mb·world, (j+1)·mb·world) of that stream and rank r takes its own
+    mb-sized slice. The state is one integer, the global micro-batches consumed.
+    """
+
+    def __init__(self, n_items: int, micro_batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.n_items, self.mb, self.seed, self.rank, self.world_size = n_items, micro_batch_size, seed, rank, world_size
+        self.position = 0
         self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
 
-    def _sample_index(self, s: int) -> int:
-        epoch = s // self.n_samples
+    def _item(self, s: int) -> int:
+        epoch = s // self.n_items
         if epoch != self._epoch:
             self._epoch = epoch
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_samples)
-        return int(self._order[s % self.n_samples])
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
+        return int(self._order[s % self.n_items])
 
-    def sequence(self, index: int) -> np.ndarray:
-        return self.shards.slice(index * self.seq_len, self.seq_len + 1)
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_indices(self) -> list[int]:
         first = (self.position * self.world_size + self.rank) * self.mb
         self.position += 1
-        rows = np.stack([self.sequence(self._sample_index(s)) for s in range(first, first + self.mb)])
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        return [self._item(s) for s in range(first, first + self.mb)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "seed": self.seed}
@@ -55,6 +48,30 @@ class PackedBatches:
         if state["seed"] != self.seed:
             raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with {self.seed}")
         self.position = state["position"]
+
+
+class PackedBatches:
+    def __init__(self, shards: TokenShards, seq_len: int, micro_batch_size: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):  # fmt: skip
+        self.shards, self.seq_len = shards, seq_len
+        n_samples = (len(shards) - 1) // seq_len
+        if n_samples < micro_batch_size * world_size:
+            raise ValueError(
+                f"{len(shards)} tokens make only {n_samples} sequences of {seq_len}: fewer than one batch of "
+                f"{micro_batch_size} × {world_size} ranks; use more data or a shorter seq_len"
+            )
+        self.order = GlobalOrder(n_samples, micro_batch_size, seed=seed, rank=rank, world_size=world_size)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.stack([self.shards.slice(i * self.seq_len, self.seq_len + 1) for i in self.order.next_indices()])
+        t = torch.from_numpy(rows)
+        return t[:, :-1], t[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
 
 
 def eval_batches(shards: TokenShards, seq_len: int, micro_batch_size: int, max_batches: int, *,

@@ -37,7 +37,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,6 +87,62 @@ def iter_documents(
         else:
             stats.documents += 1
             yield item
+
+
+class RecordAt(NamedTuple):
+    file: str  # the file (or dataset) it came from: formats are detected per file
+    where: str  # file:line, or file: record/row N, for error messages
+    record: dict[str, Any]
+
+
+def iter_records(
+    source: Source, on_error: Literal["raise", "skip"] = "raise", stats: SourceStats | None = None
+) -> Iterator[RecordAt]:
+    """Yield structured records (JSON objects, parquet or dataset rows) with where they came from.
+
+    The readers are the ones `iter_documents` uses; plain-text files hold no records and are an error.
+    """
+    stats = stats if stats is not None else SourceStats()
+    for item in _structured(source):
+        if isinstance(item, RecordAt) and not isinstance(item.record, dict):
+            item = DataError(f"{item.where}: expected a JSON object, got {type(item.record).__name__}")
+        if isinstance(item, DataError):
+            if on_error == "raise":
+                raise item
+            stats.record_skip(item)
+        else:
+            stats.documents += 1
+            yield item
+
+
+def _structured(source: Source) -> Iterator[RecordAt | DataError]:
+    if isinstance(source, (list, tuple)):
+        for s in source:
+            yield from _structured(s)
+        return
+    if isinstance(source, str) and source.startswith("hf:"):
+        import datasets
+
+        name, config, split = parse_hub_spec(source)
+        for row, record in enumerate(datasets.load_dataset(name, config, split=split, streaming=True)):
+            yield RecordAt(source, f"{source}: row {row}", record)
+        return
+    spec = str(source)
+    path, _, split = spec.partition("::") if "::" in spec else (spec, "", "")
+    for file in [Path(path)] if split else _expand(spec):
+        where = str(file)
+        if _is_saved_dataset(file):
+            raw: Iterator[tuple[str, Any] | DataError] = _saved_dataset_rows(file, split or None)
+        elif _kind(file) == ".jsonl":
+            raw = _jsonl_raw(file)
+        elif _kind(file) == ".json":
+            raw = _json_raw(file, None)
+        elif _kind(file) == ".parquet":
+            raw = _parquet_rows(file)
+        else:
+            raise DataError(f"{file}: plain text holds no records; use .jsonl, .json, .parquet or a dataset")
+        for item in raw:
+            yield item if isinstance(item, DataError) else RecordAt(where, *item)
 
 
 # Readers below yield documents and DataErrors alike, so that the decision to
@@ -171,9 +227,9 @@ def _file_records(path: Path, text_field: str) -> Iterator[Record]:
     if kind in (".txt", ".md"):
         yield from _text_records(path)
     elif kind == ".jsonl":
-        yield from _jsonl_records(path, text_field)
+        yield from _as_text(_jsonl_raw(path), text_field)
     elif kind == ".json":
-        yield from _json_records(path, text_field)
+        yield from _as_text(_json_raw(path, text_field), text_field)
     else:
         yield from _parquet_records(path, text_field)
 
@@ -231,7 +287,7 @@ def _text_document(parts: list[str], error: DataError | None) -> Iterator[Record
         yield doc
 
 
-def _jsonl_records(path: Path, text_field: str) -> Iterator[Record]:
+def _jsonl_raw(path: Path) -> Iterator[tuple[str, Any] | DataError]:
     for lineno, line in _decoded_lines(path):
         if isinstance(line, DataError):
             yield line
@@ -240,14 +296,12 @@ def _jsonl_records(path: Path, text_field: str) -> Iterator[Record]:
             continue  # blank lines (often a trailing one) are not records
         where = f"{path}:{lineno}"
         try:
-            record = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
             yield DataError(f"{where}: invalid JSON ({e.msg})")
-            continue
-        yield _text_of(record, text_field, where)
 
 
-def _json_records(path: Path, text_field: str) -> Iterator[Record]:
+def _json_raw(path: Path, text_field: str | None) -> Iterator[tuple[str, Any] | DataError]:
     """Records of a .json file, which is parsed whole: the stdlib can't stream a JSON array.
 
     Use .jsonl for corpora that don't fit in memory.
@@ -262,7 +316,7 @@ def _json_records(path: Path, text_field: str) -> Iterator[Record]:
     except json.JSONDecodeError as e:
         yield DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})")
         return
-    if isinstance(data, dict) and text_field not in data:
+    if isinstance(data, dict) and (text_field is None or text_field not in data):
         lists = [k for k, v in data.items() if isinstance(v, list)]
         if len(lists) != 1:
             yield DataError(
@@ -273,7 +327,12 @@ def _json_records(path: Path, text_field: str) -> Iterator[Record]:
         data = data[lists[0]]
     records = data if isinstance(data, list) else [data]
     for i, record in enumerate(records):
-        yield _text_of(record, text_field, f"{path}: record {i}")
+        yield f"{path}: record {i}", record
+
+
+def _as_text(raw: Iterator[tuple[str, Any] | DataError], text_field: str) -> Iterator[Record]:
+    for item in raw:
+        yield item if isinstance(item, DataError) else _text_of(item[1], text_field, item[0])
 
 
 def _text_of(record: Any, text_field: str, where: str) -> Record:
@@ -321,7 +380,7 @@ def _rows(batches: Iterable[list[Any]], text_field: str, where: str) -> Iterator
             row += 1
 
 
-def _saved_dataset_records(path: Path, text_field: str, split: str | None) -> Iterator[Record]:
+def _load_split(path: Path, split: str | None):
     import datasets  # imported here because it is slow to import and only needed for this source
 
     ds = datasets.load_from_disk(str(path))
@@ -332,12 +391,35 @@ def _saved_dataset_records(path: Path, text_field: str, split: str | None) -> It
         ds = ds[split]
     elif split is not None:
         raise DataError(f"{path}: a single dataset has no splits, drop '::{split}'")
+    return ds
+
+
+def _saved_dataset_records(path: Path, text_field: str, split: str | None) -> Iterator[Record]:
+    ds = _load_split(path, split)
     if text_field not in ds.column_names:
         yield DataError(f"{path}: missing text column {text_field!r} (columns: {ds.column_names})")
         return
     # Arrow-backed and memory-mapped: batches are read from disk as we go.
     batches = (batch[text_field] for batch in ds.select_columns([text_field]).iter(batch_size=1024))
     yield from _rows(batches, text_field, str(path))
+
+
+def _saved_dataset_rows(path: Path, split: str | None) -> Iterator[tuple[str, Any]]:
+    for row, record in enumerate(_load_split(path, split)):
+        yield f"{path}: row {row}", record
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any] | DataError]:
+    try:
+        pf = pq.ParquetFile(path)
+    except pa.ArrowInvalid as e:
+        yield DataError(f"{path}: not a readable parquet file ({e})")
+        return
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield f"{path}: row {row}", record
+            row += 1
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:

@@ -80,7 +80,8 @@ class TrainConfig(BaseModel):
 
 
 class BatchSource(Protocol):
-    """Yields this rank's micro-batches; its state is the data position saved in checkpoints."""
+    """Yields this rank's micro-batches (tuples led by the input ids, which the loop counts as tokens);
+    its state is the data position saved in checkpoints."""
 
     def next_batch(self) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -219,8 +220,7 @@ def run(
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out / "metrics.jsonl", info.is_main, start_step)
-    tokens_per_step = cfg.batch_tokens
-    flops_per_step = model.cfg.flops_per_token(cfg.seq_len) * tokens_per_step
+    flops_per_token = model.cfg.flops_per_token(cfg.seq_len)
     peak = matmul_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32) * info.world_size
     if info.is_main and resumed_from:
         tqdm.write(f"[{stage.name}] resuming from {resumed_from} (step {start_step}/{cfg.steps})")
@@ -253,8 +253,10 @@ def run(
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
         extra: dict[str, float] = {}
+        tokens = 0
         for micro in range(accum):
             batch = batches.next_batch()
+            tokens += batch[0].numel() * info.world_size  # batches are tuples led by the input ids
             sync = micro == accum - 1 or info.world_size == 1
             with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast(cfg, device):
                 loss, metrics = loss_fn(train_model, batch)
@@ -276,7 +278,7 @@ def run(
         dt = time.perf_counter() - t0
         elapsed += dt
         last = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm.item(),
-                "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak, "time": elapsed, **extra}  # fmt: skip
+                "tokens_per_s": tokens / dt, "mfu": flops_per_token * tokens / dt / peak, "time": elapsed, **extra}  # fmt: skip
         log.write(last)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}", mfu=f"{last['mfu']:.0%}")
         bar.update(1)

@@ -1,0 +1,41 @@
+"""Question answering about the built-in world: how stage 2 (and later stages) are graded."""
+
+from __future__ import annotations
+
+import torch
+
+from fromzero.data.chat import prompt_ids
+from fromzero.data.world import World
+from fromzero.data.world_chat import Question, is_correct
+from fromzero.generate import SamplingConfig, generate
+from fromzero.model import Transformer
+from fromzero.tokenizer import Tokenizer
+
+
+@torch.no_grad()
+def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bool = True, max_new_tokens: int = 40,
+           temperature: float = 0.0, batch_size: int = 64, seed: int = 0, system: str | None = None) -> list[str]:  # fmt: skip
+    """Answers to questions: in the chat template, or (chat=False) as raw text to continue, the only way
+    a pretrained model that has never seen the template can be asked."""
+    was_training = model.training
+    model.eval()
+    stop = (tok.end_id,) if chat else (tok.bos_id,)
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
+                         stop_tokens=stop)  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    out: list[str] = []
+    for i in range(0, len(questions), batch_size):
+        chunk = questions[i : i + batch_size]
+        prompts = [prompt_ids(tok, q, system) if chat else [tok.bos_id] + tok.encode(q + " ") for q in chunk]
+        for ids in generate(model, prompts, cfg, pad_id=tok.pad_id, generator=generator):
+            out.append(tok.decode([t for t in ids if t not in stop], skip_special=True).strip())
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: Transformer, tok: Tokenizer, questions: list[Question], world: World, *, chat: bool = True,
+             max_new_tokens: int = 40) -> tuple[float, list[tuple[Question, str, bool]]]:  # fmt: skip
+    """Fraction answered correctly, and each (question, answer, correct) for inspection."""
+    answers = answer(model, tok, [q.question for q in questions], chat=chat, max_new_tokens=max_new_tokens)
+    graded = [(q, a, is_correct(a, q, world)) for q, a in zip(questions, answers)]
+    return sum(ok for *_, ok in graded) / max(1, len(graded)), graded

@@ -1,0 +1,150 @@
+"""Stage 2: supervised fine-tuning on conversations, loss on the assistant's tokens only."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from fromzero import checkpoint
+from fromzero.data.chat import Message, render
+from fromzero.data.instruct import iter_conversations
+from fromzero.data.loader import GlobalOrder
+from fromzero.data.sources import SourceStats
+from fromzero.dist import all_reduce_sum, setup
+from fromzero.model import Transformer
+from fromzero.tokenizer import Tokenizer
+from fromzero.train import loop
+from fromzero.train.loop import TrainConfig
+
+IGNORE = -100
+
+
+class SFTConfig(TrainConfig):
+    data: list[str] = Field(default_factory=list, description="instruction files (jsonl/json/parquet/datasets); "
+                            "empty: the built-in world's instructions")  # fmt: skip
+    on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
+    val_fraction: float = Field(0.02, description="conversations held out for the validation loss")
+    steps: int = 300
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    eval_every: int = 100
+    checkpoint_every: int = 100
+
+
+Example = tuple[list[int], list[bool]]
+
+
+def tokenize(tok: Tokenizer, conversations: list[list[Message]], seq_len: int) -> tuple[list[Example], dict[str, int]]:
+    """Rendered examples cut to seq_len + 1 tokens; those left with nothing to learn are dropped."""
+    examples, truncated, dropped = [], 0, 0
+    for messages in conversations:
+        ids, mask = render(tok, messages)
+        if len(ids) > seq_len + 1:
+            ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
+            truncated += 1
+        if not any(mask[1:]):
+            dropped += 1
+            continue
+        examples.append((ids, mask))
+    return examples, {"examples": len(examples), "truncated": truncated, "dropped": dropped}
+
+
+def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded inputs and targets (IGNORE where nothing is learned).
+
+    With right padding and causal attention no real token ever attends to padding, and each row is one
+    conversation, so nothing leaks between examples.
+    """
+    width = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        x[i, :n] = torch.tensor(ids[:-1])
+        targets = torch.tensor(ids[1:])
+        y[i, :n] = torch.where(torch.tensor(mask[1:]), targets, IGNORE)
+    return x, y
+
+
+class ConversationBatches:
+    """Micro-batches of conversations of similar length, so little of each batch is padding.
+
+    The groups are formed once (a seeded shuffle, then a stable sort by length, then chunks of
+    micro_batch_size) and visited in a new seeded order every epoch, each rank taking its own groups.
+    """
+
+    def __init__(self, examples: list[Example], micro_batch_size: int, pad_id: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):  # fmt: skip
+        if len(examples) < micro_batch_size * world_size:
+            raise ValueError(f"{len(examples)} conversations are fewer than one batch of {micro_batch_size} × {world_size} ranks")
+        self.examples, self.pad_id = examples, pad_id
+        by_length = list(range(len(examples)))
+        random.Random(seed).shuffle(by_length)
+        by_length.sort(key=lambda i: len(examples[i][0]))
+        self.groups = [by_length[i : i + micro_batch_size] for i in range(0, len(by_length), micro_batch_size)]
+        self.order = GlobalOrder(len(self.groups), 1, seed=seed, rank=rank, world_size=world_size)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        (group,) = self.order.next_indices()
+        return collate([self.examples[i] for i in self.groups[group]], self.pad_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
+
+
+def masked_loss(model, batch):
+    x, y = batch
+    device = next(model.parameters()).device
+    return model(x.to(device), y.to(device)), {}
+
+
+def load_conversations(cfg: SFTConfig) -> tuple[list[list[Message]], SourceStats]:
+    stats = SourceStats()
+    return list(iter_conversations(cfg.data, on_error=cfg.on_error, stats=stats)), stats
+
+
+def val_loss_evaluator(examples: list[Example], micro_batch_size: int, pad_id: int, rank: int, world_size: int):
+    def evaluate(model: Transformer) -> dict[str, float]:
+        device = model.rope_cos.device
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        mine = examples[rank::world_size]
+        for i in range(0, len(mine), micro_batch_size):
+            x, y = collate(mine[i : i + micro_batch_size], pad_id)
+            x, y = x.to(device), y.to(device)
+            n = (y != IGNORE).sum()
+            sums += torch.stack([model(x, y).double() * n, n.double()])
+        all_reduce_sum(sums)
+        return {"val_loss": (sums[0] / sums[1]).item()}
+
+    return evaluate
+
+
+def train(cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_dir: Path, *,
+          resume: bool = False, log=print) -> Path:  # fmt: skip
+    """Fine-tune the checkpoint at `init` on conversations; returns the final checkpoint."""
+    info = setup(cfg.device)
+    tok_file = checkpoint.tokenizer_file(init)
+    tok = Tokenizer.load(tok_file)
+    model = checkpoint.load_model(init)
+    if model.cfg.max_seq_len < cfg.seq_len:
+        raise ValueError(f"sft.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    shuffled = list(conversations)
+    random.Random(cfg.seed).shuffle(shuffled)
+    n_val = max(1, int(cfg.val_fraction * len(shuffled))) if cfg.val_fraction > 0 else 0
+    examples, stats = tokenize(tok, shuffled[n_val:], cfg.seq_len)
+    val_examples, _ = tokenize(tok, shuffled[:n_val], cfg.seq_len)
+    if info.is_main:
+        log(f"[sft] {stats['examples']} training conversations, {len(val_examples)} for validation; "
+            f"{stats['truncated']} truncated to {cfg.seq_len + 1} tokens, {stats['dropped']} dropped (nothing left to learn)")  # fmt: skip
+    batches = ConversationBatches(examples, cfg.micro_batch_size, tok.pad_id, seed=cfg.seed, rank=info.rank,
+                                  world_size=info.world_size)  # fmt: skip
+    evaluate = val_loss_evaluator(val_examples, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size) if val_examples else None
+    stage = loop.Stage("sft", Path(out_dir), tok_file, info)
+    return loop.run(cfg, stage, model, batches, masked_loss, evaluate=evaluate, resume=resume)
