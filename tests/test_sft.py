@@ -12,6 +12,7 @@ from fromzero.data.instruct import iter_conversations
 from fromzero.data.sources import DataError, SourceStats
 from fromzero.data.world import WorldConfig, build_world
 from fromzero.data.world_chat import InstructConfig, Question, build_instructions, fact_sentence, is_correct
+from fromzero.train.loop import read_metrics
 from fromzero.train.sft import IGNORE, ConversationBatches, collate, tokenize
 
 EXPECTED = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
@@ -175,3 +176,28 @@ def test_grading_wants_the_right_fact_and_only_it():
     assert not is_correct(f"{p.name} lives in {other}.", q, world)
     assert not is_correct(f"{p.town} or maybe {other}", q, world)
     assert not is_correct("I do not know.", q, world)
+
+
+def test_short_sft_run_raises_heldout_accuracy_above_the_base_model(tmp_path):
+    from fromzero import checkpoint
+    from fromzero.config import load_config
+    from fromzero.data.build import build
+    from fromzero.eval import qa
+    from fromzero.tokenizer import Tokenizer
+    from fromzero.train import pretrain, sft
+
+    cfg = load_config("smoke", ["world.n_people=10", "instruct.questions_per_fact=8", "instruct.eval_questions=16",
+                                "sft.steps=500", "sft.lr=0.003", "sft.micro_batch_size=16", "sft.batch_tokens=2048"])  # fmt: skip
+    build(cfg, tmp_path / "data", progress=False)
+    tok = Tokenizer.load(tmp_path / "data")
+    model = pretrain.init_model(cfg.model, tok, cfg.seed)
+    checkpoint.save(tmp_path / "init", 0, model, tokenizer_file=tmp_path / "data" / "tokenizer.json", meta={})
+    base = pretrain.train(cfg.pretrain, tmp_path / "data", tmp_path / "pretrain", init=tmp_path / "init")
+    world = build_world(cfg.world)
+    data = build_instructions(world, cfg.instruct)
+    tuned = sft.train(cfg.sft, data.train, tmp_path / "pretrain", tmp_path / "sft", log=lambda _: None)
+    base_acc, _ = qa.accuracy(checkpoint.load_model(base), tok, data.heldout_phrasing, world, chat=False, max_new_tokens=16)
+    acc, graded = qa.accuracy(checkpoint.load_model(tuned), tok, data.heldout_phrasing, world, max_new_tokens=16)
+    assert acc >= base_acc + 0.5, graded
+    losses = [r["loss"] for r in read_metrics(tmp_path / "sft") if "loss" in r]
+    assert sum(losses[-10:]) / 10 < losses[0] / 2

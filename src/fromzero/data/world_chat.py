@@ -24,30 +24,46 @@ from pydantic import BaseModel, ConfigDict, Field
 from fromzero.data.chat import Message
 from fromzero.data.world import ATTRIBUTES, Person, World, sample_equation
 
+# Questions about a person: direct ones, and frames ("Do you know …?") around an embedded question.
+# Every attribute holds out two of the five frames; each frame is trained with other attributes, so a
+# held-out phrasing is a new combination of familiar parts, never a string seen in training.
+DIRECT: dict[str, tuple[str, ...]] = {
+    "age": ("How old is {n}?", "What is {n}'s age?", "What age is {n}?", "How many years old is {n}?"),
+    "town": ("Where does {n} live?", "What is {n}'s home town?", "Which town does {n} live in?", "Where is {n} from?"),
+    "job": ("What does {n} do for a living?", "What is {n}'s job?", "What job does {n} have?", "What work does {n} do?"),
+    "pet": ("What pet does {n} have?", "What kind of pet does {n} own?", "What animal does {n} have as a pet?",
+            "Which pet does {n} keep?"),
+    "pet_name": ("What is the name of {n}'s pet?", "What is {n}'s pet called?", "What did {n} name {his} pet?",
+                 "How is {n}'s pet called?"),
+    "colour": ("What is {n}'s favourite colour?", "Which colour does {n} like best?", "What colour does {n} like most?",
+               "What is the favourite colour of {n}?"),
+    "food": ("What is {n}'s favourite food?", "What food does {n} like best?", "What does {n} like to eat most?",
+             "What is the favourite food of {n}?"),
+    "hobby": ("What is {n}'s hobby?", "What does {n} do for fun?", "What does {n} like to do in {his} free time?",
+              "How does {n} spend {his} free time?"),
+}
+EMBEDDED: dict[str, tuple[str, ...]] = {
+    "age": ("how old {n} is", "the age of {n}"),
+    "town": ("where {n} lives", "which town {n} lives in"),
+    "job": ("what {n} does for a living", "what job {n} has"),
+    "pet": ("what pet {n} has", "which animal {n} keeps as a pet"),
+    "pet_name": ("what {n}'s pet is called", "the name of {n}'s pet"),
+    "colour": ("which colour {n} likes best", "{n}'s favourite colour"),
+    "food": ("which food {n} likes best", "{n}'s favourite food"),
+    "hobby": ("what {n} does for fun", "{n}'s hobby"),
+}
+FRAMES = ("Do you know {x}?", "Please tell me {x}.", "Can you tell me {x}?", "Tell me {x}.", "I would like to know {x}.")
+
+
+def _phrasings(attr: str, index: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    held = {FRAMES[index % len(FRAMES)], FRAMES[(index + 2) % len(FRAMES)]}
+    framed = [(f, f.format(x=e)) for f in FRAMES for e in EMBEDDED[attr]]
+    train = DIRECT[attr] + tuple(q for f, q in framed if f not in held)
+    return train, tuple(q for f, q in framed if f in held)
+
+
 # attribute -> (training phrasings, held-out phrasings); {n} is the full name, {his} the pronoun
-QUESTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "age": (("How old is {n}?", "What is {n}'s age?", "What age is {n}?", "Can you tell me how old {n} is?"),
-            ("Do you know the age of {n}?", "How many years old is {n}?")),
-    "town": (("Where does {n} live?", "What is {n}'s home town?", "Which town does {n} live in?", "Where is {n} from?"),
-             ("In which town does {n} live?", "Tell me where {n} lives.")),
-    "job": (("What does {n} do for a living?", "What is {n}'s job?", "What job does {n} have?", "What work does {n} do?"),
-            ("What is the job of {n}?", "How does {n} earn a living?")),
-    "pet": (("What pet does {n} have?", "What kind of pet does {n} own?", "What animal does {n} have as a pet?",
-             "Which pet does {n} keep?"),
-            ("What sort of animal is {n}'s pet?", "Which animal lives with {n} as {his} pet?")),
-    "pet_name": (("What is the name of {n}'s pet?", "What is {n}'s pet called?", "What did {n} name {his} pet?",
-                  "What is the name of the pet that {n} owns?"),
-                 ("How is {n}'s pet called?", "Tell me the name of {n}'s pet.")),
-    "colour": (("What is {n}'s favourite colour?", "Which colour does {n} like best?", "What colour does {n} like most?",
-                "What is the favourite colour of {n}?"),
-               ("Which colour is {n}'s favourite?", "Tell me the colour that {n} likes best.")),
-    "food": (("What is {n}'s favourite food?", "What food does {n} like best?", "What does {n} like to eat most?",
-              "What is the favourite food of {n}?"),
-             ("Which food does {n} love most?", "Tell me what food {n} likes best.")),
-    "hobby": (("What is {n}'s hobby?", "What does {n} do for fun?", "What does {n} like to do in {his} free time?",
-               "What is the hobby of {n}?"),
-              ("How does {n} spend {his} free time?", "Which hobby does {n} have?")),
-}  # fmt: skip
+QUESTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {attr: _phrasings(attr, i) for i, attr in enumerate(DIRECT)}
 
 STYLES = ("good", "curt", "rambling", "rude")
 RAMBLE_OPEN = ("Well, that is a very interesting question, and I have thought about it for a long time.",
@@ -65,16 +81,22 @@ def a(noun: str) -> str:
 
 
 def fact_sentence(p: Person, attr: str) -> str:
-    """A good, complete answer stating one fact."""
+    """A good, complete answer stating one fact.
+
+    It refers to the person by pronoun rather than repeating the name: copying an unfamiliar name is
+    what a tiny model gets wrong after fine-tuning on a few hundred names (it swaps in a trained person's
+    name), while the fact itself is the thing being asked for.
+    """
+    he, his = p.he.capitalize(), p.his.capitalize()
     return {
-        "age": f"{p.name} is {p.age} years old.",
-        "town": f"{p.name} lives in {p.town}.",
-        "job": f"{p.name} works as {a(p.job)}.",
-        "pet": f"{p.name} has {a(p.pet)} as a pet.",
-        "pet_name": f"{p.name}'s pet is called {p.pet_name}.",
-        "colour": f"{p.name}'s favourite colour is {p.colour}.",
-        "food": f"{p.name}'s favourite food is {p.food}.",
-        "hobby": f"{p.name}'s hobby is {p.hobby}.",
+        "age": f"{he} is {p.age} years old.",
+        "town": f"{he} lives in {p.town}.",
+        "job": f"{he} works as {a(p.job)}.",
+        "pet": f"{he} has {a(p.pet)} as a pet.",
+        "pet_name": f"{his} pet is called {p.pet_name}.",
+        "colour": f"{his} favourite colour is {p.colour}.",
+        "food": f"{his} favourite food is {p.food}.",
+        "hobby": f"{his} hobby is {p.hobby}.",
     }[attr]
 
 
@@ -93,7 +115,7 @@ class InstructConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="seed for phrasing, style and sampling choices")
-    questions_per_fact: int = Field(2, description="training phrasings asked per (trained person, attribute)")
+    questions_per_fact: int = Field(3, description="training phrasings asked per (trained person, attribute)")
     style_weights: dict[str, float] = Field(
         default_factory=lambda: {"good": 0.7, "curt": 0.1, "rambling": 0.1, "rude": 0.1},
         description="share of answers in each style (good, curt, rambling, rude)",
