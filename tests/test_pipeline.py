@@ -22,6 +22,17 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert "| init |" in report and "| pretrain |" in report and "What is an LLM?" in report
     assert "{trained_person}" not in report and "loss.png" in report and (out / "loss.png").stat().st_size > 1000
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    sft = summary["stages"]["sft"]
+    for key in ("heldout_phrasing_acc", "heldout_people_acc", "base_heldout_phrasing_acc", "base_heldout_people_acc"):
+        assert 0.0 <= sft[key] <= 1.0
+    assert "| sft |" in report
+
+    chat = subprocess.run(FROMZERO + ["chat", "--ckpt", str(out / "sft"), "--max-new-tokens", "8"], env=cli_env,
+                          input="Hello!\nWhere does Tom live?\n/system Be brief.\nHi\n/reset\n/quit\n",
+                          capture_output=True, text=True)  # fmt: skip
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout.count("bot> ") == 3
+    assert "(system prompt: 'Be brief.'; history cleared)" in chat.stdout and "(history cleared)" in chat.stdout
 
     again = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out)], env=cli_env,
                            capture_output=True, text=True)  # fmt: skip

@@ -19,6 +19,9 @@ app = typer.Typer(
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="preset name in configs/ (smoke, tiny, small, gpt2) or a YAML path")]
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: --set pretrain.steps=100")]
+StageOut = Annotated[Path, typer.Option("--out", help="stage directory for checkpoints and metrics")]
+Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")]
+Ckpt = Annotated[Path, typer.Option("--ckpt", help="checkpoint or stage directory")]
 
 
 def user_errors(fn):
@@ -84,11 +87,11 @@ def data(
 @user_errors
 def pretrain(
     data: Annotated[Path, typer.Option(help="data directory made by `fromzero data`")],
-    out: Annotated[Path, typer.Option(help="stage directory for checkpoints and metrics")],
+    out: StageOut,
     preset: Preset = "tiny",
     overrides: Overrides = None,
     init: Annotated[Optional[Path], typer.Option(help="checkpoint to start from (default: random init)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    resume: Resume = False,
 ):
     """Stage 1: next-token prediction. Runs under torchrun as well (one process per device)."""
     from fromzero import checkpoint, dist
@@ -111,11 +114,11 @@ def pretrain(
 @user_errors
 def sft(
     init: Annotated[Path, typer.Option(help="checkpoint to fine-tune (a pretrain stage directory)")],
-    out: Annotated[Path, typer.Option(help="stage directory for checkpoints and metrics")],
+    out: StageOut,
     data: Annotated[Optional[list[Path]], typer.Option(help="instruction files (repeatable); default: the built-in world's")] = None,
     preset: Preset = "tiny",
     overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    resume: Resume = False,
 ):
     """Stage 2: instruction tuning. Formats (auto-detected per file): messages/ShareGPT, Alpaca, Dolly, prompt/response."""
     from fromzero.data.world import build_world
@@ -205,7 +208,7 @@ def chat(
 @app.command("eval")
 @user_errors
 def evaluate(
-    ckpt: Annotated[Path, typer.Option(help="checkpoint or stage directory")],
+    ckpt: Ckpt,
     data: Annotated[Path, typer.Option(help="data directory (for the validation split)")],
     preset: Preset = "tiny",
     overrides: Overrides = None,
@@ -231,7 +234,7 @@ def evaluate(
 @app.command()
 @user_errors
 def sample(
-    ckpt: Annotated[Path, typer.Option(help="checkpoint or stage directory")],
+    ckpt: Ckpt,
     prompt: Annotated[str, typer.Argument(help="text to continue")],
     max_new_tokens: int = 64,
     temperature: float = 0.8,

@@ -37,7 +37,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -76,10 +76,18 @@ def iter_documents(
     stats: SourceStats | None = None,
 ) -> Iterator[str]:
     """Yield the documents of `source` in a deterministic order (see the module docstring)."""
+    return _raise_or_skip(_records(source, text_field), on_error, stats)
+
+
+T = TypeVar("T")
+
+
+def _raise_or_skip(items: Iterable[T | DataError], on_error: str, stats: SourceStats | None) -> Iterator[T]:
+    """The one place where a bad record either stops the run or is skipped and counted."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     stats = stats if stats is not None else SourceStats()
-    for item in _records(source, text_field):
+    for item in items:
         if isinstance(item, DataError):
             if on_error == "raise":
                 raise item
@@ -102,17 +110,12 @@ def iter_records(
 
     The readers are the ones `iter_documents` uses; plain-text files hold no records and are an error.
     """
-    stats = stats if stats is not None else SourceStats()
-    for item in _structured(source):
-        if isinstance(item, RecordAt) and not isinstance(item.record, dict):
-            item = DataError(f"{item.where}: expected a JSON object, got {type(item.record).__name__}")
-        if isinstance(item, DataError):
-            if on_error == "raise":
-                raise item
-            stats.record_skip(item)
-        else:
-            stats.documents += 1
-            yield item
+    objects = (
+        DataError(f"{item.where}: expected a JSON object, got {type(item.record).__name__}")
+        if isinstance(item, RecordAt) and not isinstance(item.record, dict) else item
+        for item in _structured(source)
+    )  # fmt: skip
+    return _raise_or_skip(objects, on_error, stats)
 
 
 def _structured(source: Source) -> Iterator[RecordAt | DataError]:
