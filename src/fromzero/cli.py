@@ -138,6 +138,65 @@ def sft(
     typer.echo(f"checkpoint: {ckpt}")
 
 
+def _preference_pairs(cfg, sources, data: list[Path] | None):
+    """(train, val) preference pairs: from files split by prompt, or the built-in world's."""
+    from fromzero.data.preference import load_pairs, split_pairs
+    from fromzero.data.world import build_world
+    from fromzero.data.world_pref import build_preferences
+
+    if data:
+        sources.data = [str(d) for d in data]
+    if not sources.data:
+        prefs = build_preferences(build_world(cfg.world), cfg.preference)
+        return prefs.train, prefs.eval_pairs
+    pairs, stats = load_pairs(sources)
+    if stats.skipped:
+        typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
+    typer.echo(f"{stats.pairs} preference pairs from {stats.documents} records, {stats.ties} ties dropped", err=True)
+    return split_pairs(pairs, sources.val_fraction, cfg.seed)
+
+
+PreferenceData = Annotated[Optional[list[Path]], typer.Option(
+    help="preference files or .sqlite/.db vote databases (repeatable); default: the built-in world's")]  # fmt: skip
+
+
+@app.command()
+@user_errors
+def reward(
+    init: Annotated[Path, typer.Option(help="checkpoint to start from (an SFT stage directory)")],
+    out: StageOut,
+    data: PreferenceData = None,
+    preset: Preset = "tiny",
+    overrides: Overrides = None,
+    resume: Resume = False,
+):
+    """Stage 3a: a reward model, Bradley–Terry on chosen/rejected pairs. Formats (auto-detected per file):
+    prompt/chosen/rejected, HH transcripts, chosen/rejected message lists, rated completions, vote databases."""
+    from fromzero.train import reward as stage
+
+    cfg = _config(preset, overrides)
+    ckpt = stage.train(cfg.reward, *_preference_pairs(cfg, cfg.reward, data), init, out, resume=resume)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+@app.command()
+@user_errors
+def dpo(
+    init: Annotated[Path, typer.Option(help="checkpoint to tune (an SFT stage directory); also the reference")],
+    out: StageOut,
+    data: PreferenceData = None,
+    preset: Preset = "tiny",
+    overrides: Overrides = None,
+    resume: Resume = False,
+):
+    """Stage 3b: direct preference optimisation on chosen/rejected pairs (IPO with --set dpo.loss=ipo)."""
+    from fromzero.train import dpo as stage
+
+    cfg = _config(preset, overrides)
+    ckpt = stage.train(cfg.dpo, *_preference_pairs(cfg, cfg.dpo, data), init, out, resume=resume)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
 @app.command()
 @user_errors
 def chat(

@@ -14,8 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fromzero.data.world import WorldConfig
 from fromzero.data.world_chat import InstructConfig
+from fromzero.data.world_pref import PreferenceConfig
 from fromzero.model import ModelConfig
+from fromzero.train.dpo import DPOConfig
 from fromzero.train.loop import TrainConfig
+from fromzero.train.reward import RewardConfig
 from fromzero.train.sft import SFTConfig
 
 
@@ -70,6 +73,9 @@ class Config(BaseModel):
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     instruct: InstructConfig = Field(default_factory=InstructConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

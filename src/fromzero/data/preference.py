@@ -1,0 +1,398 @@
+"""Preference pairs: a conversation, and two answers to its last user turn of which people chose one.
+
+Every source becomes `PreferencePair(messages, chosen, rejected)`. The format is detected per file from
+its first record and every record of that file must fit it:
+
+- `explicit`: `prompt`, `chosen`, `rejected`. The prompt is a string or a message list; each answer a
+  string, or a message list ending with the assistant's answer (optionally preceded by the prompt, as
+  in UltraFeedback-binarized);
+- `hh`: Anthropic HH-RLHF, `chosen` and `rejected` transcripts in `\\n\\nHuman: ...\\n\\nAssistant: ...`
+  turns that share everything but the last assistant turn;
+- `implicit`: `chosen` and `rejected` message lists that share everything but the last assistant turn;
+- `rated`: UltraFeedback style, a `prompt` (or `instruction`) and `completions` (or `responses`), each
+  an object with its text (`response` / `text` / `content`) and a number (`score` / `overall_score` /
+  `rating`). A record gives pairs `best_vs_worst` (one pair) or `best_vs_each` (the best against each
+  answer scored lower);
+- a SQLite database (`.sqlite`, `.sqlite3`, `.db`, named explicitly) of votes from the web page, table
+  `votes` as `create_schema` makes it.
+
+Ties (equal scores, a "tie" vote, identical answers) teach nothing and are dropped and counted.
+
+The second half of the file turns pairs into tokens: each answer rendered after the prompt in the chat
+template, and length-grouped, resumable micro-batches of pairs that the reward model and DPO train on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fromzero.data.chat import Message, check_messages, render
+from fromzero.data.instruct import SHAREGPT_ROLES
+from fromzero.data.loader import GlobalOrder
+from fromzero.data.sources import DataError, Source, SourceStats, iter_records
+from fromzero.tokenizer import Tokenizer
+
+Pairing = Literal["best_vs_worst", "best_vs_each"]
+Format = Literal["explicit", "hh", "implicit", "rated"]
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+
+
+@dataclass
+class PreferencePair:
+    messages: list[Message]  # the conversation so far, ending with the user's turn
+    chosen: str  # the assistant answer people preferred
+    rejected: str
+
+
+@dataclass
+class PreferenceStats(SourceStats):
+    pairs: int = 0
+    ties: int = 0  # comparisons dropped because neither answer was preferred
+
+
+class PreferenceSources(BaseModel):
+    """Where a preference stage's pairs come from; shared by the reward model and DPO configs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[str] = Field(default_factory=list, description="preference files (jsonl/json/parquet/datasets) or "
+                            "vote databases (.sqlite/.db); empty: the built-in world's preferences")  # fmt: skip
+    on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
+    pairing: Pairing = Field("best_vs_worst", description="rated completions: best vs worst, or best vs each worse one")
+    val_fraction: float = Field(0.05, description="prompts held out (with all their pairs) for validation")
+
+
+def _pair(messages: list[Message], chosen: Any, rejected: Any) -> PreferencePair:
+    check_messages(messages)
+    if messages[-1]["role"] != "user":
+        raise ValueError("the prompt conversation must end with a user message (the answers reply to it)")
+    for name, answer in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(answer, str):
+            raise ValueError(f"'{name}' must be a string, got {type(answer).__name__}")
+    return PreferencePair(messages, chosen, rejected)
+
+
+def _messages(value: Any, name: str) -> list[Message]:
+    """A message list (role/content, or ShareGPT from/value) or a string (one user message)."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise ValueError(f"'{name}' must be a string or a list of messages, got {type(value).__name__}")
+    return [{"role": SHAREGPT_ROLES.get(str(m["from"]).lower(), m["from"]), "content": m.get("value")} if "from" in m
+            else {"role": m.get("role"), "content": m.get("content")} for m in value]  # fmt: skip
+
+
+def _answer(value: Any, name: str, prompt: list[Message]) -> Any:
+    """An answer string, or the last message of a list that may repeat the prompt before it."""
+    if not isinstance(value, list):
+        return value
+    conversation = _messages(value, name)
+    if not conversation or conversation[-1]["role"] != "assistant":
+        raise ValueError(f"'{name}' must end with an assistant message")
+    if len(conversation) > 1 and conversation[:-1] != prompt:
+        raise ValueError(f"the conversation in '{name}' does not start with the prompt")
+    return conversation[-1]["content"]
+
+
+def _from_explicit(r: dict[str, Any]) -> PreferencePair:
+    prompt = _messages(r["prompt"], "prompt")
+    return _pair(prompt, _answer(r["chosen"], "chosen", prompt), _answer(r["rejected"], "rejected", prompt))
+
+
+def _split_last_answer(chosen: list[Message], rejected: list[Message]) -> PreferencePair:
+    for name, conversation in (("chosen", chosen), ("rejected", rejected)):
+        if not conversation or conversation[-1]["role"] != "assistant":
+            raise ValueError(f"the '{name}' conversation must end with an assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise ValueError("'chosen' and 'rejected' differ before their last assistant turn")
+    return _pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"])
+
+
+HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+def parse_hh(transcript: str) -> list[Message]:
+    """An HH-RLHF transcript ("\\n\\nHuman: hi\\n\\nAssistant: hello") as messages."""
+    if not isinstance(transcript, str):
+        raise ValueError(f"an HH transcript must be a string, got {type(transcript).__name__}")
+    text = transcript.lstrip("\n")
+    parts = HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not an HH transcript: expected turns starting with '\\n\\nHuman:' and '\\n\\nAssistant:'")
+    speakers, contents = parts[1::2], parts[2::2]
+    return [{"role": "user" if s == "Human" else "assistant", "content": c.strip()} for s, c in zip(speakers, contents)]
+
+
+def _from_hh(r: dict[str, Any]) -> PreferencePair:
+    return _split_last_answer(parse_hh(r["chosen"]), parse_hh(r["rejected"]))
+
+
+def _from_implicit(r: dict[str, Any]) -> PreferencePair:
+    return _split_last_answer(_messages(r["chosen"], "chosen"), _messages(r["rejected"], "rejected"))
+
+
+TEXT_KEYS = ("response", "text", "content")
+SCORE_KEYS = ("score", "overall_score", "rating")
+
+
+def _from_rated(r: dict[str, Any], pairing: Pairing) -> tuple[list[PreferencePair], int]:
+    prompt = _messages(r["prompt"] if "prompt" in r else r["instruction"], "prompt")
+    completions = r["completions"] if "completions" in r else r["responses"]
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise ValueError("'completions' must be a list of at least two rated answers")
+    rated: list[tuple[float, str]] = []
+    for i, c in enumerate(completions):
+        text = next((c[k] for k in TEXT_KEYS if k in c), None) if isinstance(c, dict) else None
+        score = next((c[k] for k in SCORE_KEYS if k in c), None) if isinstance(c, dict) else None
+        if not isinstance(text, str) or not isinstance(score, (int, float)) or isinstance(score, bool):
+            raise ValueError(f"completion {i} needs a text ({'/'.join(TEXT_KEYS)}) and a number "
+                             f"({'/'.join(SCORE_KEYS)}), got {c!r}")  # fmt: skip
+        rated.append((float(score), text))
+    best = max(rated, key=lambda sc: sc[0])  # the first of equally good answers
+    others = [sc for sc in rated if sc is not best]
+    if pairing == "best_vs_worst":
+        others = [min(others, key=lambda sc: sc[0])]
+    worse = [text for score, text in others if score < best[0]]
+    return [_pair(prompt, best[1], text) for text in worse], len(others) - len(worse)
+
+
+# (name, keys that identify it); checked in this order
+FORMATS: list[tuple[Format, Any]] = [
+    ("rated", lambda r: ("completions" in r or "responses" in r) and ("prompt" in r or "instruction" in r)),
+    ("explicit", lambda r: {"prompt", "chosen", "rejected"} <= r.keys()),
+    ("hh", lambda r: {"chosen", "rejected"} <= r.keys() and isinstance(r["chosen"], str)),
+    ("implicit", lambda r: {"chosen", "rejected"} <= r.keys()),
+]
+EXPECTED = ("prompt+chosen+rejected, chosen+rejected (HH transcripts or message lists), "
+            "prompt+completions with scores (rated), or a .sqlite/.db vote database")  # fmt: skip
+
+
+def detect_format(record: dict[str, Any]) -> Format | None:
+    return next((name for name, matches in FORMATS if matches(record)), None)
+
+
+def to_pairs(record: dict[str, Any], fmt: Format, pairing: Pairing = "best_vs_worst") -> tuple[list[PreferencePair], int]:
+    """The pairs a record holds, and how many of its comparisons were ties."""
+    if fmt == "rated":
+        return _from_rated(record, pairing)
+    pair = {"explicit": _from_explicit, "hh": _from_hh, "implicit": _from_implicit}[fmt](record)
+    return ([pair], 0) if pair.chosen != pair.rejected else ([], 1)
+
+
+# ---------------------------------------------------------------------------
+# Votes from the web page. The schema is defined here once; the page writes with `add_vote`.
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS votes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    messages TEXT NOT NULL,    -- JSON list of {role, content}: the conversation both answers reply to
+    response_a TEXT NOT NULL,
+    response_b TEXT NOT NULL,
+    choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie')),
+    model_a TEXT,              -- which checkpoint wrote each answer (shown to no one while voting)
+    model_b TEXT
+)
+"""
+Choice = Literal["a", "b", "tie"]
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def add_vote(conn: sqlite3.Connection, messages: list[Message], response_a: str, response_b: str, choice: Choice,
+             model_a: str | None = None, model_b: str | None = None) -> int:  # fmt: skip
+    """Store one vote; returns its id. Checked here so the table only ever holds usable votes."""
+    _pair(messages, response_a, response_b)
+    if choice not in ("a", "b", "tie"):
+        raise ValueError(f"choice must be 'a', 'b' or 'tie', got {choice!r}")
+    with conn:
+        cursor = conn.execute(
+            "INSERT INTO votes (messages, response_a, response_b, choice, model_a, model_b) VALUES (?, ?, ?, ?, ?, ?)",
+            (json.dumps(messages), response_a, response_b, choice, model_a, model_b),
+        )
+    return int(cursor.lastrowid)
+
+
+def _vote_records(path: Path, stats: SourceStats) -> Iterator[tuple[str, str, Any]]:
+    """(file, where, row) for each vote, oldest first; the database is opened read-only."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such vote database")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT id, messages, response_a, response_b, choice FROM votes ORDER BY id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise DataError(f"{path}: not a vote database ({e}); expected the table `votes` of "
+                        f"fromzero.data.preference.create_schema") from None  # fmt: skip
+    for row in rows:
+        stats.documents += 1
+        yield str(path), f"{path}: vote {row[0]}", row
+
+
+def _from_vote(row: tuple[Any, ...]) -> tuple[list[PreferencePair], int]:
+    _, messages_json, a, b, choice = row
+    try:
+        messages = json.loads(messages_json)
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"messages is not valid JSON ({e})") from None
+    if choice not in ("a", "b", "tie"):
+        raise ValueError(f"choice must be 'a', 'b' or 'tie', got {choice!r}")
+    pair = _pair(_messages(messages, "messages"), a, b)
+    if choice == "tie" or a == b:
+        return [], 1
+    return [pair if choice == "a" else PreferencePair(pair.messages, b, a)], 0
+
+
+# ---------------------------------------------------------------------------
+# Reading any source
+
+
+def _is_sqlite(source: str | Path) -> bool:
+    return str(source).lower().endswith(SQLITE_SUFFIXES)
+
+
+def iter_preference_pairs(source: Source, on_error: Literal["raise", "skip"] = "raise", stats: PreferenceStats | None = None,
+                          pairing: Pairing = "best_vs_worst") -> Iterator[PreferencePair]:  # fmt: skip
+    """Preference pairs from files and vote databases, the format detected per file."""
+    stats = stats if stats is not None else PreferenceStats()
+    for item in [source] if isinstance(source, (str, Path)) else source:
+        records = _vote_records(Path(item), stats) if _is_sqlite(item) else iter_records(item, on_error, stats)
+        yield from _convert(records, on_error, stats, pairing)
+
+
+def _convert(records: Iterator[tuple[str, str, Any]], on_error: Literal["raise", "skip"], stats: PreferenceStats,
+             pairing: Pairing) -> Iterator[PreferencePair]:  # fmt: skip
+    formats: dict[str, Format | Literal["votes"]] = {}
+    for file, where, record in records:
+        try:
+            if file not in formats:
+                fmt = "votes" if _is_sqlite(file) else detect_format(record)
+                if fmt is None:
+                    raise DataError(f"{where}: no preference format fits the keys {sorted(record)}; expected {EXPECTED}")
+                formats[file] = fmt
+            fmt = formats[file]
+            try:
+                pairs, ties = _from_vote(record) if fmt == "votes" else to_pairs(record, fmt, pairing)
+            except (KeyError, TypeError, ValueError) as e:
+                detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+                raise DataError(f"{where}: bad {fmt} record: {detail}") from None
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            stats.record_skip(e)
+            continue
+        stats.pairs += len(pairs)
+        stats.ties += ties
+        yield from pairs
+
+
+def load_pairs(sources: PreferenceSources) -> tuple[list[PreferencePair], PreferenceStats]:
+    stats = PreferenceStats()
+    return list(iter_preference_pairs(sources.data, sources.on_error, stats, sources.pairing)), stats
+
+
+def split_pairs(pairs: list[PreferencePair], val_fraction: float,
+                seed: int = 0) -> tuple[list[PreferencePair], list[PreferencePair]]:  # fmt: skip
+    """(train, val) split by prompt, so no prompt of the validation pairs is trained on."""
+    prompts = list(dict.fromkeys(json.dumps(p.messages) for p in pairs))
+    random.Random(seed).shuffle(prompts)
+    n_val = max(1, int(val_fraction * len(prompts))) if val_fraction > 0 else 0
+    held = set(prompts[:n_val])
+    return [p for p in pairs if json.dumps(p.messages) not in held], [p for p in pairs if json.dumps(p.messages) in held]
+
+
+# ---------------------------------------------------------------------------
+# Tokens and batches
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    chosen: list[int]  # prompt then chosen answer, in the chat template
+    rejected: list[int]
+    prompt_len: int  # tokens before the answer, the same in both
+
+
+def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int) -> tuple[list[EncodedPair], dict[str, int]]:
+    """Pairs rendered in the chat template. A pair longer than seq_len is dropped rather than cut: the
+    reward is read at the last token and DPO compares whole answers."""
+    encoded, dropped = [], 0
+    for p in pairs:
+        prompt = render(tok, p.messages, generation_prompt=True)[0]
+        chosen, rejected = (render(tok, [*p.messages, {"role": "assistant", "content": answer}])[0]
+                            for answer in (p.chosen, p.rejected))  # fmt: skip
+        if max(len(chosen), len(rejected)) > seq_len:
+            dropped += 1
+            continue
+        encoded.append(EncodedPair(chosen, rejected, len(prompt)))
+    return encoded, {"pairs": len(encoded), "dropped": dropped}
+
+
+PairBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def collate_pairs(encoded: Sequence[EncodedPair], indices: Sequence[int], pad_id: int) -> PairBatch:
+    """(ids, answer_mask, lengths, indices) for B pairs: rows 0..B-1 are the chosen sequences and B..2B-1
+    the rejected ones, right-padded (causal attention keeps real tokens from ever seeing padding);
+    answer_mask marks each answer's tokens (its closing <|end|> included); indices name the pairs."""
+    rows = [encoded[i].chosen for i in indices] + [encoded[i].rejected for i in indices]
+    starts = [encoded[i].prompt_len for i in indices] * 2
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    lengths = torch.tensor([len(r) for r in rows])
+    position = torch.arange(width)
+    mask = (position >= torch.tensor(starts)[:, None]) & (position < lengths[:, None])
+    return ids, mask, lengths, torch.tensor(list(indices))
+
+
+class PairBatches:
+    """Micro-batches of pairs of similar length, so little of each batch is padding; resumable.
+
+    As for SFT: groups formed once (a seeded shuffle, a stable sort by length, chunks of
+    micro_batch_size pairs), visited in a new seeded order every epoch, each rank taking its own groups.
+    """
+
+    def __init__(self, encoded: list[EncodedPair], micro_batch_size: int, pad_id: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):  # fmt: skip
+        if len(encoded) < micro_batch_size * world_size:
+            raise ValueError(f"{len(encoded)} preference pairs are fewer than one batch of "
+                             f"{micro_batch_size} × {world_size} ranks")  # fmt: skip
+        self.encoded, self.pad_id = encoded, pad_id
+        by_length = list(range(len(encoded)))
+        random.Random(seed).shuffle(by_length)
+        by_length.sort(key=lambda i: max(len(encoded[i].chosen), len(encoded[i].rejected)))
+        self.groups = [by_length[i : i + micro_batch_size] for i in range(0, len(by_length), micro_batch_size)]
+        self.order = GlobalOrder(len(self.groups), 1, seed=seed, rank=rank, world_size=world_size)
+
+    def next_batch(self) -> PairBatch:
+        (group,) = self.order.next_indices()
+        return collate_pairs(self.encoded, self.groups[group], self.pad_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
+
+
+def eval_batches(encoded: list[EncodedPair], micro_batch_size: int, pad_id: int, rank: int = 0,
+                 world_size: int = 1) -> Iterator[PairBatch]:  # fmt: skip
+    """This rank's share of the validation pairs, in order, in micro-batches."""
+    mine = list(range(rank, len(encoded), world_size))
+    for i in range(0, len(mine), micro_batch_size):
+        yield collate_pairs(encoded, mine[i : i + micro_batch_size], pad_id)

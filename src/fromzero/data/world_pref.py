@@ -1,0 +1,176 @@
+"""Preference data written from the built-in world, and the gold preference function that labels it.
+
+A prompt asks for a fact about a *trained* person (held-out people stay out of every stage's training
+data). Its candidate answers differ in what people care about: the content (the right fact, a wrong
+one, or an evasive "I don't know") and the style (good, curt, rambling, rude; the styles of
+`world_chat`). The gold preference function stands in for human labellers: it scores any
+(question, answer) from the world's facts and the answer's text,
+
+    score = content (right 2, evasive 0, wrong -2) - style penalty (good 0, curt 0.5, rambling 1, rude 1.5)
+
+so a right fact beats everything without one, and among equal content good > curt > rambling > rude.
+Simulated labellers pick between two answers the Bradley–Terry way, P(a over b) = sigmoid((s_a - s_b) /
+temperature) (temperature 0: always the better one), then flip a `label_noise` share of their labels.
+
+The gold function belongs to evaluation: it labels the held-out pairs without noise, and judges the
+answers of a tuned policy against the reference's (gold win rate). No training objective ever calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fromzero.data.preference import PreferencePair
+from fromzero.data.world import ATTRIBUTES, Person, World
+from fromzero.data.world_chat import QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, Question, a, \
+    fact_sentence, styled  # fmt: skip
+
+CONTENTS = ("right", "evasive", "wrong")
+CONTENT_SCORE = {"right": 2.0, "evasive": 0.0, "wrong": -2.0}
+STYLE_PENALTY = {"good": 0.0, "curt": 0.5, "rambling": 1.0, "rude": 1.5}
+EVASIVE = ("Sorry, I don't know that.", "no idea")  # (good sentence, curt form), as for a fact
+# A good answer is one full sentence: fewer words is curt, many more is rambling.
+MIN_WORDS, MAX_WORDS = 4, 20
+
+
+class PreferenceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="seed for phrasings, candidate answers and labels")
+    questions_per_fact: int = Field(2, description="training phrasings per (trained person, attribute), a pair each")
+    content_weights: dict[str, float] = Field(
+        default_factory=lambda: {"right": 0.5, "evasive": 0.25, "wrong": 0.25},
+        description="how often a candidate answer states the right fact, none, or a wrong one",
+    )
+    style_weights: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(STYLES, 0.25), description="how often a candidate is in each style"
+    )
+    temperature: float = Field(0.5, ge=0, description="Bradley–Terry temperature of the simulated labellers; "
+                               "0: they always pick the better answer")  # fmt: skip
+    label_noise: float = Field(0.0, ge=0, le=0.5, description="share of labels flipped after that (careless labellers)")
+    eval_questions: int = Field(200, description="held-out prompts (trained people, held-out phrasings) for evaluation")
+
+
+def _words(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9']+", text.lower())) + " "
+
+
+RUDE = tuple(_words(s) for s in RUDE_OPEN + RUDE_CLOSE)
+RAMBLE = tuple(_words(s) for s in RAMBLE_OPEN + RAMBLE_CLOSE)
+
+
+def answer_style(answer: str) -> str:
+    """The style of any answer text, judged the way a reader would: rudeness first, then length."""
+    text, n_words = _words(answer), len(re.findall(r"[\w']+", answer))
+    if any(phrase in text for phrase in RUDE):
+        return "rude"
+    if n_words > MAX_WORDS or any(phrase in text for phrase in RAMBLE):
+        return "rambling"
+    return "curt" if n_words < MIN_WORDS else "good"
+
+
+class GoldPreference:
+    """The gold preference function of a world (see the module docstring)."""
+
+    def __init__(self, world: World):
+        self.values = {attr: {str(getattr(p, attr)) for p in world.people} for attr in ATTRIBUTES}
+
+    def content(self, q: Question, answer: str) -> str:
+        """right: states the expected fact and no other value of the attribute; wrong: states another;
+        evasive: states none. Matching is on whole words, with the person's name removed first."""
+        text = _words(answer.replace(q.person, " "))
+        stated = {v for v in self.values[q.attribute] if _words(v) in text}
+        return "evasive" if not stated else "right" if stated == {q.expected} else "wrong"
+
+    def score(self, q: Question, answer: str) -> float:
+        return CONTENT_SCORE[self.content(q, answer)] - STYLE_PENALTY[answer_style(answer)]
+
+    def win_rate(self, questions: Sequence[Question], answers: Sequence[str], reference: Sequence[str]) -> float:
+        """(wins + ties / 2) / prompts of `answers` against `reference`, the same questions answered."""
+        if not len(questions) == len(answers) == len(reference):
+            raise ValueError(f"{len(questions)} questions, {len(answers)} answers, {len(reference)} reference answers")
+        points = 0.0
+        for q, ans, ref in zip(questions, answers, reference):
+            s, r = self.score(q, ans), self.score(q, ref)
+            points += 1.0 if s > r else 0.5 if s == r else 0.0
+        return points / max(1, len(questions))
+
+
+def candidate(world: World, gold: GoldPreference, p: Person, attr: str, content: str, style: str,
+              rng: random.Random) -> str:  # fmt: skip
+    """One answer about p's attribute with the given content and style."""
+    if content == "evasive":
+        return styled(*EVASIVE, style, rng)
+    if content == "wrong":
+        expected = world.facts(p)[attr]
+        value = rng.choice(sorted(gold.values[attr] - {expected}))
+        p = dataclasses.replace(p, **{attr: int(value) if attr == "age" else value})
+    short = a(p.job) if attr == "job" else str(getattr(p, attr))
+    return styled(fact_sentence(p, attr), short, style, rng)
+
+
+def bradley_terry_label(score_a: float, score_b: float, temperature: float, label_noise: float, rng: random.Random) -> bool:
+    """Whether a simulated labeller prefers answer a."""
+    if temperature == 0:
+        prefers_a = score_a > score_b
+    else:
+        prefers_a = rng.random() < 1 / (1 + math.exp(-(score_a - score_b) / temperature))
+    return prefers_a != (rng.random() < label_noise)
+
+
+@dataclass(frozen=True)
+class WorldPreferences:
+    train: list[PreferencePair]  # training prompts, labelled by the simulated labellers
+    train_questions: list[Question]  # what each training pair answers, for analysis (training sees only pairs)
+    eval_pairs: list[PreferencePair]  # held-out prompts, chosen by the gold function without noise
+    eval_questions: list[Question]  # the held-out prompts, for judging a policy's own answers
+
+
+def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
+    for name, weights, known in (("content", cfg.content_weights, CONTENTS), ("style", cfg.style_weights, STYLES)):
+        if set(weights) - set(known):
+            raise ValueError(f"unknown {name} kinds {sorted(set(weights) - set(known))}; kinds: {', '.join(known)}")
+    gold = GoldPreference(world)
+    rng = random.Random(f"{cfg.seed}:preference")
+    contents, content_w = zip(*cfg.content_weights.items())
+    styles, style_w = zip(*cfg.style_weights.items())
+
+    def two_answers(q: Question) -> tuple[str, str, float, float]:
+        """Two candidates the gold function tells apart (equal ones teach nothing)."""
+        p = world.person(q.person)
+        while True:
+            answers = [candidate(world, gold, p, q.attribute, rng.choices(contents, content_w)[0],
+                                 rng.choices(styles, style_w)[0], rng) for _ in range(2)]  # fmt: skip
+            scores = [gold.score(q, x) for x in answers]
+            if scores[0] != scores[1]:
+                return answers[0], answers[1], scores[0], scores[1]
+
+    def question(p: Person, attr: str, template: str) -> Question:
+        return Question(template.format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr])
+
+    train, train_questions = [], []
+    for p in world.trained_people:
+        for attr in ATTRIBUTES:
+            for template in rng.sample(QUESTIONS[attr][0], cfg.questions_per_fact):
+                q = question(p, attr, template)
+                x, y, sx, sy = two_answers(q)
+                chosen, rejected = (x, y) if bradley_terry_label(sx, sy, cfg.temperature, cfg.label_noise, rng) else (y, x)
+                train.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
+                train_questions.append(q)
+
+    facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
+    eval_questions = [question(p, attr, rng.choice(QUESTIONS[attr][1]))
+                      for p, attr in rng.sample(facts, min(cfg.eval_questions, len(facts)))]  # fmt: skip
+    eval_pairs = []
+    for q in eval_questions:
+        x, y, sx, sy = two_answers(q)
+        chosen, rejected = (x, y) if sx > sy else (y, x)
+        eval_pairs.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
+    return WorldPreferences(train, train_questions, eval_pairs, eval_questions)

@@ -1,0 +1,178 @@
+"""Stage 3b: direct preference optimisation, the offline alternative to a reward model + PPO.
+
+DPO (Rafailov et al. 2023) trains the policy on the preference pairs themselves: the implicit reward of
+an answer is β·(log π(y|x) - log π_ref(y|x)), and the loss is the Bradley–Terry loss on the difference
+of the two implicit rewards. The reference is the starting (SFT) model; since it never changes, its
+log-probabilities are computed once, before training. Log-probabilities are sums over the answer's
+tokens only (the chat template's mask; the closing <|end|> included). IPO (Azar et al. 2023) replaces
+the log-sigmoid with a squared loss that keeps the log-ratio gap at 1/(2β) instead of pushing it to
+infinity, on per-token averages of the log-probabilities as in TRL. A small model tuned with DPO tends
+to lower the likelihood of the chosen answers too and drift to answers no one wrote; `rpo_alpha` adds the
+next-token loss on the chosen answers (RPO, Pang et al. 2024; Llama 3 did the same) to hold it in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from fromzero import checkpoint
+from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
+    encode_pairs, eval_batches  # fmt: skip
+from fromzero.dist import DistInfo, all_reduce_sum, setup
+from fromzero.model import Transformer
+from fromzero.tokenizer import Tokenizer
+from fromzero.train import loop
+from fromzero.train.loop import TrainConfig
+
+DPOLoss = Literal["sigmoid", "ipo"]
+
+
+class DPOConfig(TrainConfig, PreferenceSources):
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model (KL coefficient)")
+    loss: DPOLoss = Field("sigmoid", description="sigmoid: DPO; ipo: IPO's squared loss on per-token averages")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid only: assumed share of flipped labels (cDPO)")
+    rpo_alpha: float = Field(0.0, ge=0, description="weight of the next-token loss on chosen answers (RPO), which keeps "
+                             "DPO from lowering their likelihood along with the rejected ones'")  # fmt: skip
+    batch_tokens: int = Field(4096, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
+    micro_batch_size: int = Field(16, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)")
+    seq_len: int = Field(128, description="longest sequence; longer pairs are dropped")
+    steps: int = 200
+    lr: float = 2e-4
+    warmup_steps: int = 20
+    eval_every: int = 100
+    checkpoint_every: int = 100
+
+    @model_validator(mode="after")
+    def _smoothing_is_for_sigmoid(self) -> DPOConfig:
+        if self.loss == "ipo" and self.label_smoothing:
+            raise ValueError("label_smoothing applies to the sigmoid loss only")
+        return self
+
+
+def dpo_loss(pol_chosen_logp: torch.Tensor, pol_rejected_logp: torch.Tensor, ref_chosen_logp: torch.Tensor,
+             ref_rejected_logp: torch.Tensor, beta: float, loss: DPOLoss = "sigmoid",
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """The batch-mean DPO (or IPO) loss and the metrics TRL logs, from per-pair sequence log-probs [B]."""
+    logits = (pol_chosen_logp - pol_rejected_logp) - (ref_chosen_logp - ref_rejected_logp)
+    if loss == "sigmoid":
+        # label smoothing: the label is wrong with probability ε, so the loss is the expected one
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * logits) - label_smoothing * F.logsigmoid(-beta * logits)
+    elif loss == "ipo":
+        if label_smoothing:
+            raise ValueError("label_smoothing applies to the sigmoid loss only")
+        losses = (logits - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss {loss!r}; expected 'sigmoid' or 'ipo'")
+    chosen_rewards = beta * (pol_chosen_logp - ref_chosen_logp).detach()
+    rejected_rewards = beta * (pol_rejected_logp - ref_rejected_logp).detach()
+    metrics = {
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        "logps/chosen": pol_chosen_logp.detach().mean().item(),
+        "logps/rejected": pol_rejected_logp.detach().mean().item(),
+    }
+    return losses.mean(), metrics
+
+
+def sequence_logps(model: nn.Module, ids: torch.Tensor, answer_mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """log π(answer | prompt) of each row [B]: the sum (or mean) over the masked answer tokens."""
+    logits = model(ids[:, :-1])
+    targets, mask = ids[:, 1:], answer_mask[:, 1:]
+    token_logps = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    total = (token_logps * mask).sum(-1)
+    return total / mask.sum(-1) if average else total
+
+
+def _batch_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask, _, index = batch
+    device = next(model.parameters()).device
+    logps = sequence_logps(model, ids.to(device), mask.to(device), average)
+    return logps[: len(index)], logps[len(index) :]
+
+
+@torch.no_grad()
+def reference_logps(cfg: DPOConfig, model: Transformer, encoded: list[EncodedPair], pad_id: int,
+                    device: torch.device) -> torch.Tensor:  # fmt: skip
+    """[N, 2] log-probs of each pair's (chosen, rejected) answer under the reference model."""
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(len(encoded), 2, device=device)
+    with loop.autocast(cfg, device):
+        for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id):
+            chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
+            out[batch[3].to(device)] = torch.stack([chosen, rejected], dim=1)
+    model.train(was_training)
+    return out
+
+
+def dpo_loss_fn(cfg: DPOConfig, reference: torch.Tensor):
+    average = cfg.loss == "ipo"
+
+    def loss_fn(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected = _batch_logps(model, batch, average)
+        ref = reference[batch[3].to(reference.device)]
+        loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
+        if cfg.rpo_alpha:
+            n_tokens = batch[1][: len(chosen), 1:].sum(-1).to(chosen.device)
+            nll = -(chosen if average else chosen / n_tokens).mean()
+            loss = loss + cfg.rpo_alpha * nll
+            metrics["nll_loss"] = nll.item()
+        return loss, metrics
+
+    return loss_fn
+
+
+def dpo_evaluator(cfg: DPOConfig, encoded: list[EncodedPair], reference: torch.Tensor, pad_id: int, info: DistInfo):
+    """The loss and implicit-reward metrics on held-out pairs."""
+    names = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+
+    def evaluate(model: Transformer) -> dict[str, float]:
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=reference.device)
+        for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, info.rank, info.world_size):
+            chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
+            ref = reference[batch[3].to(reference.device)]
+            loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
+            n = len(chosen)
+            sums += torch.tensor([loss.item() * n, *(metrics[k] * n for k in names[1:]), n], dtype=torch.float64,
+                                 device=sums.device)  # fmt: skip
+        all_reduce_sum(sums)
+        return {f"val_{k}": (sums[i] / sums[-1]).item() for i, k in enumerate(names)}
+
+    return evaluate
+
+
+def train(cfg: DPOConfig, pairs: list[PreferencePair], val_pairs: list[PreferencePair], init: Path, out_dir: Path,
+          *, resume: bool = False, log=print) -> Path:  # fmt: skip
+    """Tune the (SFT) checkpoint at `init` on preference pairs with DPO; returns the final checkpoint."""
+    info = setup(cfg.device)
+    if resume and loop.is_done(out_dir):
+        return checkpoint.resolve(out_dir)
+    tok_file = checkpoint.tokenizer_file(init)
+    tok = Tokenizer.load(tok_file)
+    model = checkpoint.load_model(init, info.device)
+    if model.cfg.max_seq_len < cfg.seq_len:
+        raise ValueError(f"dpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len)
+    val_encoded, _ = encode_pairs(tok, val_pairs, cfg.seq_len)
+    if info.is_main:
+        log(f"[dpo] {stats['pairs']} training pairs, {len(val_encoded)} for validation; "
+            f"{stats['dropped']} longer than {cfg.seq_len} tokens dropped")  # fmt: skip
+    batches = PairBatches(encoded, cfg.micro_batch_size, tok.pad_id, seed=cfg.seed, rank=info.rank,
+                          world_size=info.world_size)  # fmt: skip
+    # the reference is the starting model: on resume `model` is reloaded from the checkpoint by the loop,
+    # after these are computed from `init`
+    reference = reference_logps(cfg, model, encoded, tok.pad_id, info.device)
+    evaluate = None
+    if val_encoded:
+        val_reference = reference_logps(cfg, model, val_encoded, tok.pad_id, info.device)
+        evaluate = dpo_evaluator(cfg, val_encoded, val_reference, tok.pad_id, info)
+    stage = loop.Stage("dpo", Path(out_dir), tok_file, info)
+    return loop.run(cfg, stage, model, batches, dpo_loss_fn(cfg, reference), evaluate=evaluate, resume=resume)

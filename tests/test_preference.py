@@ -1,0 +1,259 @@
+"""Stage 3 data: preference formats, the vote database, pair batches, and the built-in world's preferences."""
+
+import json
+import math
+import random
+import sqlite3
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fromzero.data.preference import PairBatches, PreferencePair, PreferenceStats, add_vote, collate_pairs, \
+    create_schema, encode_pairs, iter_preference_pairs, split_pairs  # fmt: skip
+from fromzero.data.sources import DataError
+from fromzero.data.world import WorldConfig, build_world
+from fromzero.data.world_chat import STYLES, Question
+from fromzero.data.world_pref import CONTENTS, GoldPreference, PreferenceConfig, answer_style, build_preferences, \
+    candidate  # fmt: skip
+
+USER = [{"role": "user", "content": "Hi?"}]
+HELLO = PreferencePair(USER, "Hello.", "Go away.")
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def pairs_of(path, **kwargs):
+    return list(iter_preference_pairs(path, **kwargs))
+
+
+@pytest.mark.parametrize("record", [
+    {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."},
+    {"prompt": USER, "chosen": [{"role": "assistant", "content": "Hello."}],
+     "rejected": [{"role": "assistant", "content": "Go away."}]},
+    # UltraFeedback-binarized: each answer repeats the prompt
+    {"prompt": "Hi?", "chosen": [*USER, {"role": "assistant", "content": "Hello."}],
+     "rejected": [*USER, {"role": "assistant", "content": "Go away."}], "score_chosen": 8.0, "score_rejected": 2.0},
+    {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."},
+    {"chosen": [*USER, {"role": "assistant", "content": "Hello."}],
+     "rejected": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Go away."}]},
+    {"instruction": "Hi?", "completions": [{"response": "Go away.", "overall_score": 1.5},
+                                           {"response": "Hello.", "overall_score": 9}]},
+])  # fmt: skip
+def test_every_format_is_detected(tmp_path, record):
+    assert pairs_of(write_jsonl(tmp_path / "p.jsonl", [record, record])) == [HELLO, HELLO]
+
+
+def test_hh_multi_turn_keeps_the_shared_conversation(tmp_path):
+    history = "\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: Where is Tom?"
+    record = {"chosen": history + "\n\nAssistant: At home.", "rejected": history + "\n\nAssistant: No idea."}
+    (pair,) = pairs_of(write_jsonl(tmp_path / "hh.jsonl", [record]))
+    assert [m["role"] for m in pair.messages] == ["user", "assistant", "user"]
+    assert pair.messages[-1]["content"] == "Where is Tom?" and (pair.chosen, pair.rejected) == ("At home.", "No idea.")
+
+
+@pytest.mark.parametrize("pairing, expected, ties", [
+    ("best_vs_worst", [("A", "D")], 1),
+    ("best_vs_each", [("A", "C"), ("A", "D")], 2),  # B ties with the best: dropped
+])  # fmt: skip
+def test_rated_completions_pair_the_best_and_drop_ties(tmp_path, pairing, expected, ties):
+    record = {"prompt": "Hi?", "completions": [{"text": "A", "score": 5}, {"text": "B", "score": 5},
+                                               {"text": "C", "score": 3}, {"text": "D", "score": 1}]}  # fmt: skip
+    all_equal = {"prompt": "Hi?", "completions": [{"text": "A", "rating": 2}, {"text": "B", "rating": 2}]}
+    stats = PreferenceStats()
+    pairs = pairs_of(write_jsonl(tmp_path / "r.jsonl", [record, all_equal]), stats=stats, pairing=pairing)
+    assert [(p.chosen, p.rejected) for p in pairs] == expected
+    assert (stats.pairs, stats.ties) == (len(expected), ties)  # the all-equal record is one tie
+
+
+def test_identical_answers_are_ties(tmp_path):
+    stats = PreferenceStats()
+    assert pairs_of(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Hi?", "chosen": "x", "rejected": "x"}]), stats=stats) == []
+    assert stats.ties == 1 and stats.skipped == 0
+
+
+def test_json_parquet_and_saved_dataset_sources(tmp_path):
+    import datasets
+
+    records = [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}] * 3
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "d.parquet")
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "saved"))
+    for source in ("d.json", "d.parquet", "saved"):
+        assert pairs_of(str(tmp_path / source)) == [HELLO] * 3
+
+
+def test_formats_are_detected_per_file(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"chosen": "Human: Hi?\n\nAssistant: Hello.",
+                                            "rejected": "Human: Hi?\n\nAssistant: Go away."}])  # fmt: skip
+    assert pairs_of([a, b]) == [HELLO, HELLO]
+
+
+GOOD = {
+    "explicit": {"prompt": "Hi?", "chosen": "a", "rejected": "b"},
+    "hh": {"chosen": "Human: Hi?\n\nAssistant: a", "rejected": "Human: Hi?\n\nAssistant: b"},
+    "implicit": {"chosen": [*USER, {"role": "assistant", "content": "a"}],
+                 "rejected": [*USER, {"role": "assistant", "content": "b"}]},
+    "rated": {"prompt": "Hi?", "completions": [{"text": "a", "score": 2}, {"text": "b", "score": 1}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt, bad, error", [
+    ("explicit", {"prompt": "Hi?", "chosen": "Hello."}, "missing field 'rejected'"),
+    ("explicit", {"prompt": "Hi?", "chosen": 3, "rejected": "x"}, "'chosen' must be a string, got int"),
+    ("explicit", {"prompt": [{"role": "assistant", "content": "Hi?"}], "chosen": "a", "rejected": "b"},
+     "turn 0 should be from the user"),
+    ("explicit", {"prompt": "Hi?", "chosen": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "a"}],
+                  "rejected": "b"}, "the conversation in 'chosen' does not start with the prompt"),
+    ("hh", {"chosen": "Human: Hi?\n\nAssistant: a", "rejected": "Human: Bye?\n\nAssistant: b"},
+     "'chosen' and 'rejected' differ before their last assistant turn"),
+    ("hh", {"chosen": "Hello there", "rejected": "Human: Hi?\n\nAssistant: b"}, "not an HH transcript"),
+    ("hh", {"chosen": "Human: Hi?", "rejected": "Human: Hi?\n\nAssistant: b"},
+     "the 'chosen' conversation must end with an assistant turn"),
+    ("implicit", {"chosen": [*USER], "rejected": [*USER, {"role": "assistant", "content": "b"}]},
+     "the 'chosen' conversation must end with an assistant turn"),
+    ("rated", {"prompt": "Hi?", "completions": [{"text": "a", "score": "high"}, {"text": "b", "score": 1}]},
+     r"completion 0 needs a text \(response/text/content\) and a number"),
+    ("rated", {"prompt": "Hi?", "completions": [{"text": "a", "score": 1}]}, "'completions' must be a list of at least two"),
+])  # fmt: skip
+def test_malformed_records_name_file_and_line(tmp_path, fmt, bad, error):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD[fmt], GOOD[fmt], bad])
+    with pytest.raises(DataError, match=rf"{path}:3: bad {fmt} record: {error}"):
+        pairs_of(path)
+    stats = PreferenceStats()
+    assert len(pairs_of(path, on_error="skip", stats=stats)) == 2 and stats.skipped == 1
+
+
+def test_unknown_format_and_bad_json_name_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "Hi?", "answer": "Hello."}])
+    with pytest.raises(DataError, match=rf"{path}:1: no preference format fits the keys \['answer', 'question'\].*HH"):
+        pairs_of(path)
+    bad_json = tmp_path / "j.jsonl"
+    bad_json.write_text(json.dumps({"prompt": "Hi?", "chosen": "a", "rejected": "b"}) + "\n{oops\n")
+    with pytest.raises(DataError, match=rf"{bad_json}:2: invalid JSON"):
+        pairs_of(str(bad_json))
+
+
+def test_votes_round_trip_through_sqlite(tmp_path):
+    db = tmp_path / "votes.sqlite"
+    conn = sqlite3.connect(db)
+    create_schema(conn)
+    create_schema(conn)  # idempotent: the web page calls it on every start
+    conversation = [{"role": "system", "content": "Be kind."}, *USER]
+    ids = [add_vote(conn, conversation, "Hello.", "Go away.", "a", model_a="dpo", model_b="sft"),
+           add_vote(conn, USER, "Go away.", "Hello.", "b"),
+           add_vote(conn, USER, "Hi.", "Hey.", "tie")]  # fmt: skip
+    assert ids == [1, 2, 3]
+    with pytest.raises(ValueError, match="choice must be"):
+        add_vote(conn, USER, "a", "b", "both")
+    with pytest.raises(ValueError, match="should be from the user"):
+        add_vote(conn, [{"role": "assistant", "content": "x"}], "a", "b", "a")
+    row = conn.execute("SELECT created_at, model_a, model_b FROM votes WHERE id = 1").fetchone()
+    assert row[0].startswith("20") and row[1:] == ("dpo", "sft")
+    conn.close()
+    stats = PreferenceStats()
+    assert pairs_of(str(db), stats=stats) == [PreferencePair(conversation, "Hello.", "Go away."), HELLO]
+    assert (stats.pairs, stats.ties) == (2, 1)
+
+
+def test_malformed_votes_name_the_database_and_vote(tmp_path):
+    db = tmp_path / "votes.db"
+    conn = sqlite3.connect(db)
+    create_schema(conn)
+    add_vote(conn, USER, "a", "b", "a")
+    with conn:
+        conn.execute("INSERT INTO votes (messages, response_a, response_b, choice) VALUES ('[oops', 'a', 'b', 'a')")
+    conn.close()
+    with pytest.raises(DataError, match=rf"{db}: vote 2: bad votes record: messages is not valid JSON"):
+        pairs_of(str(db))
+    not_db = tmp_path / "empty.sqlite"
+    sqlite3.connect(not_db).close()
+    with pytest.raises(DataError, match=rf"{not_db}: not a vote database .*no such table: votes"):
+        pairs_of(str(not_db))
+
+
+def test_split_keeps_every_pair_of_a_prompt_on_one_side():
+    pairs = [PreferencePair([{"role": "user", "content": f"q{i % 10}"}], f"a{i}", f"b{i}") for i in range(50)]
+    train, val = split_pairs(pairs, 0.2, seed=0)
+    assert len(train) + len(val) == 50 and len(val) == 10
+    assert not {p.messages[0]["content"] for p in train} & {p.messages[0]["content"] for p in val}
+
+
+def test_pair_batches_mask_exactly_the_answer_and_resume(smoke_data):
+    from fromzero.data.chat import render
+    from fromzero.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(smoke_data)
+    pairs = [PreferencePair(USER, "Hello." * (i % 5 + 1), "No.") for i in range(20)]
+    encoded, stats = encode_pairs(tok, [*pairs, PreferencePair(USER, "word " * 200, "No.")], seq_len=64)
+    assert stats == {"pairs": 20, "dropped": 1}
+    ids, mask, lengths, index = collate_pairs(encoded, [3, 0], tok.pad_id)
+    full, _ = render(tok, [*USER, {"role": "assistant", "content": pairs[3].chosen}])
+    answer = tok.encode(pairs[3].chosen) + [tok.end_id]
+    assert ids[0, : len(full)].tolist() == full and lengths[0] == len(full)
+    assert ids[0, mask[0]].tolist() == answer and ids[3, mask[3]].tolist() == tok.encode("No.") + [tok.end_id]
+    assert (ids[2, lengths[2] :] == tok.pad_id).all() and index.tolist() == [3, 0]
+    a = PairBatches(encoded, 4, tok.pad_id, seed=1)
+    for _ in range(3):
+        a.next_batch()
+    b = PairBatches(encoded, 4, tok.pad_id, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(a.next_batch(), b.next_batch()))
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(WorldConfig(n_people=40, bios_per_person=1, n_stories=0, n_arithmetic=0))
+
+
+def test_world_preferences_use_trained_people_and_hold_out_phrasings(world):
+    data = build_preferences(world, PreferenceConfig(eval_questions=50))
+    text = json.dumps([p.__dict__ for p in data.train + data.eval_pairs])
+    assert not any(p.name in text for p in world.heldout_people)
+    assert len(data.train) == len(world.trained_people) * 8 * 2 and len(data.eval_pairs) == 50
+    train_prompts = {p.messages[0]["content"] for p in data.train}
+    assert not train_prompts & {q.question for q in data.eval_questions}
+    gold = GoldPreference(world)
+    assert all(gold.score(q, p.chosen) > gold.score(q, p.rejected) for q, p in zip(data.eval_questions, data.eval_pairs))
+
+
+def test_gold_function_orders_content_then_style(world):
+    gold, rng = GoldPreference(world), random.Random(0)
+    p = world.trained_people[0]
+    q = Question("What is the job of X?", p.name, "job", p.job)
+    ranking = []
+    for content in CONTENTS:
+        for style in STYLES:
+            answer = candidate(world, gold, p, "job", content, style, rng)
+            assert (gold.content(q, answer), answer_style(answer)) == (content, style), answer
+            ranking.append(gold.score(q, answer))
+    assert ranking == sorted(ranking, reverse=True) and len(set(ranking)) == len(ranking)
+    other = min(gold.values["job"] - {p.job})
+    assert gold.content(q, f"{p.name} is a {other}.") == "wrong"
+    assert gold.content(q, f"Maybe a {p.job}, or a {other}.") == "wrong"
+    right = f"He works as a {p.job}."
+    assert gold.win_rate([q, q, q], [right, "No idea.", "x"], ["No idea.", "No idea.", right]) == 0.5  # win, tie, loss
+
+
+@pytest.mark.parametrize("temperature, noise", [(0.0, 0.0), (0.0, 0.2), (1.0, 0.0), (1.0, 0.1)])
+def test_labels_follow_bradley_terry_with_noise(world, temperature, noise):
+    data = build_preferences(world, PreferenceConfig(questions_per_fact=6, temperature=temperature, label_noise=noise,
+                                                     eval_questions=1))  # fmt: skip
+    gold = GoldPreference(world)
+    flipped, expected = 0, 0.0
+    for q, pair in zip(data.train_questions, data.train):
+        gap = gold.score(q, pair.chosen) - gold.score(q, pair.rejected)
+        assert gap != 0 and q.question == pair.messages[0]["content"]
+        flipped += gap < 0
+        # P(the labeller picks the worse one): Bradley–Terry, then a share `noise` flipped
+        p_worse = 1 / (1 + math.exp(abs(gap) / temperature)) if temperature else 0.0
+        expected += p_worse * (1 - noise) + (1 - p_worse) * noise
+    n = len(data.train)
+    assert abs(flipped - expected) <= 3 * math.sqrt(n * 0.25)
+    if temperature == noise == 0:
+        assert flipped == 0
