@@ -84,20 +84,24 @@ def stream(
         causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
         # a fully padded query row would attend to nothing (NaN); let pad queries see themselves
         mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=device)
-        logits = model(ids, positions=positions, mask=mask[:, None], cache=cache)[:, -1]
+        logits = model.lm_head(model.hidden_states(ids, positions=positions, mask=mask[:, None], cache=cache)[:, -1])
         key_valid = torch.ones(B, max_len, dtype=torch.bool, device=device)
         key_valid[:, :T] = valid
         next_pos = positions[:, -1:] + 1
     else:
-        logits = model(ids, cache=cache)[:, -1]
+        # the prompt's logits are needed at its last position only
+        logits = model.lm_head(model.hidden_states(ids, cache=cache)[:, -1])
     stops = torch.tensor(cfg.stop_tokens, dtype=torch.long, device=device)
     active = torch.ones(B, dtype=torch.bool, device=device)
     for step in range(max_len - T):
         token = sample_next(logits, cfg, generator)
         yield token, active.clone()
-        active &= ~torch.isin(token, stops)
-        if not active.any() or step == max_len - T - 1:
+        if step == max_len - T - 1:
             return
+        if cfg.stop_tokens:  # (without stop tokens every row stays active: no per-step checks)
+            active &= ~torch.isin(token, stops)
+            if not active.any():
+                return
         if padded:
             mask = key_valid[:, None, None, : cache.length + 1]
             logits = model(token[:, None], positions=next_pos, mask=mask, cache=cache)[:, -1]

@@ -74,24 +74,50 @@ class KVCache:
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0  # positions filled so far (same for every row: prompts are left-padded)
 
+        # per-layer views, made once: indexing the 5-d tensors anew at every layer and step costs more
+        # framework time than the copy itself when decoding one token
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v [batch, kv_heads, T, head_dim] at position `length`; return the keys and values so far."""
+        k_all, v_all = self.k_layers[layer], self.v_layers[layer]
+        k_all.narrow(2, self.length, k.size(2)).copy_(k)
+        v_all.narrow(2, self.length, v.size(2)).copy_(v)
         end = self.length + k.size(2)
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
 
 
 def rotary_tables(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [max_seq_len, head_dim] in HF's "rotate half" layout (exported weights give identical
+    logits), the sign of rotate-half folded into sin: its first half is negated (see apply_rotary)."""
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim)
     freqs = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32, device=device), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)  # HF's "rotate half" layout, so exported weights give identical logits
-    return emb.cos(), emb.sin()
+    return torch.cat([freqs, freqs], dim=-1).cos(), torch.cat([-freqs.sin(), freqs.sin()], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.size(-1) // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    """HF's x * cos + rotate_half(x) * sin, where rotate_half(x) = [-x2, x1]: with the sign in `sin`, the
+    rotation is a roll by half the head dim (one op instead of slice, slice, neg, cat)."""
+    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)
+
+
+LOSS_CHUNK_BYTES = 16 << 20
+
+
+def chunked_cross_entropy(h: torch.Tensor, lm_head: nn.Linear, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of lm_head(h) [..., vocab] against targets (-100: ignored), over chunks of rows.
+
+    The same value as one F.cross_entropy over all the fp32 logits, but every [rows, vocab] buffer (logits,
+    their fp32 copy, log-softmax, gradients) stays under LOSS_CHUNK_BYTES: glibc hands out blocks of 32 MiB
+    and more as fresh pages from the kernel every time, and the page faults cost more than the softmax.
+    """
+    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    rows = max(1, LOSS_CHUNK_BYTES // (4 * lm_head.out_features))
+    total = sum(
+        F.cross_entropy(lm_head(h_rows).float(), t_rows, ignore_index=-100, reduction="sum")
+        for h_rows, t_rows in zip(h.split(rows), targets.split(rows))
+    )
+    return total / (targets != -100).sum()
 
 
 class RMSNorm(nn.Module):
@@ -102,6 +128,22 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+# torch >= 2.5: SDPA shares each key/value head among its query heads itself (enable_gqa), without copies
+SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ/√d + causal mask) v with the [T, T] scores materialised. On CPU in bf16 this beats SDPA's
+    flash kernel 2-4x (forward + backward) up to 256 positions, and loses from 512 on (BENCHMARKS.md)."""
+    T = q.size(-2)
+    if k.size(1) != q.size(1):
+        k, v = k.repeat_interleave(q.size(1) // k.size(1), dim=1), v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the batched matmuls run faster on whole heads
+    future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1) + future  # scaling q: T/d times fewer mults
+    return scores.softmax(-1) @ v
 
 
 class Attention(nn.Module):
@@ -115,18 +157,25 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)
+        H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D)
+        k = self.k_proj(x).view(B, T, KV, D)
+        v = self.v_proj(x).view(B, T, KV, D).transpose(1, 2)
+        # rotate q and k together ([B, T, heads, D] against cos/sin [T or B×T, 1, D]), then heads first
+        qk = apply_rotary(torch.cat([q, k], dim=2), cos, sin)
+        q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        if self.n_kv_heads != self.n_heads:
-            repeat = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         # no mask and a square score matrix: plain causal attention (the fast path for training)
         causal = mask is None and T > 1 and T == k.size(2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        if causal and q.dtype == torch.bfloat16 and q.device.type == "cpu" and T <= 256:
+            y = explicit_causal_attention(q, k, v)
+        elif KV != H and SDPA_GQA:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+        else:
+            if KV != H:
+                k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -205,9 +254,12 @@ class Transformer(nn.Module):
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         if positions is None:
-            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+            cos, sin = self.rope_cos[start : start + T, None], self.rope_sin[start : start + T, None]
         else:
-            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+            cos, sin = self.rope_cos[positions].unsqueeze(2), self.rope_sin[positions].unsqueeze(2)
+        # rotate q and k in the dtype they come in (bf16 under autocast): no fp32 round trip
+        dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type) else cos.dtype
+        cos, sin = cos.to(dtype), sin.to(dtype)
         x = self.model.embed_tokens(idx)
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, mask, cache, i)
@@ -226,7 +278,6 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Logits [B, T, vocab], or with targets the mean cross-entropy over targets != -100."""
         h = self.hidden_states(idx, positions=positions, mask=mask, cache=cache)
-        logits = self.lm_head(h)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            return self.lm_head(h)
+        return chunked_cross_entropy(h, self.lm_head, targets)
