@@ -1,0 +1,337 @@
+"""Tasks with verifiable answers, the prompts of reasoning RL.
+
+A `Task` is a prompt, its reference answer, and a `kind` that picks how an answer is checked: "math"
+(the final answer must equal the reference in value) or "countdown" (the answer is an expression over
+the given numbers that makes the target). Tasks come from
+
+- the built-in world: arithmetic word problems about its people and objects, on a ladder from one step
+  (one equation) to `max_steps`, in the style of the pretraining corpus's problems ("15 + 7 = 22. 22 - 21 = 1.
+  The answer is 1."), or Countdown numbers games (TinyZero); the held-out set shares no computation with
+  the training set (no word problem with the same equations, no Countdown game with the same numbers and
+  target);
+- files, the format detected per file from its first record:
+  GSM8K (`question`, `answer` ending in `#### N`), SVAMP (`Body`, `Question`, `Answer`), Countdown
+  (`target` and `nums` or `numbers`, as in TinyZero's parquet files) and any `{prompt, answer}` records
+  (also `problem` or `question` for the prompt, as in MATH).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fromzero.data.chat import Message, prompt_ids
+from fromzero.data.sources import DataError, Source, SourceStats, iter_records
+from fromzero.data.world import CONTAINERS, GAINS, ITEMS, Equation, World
+from fromzero.tokenizer import Tokenizer
+
+TaskKind = Literal["math", "countdown"]
+
+
+@dataclass(frozen=True)
+class Task:
+    prompt: str  # the user message
+    answer: str  # the reference final answer (for Countdown, one expression that works)
+    kind: TaskKind = "math"
+    metadata: dict[str, Any] = field(default_factory=dict)  # steps, worked solution, Countdown numbers, ...
+
+
+def encode_prompt(tok: Tokenizer, task: Task, system: str | None = None) -> list[int]:
+    """The tokens a model sees before answering the task: the chat template, the problem as the user message."""
+    return prompt_ids(tok, task.prompt, system)
+
+
+def solution_conversations(tasks: Sequence[Task]) -> list[list[Message]]:
+    """The tasks that come with a worked solution, as conversations to fine-tune on before RL (DeepSeek-R1's
+    "cold start"): RL only strengthens what the model already samples sometimes, so it must first see the
+    answer format and a few right answers."""
+    return [[{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.metadata["solution"]}]
+            for t in tasks if "solution" in t.metadata]  # fmt: skip
+
+
+class ReasoningConfig(BaseModel):
+    """The built-in tasks of the reasoning stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="seed for the problems and the held-out split")
+    task: Literal["word_problems", "countdown"] = Field("word_problems", description="which built-in task")
+    min_steps: int = Field(1, ge=1, description="word problems: fewest equations in a solution")
+    max_steps: int = Field(3, ge=1, description="word problems: most equations in a solution")
+    max_number: int = Field(50, ge=10, description="largest number in a problem (operands and every result; "
+                            "Countdown: the numbers given)")  # fmt: skip
+    countdown_numbers: int = Field(3, ge=2, description="Countdown: numbers given per game")
+    countdown_max_target: int = Field(100, ge=2, description="Countdown: largest target")
+    n_train: int = Field(5000, ge=1, description="training problems")
+    n_sft: int = Field(2000, ge=0, description="training problems (the first n_sft) whose worked solutions join the SFT "
+                       "data: the cold start that makes RL's first rewards non-zero")  # fmt: skip
+    n_eval: int = Field(200, ge=1, description="held-out problems, spread evenly over the step counts")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReasoningConfig:
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) is larger than max_steps ({self.max_steps})")
+        return self
+
+
+class TaskSources(BaseModel):
+    """Where the reasoning stage's tasks come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[str] = Field(default_factory=list, description="task files (jsonl/json/parquet/datasets: GSM8K, SVAMP, "
+                            "Countdown, prompt/answer); empty: the built-in tasks (the `reasoning` section)")  # fmt: skip
+    eval_data: list[str] = Field(default_factory=list, description="held-out task files; empty: hold out "
+                                 "eval_fraction of `data`")  # fmt: skip
+    on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of `data` held out when eval_data is empty")
+
+
+# ---------------------------------------------------------------------------
+# Built-in word problems
+
+
+def word_problem(rng: random.Random, world: World, steps: int, max_number: int) -> Task:
+    """A story about one of the world's people whose solution is exactly `steps` equations, every number in it
+    between 1 and max_number: a starting amount, then things gained and given away, singly or in boxes."""
+    person, friend = rng.sample(world.trained_people, 2)
+    name, he, him = person.first_name, person.he, person.him
+    other = friend.first_name if friend.first_name != name else "a friend"
+    item, items = rng.choice(ITEMS + tuple((t.name, t.plural) for t in world.objects))
+    box, boxes = rng.choice(CONTAINERS)
+
+    def n(k: int) -> str:
+        return f"{k} {item if k == 1 else items}"
+
+    def product(room: int) -> Equation:
+        """Two factors from 2 to 10 whose product is at most room (room >= 4)."""
+        a = rng.randint(2, min(10, room // 2))
+        b = rng.randint(2, min(10, room // a))
+        return Equation(a, "*", b, a * b)
+
+    equations: list[Equation] = []
+    if rng.random() < 0.3:
+        e = product(max_number)
+        equations.append(e)
+        sentences = [f"{name} had {e.a} {boxes} with {n(e.b)} in each {box}."]
+        amount = e.result
+    else:
+        amount = rng.randint(1, max_number)
+        sentences = [f"{name} had {n(amount)}."]
+    while len(equations) < steps:
+        two_left = steps - len(equations) >= 2
+        moves = [m for m, ok in (("gain", amount < max_number), ("loss", amount >= 2),
+                                 ("buy_boxes", two_left and max_number - amount >= 4),
+                                 ("share", two_left and amount >= 5)) if ok]  # fmt: skip
+        move = rng.choice(moves)
+        if move == "buy_boxes":
+            e = product(max_number - amount)
+            sentences.append(f"Then {he} bought {e.a} {boxes} with {e.b} in each {box}.")
+        elif move == "share":
+            e = product(amount - 1)
+            sentences.append(f"Then {he} gave {e.b} to each of {e.a} friends.")
+        elif move == "gain":
+            b = rng.randint(1, max_number - amount)
+            sentences.append(rng.choice((f"Then {he} {rng.choice(GAINS)} {b} more.", f"Then {other} gave {him} {b} more.")))
+        else:
+            b = rng.randint(1, amount - 1)
+            sentences.append(rng.choice((f"Then {he} gave {b} to {other}.", f"Then {he} lost {b}.")))
+        if move in ("buy_boxes", "share"):
+            equations.append(e)
+            b = e.result
+        result = amount + b if move in ("gain", "buy_boxes") else amount - b
+        equations.append(Equation(amount, "+" if result > amount else "-", b, result))
+        amount = result
+    sentences.append(f"How many {items} does {name} have now?")
+    solution = " ".join(f"{e}." for e in equations) + f" The answer is {amount}."
+    return Task(" ".join(sentences), str(amount), "math",
+                {"steps": steps, "solution": solution, "equations": [str(e) for e in equations]})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Countdown
+
+
+def countdown_prompt(numbers: list[int], target: int) -> str:
+    listed = ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
+    return (f"Using the numbers {listed}, make {target}. You may use +, -, * and /, and each number at most once. "
+            "Write the expression.")  # fmt: skip
+
+
+def countdown_task(rng: random.Random, n_numbers: int, max_number: int, max_target: int) -> Task:
+    """A solvable game: numbers drawn at random, the target made by combining some of them with whole,
+    positive intermediate results; the target is never one of the numbers."""
+    while True:
+        numbers = [rng.randint(1, max_number) for _ in range(n_numbers)]
+        pool = [(Fraction(x), str(x)) for x in rng.sample(numbers, rng.randint(2, n_numbers))]
+        while len(pool) > 1:
+            (a, ea), (b, eb) = pool.pop(rng.randrange(len(pool))), pool.pop(rng.randrange(len(pool)))
+            if a < b:
+                (a, ea), (b, eb) = (b, eb), (a, ea)
+            op = rng.choice([o for o, ok in (("+", True), ("-", a > b), ("*", True), ("/", a % b == 0)) if ok])
+            value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
+            pool.append((value, f"({ea} {op} {eb})"))
+        target, expression = pool[0]
+        if target <= max_target and int(target) not in numbers:
+            break
+    return Task(countdown_prompt(numbers, int(target)), expression[1:-1], "countdown",
+                {"numbers": numbers, "target": int(target)})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Built-in train / held-out sets
+
+
+def _key(task: Task) -> Hashable:
+    """What two tasks share when one gives away the other: the same computation."""
+    if task.kind == "countdown":
+        return tuple(sorted(task.metadata["numbers"])), task.metadata["target"]
+    return tuple(task.metadata["equations"])
+
+
+def builtin_tasks(cfg: ReasoningConfig, world: World) -> tuple[list[Task], list[Task]]:
+    """(train, held out); no held-out task shares its computation with a training task."""
+    ladder = range(cfg.min_steps, cfg.max_steps + 1)
+
+    def sample(rng: random.Random, rung: int | None) -> Task:
+        if cfg.task == "countdown":
+            return countdown_task(rng, cfg.countdown_numbers, cfg.max_number, cfg.countdown_max_target)
+        # held-out problems take the rungs of the ladder in turn, so every step count is measured
+        steps = rng.choice(ladder) if rung is None else ladder[rung % len(ladder)]
+        return word_problem(rng, world, steps, cfg.max_number)
+
+    rng = random.Random(f"{cfg.seed}:reasoning-heldout")
+    heldout: dict[Hashable, Task] = {}
+    for _ in range(100 * cfg.n_eval):
+        if len(heldout) == cfg.n_eval:
+            break
+        task = sample(rng, len(heldout))
+        heldout.setdefault(_key(task), task)
+    rng = random.Random(f"{cfg.seed}:reasoning-train")
+    train: list[Task] = []
+    for _ in range(100 * cfg.n_train):
+        if len(train) == cfg.n_train:
+            break
+        task = sample(rng, None)
+        if _key(task) not in heldout:
+            train.append(task)
+    if len(heldout) < cfg.n_eval or len(train) < cfg.n_train:
+        raise ValueError(f"could not make {cfg.n_eval} distinct held-out and {cfg.n_train} training problems with "
+                         f"max_number={cfg.max_number}: raise max_number or ask for fewer")  # fmt: skip
+    return train, list(heldout.values())
+
+
+# ---------------------------------------------------------------------------
+# Task files
+
+
+def _number_text(value: Any) -> str:
+    """A JSON answer as text: whole floats lose their ".0" (SVAMP writes 51.0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"the answer must be a string or a number, got {json.dumps(value)}")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty answer")
+    return text
+
+
+def _text(record: dict[str, Any], key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key!r} must be a non-empty string, got {json.dumps(value)[:60]}")
+    return value.strip()
+
+
+def _from_gsm8k(r: dict[str, Any]) -> Task:
+    solution = _text(r, "answer")
+    final = solution.rpartition("####")[2].strip()
+    if "####" not in solution or not final:
+        raise ValueError("the answer has no final '#### N' line")
+    return Task(_text(r, "question"), final.replace(",", ""), "math", {"solution": solution})
+
+
+def _from_svamp(r: dict[str, Any]) -> Task:
+    return Task(f"{_text(r, 'Body')} {_text(r, 'Question')}", _number_text(r["Answer"]), "math")
+
+
+def _from_countdown(r: dict[str, Any]) -> Task:
+    numbers, target = r["nums"] if "nums" in r else r["numbers"], r["target"]
+    if not isinstance(numbers, list) or len(numbers) < 2 or not all(type(x) is int for x in numbers):
+        raise ValueError(f"the numbers must be a list of at least two integers, got {json.dumps(numbers)[:60]}")
+    if type(target) is not int:
+        raise ValueError(f"the target must be an integer, got {json.dumps(target)}")
+    return Task(countdown_prompt(numbers, target), str(target), "countdown", {"numbers": numbers, "target": target})
+
+
+def _from_prompt_answer(r: dict[str, Any]) -> Task:
+    key = next(k for k in ("prompt", "problem", "question") if k in r)
+    return Task(_text(r, key), _number_text(r["answer"]), "math")
+
+
+Format = Literal["countdown", "gsm8k", "svamp", "prompt_answer"]
+# (name, keys that identify it, converter); checked in this order
+FORMATS: list[tuple[Format, Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], Task]]] = [
+    ("countdown", lambda r: "target" in r and ("nums" in r or "numbers" in r), _from_countdown),
+    ("gsm8k", lambda r: "question" in r and "####" in str(r.get("answer", "")), _from_gsm8k),
+    ("svamp", lambda r: {"Body", "Question", "Answer"} <= r.keys(), _from_svamp),
+    ("prompt_answer", lambda r: "answer" in r and any(k in r for k in ("prompt", "problem", "question")), _from_prompt_answer),
+]
+EXPECTED = ("target + nums/numbers (Countdown), question + answer with '#### N' (GSM8K), Body + Question + Answer "
+            "(SVAMP), prompt/problem/question + answer")  # fmt: skip
+
+
+def detect_format(record: dict[str, Any]) -> Format | None:
+    return next((name for name, matches, _ in FORMATS if matches(record)), None)
+
+
+def iter_tasks(source: Source, on_error: Literal["raise", "skip"] = "raise",
+               stats: SourceStats | None = None) -> Iterator[Task]:  # fmt: skip
+    """Tasks from files, the format detected per file from its first record."""
+    stats = stats if stats is not None else SourceStats()
+    formats: dict[str, Format] = {}
+    for item in iter_records(source, on_error, stats):
+        try:
+            if item.file not in formats:
+                fmt = detect_format(item.record)
+                if fmt is None:
+                    raise DataError(f"{item.where}: no task format fits the keys {sorted(item.record)}; expected {EXPECTED}")
+                formats[item.file] = fmt
+            fmt = formats[item.file]
+            convert = next(c for name, _, c in FORMATS if name == fmt)
+            try:
+                yield convert(item.record)
+            except (KeyError, TypeError, ValueError) as e:
+                detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+                raise DataError(f"{item.where}: bad {fmt} record: {detail}") from None
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            stats.record_skip(e)
+
+
+def split_tasks(tasks: list[Task], eval_fraction: float, seed: int = 0) -> tuple[list[Task], list[Task]]:
+    """(train, held out) split by prompt, so no held-out prompt is trained on."""
+    prompts = list(dict.fromkeys(t.prompt for t in tasks))
+    random.Random(seed).shuffle(prompts)
+    n_eval = max(1, int(eval_fraction * len(prompts))) if eval_fraction > 0 else 0
+    held = set(prompts[:n_eval])
+    return [t for t in tasks if t.prompt not in held], [t for t in tasks if t.prompt in held]
+
+
+def load_tasks(sources: TaskSources, builtin: ReasoningConfig, world: World, seed: int = 0,
+               stats: SourceStats | None = None) -> tuple[list[Task], list[Task]]:  # fmt: skip
+    """(train, held out): from files when `sources.data` names any, else the built-in tasks."""
+    if not sources.data:
+        return builtin_tasks(builtin, world)
+    tasks = list(iter_tasks(sources.data, sources.on_error, stats))
+    if sources.eval_data:
+        return tasks, list(iter_tasks(sources.eval_data, sources.on_error, stats))
+    return split_tasks(tasks, sources.eval_fraction, seed)

@@ -1,0 +1,383 @@
+"""Stage 4: reasoning by RL with verifiable rewards, GRPO (Shao et al. 2024) and its loss variants.
+
+For each prompt the policy samples a group of G completions; reward functions score them (is the final
+answer right?) and each completion's advantage is its reward relative to its group, (r - mean) / std,
+so no value model is needed. The loss is PPO's clipped surrogate on the per-token probability ratio to
+the policy that sampled the completions, plus β times the k3 estimate of the KL divergence to the frozen
+reference (the starting model). The variants, with names from the papers and TRL:
+
+- loss_type "grpo": each completion's mean over its tokens, averaged over completions (the paper);
+- "dr_grpo": the sum over all tokens divided by a constant, completions × max_new_tokens; with
+  scale_rewards=False this is Dr. GRPO (Liu et al. 2025), which removes both of GRPO's biases (short
+  right answers and long wrong ones weighted differently, easy and hard prompts scaled up);
+- "dapo": every token of the batch weighted the same (DAPO, Yu et al. 2025). DAPO's other parts are
+  clip_eps_high ("clip higher"), filter_zero_std (dynamic sampling: groups whose completions all get
+  the same reward carry no signal, so more prompts are sampled in their place) and overlong_buffer (a
+  soft penalty for completions that run into the length limit).
+
+With num_iterations (μ) = 1 every step samples afresh, the ratio is 1 and clipping never acts; with
+μ > 1 a rollout serves μ optimizer steps and the sampling policy's log-probs are kept from rollout time.
+Rollouts come from the KV-cache sampler: prompts left-padded, each completion stopped at <|end|>.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, model_validator
+
+from fromzero import checkpoint
+from fromzero.data.loader import GlobalOrder
+from fromzero.data.tasks import Task, TaskSources, encode_prompt
+from fromzero.dist import DistInfo, all_reduce_sum, setup
+from fromzero.eval.reasoning import grade, sample_completions
+from fromzero.generate import SamplingConfig, generate
+from fromzero.model import Transformer
+from fromzero.rewards import RewardFn, RewardStats, accuracy, load_reward, overlong_penalty, safe_reward, \
+    weighted_rewards  # fmt: skip
+from fromzero.tokenizer import Tokenizer
+from fromzero.train import loop
+from fromzero.train.loop import TrainConfig
+
+LossType = Literal["grpo", "dr_grpo", "dapo"]
+
+
+class GRPOConfig(TrainConfig, TaskSources):
+    num_generations: int = Field(8, ge=2, description="completions sampled per prompt (G): the group")
+    prompts_per_step: int = Field(8, ge=1, description="prompts per optimizer step over all ranks; a step trains "
+                                  "on prompts_per_step × num_generations completions")  # fmt: skip
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
+    max_new_tokens: int = Field(64, ge=1, description="longest completion")
+    beta: float = Field(0.04, ge=0, description="KL coefficient towards the reference model; 0 drops the reference")
+    clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
+    clip_eps_high: float | None = Field(None, gt=0, description="upper clip ε_high (DAPO clip-higher); None: clip_eps")
+    scale_rewards: bool = Field(True, description="divide advantages by their group's std (Dr. GRPO: off)")
+    loss_type: LossType = Field("grpo", description="grpo: token mean per completion; dr_grpo: token sum over "
+                                "completions × max_new_tokens; dapo: token mean over the batch")  # fmt: skip
+    num_iterations: int = Field(1, ge=1, description="optimizer steps per rollout (μ)")
+    filter_zero_std: bool = Field(False, description="leave out groups whose rewards are all equal, sampling more "
+                                  "prompts in their place (DAPO dynamic sampling)")  # fmt: skip
+    max_sampling_rounds: int = Field(3, ge=1, description="filter_zero_std: most rounds of prompts sampled per rollout")
+    reward_funcs: list[str] = Field(default_factory=lambda: ["accuracy"], description="reward functions: accuracy, "
+                                    "format (<think>/<answer> tags), or package.module:function")  # fmt: skip
+    reward_weights: list[float] | None = Field(None, description="weight of each reward function; None: all 1")
+    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty over the last N tokens before "
+                                 "max_new_tokens; 0: off")  # fmt: skip
+    system_prompt: str | None = Field(None, description="system message before every problem")
+    eval_problems: int = Field(100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation")
+    seq_len: int = Field(256, description="longest prompt + completion; longer prompts are dropped")
+    micro_batch_size: int = Field(16, description="completions per forward pass on one rank")
+    batch_tokens: int = Field(0, description="prompts_per_step × num_generations × seq_len; set from those")
+    steps: int = 100
+    lr: float = 2e-5
+    warmup_steps: int = 5
+    schedule: Literal["cosine", "wsd", "constant"] = "constant"
+    weight_decay: float = 0.0
+    eval_every: int = 25
+    checkpoint_every: int = 25
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GRPOConfig:
+        if self.clip_eps_high is not None and self.clip_eps_high < self.clip_eps:
+            raise ValueError(f"clip_eps_high ({self.clip_eps_high}) is below clip_eps ({self.clip_eps})")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs")
+        if self.max_new_tokens >= self.seq_len:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})")
+        tokens = self.prompts_per_step * self.num_generations * self.seq_len
+        if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
+            raise ValueError(f"batch_tokens is prompts_per_step × num_generations × seq_len = {tokens}; leave it unset")
+        self.batch_tokens = tokens
+        return self
+
+
+# ---------------------------------------------------------------------------
+# The loss: pure tensor functions
+
+
+def group_advantages(rewards: torch.Tensor, num_generations: int, scale: bool = True) -> torch.Tensor:
+    """Each completion's reward minus its group's mean, divided by the group's std when `scale`.
+
+    rewards: [P·G], the G completions of each prompt next to each other. A group whose rewards are all equal
+    gets advantage 0 (the 1e-4 keeps 0/0 away), as in TRL.
+    """
+    grouped = rewards.view(-1, num_generations)
+    advantages = grouped - grouped.mean(1, keepdim=True)
+    if scale:
+        advantages = advantages / (grouped.std(1, keepdim=True) + 1e-4)
+    return advantages.flatten()
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
+              mask: torch.Tensor, clip_eps: float = 0.2, clip_eps_high: float | None = None, beta: float = 0.0,
+              loss_type: LossType = "grpo",
+              max_completion_length: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """The clipped surrogate loss with a k3 KL penalty, aggregated as `loss_type` says, and its metrics.
+
+    logp, old_logp, ref_logp: [B, T] log-probs of the sampled tokens under the policy being trained, the policy
+    that sampled them, and the reference (may be None when beta is 0); advantages: [B]; mask: [B, T], true on
+    completion tokens. dr_grpo divides by rows × max_completion_length (default: T). Rows without a completion
+    token (groups left out by filter_zero_std) count for nothing.
+    """
+    mask = mask.to(logp.dtype)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    adv = advantages[:, None]
+    per_token = -torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + high) * adv)
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs the reference model's log-probs")
+    if ref_logp is not None:
+        # k3 (Schulman): exp(q) - q - 1 with q = log π_ref/π, an unbiased KL estimate that is never negative
+        delta = ref_logp - logp
+        kl = delta.exp() - delta - 1
+        per_token = per_token + beta * kl
+    lengths = mask.sum(-1)
+    rows = (lengths > 0).sum().clamp(min=1)
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / lengths.clamp(min=1)).sum() / rows
+    elif loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (rows * (max_completion_length or mask.size(1)))
+    elif loss_type == "dapo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected 'grpo', 'dr_grpo' or 'dapo'")
+
+    def token_mean(x: torch.Tensor) -> float:
+        return ((x.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
+
+    # the clipped branch is the one min() picks: ratio below 1-ε on a worse-than-average completion, or above
+    # 1+ε_high on a better one
+    clipped = ((ratio < 1 - clip_eps) & (adv < 0)) | ((ratio > 1 + high) & (adv > 0))
+    metrics = {"clipfrac": token_mean(clipped.to(mask.dtype)), "approx_kl": token_mean(ratio - 1 - log_ratio)}
+    if ref_logp is not None:
+        metrics["kl"] = token_mean(kl)
+    return loss, metrics
+
+
+def token_logps(model: nn.Module, ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(token | prefix) [B, T-1] of each next token at the sampling temperature, and the full
+    log-softmax [B, T-1, V] it came from."""
+    logits = model(ids[:, :-1]).float() / temperature
+    log_probs = logits.log_softmax(-1)
+    return log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1), log_probs
+
+
+# ---------------------------------------------------------------------------
+# Rollouts
+
+
+@dataclass
+class Group:
+    """One prompt's G completions and their rewards."""
+
+    prompt: list[int]
+    completions: list[list[int]]
+    rewards: list[float]  # the weighted sum
+    scores: dict[str, list[float]]  # each reward function's own
+    correct: list[float]  # the accuracy reward, logged whether or not it is trained on
+
+    @property
+    def zero_std(self) -> bool:
+        return max(self.rewards) == min(self.rewards)
+
+
+# (input ids [B, T], completion mask [B, T], advantages [B], sampling log-probs [B, T-1] or None,
+#  reference log-probs [B, T-1] or None, rollout metrics)
+MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, float]]
+
+
+def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt + completion right-padded ([B, T] ids) and the mask of completion tokens (off for rows left out)."""
+    width = max(len(p) + len(c) for p, c, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (prompt, completion, keep) in enumerate(rows):
+        ids[i, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
+        mask[i, len(prompt) : len(prompt) + len(completion)] = keep
+    return ids, mask
+
+
+class RolloutBatches:
+    """The loop's batch source: samples completions from the policy being trained, scores them and serves them
+    as micro-batches, a fresh rollout every num_iterations optimizer steps.
+
+    Its state (for exact resume) is the prompt order's position, the calls served and the current rollout.
+    """
+
+    def __init__(self, cfg: GRPOConfig, policy: Transformer, reference: Transformer | None, tok: Tokenizer,
+                 tasks: list[Task], rewards: Mapping[str, RewardFn], weights: Mapping[str, float], info: DistInfo):  # fmt: skip
+        self.cfg, self.policy, self.reference, self.tok, self.tasks = cfg, policy, reference, tok, tasks
+        self.rewards, self.weights, self.device = rewards, weights, info.device
+        self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
+        self.prompts_per_rank = cfg.prompts_per_step // info.world_size
+        self.accumulation = cfg.accumulation(info.world_size)
+        self.order = GlobalOrder(len(tasks), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+        self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       stop_tokens=(tok.end_id,))  # fmt: skip
+        self.stats = RewardStats()
+        self.calls = 0
+        self.rollout: list[MicroBatch] = []
+
+    def next_batch(self) -> MicroBatch:
+        if self.calls % (self.accumulation * self.cfg.num_iterations) == 0:
+            self.rollout = self._rollout()
+        batch = self.rollout[self.calls % self.accumulation]
+        self.calls += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
+        self.calls, self.rollout = state["calls"], state["rollout"]
+
+    def _sample(self, indices: list[int]) -> list[Group]:
+        G = self.cfg.num_generations
+        tasks = [self.tasks[i] for i in indices for _ in range(G)]
+        prompts = [self.prompts[i] for i in indices for _ in range(G)]
+        with loop.autocast(self.cfg, self.device):
+            completions = generate(self.policy, prompts, self.sampling, pad_id=self.tok.pad_id)
+        texts = [self.tok.decode([t for t in c if t != self.tok.end_id], skip_special=True) for c in completions]
+        rewards, scores = weighted_rewards(texts, tasks, self.rewards, self.weights, self.stats)
+        if self.cfg.overlong_buffer:
+            scores["overlong"] = [overlong_penalty(len(c), self.cfg.max_new_tokens, self.cfg.overlong_buffer) for c in completions]
+            rewards = [r + p for r, p in zip(rewards, scores["overlong"])]
+        correct = scores.get("accuracy") or [safe_reward("accuracy", accuracy, x, t, self.stats) for x, t in zip(texts, tasks)]
+        return [Group(prompts[j], completions[j : j + G], rewards[j : j + G], {k: v[j : j + G] for k, v in scores.items()},
+                      correct[j : j + G]) for j in range(0, len(prompts), G)]  # fmt: skip
+
+    @torch.no_grad()
+    def _rollout(self) -> list[MicroBatch]:
+        start, failures = time.perf_counter(), self.stats.failures
+        was_training = self.policy.training
+        self.policy.eval()
+        sampled: list[Group] = []
+        for _ in range(self.cfg.max_sampling_rounds if self.cfg.filter_zero_std else 1):
+            sampled += self._sample(self.order.next_indices())
+            if sum(not g.zero_std for g in sampled) >= self.prompts_per_rank:
+                break
+        # dynamic sampling trains on the groups that carry signal first; any left over fill up the step but
+        # are masked out (the batch geometry is fixed)
+        groups = sorted(sampled, key=lambda g: g.zero_std) if self.cfg.filter_zero_std else sampled
+        groups = groups[: self.prompts_per_rank]
+        rewards = torch.tensor([r for g in groups for r in g.rewards])
+        advantages = group_advantages(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
+        rows = [(g.prompt, c, not (self.cfg.filter_zero_std and g.zero_std)) for g in groups for c in g.completions]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))  # less padding per micro-batch
+        metrics = self._metrics(sampled)
+        metrics.update({"reward/failures": float(self.stats.failures - failures), "rollout_time": time.perf_counter() - start})
+        mb = self.cfg.micro_batch_size
+        batches: list[MicroBatch] = []
+        for i in range(0, len(order), mb):
+            chosen = order[i : i + mb]
+            ids, mask = collate([rows[j] for j in chosen], self.tok.pad_id)
+            old = ref = None
+            with loop.autocast(self.cfg, self.device):
+                if self.cfg.num_iterations > 1:  # with μ = 1 the sampling policy is the current one: no pass needed
+                    old = token_logps(self.policy, ids.to(self.device), self.cfg.temperature)[0]
+                if self.reference is not None:
+                    ref = token_logps(self.reference, ids.to(self.device), self.cfg.temperature)[0]
+            batches.append((ids, mask, advantages[chosen], old, ref, metrics))
+        self.policy.train(was_training)
+        return batches
+
+    def _metrics(self, groups: list[Group]) -> dict[str, float]:
+        """What the policy did in this rollout (every group sampled, also those left out)."""
+        rewards = torch.tensor([g.rewards for g in groups])
+        metrics = {
+            "reward/mean": rewards.mean().item(),
+            "reward/std": rewards.std(1).mean().item(),  # within groups: what the advantages are made of
+            "accuracy": sum(sum(g.correct) for g in groups) / rewards.numel(),
+            "response_length": sum(len(c) for g in groups for c in g.completions) / rewards.numel(),
+            "clipped_ratio": sum(c[-1:] != [self.tok.end_id] for g in groups for c in g.completions) / rewards.numel(),
+            "frac_zero_std": sum(g.zero_std for g in groups) / len(groups),
+        }
+        for name in groups[0].scores:
+            metrics[f"reward/{name}"] = sum(sum(g.scores[name]) for g in groups) / rewards.numel()
+        return metrics
+
+
+def grpo_loss_fn(cfg: GRPOConfig):
+    def loss_fn(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        ids, mask, advantages, old, ref, rollout_metrics = batch
+        device = next(model.parameters()).device
+        ids, mask, advantages = ids.to(device), mask[:, 1:].to(device), advantages.to(device)
+        logp, log_probs = token_logps(model, ids, cfg.temperature)
+        loss, metrics = grpo_loss(logp, logp.detach() if old is None else old, ref, advantages, mask, cfg.clip_eps,
+                                  cfg.clip_eps_high, cfg.beta, cfg.loss_type, cfg.max_new_tokens)  # fmt: skip
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            metrics["entropy"] = ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()
+        return loss, {**rollout_metrics, **metrics}
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+def pass_at_1_evaluator(cfg: GRPOConfig, tok: Tokenizer, heldout: list[Task], info: DistInfo):
+    """Greedy accuracy on the first eval_problems held-out tasks, each rank answering its share."""
+    mine = heldout[: cfg.eval_problems][info.rank :: info.world_size]
+
+    def evaluate(model: Transformer) -> dict[str, float]:
+        answers = sample_completions(model, tok, mine, max_new_tokens=cfg.max_new_tokens, system=cfg.system_prompt)
+        right = sum(ok[0] for ok in grade(answers, mine))
+        sums = all_reduce_sum(torch.tensor([float(right), float(len(mine))], device=info.device))
+        return {"pass@1": (sums[0] / sums[1].clamp(min=1)).item()}
+
+    return evaluate
+
+
+def load_rewards(cfg: GRPOConfig) -> tuple[dict[str, RewardFn], dict[str, float]]:
+    """The reward functions by metric name, and their weights."""
+    funcs = dict(load_reward(spec) for spec in cfg.reward_funcs)
+    if len(funcs) != len(cfg.reward_funcs):
+        raise ValueError(f"reward_funcs {cfg.reward_funcs} name two functions the same; rename one")
+    weights = cfg.reward_weights or [1.0] * len(funcs)
+    return funcs, dict(zip(funcs, weights))
+
+
+def fit_prompts(cfg: GRPOConfig, tok: Tokenizer, tasks: list[Task]) -> list[Task]:
+    """The tasks whose prompt leaves room for max_new_tokens within seq_len."""
+    room = cfg.seq_len - cfg.max_new_tokens
+    return [t for t in tasks if len(encode_prompt(tok, t, cfg.system_prompt)) <= room]
+
+
+def train(cfg: GRPOConfig, tasks: list[Task], heldout: list[Task], init: Path, out_dir: Path, *,
+          resume: bool = False, log=print) -> Path:  # fmt: skip
+    """Tune the checkpoint at `init` with GRPO on tasks; returns the final checkpoint."""
+    info = setup(cfg.device)
+    if resume and loop.is_done(out_dir):
+        return checkpoint.resolve(out_dir)
+    if cfg.prompts_per_step % info.world_size or (cfg.prompts_per_step * cfg.num_generations // info.world_size) % cfg.micro_batch_size:
+        raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} ranks, and "
+                         f"each rank's completions (prompts × num_generations {cfg.num_generations}) into micro-batches "
+                         f"of {cfg.micro_batch_size}")  # fmt: skip
+    tok_file = checkpoint.tokenizer_file(init)
+    tok = Tokenizer.load(tok_file)
+    model = checkpoint.load_model(init, info.device)
+    if model.cfg.max_seq_len < cfg.seq_len:
+        raise ValueError(f"grpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    # the reference is the starting model: on resume the loop reloads `model` from the checkpoint, not this
+    reference = checkpoint.load_model(init, info.device).eval().requires_grad_(False) if cfg.beta > 0 else None
+    funcs, weights = load_rewards(cfg)
+    fitting = fit_prompts(cfg, tok, tasks)
+    if not fitting:
+        raise ValueError(f"no prompt fits in seq_len - max_new_tokens = {cfg.seq_len - cfg.max_new_tokens} tokens")
+    if info.is_main:
+        log(f"[grpo] {len(fitting)} training prompts ({len(tasks) - len(fitting)} too long dropped), {len(heldout)} "
+            f"held out; rewards {weights}")  # fmt: skip
+    batches = RolloutBatches(cfg, model, reference, tok, fitting, funcs, weights, info)
+    evaluate = pass_at_1_evaluator(cfg, tok, heldout, info) if heldout and cfg.eval_problems else None
+    stage = loop.Stage("grpo", Path(out_dir), tok_file, info)
+    return loop.run(cfg, stage, model, batches, grpo_loss_fn(cfg), evaluate=evaluate, resume=resume)

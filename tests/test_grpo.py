@@ -1,0 +1,168 @@
+"""GRPO: advantages and the loss by hand, pass@k, and short real runs on a tiny model (learning, exact resume)."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from fromzero import checkpoint
+from fromzero.data.tasks import Task
+from fromzero.eval.reasoning import evaluate, pass_at_k
+from fromzero.model import ModelConfig, Transformer
+from fromzero.tokenizer import Tokenizer
+from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, train
+from fromzero.train.loop import read_metrics
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    std = math.sqrt((4 * 0.25) / 3)  # the unbiased std of [1, 0, 0, 1]
+    expected = [0.5 / (std + 1e-4) * s for s in (1, -1, -1, 1)] + [0.0] * 4
+    torch.testing.assert_close(group_advantages(rewards, 4), torch.tensor(expected))
+    torch.testing.assert_close(group_advantages(rewards, 4, scale=False), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+
+
+def crafted(requires_grad: bool = True):
+    """Two completions: ratios [1.5, 0.5, 1.0] with advantage +1, and [1.5, 0.5, (padding)] with advantage -1."""
+    old = torch.zeros(2, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.0], [1.5, 0.5, 1.0]])).requires_grad_(requires_grad)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    return logp, old, torch.tensor([1.0, -1.0]), mask
+
+
+def test_grpo_loss_clipping_by_hand():
+    logp, old, adv, mask = crafted()
+    # ε = 0.2. Row 0 (A = +1): min(r, clip(r)) = [1.2 (clipped), 0.5, 1.0]. Row 1 (A = -1): min(-r, -clip(r)) =
+    # [-1.5, -0.8 (clipped)]. The loss is minus these.
+    loss, metrics = grpo_loss(logp, old, None, adv, mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx((-(1.2 + 0.5 + 1.0) / 3 + (1.5 + 0.8) / 2) / 2)
+    assert metrics["clipfrac"] == pytest.approx(2 / 5)
+    assert metrics["approx_kl"] == pytest.approx(sum(r - 1 - math.log(r) for r in (1.5, 0.5, 1.0, 1.5, 0.5)) / 5)
+    assert "kl" not in metrics
+    loss.backward()
+    # d(-A·r)/d logp = -A·r where unclipped, 0 where clipped; each row's token mean, then the mean of the rows
+    torch.testing.assert_close(logp.grad, torch.tensor([[0, -0.5 / 6, -1 / 6], [1.5 / 4, 0, 0]]))
+
+    logp, old, adv, mask = crafted()
+    loss, metrics = grpo_loss(logp, old, None, adv, mask, clip_eps=0.2, clip_eps_high=0.6)  # 1.5 < 1 + 0.6
+    assert loss.item() == pytest.approx((-(1.5 + 0.5 + 1.0) / 3 + (1.5 + 0.8) / 2) / 2)
+    assert metrics["clipfrac"] == pytest.approx(1 / 5)
+
+
+def test_loss_types_aggregate_tokens_differently():
+    logp, old, adv, mask = crafted(requires_grad=False)
+    token_sum = -(1.2 + 0.5 + 1.0) + (1.5 + 0.8)
+    assert grpo_loss(logp, old, None, adv, mask, loss_type="dapo")[0].item() == pytest.approx(token_sum / 5)
+    dr = grpo_loss(logp, old, None, adv, mask, loss_type="dr_grpo", max_completion_length=4)[0]
+    assert dr.item() == pytest.approx(token_sum / (2 * 4))
+    # a row with no completion tokens (a group left out) counts for nothing
+    padded = grpo_loss(torch.cat([logp, logp[:1]]), torch.cat([old, old[:1]]), None, torch.cat([adv, adv[:1]]),
+                       torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)]))[0]  # fmt: skip
+    assert padded.item() == pytest.approx(grpo_loss(logp, old, None, adv, mask)[0].item())
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logp, old, None, adv, mask, loss_type="ppo")
+    with pytest.raises(ValueError, match="reference"):
+        grpo_loss(logp, old, None, adv, mask, beta=0.1)
+
+
+def test_k3_kl_penalty_value_and_gradient():
+    logp = torch.full((1, 2), -1.0, requires_grad=True)
+    ref = logp.detach() + math.log(2)  # the reference puts twice the probability on each token
+    beta = 0.5
+    loss, metrics = grpo_loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 2, dtype=torch.bool), beta=beta)
+    k3 = 2 - math.log(2) - 1  # exp(q) - q - 1 at q = ln 2
+    assert metrics["kl"] == pytest.approx(k3) and loss.item() == pytest.approx(beta * k3)
+    loss.backward()
+    # d/dlogp [exp(ref - logp) - (ref - logp) - 1] = 1 - exp(ref - logp) = -1, averaged over the 2 tokens
+    torch.testing.assert_close(logp.grad, torch.full((1, 2), beta * -1 / 2))
+
+
+def test_pass_at_k():
+    assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 10, 5) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
+    assert pass_at_k(4, 1, 4) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+def digit_share(completion: str, task: Task) -> float:
+    """A reward a randomly initialised model can earn quickly: the share of its characters that are digits."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory):
+    """A randomly initialised one-layer model with a byte-level tokenizer, saved as a checkpoint."""
+    out = tmp_path_factory.mktemp("grpo")
+    tok = Tokenizer.train(["count 1 2 3 4 5 6 7 8 9 10 and say the answer"] * 10, vocab_size=300)
+    tok_file = tok.save(out / "tok")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=48))
+    return checkpoint.save(out / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"})
+
+
+TASKS = [Task(f"say a number {i}", "7") for i in range(16)]
+
+
+def config(**overrides) -> GRPOConfig:
+    base = dict(steps=30, prompts_per_step=4, num_generations=8, micro_batch_size=16, max_new_tokens=6, seq_len=32,
+                lr=0.01, warmup_steps=0, precision="fp32", reward_funcs=[f"{__name__}:digit_share"], beta=0.0,
+                eval_every=1000, checkpoint_every=1000, eval_problems=0)  # fmt: skip
+    return GRPOConfig(**{**base, **overrides})
+
+
+def test_grpo_raises_the_reward_of_a_tiny_model(tiny_init, tmp_path):
+    train(config(), TASKS, [], tiny_init, tmp_path / "grpo", log=lambda *_: None)
+    rewards = [m["reward/mean"] for m in read_metrics(tmp_path / "grpo")]
+    assert len(rewards) == 30
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.15 and last > first + 0.4, rewards
+
+
+def test_every_option_runs_and_resume_is_exact(tiny_init, tmp_path):
+    """KL to a reference, two updates per rollout (a resume lands between them), clip-higher, token-level loss,
+    dynamic sampling, two weighted rewards, the overlong penalty and pass@1 on held-out tasks."""
+    cfg = config(steps=4, checkpoint_every=3, eval_every=2, eval_problems=4, beta=0.1, num_iterations=2,
+                 clip_eps_high=0.28, loss_type="dapo", filter_zero_std=True, micro_batch_size=8, overlong_buffer=2,
+                 reward_funcs=[f"{__name__}:digit_share", "accuracy"], reward_weights=[1.0, 0.5])  # fmt: skip
+    heldout = [Task("say seven", "7"), Task("say eight", "8")]
+    train(cfg, TASKS, heldout, tiny_init, tmp_path / "full", log=lambda *_: None)
+    full = [m for m in read_metrics(tmp_path / "full") if "loss" in m]
+    for name in ("reward/mean", "reward/digit_share", "reward/accuracy", "reward/overlong", "accuracy", "kl", "clipfrac",
+                 "approx_kl", "entropy", "response_length", "clipped_ratio", "frac_zero_std", "reward/failures"):  # fmt: skip
+        assert all(math.isfinite(m[name]) for m in full), name
+    assert full[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
+    assert full[1]["approx_kl"] > 0  # the second update on the same rollout sees a changed policy
+    assert any("pass@1" in m for m in read_metrics(tmp_path / "full"))
+
+    # stop after step 3, between the two updates of the second rollout, then resume to step 4
+    train(cfg.model_copy(update={"steps": 3}), TASKS, heldout, tiny_init, tmp_path / "cut", log=lambda *_: None)
+    (tmp_path / "cut" / "DONE").unlink()
+    train(cfg, TASKS, heldout, tiny_init, tmp_path / "cut", resume=True, log=lambda *_: None)
+    resumed = [m for m in read_metrics(tmp_path / "cut") if "loss" in m]
+    for name in ("loss", "reward/mean", "kl", "approx_kl", "grad_norm"):
+        assert resumed[3][name] == pytest.approx(full[3][name], rel=1e-5, abs=1e-7), name
+    shutil.rmtree(tmp_path / "cut")
+
+
+def test_config_checks():
+    assert GRPOConfig(prompts_per_step=4, num_generations=8, seq_len=128).batch_tokens == 4 * 8 * 128
+    with pytest.raises(ValueError, match="leave it unset"):
+        GRPOConfig(batch_tokens=1024)
+    with pytest.raises(ValueError, match="clip_eps_high"):
+        GRPOConfig(clip_eps=0.2, clip_eps_high=0.1)
+    with pytest.raises(ValueError, match="reward_weights"):
+        GRPOConfig(reward_funcs=["accuracy"], reward_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="no room"):
+        GRPOConfig(max_new_tokens=64, seq_len=64)
+
+
+def test_evaluate_reports_pass_at_1_per_step_and_pass_at_k(tiny_init):
+    model = checkpoint.load_model(tiny_init)
+    tok = Tokenizer.load(checkpoint.tokenizer_file(tiny_init))
+    tasks = [Task("one", "1", metadata={"steps": 1}), Task("two", "2", metadata={"steps": 2})]
+    metrics, graded = evaluate(model, tok, tasks, k=2, n=4, max_new_tokens=4)
+    assert set(metrics) == {"pass@1", "pass@1/steps=1", "pass@1/steps=2", "pass@2", "sampled_accuracy"}
+    assert all(0 <= v <= 1 for v in metrics.values()) and len(graded) == 2
