@@ -45,6 +45,9 @@ def build(cfg: Config, data_dir: Path, *, progress: bool = True) -> ShardsMeta:
         stats = SourceStats()
         build_shards(documents(cfg, stats), tok_file, shards_dir(data_dir), val_fraction=cfg.data.val_fraction,
                      seed=cfg.seed, num_workers=cfg.data.num_workers, progress=progress)  # fmt: skip
+        if stats.skipped:
+            print(f"[data] skipped {stats.skipped} malformed records of {stats.documents + stats.skipped}, e.g. "
+                  + "; ".join(stats.errors))  # fmt: skip
     return ShardsMeta.load(shards_dir(data_dir))
 
 
