@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fromzero.data.sources import DataError, SourceStats
-from fromzero.data.tasks import ReasoningConfig, Task, TaskSources, builtin_tasks, countdown_task, iter_tasks, \
-    load_tasks, solution_conversations, split_tasks, word_problem  # fmt: skip
+from fromzero.data.tasks import (
+    ReasoningConfig, Task, TaskSources, builtin_tasks, countdown_task, iter_tasks, load_tasks, solution_conversations,
+    split_tasks, word_problem,
+)
 from fromzero.data.world import WorldConfig, build_world
 from fromzero.rewards import accuracy, countdown_correct
 
@@ -82,7 +84,7 @@ def write_jsonl(path, records):
 
 
 def test_task_files_in_every_format(tmp_path):
-    gsm8k = write_jsonl(tmp_path / "gsm8k.jsonl", [
+    write_jsonl(tmp_path / "gsm8k.jsonl", [
         {"question": "Janet has 16 eggs and eats 3. How many are left?", "answer": "16 - 3 = <<16-3=13>>13\n#### 13"},
         {"question": "How many?", "answer": "So 1,000 of them.\n#### 1,000"},
     ])  # fmt: skip

@@ -39,8 +39,9 @@ from fromzero.dist import DistInfo, all_reduce_sum, setup
 from fromzero.eval.reasoning import grade, sample_completions
 from fromzero.generate import SamplingConfig, generate
 from fromzero.model import Transformer
-from fromzero.rewards import RewardFn, RewardStats, accuracy, load_reward, overlong_penalty, safe_reward, \
-    weighted_rewards  # fmt: skip
+from fromzero.rewards import (
+    RewardFn, RewardStats, accuracy, load_reward, overlong_penalty, safe_reward, weighted_rewards,
+)
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
 from fromzero.train.loop import TrainConfig
@@ -248,7 +249,8 @@ class RolloutBatches:
         texts = [self.tok.decode([t for t in c if t != self.tok.end_id], skip_special=True) for c in completions]
         rewards, scores = weighted_rewards(texts, tasks, self.rewards, self.weights, self.stats)
         if self.cfg.overlong_buffer:
-            scores["overlong"] = [overlong_penalty(len(c), self.cfg.max_new_tokens, self.cfg.overlong_buffer) for c in completions]
+            limit, buffer = self.cfg.max_new_tokens, self.cfg.overlong_buffer
+            scores["overlong"] = [overlong_penalty(len(c), limit, buffer) for c in completions]
             rewards = [r + p for r, p in zip(rewards, scores["overlong"])]
         correct = scores.get("accuracy") or [safe_reward("accuracy", accuracy, x, t, self.stats) for x, t in zip(texts, tasks)]
         return [Group(prompts[j], completions[j : j + G], rewards[j : j + G], {k: v[j : j + G] for k, v in scores.items()},
@@ -359,7 +361,8 @@ def train(cfg: GRPOConfig, tasks: list[Task], heldout: list[Task], init: Path, o
     info = setup(cfg.device)
     if resume and loop.is_done(out_dir):
         return checkpoint.resolve(out_dir)
-    if cfg.prompts_per_step % info.world_size or (cfg.prompts_per_step * cfg.num_generations // info.world_size) % cfg.micro_batch_size:
+    per_rank = cfg.prompts_per_step * cfg.num_generations // info.world_size
+    if cfg.prompts_per_step % info.world_size or per_rank % cfg.micro_batch_size:
         raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} ranks, and "
                          f"each rank's completions (prompts × num_generations {cfg.num_generations}) into micro-batches "
                          f"of {cfg.micro_batch_size}")  # fmt: skip
