@@ -96,7 +96,7 @@ def test_countdown():
     for odd in ("1 / 0", "__import__('os').system('echo hi')", "2 ** 99999", "(" * 300 + "1", "1e9 + 1", "-3 + 4",
                 "abs(-3)", "3 % 2"):  # fmt: skip
         assert not countdown_correct(f"<answer>{odd}</answer>", [1, 0, 2, 3, 4, 99999], 1)
-    task = Task("Using the numbers ...", "(25 - 5) * 4", "countdown", {"numbers": [25, 5, 4], "target": 80})
+    task = Task("Using the numbers ...", "80", "countdown", {"numbers": [25, 5, 4], "target": 80})
     assert accuracy("<answer>4 * (25 - 5)</answer>", task) == 1.0 and accuracy("80", task) == 0.0
 
 

@@ -47,8 +47,8 @@ def test_countdown_games_are_solvable_by_their_reference():
         task = countdown_task(rng, 4, 25, 100)
         numbers, target = task.metadata["numbers"], task.metadata["target"]
         assert len(numbers) == 4 and 1 <= target <= 100 and target not in numbers
-        assert countdown_correct(task.answer, numbers, target), task
-        assert accuracy(f"<answer>{task.answer}</answer>", task) == 1.0
+        assert task.answer == str(target) and countdown_correct(task.metadata["solution"], numbers, target), task
+        assert accuracy(f"<answer>{task.metadata['solution']}</answer>", task) == 1.0
 
 
 @pytest.mark.parametrize("kind", ["word_problems", "countdown"])

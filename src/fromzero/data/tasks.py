@@ -37,7 +37,7 @@ TaskKind = Literal["math", "countdown"]
 @dataclass(frozen=True)
 class Task:
     prompt: str  # the user message
-    answer: str  # the reference final answer (for Countdown, one expression that works)
+    answer: str  # the reference final answer (for Countdown, the target)
     kind: TaskKind = "math"
     metadata: dict[str, Any] = field(default_factory=dict)  # steps, worked solution, Countdown numbers, ...
 
@@ -145,8 +145,9 @@ def word_problem(rng: random.Random, world: World, steps: int, max_number: int) 
         if move in ("buy_boxes", "share"):
             equations.append(e)
             b = e.result
-        result = amount + b if move in ("gain", "buy_boxes") else amount - b
-        equations.append(Equation(amount, "+" if result > amount else "-", b, result))
+        op = "+" if move in ("gain", "buy_boxes") else "-"
+        result = amount + b if op == "+" else amount - b
+        equations.append(Equation(amount, op, b, result))
         amount = result
     sentences.append(f"How many {items} does {name} have now?")
     solution = " ".join(f"{e}." for e in equations) + f" The answer is {amount}."
@@ -177,11 +178,11 @@ def countdown_task(rng: random.Random, n_numbers: int, max_number: int, max_targ
             op = rng.choice([o for o, ok in (("+", True), ("-", a > b), ("*", True), ("/", a % b == 0)) if ok])
             value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
             pool.append((value, f"({ea} {op} {eb})"))
-        target, expression = pool[0]
-        if target <= max_target and int(target) not in numbers:
+        target, expression = int(pool[0][0]), pool[0][1][1:-1]
+        if target <= max_target and target not in numbers:
             break
-    return Task(countdown_prompt(numbers, int(target)), expression[1:-1], "countdown",
-                {"numbers": numbers, "target": int(target)})  # fmt: skip
+    return Task(countdown_prompt(numbers, target), str(target), "countdown",
+                {"numbers": numbers, "target": target, "solution": expression})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
