@@ -58,7 +58,7 @@ def test_extract_answer_prefers_the_explicit_forms():
     ("1,000", "1000"), ("1,234,567", "1234567"), ("-5", "-5"), ("- 5", "-5"), ("3/4", "0.75"),
     (r"\frac{3}{4}", "0.75"), (r"\dfrac{3}{4}", "3/4"), (r"-\frac{1}{2}", "-0.5"), ("3.0", "3"), ("$12", "12"),
     (r"\$1,000", "1000"), ("12 dollars", "12"), (r"12\text{ cm}", "12"), ("50%", "50"), (r"50\%", "0.5"),
-    ("x = 3", "3"), (r"\boxed{7}", "7"), ("42.", "42"), (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\pi/2)"),
+    ("x = 3", "3"), (r"\boxed{7}", "7"), ("42.", "42"), ("therefore 7", "7"), (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\pi/2)"),
     (r"\sqrt{2}/2", r"\frac{1}{\sqrt{2}}"), ("x^2+2x+1", "(x+1)^2"),
 ])  # fmt: skip
 def test_equivalent(predicted, reference):
@@ -67,7 +67,7 @@ def test_equivalent(predicted, reference):
 
 @pytest.mark.parametrize("predicted, reference", [
     ("5", "-5"), ("0.3333", "1/3"), ("1,001", "1000"), ("3/4", "4/3"), ("12", "120"), ("x + 1", "x - 1"),
-    ("banana", "12"), ("", "3"), ("9" * 500, "9"),
+    ("banana", "12"), ("", "3"), ("9" * 500, "9"), ("3 + 4", "7"), ("2^3", "8"), ("36 + 6 - 36 - 5", "1"),
 ])  # fmt: skip
 def test_not_equivalent(predicted, reference):
     assert not is_equivalent(predicted, reference)
@@ -78,6 +78,7 @@ def test_accuracy_on_math_tasks():
     assert accuracy("15 + 7 = 22. 22 - 21 = 1. The answer is 1.", task) == 1.0
     assert accuracy("15 + 7 = 22. 22 - 21 = 2. The answer is 2.", task) == 0.0
     assert accuracy("I have no idea", task) == 0.0
+    assert accuracy("The answer is 15 + 7 - 21.", task) == 0.0  # copying the numbers is not computing
     assert accuracy(r"so it is $\boxed{0.75}$", Task("?", r"\frac{3}{4}")) == 1.0
 
 

@@ -144,14 +144,29 @@ def _values(parsed: tuple[Fraction, bool]) -> set[Fraction]:
     return {value, value / 100} if percent else {value}
 
 
+def lone_number(text: str) -> tuple[Fraction, bool] | None:
+    """The value of the one number in a phrase ("therefore 7"); None when there are several or an operator.
+
+    An expression such as "36 + 6 - 36 - 5" is never evaluated against a numeric reference: computing it is
+    the task, and a model rewarded for copying the numbers of the question with operators between them
+    would learn exactly that.
+    """
+    s = normalize(text)
+    found = NUMBER.findall(s)
+    if len(found) != 1 or re.search(r"[-+*/^=\\]", s.replace(found[0], "", 1)):
+        return None
+    return parse_number(found[0])
+
+
 def is_equivalent(predicted: str, reference: str) -> bool:
-    """Whether two answers have the same value (numbers exactly; other expressions symbolically)."""
+    """Whether an answer has the reference's value: a number exactly, anything else symbolically."""
     if len(predicted) > MAX_ANSWER_CHARS:
         return False
-    a, b = parse_number(predicted), parse_number(reference)
-    if a is not None and b is not None:
-        return bool(_values(a) & _values(b))
-    return _symbolic_equal(normalize(predicted), normalize(reference))
+    expected = parse_number(reference)
+    if expected is None:  # an expression, interval, root, ...
+        return _symbolic_equal(normalize(predicted), normalize(reference))
+    got = parse_number(predicted) or lone_number(predicted)
+    return got is not None and bool(_values(got) & _values(expected))
 
 
 def _timeout() -> int | None:
