@@ -8,8 +8,8 @@ from conftest import FROMZERO
 
 def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     out = tmp_path / "run"
-    first = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out)], env=cli_env,
-                           capture_output=True, text=True)  # fmt: skip
+    first = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
+                           env=cli_env, capture_output=True, text=True)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["preset"] == "smoke"
@@ -26,6 +26,14 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     for key in ("heldout_phrasing_acc", "heldout_people_acc", "base_heldout_phrasing_acc", "base_heldout_people_acc"):
         assert 0.0 <= sft[key] <= 1.0
     assert "| sft |" in report
+    assert 0.0 <= summary["stages"]["reward"]["heldout_acc"] <= 1.0
+    assert 0.0 <= summary["stages"]["dpo"]["gold_win_rate"] <= 1.0
+    grpo = summary["stages"]["grpo"]
+    for key in ("pass1_before", "pass1_after", "sft_heldout_phrasing_acc_after"):
+        assert 0.0 <= grpo[key] <= 1.0
+    assert grpo["seconds"] > 0 and "| grpo |" in report and (out / "rl.png").exists()
+    reward_result = json.loads((out / "reward" / "result.json").read_text())
+    assert reward_result["answers"] == {}  # the reward model does not answer the fixed prompts
 
     chat = subprocess.run(FROMZERO + ["chat", "--ckpt", str(out / "sft"), "--max-new-tokens", "8"], env=cli_env,
                           input="Hello!\nWhere does Tom live?\n/system Be brief.\nHi\n/reset\n/quit\n",
@@ -34,8 +42,8 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert chat.stdout.count("bot> ") == 3
     assert "(system prompt: 'Be brief.'; history cleared)" in chat.stdout and "(history cleared)" in chat.stdout
 
-    again = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out)], env=cli_env,
-                           capture_output=True, text=True)  # fmt: skip
+    again = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
+                           env=cli_env, capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0 and "[pretrain] finished earlier, skipped" in again.stdout
     assert json.loads((out / "summary.json").read_text())["stages"]["pretrain"] == pre
 
@@ -43,6 +51,16 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
                                       "--set", "pretrain.steps=10"], env=cli_env, capture_output=True, text=True)  # fmt: skip
     assert redo.returncode == 0 and "[init] finished earlier" in redo.stdout
     assert "[pretrain] finished earlier" not in redo.stdout
+
+
+def test_stage_choice_follows_the_config():
+    from fromzero.config import load_config
+    from fromzero.pipeline import stage_names
+
+    assert stage_names(load_config("smoke")) == ["init", "pretrain", "sft", "reward", "ppo", "grpo"]
+    both = stage_names(load_config("smoke", ["preference_tuning=both"]))
+    assert both == ["init", "pretrain", "sft", "reward", "dpo", "ppo", "grpo"]
+    assert stage_names(load_config("smoke", ["preference_tuning=dpo", "reasoning_rl=false"])) == ["init", "pretrain", "sft", "dpo"]
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path, cli_env):

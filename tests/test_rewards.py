@@ -22,6 +22,7 @@ from fromzero.rewards import (
     overlong_penalty,
     safe_reward,
     think_answer_format,
+    true_equations,
     weighted_rewards,
 )
 
@@ -107,6 +108,16 @@ def test_format_and_length_penalty():
     assert think_answer_format("<think>a</think><answer>7</answer> trailing words", Task("?", "7")) == 0.0
     assert [overlong_penalty(n, 100, 20) for n in (50, 80, 90, 100, 120)] == [0.0, 0.0, -0.5, -1.0, -1.0]
     assert overlong_penalty(100, 100, 0) == 0.0
+
+
+def test_true_equations_checks_each_step_of_the_working():
+    task = Task("?", "9")
+    assert true_equations("3 + 37 = 40. 40 - 31 = 9. The answer is 9.", task) == 1.0
+    assert true_equations("3 + 37 = 43. 43 - 34 = 9. The answer is 9.", task) == 0.5  # the first step slipped
+    assert true_equations("2 × 3 = 6, 12 ÷ 4 = 3 and 2 + 3 * 4 = 14", task) == 1.0  # precedence as written
+    assert true_equations("The answer is 9.", task) == 0.0  # no working, no credit
+    assert true_equations("7 / 0 = 1. 1 + 1 = 2.", task) == 0.5  # a division by zero is a false step, not a crash
+    assert load_reward("equations")[1] is true_equations
 
 
 def broken_reward(completion: str, task: Task) -> float:

@@ -58,11 +58,14 @@ def run(
     out: Annotated[Optional[Path], typer.Option(help="run directory (default runs/PRESET)")] = None,
     overrides: Overrides = None,
     redo: Annotated[Optional[str], typer.Option(help="redo this stage and every later one")] = None,
+    preference: Annotated[Optional[str], typer.Option(help="stage 3: ppo (reward model + RLHF, the default), dpo, both "
+                                                      "or none")] = None,  # fmt: skip
 ):
-    """The whole pipeline on the preset's data: build data, stage 0 (random init), 1 (pretrain), 2 (SFT), report."""
+    """The whole pipeline on the preset's data: build data, stage 0 (random init), 1 (pretrain), 2 (SFT), 3 (reward
+    model + PPO, or DPO), 4 (GRPO on verifiable problems), then summary.json and the report."""
     from fromzero import pipeline
 
-    cfg = _config(preset, overrides)
+    cfg = _config(preset, list(overrides or []) + ([f"preference_tuning={preference}"] if preference else []))
     out = out or Path("runs") / cfg.preset
     summary = pipeline.run(cfg, out, redo=redo)
     typer.echo(json.dumps(summary, indent=2))
@@ -194,6 +197,47 @@ def dpo(
 
     cfg = _config(preset, overrides)
     ckpt = stage.train(cfg.dpo, *_preference_pairs(cfg, cfg.dpo, data), init, out, resume=resume)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+@app.command()
+@user_errors
+def grpo(
+    init: Annotated[Path, typer.Option(help="checkpoint to tune (an SFT, PPO or DPO stage directory); also the reference")],
+    out: StageOut,
+    data: Annotated[Optional[list[Path]], typer.Option(help="task files (repeatable): GSM8K, SVAMP, Countdown or "
+                                                       "prompt/answer records; default: the built-in word problems")] = None,  # fmt: skip
+    preset: Preset = "tiny",
+    overrides: Overrides = None,
+    resume: Resume = False,
+):
+    """Stage 4: reasoning by RL with verifiable rewards (GRPO): answers checked against the known result; pass@1 on
+    held-out problems before and after."""
+    from fromzero.data.sources import SourceStats
+    from fromzero.data.tasks import load_tasks
+    from fromzero.data.world import build_world
+    from fromzero.eval.reasoning import evaluate as evaluate_reasoning
+    from fromzero.train import grpo as stage
+
+    cfg = _config(preset, overrides)
+    if data:
+        cfg.grpo.data = [str(d) for d in data]
+    stats = SourceStats()
+    train, heldout = load_tasks(cfg.grpo, cfg.reasoning, build_world(cfg.world), cfg.seed, stats)
+    if stats.skipped:
+        typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
+    ckpt = stage.train(cfg.grpo, train, heldout, init, out, resume=resume)
+    if heldout:
+        from fromzero import checkpoint
+        from fromzero.tokenizer import Tokenizer
+
+        g = cfg.grpo
+        tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
+        options = {"k": cfg.eval.pass_k, "temperature": g.temperature, "max_new_tokens": g.max_new_tokens,
+                   "system": g.system_prompt}  # fmt: skip
+        before, _ = evaluate_reasoning(checkpoint.load_model(init), tok, heldout, **options)
+        after, _ = evaluate_reasoning(checkpoint.load_model(ckpt), tok, heldout, **options)
+        typer.echo(json.dumps({"before": before, "after": after}, indent=2))
     typer.echo(f"checkpoint: {ckpt}")
 
 

@@ -12,12 +12,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fromzero.data.tasks import ReasoningConfig
 from fromzero.data.world import WorldConfig
 from fromzero.data.world_chat import InstructConfig
 from fromzero.data.world_pref import PreferenceConfig
 from fromzero.model import ModelConfig
 from fromzero.train.dpo import DPOConfig
+from fromzero.train.grpo import GRPOConfig
 from fromzero.train.loop import TrainConfig
+from fromzero.train.ppo import PPOConfig
 from fromzero.train.reward import RewardConfig
 from fromzero.train.sft import SFTConfig
 
@@ -60,6 +63,10 @@ class EvalConfig(BaseModel):
     temperature: float = Field(0.0, description="0: greedy, so the report is reproducible")
     val_batches: int = Field(16, description="micro-batches of validation data for val loss / bits per byte")
     qa_max_new_tokens: int = Field(40, description="tokens sampled per held-out question")
+    preference_temperature: float = Field(1.0, gt=0, description="sampling temperature of the answers judged for the "
+                                          "gold win rate (one answer per model and prompt)")  # fmt: skip
+    pass_k: int = Field(8, ge=1, description="reasoning: pass@k from this many sampled answers per held-out problem "
+                        "(1: greedy pass@1 only)")  # fmt: skip
 
 
 class Config(BaseModel):
@@ -76,6 +83,13 @@ class Config(BaseModel):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    preference_tuning: Literal["ppo", "dpo", "both", "none"] = Field(
+        "ppo", description="stage 3 of `fromzero run`: RLHF with PPO against the reward model, DPO, both (the "
+        "reasoning stage then starts from PPO's model), or none")
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    reasoning_rl: bool = Field(True, description="run stage 4 (GRPO on the reasoning tasks) in `fromzero run`")
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

@@ -22,13 +22,16 @@ import torch
 from fromzero import checkpoint, dist
 from fromzero.config import Config
 from fromzero.data import build as data_build
+from fromzero.data.preference import PreferencePair, load_pairs, split_pairs
+from fromzero.data.tasks import Task, load_tasks, solution_conversations
 from fromzero.data.world import World, build_world
 from fromzero.data.world_chat import InstructData, build_instructions
-from fromzero.eval import qa
+from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences
+from fromzero.eval import qa, reasoning
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import pretrain, sft
+from fromzero.train import dpo, grpo, loop, ppo, pretrain, reward, sft
 
 
 @dataclass
@@ -81,6 +84,55 @@ class RunContext:
             log_to.write_text("".join(json.dumps(g) + "\n" for g in graded_all))
         return out
 
+    def last_policy(self, stage: str) -> str:
+        """The stage whose model `stage` starts from: the last language model trained before it (with both PPO
+        and DPO, PPO's)."""
+        names = stage_names(self.cfg)
+        return [n for n in names[: names.index(stage)] if n not in NOT_POLICIES][-1]
+
+    @functools.cached_property
+    def preferences(self) -> WorldPreferences:
+        return build_preferences(self.world, self.cfg.preference)
+
+    def preference_pairs(self, sources: Any) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        """(train, held-out) pairs: from the stage's files when it names any, else the built-in world's (whose
+        held-out pairs are labelled by the gold function without noise)."""
+        if not sources.data:
+            return self.preferences.train, self.preferences.eval_pairs
+        pairs, _ = load_pairs(sources)
+        return split_pairs(pairs, sources.val_fraction, self.cfg.seed)
+
+    def gold_win_rate(self, ckpt: Path, reference: Path) -> dict[str, float]:
+        """How often the gold preference function prefers the answer of `ckpt` to that of `reference`, one
+        answer each sampled per held-out prompt ((wins + ties / 2) / prompts), and each model's mean gold score."""
+        questions = self.preferences.eval_questions
+        gold, e = GoldPreference(self.world), self.cfg.eval
+        texts = [q.question for q in questions]
+        answers = {}
+        for name, path in (("policy", ckpt), ("reference", reference)):
+            model = checkpoint.load_model(path, self.info.device)
+            answers[name] = qa.answer(model, self.tokenizer, texts, max_new_tokens=e.qa_max_new_tokens,
+                                      temperature=e.preference_temperature, seed=self.cfg.seed + 1)  # fmt: skip
+        mean = {k: sum(gold.score(q, x) for q, x in zip(questions, v)) / len(questions) for k, v in answers.items()}
+        return {"gold_win_rate": gold.win_rate(questions, answers["policy"], answers["reference"]),
+                "gold_score": mean["policy"], "gold_score_before": mean["reference"]}  # fmt: skip
+
+    @functools.cached_property
+    def reasoning_tasks(self) -> tuple[list[Task], list[Task]]:
+        """(train, held-out) reasoning tasks: the grpo section's files, or the built-in word problems."""
+        return load_tasks(self.cfg.grpo, self.cfg.reasoning, self.world, self.cfg.seed)
+
+    def reasoning_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, float]:
+        """Greedy pass@1 (overall and per step count) and sampled pass@k on the held-out reasoning tasks."""
+        model = checkpoint.load_model(ckpt, self.info.device)
+        g = self.cfg.grpo
+        metrics, graded = reasoning.evaluate(model, self.tokenizer, self.reasoning_tasks[1], k=self.cfg.eval.pass_k,
+                                             temperature=g.temperature, max_new_tokens=g.max_new_tokens,
+                                             system=g.system_prompt, seed=self.cfg.seed)  # fmt: skip
+        if log_to is not None:
+            log_to.write_text("".join(json.dumps(g) + "\n" for g in graded))
+        return metrics
+
     def lm_metrics(self, ckpt: Path) -> dict[str, float]:
         model = checkpoint.load_model(ckpt, self.info.device)
         evaluate = pretrain.lm_evaluator(self.data_dir, self.tokenizer, self.cfg.pretrain, self.cfg.eval.val_batches,
@@ -116,6 +168,9 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
         conversations, _ = sft.load_conversations(ctx.cfg.sft)
     else:
         conversations = ctx.instructions.train
+    if ctx.cfg.reasoning_rl:  # stage 4's cold start: worked solutions to some of its training problems
+        r = ctx.cfg.reasoning
+        conversations = conversations + solution_conversations(ctx.reasoning_tasks[0][: r.n_sft], r.direct_fraction, r.seed)
     ckpt = sft.train(ctx.cfg.sft, conversations, ctx.out / "pretrain", out, resume=True)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
@@ -125,12 +180,106 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
-# Each stage returns {"metrics", "checkpoint", and "chat": True once the model speaks the chat template}.
+def stage_reward(ctx: RunContext) -> dict[str, Any]:
+    """Stage 3a: the reward model, from the SFT model, graded on held-out pairs the gold function labelled."""
+    out = ctx.out / "reward"
+    ckpt = reward.train(ctx.cfg.reward, *ctx.preference_pairs(ctx.cfg.reward), checkpoint.resolve(ctx.out / "sft"), out,
+                        resume=True)  # fmt: skip
+    final = json.loads((out / loop.DONE).read_text())  # the last step's metrics, the held-out evaluation included
+    return {"metrics": {"heldout_acc": final["val_accuracy"]}, "checkpoint": ckpt, "policy": False}
+
+
+def stage_dpo(ctx: RunContext) -> dict[str, Any]:
+    """Stage 3 (offline): DPO from the SFT model on the same pairs, judged by the gold function against SFT."""
+    out, init = ctx.out / "dpo", checkpoint.resolve(ctx.out / "sft")
+    ckpt = dpo.train(ctx.cfg.dpo, *ctx.preference_pairs(ctx.cfg.dpo), init, out, resume=True)
+    metrics: dict[str, float] = {}
+    if ctx.info.is_main:
+        metrics = ctx.gold_win_rate(ckpt, init)
+        metrics.update(ctx.qa_accuracy(ckpt, chat=True))
+    return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
+
+
+def stage_ppo(ctx: RunContext) -> dict[str, Any]:
+    """Stage 3 (RLHF): PPO from the SFT model against the reward model, on the preference prompts; judged by the
+    gold function against SFT, with the reward model's mean score on held-out prompts before and after."""
+    out, init, rm = ctx.out / "ppo", checkpoint.resolve(ctx.out / "sft"), checkpoint.resolve(ctx.out / "reward")
+    gold_fn = GoldPreference(ctx.world)
+    if ctx.cfg.reward.data:  # the prompts of the reward model's preference files; no gold function knows them
+        prompts, gold, heldout, heldout_gold = [p.messages for p in ctx.preference_pairs(ctx.cfg.reward)[0]], None, [], None
+    else:
+        train_q, eval_q = ctx.preferences.train_questions, ctx.preferences.eval_questions
+        train_q = list({q.question: q for q in train_q}.values())
+        prompts = [[{"role": "user", "content": q.question}] for q in train_q]
+        heldout = [[{"role": "user", "content": q.question}] for q in eval_q]
+        gold = lambda i, answer: gold_fn.score(train_q[i], answer)  # noqa: E731
+        heldout_gold = lambda i, answer: gold_fn.score(eval_q[i], answer)  # noqa: E731
+    scorer = reward.load_reward_model(rm, ctx.info.device)
+    evaluate = None
+    if heldout:
+        evaluate = ppo.reward_evaluator(scorer, ctx.tokenizer, heldout, max_new_tokens=ctx.cfg.ppo.max_new_tokens,
+                                        gold=heldout_gold, rank=ctx.info.rank, world_size=ctx.info.world_size)  # fmt: skip
+    before = evaluate(checkpoint.load_model(init, ctx.info.device)) if evaluate else {}
+    ckpt = ppo.train(ctx.cfg.ppo, prompts, init, rm, out, gold=gold, evaluate=evaluate, resume=True)
+    metrics: dict[str, float] = {}
+    if ctx.info.is_main:
+        after = evaluate(checkpoint.load_model(ckpt, ctx.info.device)) if evaluate else {}
+        final = json.loads((out / loop.DONE).read_text())
+        metrics = {**ctx.gold_win_rate(ckpt, init), "kl": final.get("kl", float("nan")),
+                   "rm_reward_before": before.get("val_reward", float("nan")),
+                   "rm_reward_after": after.get("val_reward", float("nan")),
+                   **ctx.qa_accuracy(ckpt, chat=True)}  # fmt: skip
+    return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
+
+
+def stage_grpo(ctx: RunContext) -> dict[str, Any]:
+    """Stage 4: GRPO on the reasoning tasks from the last policy, graded on held-out problems before and after, and
+    on stage 2's held-out questions (what it must not forget)."""
+    out = ctx.out / "grpo"
+    init = checkpoint.resolve(ctx.out / ctx.last_policy("grpo"))
+    train, heldout = ctx.reasoning_tasks
+    before: dict[str, float] = {}
+    if ctx.info.is_main:
+        before = ctx.reasoning_accuracy(init, log_to=None)
+    ckpt = grpo.train(ctx.cfg.grpo, train, heldout, init, out, resume=True)
+    metrics: dict[str, float] = {}
+    if ctx.info.is_main:
+        after = ctx.reasoning_accuracy(ckpt, log_to=out / "heldout_answers.jsonl")
+        qa_after = ctx.qa_accuracy(ckpt, chat=True)
+        metrics = {"pass1_before": before["pass@1"], "pass1_after": after["pass@1"],
+                   **{f"{k}_before": v for k, v in before.items() if k != "pass@1"},
+                   **{f"{k}_after": v for k, v in after.items() if k != "pass@1"},
+                   **{f"sft_{k}_after": v for k, v in qa_after.items()}}  # fmt: skip
+    return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
+
+
+# Each stage returns {"metrics", "checkpoint", "chat": True once the model speaks the chat template, and
+# "policy": False for a model that is not a language model (the reward model)}.
 STAGES: list[tuple[str, Callable[[RunContext], dict[str, Any]]]] = [
     ("init", stage_init),
     ("pretrain", stage_pretrain),
     ("sft", stage_sft),
+    ("reward", stage_reward),
+    ("dpo", stage_dpo),
+    ("ppo", stage_ppo),
+    ("grpo", stage_grpo),
 ]
+NOT_POLICIES = ("reward",)
+
+
+def enabled(cfg: Config, stage: str) -> bool:
+    """Whether `fromzero run` runs a stage under this config (preference_tuning, reasoning_rl)."""
+    if stage in ("reward", "ppo"):
+        return cfg.preference_tuning in ("ppo", "both")
+    if stage == "dpo":
+        return cfg.preference_tuning in ("dpo", "both")
+    if stage == "grpo":
+        return cfg.reasoning_rl
+    return True
+
+
+def stage_names(cfg: Config) -> list[str]:
+    return [name for name, _ in STAGES if enabled(cfg, name)]
 
 
 def result_path(out: Path, stage: str) -> Path:
@@ -139,7 +288,7 @@ def result_path(out: Path, stage: str) -> Path:
 
 def summarize(cfg: Config, out: Path) -> dict[str, Any]:
     stages = {}
-    for name, _ in STAGES:
+    for name in stage_names(cfg):
         path = result_path(out, name)
         if path.exists():
             result = json.loads(path.read_text())
@@ -150,7 +299,7 @@ def summarize(cfg: Config, out: Path) -> dict[str, Any]:
 def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True) -> dict[str, Any]:
     out = Path(out)
     info = dist.setup(cfg.pretrain.device)
-    names = [name for name, _ in STAGES]
+    names = stage_names(cfg)
     if redo is not None and redo not in names:
         raise ValueError(f"unknown stage '{redo}'; stages: {', '.join(names)}")
     if info.is_main:
@@ -163,6 +312,8 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
     dist.barrier()
     ctx = RunContext(cfg, out, info, build_world(cfg.world))
     for name, fn in STAGES:
+        if name not in names:
+            continue
         path = result_path(out, name)
         if path.exists():
             if info.is_main:
@@ -171,7 +322,8 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
         start = time.perf_counter()
         result = fn(ctx)
         if info.is_main:
-            answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False))
+            policy = result.get("policy", True)
+            answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False)) if policy else {}
             record = {"metrics": result["metrics"], "seconds": time.perf_counter() - start,
                       "checkpoint": str(result["checkpoint"]), "answers": answers}  # fmt: skip
             checkpoint.write_text_atomic(path, json.dumps(record, indent=2))
@@ -181,5 +333,5 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
     if info.is_main:
         checkpoint.write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
         if report:
-            write_report(out, [name for name, _ in STAGES])
+            write_report(out, names)
     return summary

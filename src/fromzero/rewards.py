@@ -265,7 +265,29 @@ def think_answer_format(completion: str, task: Task) -> float:
     return float(THINK_ANSWER.match(completion) is not None)
 
 
-BUILTIN: dict[str, RewardFn] = {"accuracy": accuracy, "format": think_answer_format}
+WORKED_EQUATION = re.compile(r"(\d+(?:\s*[-+*/×÷]\s*\d+)+)\s*=\s*(-?\d+)")
+
+
+def true_equations(completion: str, task: Task) -> float:
+    """The share of the equations in the working ("13 - 2 = 11") that are arithmetically true; 0 with none.
+
+    A process reward that needs no reference: each step is checked on its own, so a completion whose last
+    step slipped still earns for the steps it got right, and the policy gets a signal on every sum it writes
+    rather than one per answer.
+    """
+    found = WORKED_EQUATION.findall(completion.replace("×", "*").replace("÷", "/"))
+    if not found:
+        return 0.0
+    right = 0
+    for left, result in found:
+        try:
+            right += evaluate_arithmetic(left)[0] == int(result)
+        except (ValueError, ZeroDivisionError):
+            pass
+    return right / len(found)
+
+
+BUILTIN: dict[str, RewardFn] = {"accuracy": accuracy, "format": think_answer_format, "equations": true_equations}
 
 
 def overlong_penalty(length: int, max_length: int, buffer: int) -> float:

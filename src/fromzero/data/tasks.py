@@ -47,12 +47,23 @@ def encode_prompt(tok: Tokenizer, task: Task, system: str | None = None) -> list
     return prompt_ids(tok, task.prompt, system)
 
 
-def solution_conversations(tasks: Sequence[Task]) -> list[list[Message]]:
+def solution_conversations(tasks: Sequence[Task], direct_fraction: float = 0.0, seed: int = 0) -> list[list[Message]]:
     """The tasks that come with a worked solution, as conversations to fine-tune on before RL (DeepSeek-R1's
     "cold start"): RL only strengthens what the model already samples sometimes, so it must first see the
-    answer format and a few right answers."""
-    return [[{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.metadata["solution"]}]
-            for t in tasks if "solution" in t.metadata]  # fmt: skip
+    answer format and a few right answers.
+
+    A `direct_fraction` of them answer with the final line alone ("The answer is 7."), as much real data does.
+    The model then sometimes works a problem out and sometimes guesses; which one pays is for RL to find.
+    """
+    rng = random.Random(f"{seed}:cold-start")
+    conversations = []
+    for t in tasks:
+        if "solution" not in t.metadata:
+            continue
+        direct = rng.random() < direct_fraction and t.kind == "math"
+        answer = f"The answer is {t.answer}." if direct else t.metadata["solution"]
+        conversations.append([{"role": "user", "content": t.prompt}, {"role": "assistant", "content": answer}])
+    return conversations
 
 
 class ReasoningConfig(BaseModel):
@@ -72,6 +83,8 @@ class ReasoningConfig(BaseModel):
     n_sft: int = Field(2000, ge=0, description="training problems (the first n_sft) whose worked solutions join the SFT "
                        "data: the cold start that makes RL's first rewards non-zero")  # fmt: skip
     n_eval: int = Field(200, ge=1, description="held-out problems, spread evenly over the step counts")
+    direct_fraction: float = Field(0.0, ge=0, le=1, description="share of the cold-start solutions that state the "
+                                   "answer without working it out")  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> ReasoningConfig:

@@ -50,6 +50,47 @@ def plot_training(out: Path, stages: list[str]) -> Path | None:
     return path
 
 
+# RL curves: (stage, metric, label) per panel; a stage's panels appear when its metrics.jsonl has them
+RL_PANELS = [
+    ("ppo", [("reward/mean", "reward model"), ("gold/mean", "gold")], "kl", "reward vs KL to the SFT model"),
+    ("ppo", [("reward/mean", "reward model"), ("gold/mean", "gold")], "step", "reward per rollout"),
+    ("grpo", [("reward/mean", "reward (train)"), ("pass@1", "pass@1 (held out, greedy)")], "step", "reward and accuracy"),
+    ("grpo", [("response_length", "tokens")], "step", "response length"),
+    ("grpo", [("kl", "KL to the reference")], "step", "KL"),
+]
+
+
+def plot_rl(out: Path, stages: list[str]) -> Path | None:
+    """The RL stages' curves: PPO's reward-model and gold reward against KL (over-optimisation shows as the gold
+    curve falling while the reward model's rises), GRPO's reward, held-out pass@1, response length and KL."""
+    panels = []
+    for stage, series, x, title in RL_PANELS:
+        if stage not in stages:
+            continue
+        records = read_metrics(out / stage)
+        lines = [(label, [(r[x], r[k]) for r in records if k in r and x in r]) for k, label in series]
+        lines = [(label, points) for label, points in lines if points]
+        if lines:
+            panels.append((f"{stage}: {title}", x, lines))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False)
+    for ax, (title, x, lines) in zip(axes[0], panels):
+        for label, points in lines:
+            points.sort()
+            style = "o-" if len(points) < 12 else "-"
+            ax.plot(*zip(*points), style, label=label, lw=1, ms=3)
+        ax.set_title(title)
+        ax.set_xlabel("KL (nats per answer)" if x == "kl" else x)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "rl.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
     out = Path(out)
     summary = json.loads((out / "summary.json").read_text())
@@ -66,6 +107,7 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
     for s in done:
         prompts += [p for p in results[s]["answers"] if p not in prompts]
     plot = plot_training(out, done)
+    rl_plot = plot_rl(out, done)
 
     md = [f"# fromzero run report: preset `{summary['preset']}`", "",
           f"Total time: {summary['seconds']:.0f} s over {len(done)} stages.", "", "## Metrics per stage", "",
@@ -75,6 +117,8 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
         md.append(f"| {s} | " + " | ".join(_fmt(row[k]) if k in row else "" for k in metric_names) + " |")
     if plot:
         md += ["", "## Training curves", "", f"![loss]({plot.name})"]
+    if rl_plot:
+        md += ["", "## Reinforcement learning", "", f"![rl]({rl_plot.name})"]
     md += ["", "## The same prompts after every stage", ""]
     for p in prompts:
         md += [f"### {p}", ""]
@@ -94,6 +138,8 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
     img = ""
     if plot:
         img = f'<h2>Training curves</h2><img src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">'
+    if rl_plot:
+        img += f'<h2>Reinforcement learning</h2><img src="data:image/png;base64,{base64.b64encode(rl_plot.read_bytes()).decode()}">'
     answer_head = "".join(f"<th>{e(s)}</th>" for s in done)
     answer_rows = "".join(
         f"<tr><td><b>{e(p)}</b></td>" + "".join(f"<td>{e(results[s]['answers'].get(p, ''))}</td>" for s in done) + "</tr>"

@@ -66,7 +66,8 @@ class GRPOConfig(TrainConfig, TaskSources):
                                   "prompts in their place (DAPO dynamic sampling)")  # fmt: skip
     max_sampling_rounds: int = Field(3, ge=1, description="filter_zero_std: most rounds of prompts sampled per rollout")
     reward_funcs: list[str] = Field(default_factory=lambda: ["accuracy"], description="reward functions: accuracy, "
-                                    "format (<think>/<answer> tags), or package.module:function")  # fmt: skip
+                                    "equations (share of true equations in the working), format (<think>/<answer> "
+                                    "tags), or package.module:function")  # fmt: skip
     reward_weights: list[float] | None = Field(None, description="weight of each reward function; None: all 1")
     overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty over the last N tokens before "
                                  "max_new_tokens; 0: off")  # fmt: skip

@@ -8,6 +8,7 @@ ordinary checkpoint directory written by the shared loop: `model.safetensors` ho
 
 For PPO: `score_responses()` rewards a batch of (prompt, response) token sequences, and a value model
 is this same module loaded from the reward checkpoint (`load_reward_model`), read at every position.
+`answer_rewards()` scores a policy's own answers to prompts: how much the reward model likes a policy.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from fromzero import checkpoint
+from fromzero.data.chat import Message, render
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
     encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import all_reduce_sum, setup
+from fromzero.generate import SamplingConfig, generate
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
@@ -93,6 +96,28 @@ def score_responses(model: RewardModel, prompts: Sequence[Sequence[int]], respon
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
     return last_token_rewards(model, ids.to(device), torch.tensor([len(r) for r in rows], device=device))
+
+
+@torch.no_grad()
+def answer_rewards(policy: Transformer, reward_model: RewardModel, tok: Tokenizer, prompts: Sequence[Sequence[Message]],
+                   *, max_new_tokens: int = 64, temperature: float = 0.0, batch_size: int = 64,
+                   seed: int = 0) -> tuple[list[str], list[float]]:  # fmt: skip
+    """A policy's answers to conversations ending with a user turn (greedy by default) and the reward model's score
+    of each: the reward a tuned policy earns against the one it started from. Answers cut off at max_new_tokens are
+    scored as they are (without <|end|>, where the reward model learned to read an answer)."""
+    was_training = policy.training
+    policy.eval()
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tok.end_id,))
+    generator = torch.Generator(device=policy.rope_cos.device).manual_seed(seed)
+    texts: list[str] = []
+    scores: list[float] = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [render(tok, p, generation_prompt=True)[0] for p in prompts[i : i + batch_size]]
+        answers = generate(policy, ids, sampling, pad_id=tok.pad_id, generator=generator)
+        scores += score_responses(reward_model, ids, answers, tok.pad_id).tolist()
+        texts += [tok.decode([t for t in a if t != tok.end_id], skip_special=True).strip() for a in answers]
+    policy.train(was_training)
+    return texts, scores
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float | torch.Tensor = 0.0) -> torch.Tensor:

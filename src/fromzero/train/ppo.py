@@ -1,0 +1,455 @@
+"""Stage 3c: RLHF, PPO against the reward model (Ziegler et al. 2019, Ouyang et al. 2022; the implementation
+details of Huang et al. 2024, "The N+ implementation details of RLHF with PPO", as TRL follows them).
+
+Each rollout, the policy answers a batch of prompts with the KV-cache sampler, each answer stopped at <|end|>. The
+reward model scores a whole answer at its last token, and every answer token pays β times the KL to the frozen
+reference (the starting SFT model), estimated per token as log π(y_t) - log π_ref(y_t) (k1; k3 on request): the
+reward of token t is -β·kl_t, plus the score on the answer's last token. A value model, started from the reward
+model and read at every position, estimates the return to come; GAE(γ, λ) turns rewards and values into
+advantages (whitened over the rollout) and the value model's targets. The rollout then serves ppo_epochs passes,
+each cut into num_minibatches shuffled minibatches, an optimizer step each, on PPO's clipped surrogate plus vf_coef
+times the clipped value loss. β is fixed, or steered towards a target KL by Ziegler's proportional controller.
+Answers that never close with <|end|> can be docked missing_eos_penalty: the reward model only ever read finished
+answers.
+
+Policy and value model in the one loop. The loop trains one module with one AdamW, so `PolicyValue` holds both
+(TRL's PolicyAndValueWrapper does the same) and its forward runs both, so DDP sees every trained parameter used.
+Its state_dict is the policy's alone: every checkpoint the loop writes is a plain language-model checkpoint, which
+`checkpoint.load_model`, `fromzero chat`, GRPO and export read as they are. The value model's weights, which only a
+resumed PPO run needs, travel with the rollout state (`RolloutBatches.state_dict`), which the loop saves in
+trainer_state.pt beside the optimizer's moments for both models; resume is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import Field, model_validator
+
+from fromzero import checkpoint
+from fromzero.data.chat import Message, render
+from fromzero.data.loader import GlobalOrder
+from fromzero.dist import DistInfo, all_reduce_sum, setup
+from fromzero.generate import SamplingConfig, generate
+from fromzero.model import Transformer
+from fromzero.tokenizer import Tokenizer
+from fromzero.train import loop
+from fromzero.train.grpo import collate, token_logps
+from fromzero.train.loop import TrainConfig
+from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
+
+KLEstimator = Literal["k1", "k3"]
+GoldFn = Callable[[int, str], float]  # (prompt index, decoded answer) -> gold score; metrics only
+
+
+class PPOConfig(TrainConfig):
+    prompts_per_rollout: int = Field(32, ge=1, description="prompts answered per rollout over all ranks, one answer "
+                                     "each; a rollout serves ppo_epochs × num_minibatches optimizer steps")  # fmt: skip
+    max_new_tokens: int = Field(48, ge=1, description="longest answer")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
+    kl_coef: float = Field(0.05, ge=0, description="β: weight of the per-token KL to the reference in the reward (the "
+                           "first value with adaptive_kl); 0 drops the reference")  # fmt: skip
+    kl_estimator: KLEstimator = Field("k1", description="per-token KL in the reward: k1 = log π/π_ref (unbiased, "
+                                      "negative on some tokens) or k3 = (r - 1) - log r, r = π_ref/π (never negative)")  # fmt: skip
+    adaptive_kl: bool = Field(False, description="steer β after each rollout towards kl_target (Ziegler et al. 2019)")
+    kl_target: float = Field(6.0, gt=0, description="adaptive_kl: the KL per answer (nats) that β steers towards")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive_kl: answers over which β changes by at most a factor "
+                            "of about e^0.2")  # fmt: skip
+    gamma: float = Field(1.0, ge=0, le=1, description="discount per answer token")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ: 0 bootstraps from the next value (low variance, biased "
+                       "by the value model), 1 is the whole return minus the value")  # fmt: skip
+    whiten_advantages: bool = Field(True, description="shift and scale each rollout's advantages to mean 0, std 1")
+    clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
+    clip_eps_value: float = Field(0.2, gt=0, description="value predictions further than this from the rollout's "
+                                  "are clipped in the value loss")  # fmt: skip
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss beside the policy loss")
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout")
+    num_minibatches: int = Field(2, ge=1, description="minibatches per pass, an optimizer step each")
+    missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from the score of answers that never "
+                                              "close with <|end|>; None: no penalty")  # fmt: skip
+    seq_len: int = Field(128, description="longest prompt + answer; longer prompts are dropped")
+    micro_batch_size: int = Field(16, description="answers per forward pass on one rank")
+    batch_tokens: int = Field(0, description="prompts_per_rollout / num_minibatches × seq_len (a minibatch per "
+                              "step); set from those")  # fmt: skip
+    steps: int = 100
+    lr: float = 3e-5
+    warmup_steps: int = 5
+    schedule: Literal["cosine", "wsd", "constant"] = "constant"
+    weight_decay: float = 0.0
+    eval_every: int = 25
+    checkpoint_every: int = 25
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PPOConfig:
+        if self.prompts_per_rollout % self.num_minibatches:
+            raise ValueError(f"prompts_per_rollout ({self.prompts_per_rollout}) must split into num_minibatches "
+                             f"({self.num_minibatches}) equal minibatches")  # fmt: skip
+        if self.max_new_tokens >= self.seq_len:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len "
+                             f"({self.seq_len})")  # fmt: skip
+        if self.adaptive_kl and self.kl_coef == 0:
+            raise ValueError("adaptive_kl scales kl_coef, which is 0; start it above 0")
+        tokens = self.prompts_per_rollout // self.num_minibatches * self.seq_len
+        if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
+            raise ValueError(f"batch_tokens is prompts_per_rollout / num_minibatches × seq_len = {tokens}; "
+                             "leave it unset")  # fmt: skip
+        self.batch_tokens = tokens
+        return self
+
+
+# ---------------------------------------------------------------------------
+# The loss: pure tensor functions. Per-token tensors are [B, T]; mask is true on answer tokens.
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """x shifted and scaled to mean 0 and (Bessel-corrected) std 1 over the masked entries; 0 elsewhere."""
+    mask = mask.to(x.dtype)
+    centred = (x - masked_mean(x, mask)) * mask
+    var = (centred**2).sum() / (mask.sum() - 1).clamp(min=1)
+    return centred * torch.rsqrt(var + eps)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Generalized advantage estimation (Schulman et al. 2016) over each row's answer, one contiguous masked span.
+
+    δ_t = r_t + γ·V_{t+1} - V_t and A_t = δ_t + γλ·A_{t+1}, with V and A zero after the answer's last token (the
+    episode has ended). Returns (advantages, returns = advantages + values, the value model's targets), both zero
+    off the mask.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    next_value = next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.size(1))):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    return advantages, advantages + values
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
+    """Per-token estimates of KL(π ‖ π_ref) from tokens sampled from π (Schulman, "Approximating KL divergence").
+
+    k1 = log π/π_ref is unbiased but negative on tokens the reference likes better; k3 = (r - 1) - log r with
+    r = π_ref/π is unbiased too, never negative, and has lower variance while π stays close to π_ref.
+    """
+    log_ratio = logp - ref_logp
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1' or 'k3'")
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """PPO's clipped surrogate (Schulman et al. 2017), the token mean over the mask, and its metrics.
+
+    Per token, with ratio r = π/π_old: max(-A·r, -A·clip(r, 1-ε, 1+ε)). Once r has moved past the clip range in
+    the direction the advantage pushes it, the clipped term is the larger and the token gives no gradient: each
+    update stays near the policy that sampled the rollout. clipfrac is the share of such tokens; approx_kl the k3
+    estimate of KL(π_old ‖ π).
+    """
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    metrics = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
+               "approx_kl": masked_mean((ratio - 1 - log_ratio).detach(), mask).item()}  # fmt: skip
+    return loss, metrics
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """Half the squared error to the returns, the larger of the prediction's and of the prediction clipped to
+    old ± clip (PPO's value clipping, as in OpenAI's baselines and TRL): a value that has already moved more than
+    `clip` from the rollout's estimate in the direction that lowers its error gets no further gradient."""
+    clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+    error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(error, clipped_error), mask)
+    return loss, {"value_clipfrac": masked_mean((clipped_error > error).float(), mask).item()}
+
+
+class AdaptiveKLController:
+    """β steered towards a target KL (Ziegler et al. 2019): with e = clip(KL / target - 1, -0.2, 0.2), each
+    update multiplies β by 1 + e·n/horizon, n the answers the KL was measured on. Too far from the reference: β
+    grows; closer than the target: β shrinks and lets the policy move."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+# ---------------------------------------------------------------------------
+# The trained module: policy and value model
+
+
+class PolicyValue(nn.Module):
+    """The policy and the value model as the one module the loop trains (see the module docstring): forward runs
+    both; state_dict and load_state_dict are the policy's alone, so checkpoints are plain policy checkpoints."""
+
+    def __init__(self, policy: Transformer, value: RewardModel):
+        super().__init__()
+        self.policy, self.value = policy, value
+        self.cfg = policy.cfg  # the checkpoint's config.json, and the loop's FLOPs per token
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy logits [B, T, vocab] and value estimates [B, T]."""
+        return self.policy(idx), self.value(idx)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.policy.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.policy.load_state_dict(state_dict, strict, assign)
+
+
+# ---------------------------------------------------------------------------
+# Rollouts
+
+
+@dataclass
+class Rollout:
+    """One rollout, rows of prompt + answer right-padded to one width W. Per-token tensors are [N, W-1], aligned
+    with the predictions of ids[:, 1:]; lengths and answer lengths are kept as lists, read without a device sync."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor  # answer tokens
+    logps: torch.Tensor  # log π_old of each token
+    values: torch.Tensor  # the value model's estimate before each token
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    lengths: list[int]
+    answer_lengths: list[int]
+    metrics: dict[str, float]
+
+
+# (input ids [B, W], answer mask, old log-probs, old values, advantages, returns [B, W-1], the micro-batch's weight
+#  in its minibatch, rollout metrics)
+MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float,
+                   dict[str, float]]  # fmt: skip
+
+
+class RolloutBatches:
+    """The loop's batch source: answers prompts with the policy, scores and rewards the answers, and serves the
+    rollout as micro-batches, ppo_epochs × num_minibatches optimizer steps per rollout.
+
+    Within a pass the rollout's rows are shuffled (seeded by the rollout and pass), cut into minibatches, and each
+    minibatch, sorted by length for less padding, into micro-batches. Every micro-batch carries its share of the
+    minibatch's answer tokens, so each token weighs the same however micro_batch_size cuts the minibatch. Its
+    state (for exact resume) is the prompt order, the calls served, the current rollout, β and the value model's
+    weights.
+    """
+
+    def __init__(self, cfg: PPOConfig, model: PolicyValue, reference: Transformer | None, reward_model: RewardModel,
+                 tok: Tokenizer, prompts: list[tuple[int, list[int]]], gold: GoldFn | None, info: DistInfo):  # fmt: skip
+        self.cfg, self.model, self.reference, self.reward_model, self.tok = cfg, model, reference, reward_model, tok
+        self.prompts, self.gold, self.device = prompts, gold, info.device
+        self.prompts_per_rank = cfg.prompts_per_rollout // info.world_size
+        self.minibatch_size = self.prompts_per_rank // cfg.num_minibatches
+        self.accumulation = cfg.accumulation(info.world_size)
+        self.calls_per_rollout = cfg.ppo_epochs * cfg.num_minibatches * self.accumulation
+        self.order = GlobalOrder(len(prompts), self.prompts_per_rank, seed=cfg.seed, rank=info.rank,
+                                 world_size=info.world_size)  # fmt: skip
+        self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       stop_tokens=(tok.end_id,))  # fmt: skip
+        self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)  # only updated with adaptive_kl
+        self.calls = 0
+        self.rollout: Rollout | None = None
+
+    def next_batch(self) -> MicroBatch:
+        index, call = divmod(self.calls, self.calls_per_rollout)
+        if call == 0:
+            self.rollout = self._rollout()
+        r = self.rollout
+        assert r is not None
+        self.calls += 1
+        epoch, call = divmod(call, self.cfg.num_minibatches * self.accumulation)
+        minibatch, micro = divmod(call, self.accumulation)
+        order = np.random.default_rng([self.cfg.seed, index, epoch]).permutation(self.prompts_per_rank).tolist()
+        rows = order[minibatch * self.minibatch_size : (minibatch + 1) * self.minibatch_size]
+        rows.sort(key=r.lengths.__getitem__)
+        chosen = rows[micro * self.cfg.micro_batch_size : (micro + 1) * self.cfg.micro_batch_size]
+        # the loop divides each micro-batch's loss by the accumulation steps; weight it back up by its token share
+        weight = self.accumulation * sum(r.answer_lengths[i] for i in chosen) / sum(r.answer_lengths[i] for i in rows)
+        idx, cut = torch.tensor(chosen, device=r.ids.device), max(r.lengths[i] for i in chosen) - 1
+        return (r.ids[idx, : cut + 1], r.mask[idx, :cut], r.logps[idx, :cut], r.values[idx, :cut],
+                r.advantages[idx, :cut], r.returns[idx, :cut], weight, r.metrics)  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout,
+                "kl_coef": self.kl.value, "value_model": self.model.value.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
+        self.calls, self.rollout, self.kl.value = state["calls"], state["rollout"], state["kl_coef"]
+        self.model.value.load_state_dict(state["value_model"])
+
+    @torch.no_grad()
+    def _rollout(self) -> Rollout:
+        start = time.perf_counter()
+        cfg, tok, policy, value = self.cfg, self.tok, self.model.policy, self.model.value
+        was_training = self.model.training
+        self.model.eval()
+        chosen = [self.prompts[i] for i in self.order.next_indices()]
+        prompts = [ids for _, ids in chosen]
+        with loop.autocast(cfg, self.device):
+            answers = generate(policy, prompts, self.sampling, pad_id=tok.pad_id)
+        ids, mask = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)
+        ids, mask = ids.to(self.device), mask[:, 1:].to(self.device)
+        lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
+        length_t = torch.tensor(lengths, device=self.device)
+        logps, ref_logps, values, scores = [], [], [], []
+        with loop.autocast(cfg, self.device):
+            for i in range(0, len(ids), cfg.micro_batch_size):
+                part = ids[i : i + cfg.micro_batch_size]
+                logps.append(token_logps(policy, part, cfg.temperature)[0])
+                values.append(value(part[:, :-1]))
+                if self.reference is not None:
+                    ref_logps.append(token_logps(self.reference, part, cfg.temperature)[0])
+                scores.append(last_token_rewards(self.reward_model, part, length_t[i : i + cfg.micro_batch_size]))
+        self.model.train(was_training)
+        old_logps, old_values, score = torch.cat(logps), torch.cat(values), torch.cat(scores).float()
+        if self.reference is not None:
+            kl = kl_penalty(old_logps, torch.cat(ref_logps), cfg.kl_estimator) * mask
+        else:
+            kl = torch.zeros_like(old_logps)
+        ended = torch.tensor([a[-1:] == [tok.end_id] for a in answers], device=self.device)
+        penalized = score
+        if cfg.missing_eos_penalty is not None:
+            penalized = score - cfg.missing_eos_penalty * (~ended).float()
+        beta = self.kl.value
+        rewards = -beta * kl
+        rows = torch.arange(len(answers), device=self.device)
+        rewards[rows, length_t - 2] += penalized  # the prediction of the answer's last token
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        kl_sums = kl.sum(1)
+        n = len(answers)
+        # reward/mean is the reward model's own score; reward/rlhf what PPO maximises, the score (less any missing-
+        # <|end|> penalty) minus β·KL; kl the KL per answer, the sum over its tokens
+        metrics = {
+            "reward/mean": score.mean().item(),
+            "reward/std": score.std().item() if n > 1 else 0.0,
+            "reward/rlhf": (penalized - beta * kl_sums).mean().item(),
+            "kl": kl_sums.mean().item(),
+            "kl_coef": beta,
+            "response_length": sum(len(a) for a in answers) / n,
+            "clipped_ratio": 1 - ended.float().mean().item(),  # answers cut off at max_new_tokens
+            "value/mean": masked_mean(old_values, mask).item(),
+        }
+        if self.gold is not None:
+            texts = [tok.decode([t for t in a if t != tok.end_id], skip_special=True).strip() for a in answers]
+            metrics["gold/mean"] = sum(self.gold(i, text) for (i, _), text in zip(chosen, texts)) / n
+        if cfg.adaptive_kl:
+            total = all_reduce_sum(torch.stack([kl_sums.sum(), torch.tensor(float(n), device=self.device)]))
+            self.kl.update((total[0] / total[1]).item(), int(total[1].item()))
+        metrics["rollout_time"] = time.perf_counter() - start
+        answer_lengths = [len(a) for a in answers]
+        return Rollout(ids, mask, old_logps, old_values, advantages, returns, lengths, answer_lengths, metrics)
+
+
+def ppo_loss_fn(cfg: PPOConfig):
+    def loss_fn(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        ids, mask, old_logps, old_values, advantages, returns, weight, rollout_metrics = batch
+        logits, values = model(ids[:, :-1])
+        log_probs = (logits.float() / cfg.temperature).log_softmax(-1)
+        logps = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        policy_loss, metrics = ppo_policy_loss(logps, old_logps, advantages, mask, cfg.clip_eps)
+        vf_loss, vf_metrics = value_loss(values, old_values, returns, mask, cfg.clip_eps_value)
+        with torch.no_grad():
+            entropy = masked_mean(-(log_probs.exp() * log_probs).sum(-1), mask)
+        metrics.update(vf_metrics, policy_loss=policy_loss.item(), value_loss=vf_loss.item(), entropy=entropy.item())
+        # the loop averages metrics over a step's micro-batches: weighted, they become token means over the minibatch
+        weighted = {k: weight * v for k, v in metrics.items()}
+        return weight * (policy_loss + cfg.vf_coef * vf_loss), {**rollout_metrics, **weighted}
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+def reward_evaluator(reward_model: RewardModel, tok: Tokenizer, prompts: Sequence[Sequence[Message]], *,
+                     max_new_tokens: int, gold: GoldFn | None = None, rank: int = 0, world_size: int = 1):  # fmt: skip
+    """Greedy answers to held-out prompts: the reward model's mean score (val_reward) and, with a gold scorer
+    (prompt index, answer) -> score, the gold mean (val_gold). Each rank answers its share."""
+    mine = list(range(rank, len(prompts), world_size))
+
+    def evaluate(policy: Transformer) -> dict[str, float]:
+        asked = [prompts[i] for i in mine]
+        texts, scores = answer_rewards(policy, reward_model, tok, asked, max_new_tokens=max_new_tokens)
+        gold_sum = sum(gold(i, text) for i, text in zip(mine, texts)) if gold is not None else 0.0
+        sums = all_reduce_sum(torch.tensor([sum(scores), gold_sum, float(len(mine))], device=policy.rope_cos.device))
+        result = {"val_reward": (sums[0] / sums[2].clamp(min=1)).item()}
+        if gold is not None:
+            result["val_gold"] = (sums[1] / sums[2].clamp(min=1)).item()
+        return result
+
+    return evaluate
+
+
+def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, reward_model: Path, out_dir: Path, *,
+          gold: GoldFn | None = None, evaluate: loop.EvalFn | None = None, resume: bool = False,
+          log=print) -> Path:  # fmt: skip
+    """Tune the (SFT) checkpoint at `init` with PPO against the reward model at `reward_model`, on prompts
+    (conversations ending with a user turn); returns the final checkpoint, a plain policy checkpoint.
+
+    gold(i, answer) scores an answer to prompts[i] for the gold/mean metric only; evaluate(policy) runs every
+    eval_every steps (e.g. `reward_evaluator` on held-out prompts).
+    """
+    info = setup(cfg.device)
+    if resume and loop.is_done(out_dir):
+        return checkpoint.resolve(out_dir)
+    per_minibatch = cfg.prompts_per_rollout // cfg.num_minibatches
+    if per_minibatch % (cfg.micro_batch_size * info.world_size):
+        raise ValueError(f"each minibatch (prompts_per_rollout / num_minibatches = {per_minibatch} answers) must split "
+                         f"into micro-batches of {cfg.micro_batch_size} on each of {info.world_size} ranks")  # fmt: skip
+    tok_file = checkpoint.tokenizer_file(init)
+    if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
+        raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
+    tok = Tokenizer.load(tok_file)
+    policy = checkpoint.load_model(init, info.device)
+    value = load_reward_model(reward_model, info.device)
+    for name, m in (("policy", policy), ("reward model", value)):
+        if m.cfg.max_seq_len < cfg.seq_len:
+            raise ValueError(f"ppo.seq_len={cfg.seq_len} exceeds the {name}'s max_seq_len={m.cfg.max_seq_len}")
+    scorer = load_reward_model(reward_model, info.device).eval().requires_grad_(False)
+    # the reference is the starting model: on resume the loop reloads the policy from the checkpoint, not this
+    reference = checkpoint.load_model(init, info.device).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    room = cfg.seq_len - cfg.max_new_tokens
+    encoded = [(i, render(tok, p, generation_prompt=True)[0]) for i, p in enumerate(prompts)]
+    fitting = [(i, ids) for i, ids in encoded if len(ids) <= room]
+    if not fitting:
+        raise ValueError(f"no prompt fits in seq_len - max_new_tokens = {room} tokens")
+    if info.is_main:
+        log(f"[ppo] {len(fitting)} prompts ({len(encoded) - len(fitting)} longer than {room} tokens dropped); "
+            f"{cfg.ppo_epochs} × {cfg.num_minibatches} steps per rollout of {cfg.prompts_per_rollout} answers")  # fmt: skip
+    model = PolicyValue(policy, value)
+    batches = RolloutBatches(cfg, model, reference, scorer, tok, fitting, gold, info)
+    stage = loop.Stage("ppo", Path(out_dir), tok_file, info)
+    policy_eval = (lambda m: evaluate(m.policy)) if evaluate is not None else None
+    # the loop types its model as a Transformer; PolicyValue has what it uses of one (cfg, state_dict)
+    return loop.run(cfg, stage, model, batches, ppo_loss_fn(cfg), evaluate=policy_eval,  # type: ignore[arg-type]
+                    resume=resume)
