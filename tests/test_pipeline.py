@@ -28,6 +28,10 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert "| sft |" in report
     assert 0.0 <= summary["stages"]["reward"]["heldout_acc"] <= 1.0
     assert 0.0 <= summary["stages"]["dpo"]["gold_win_rate"] <= 1.0
+    ppo = summary["stages"]["ppo"]
+    assert 0.0 <= ppo["gold_win_rate"] <= 1.0
+    for key in ("rm_reward_before", "rm_reward_after", "kl"):
+        assert isinstance(ppo[key], float)
     grpo = summary["stages"]["grpo"]
     for key in ("pass1_before", "pass1_after", "sft_heldout_phrasing_acc_after"):
         assert 0.0 <= grpo[key] <= 1.0

@@ -222,6 +222,14 @@ def test_world_preferences_use_trained_people_and_hold_out_phrasings(world):
     assert all(gold.score(q, p.chosen) > gold.score(q, p.rejected) for q, p in zip(data.eval_questions, data.eval_pairs))
 
 
+def test_more_pairs_per_phrasing_and_a_clear_error_past_the_phrasings(world):
+    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=3, eval_questions=10))
+    assert len(data.train) == len(world.trained_people) * 8 * 3
+    assert len({p.messages[0]["content"] for p in data.train}) == len(world.trained_people) * 8
+    with pytest.raises(ValueError, match="only 10 training phrasings; raise preference.pairs_per_question"):
+        build_preferences(world, PreferenceConfig(questions_per_fact=11))
+
+
 def test_gold_function_orders_content_then_style(world):
     gold, rng = GoldPreference(world), random.Random(0)
     p = world.trained_people[0]

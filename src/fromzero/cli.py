@@ -202,6 +202,37 @@ def dpo(
 
 @app.command()
 @user_errors
+def ppo(
+    init: Annotated[Path, typer.Option(help="checkpoint to tune (an SFT stage directory); also the KL reference")],
+    reward_model: Annotated[Path, typer.Option("--reward-model", help="reward model checkpoint (`fromzero reward`)")],
+    out: StageOut,
+    data: PreferenceData = None,
+    preset: Preset = "tiny",
+    overrides: Overrides = None,
+    resume: Resume = False,
+):
+    """Stage 3 (RLHF): PPO against a reward model, on the prompts of the preference data (default: the built-in
+    world's); the gold preference function's mean score is logged for the built-in prompts."""
+    from fromzero.data.world import build_world
+    from fromzero.data.world_pref import GoldPreference, build_preferences
+    from fromzero.train import ppo as stage
+
+    cfg = _config(preset, overrides)
+    if data:
+        train, _ = _preference_pairs(cfg, cfg.reward, data)
+        prompts, gold = [p.messages for p in train], None
+    else:
+        world = build_world(cfg.world)
+        questions = list({q.question: q for q in build_preferences(world, cfg.preference).train_questions}.values())
+        prompts = [[{"role": "user", "content": q.question}] for q in questions]
+        judge = GoldPreference(world)
+        gold = lambda i, answer: judge.score(questions[i], answer)  # noqa: E731
+    ckpt = stage.train(cfg.ppo, prompts, init, reward_model, out, gold=gold, resume=resume)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+@app.command()
+@user_errors
 def grpo(
     init: Annotated[Path, typer.Option(help="checkpoint to tune (an SFT, PPO or DPO stage directory); also the reference")],
     out: StageOut,
@@ -265,7 +296,7 @@ def chat(
     tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               stop_tokens=(tok.end_id,))  # fmt: skip
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
     history: list = []
     typer.echo("fromzero chat — /reset, /system TEXT, /quit")
     while True:

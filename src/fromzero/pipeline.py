@@ -221,9 +221,9 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
                                         gold=heldout_gold, rank=ctx.info.rank, world_size=ctx.info.world_size)  # fmt: skip
     before = evaluate(checkpoint.load_model(init, ctx.info.device)) if evaluate else {}
     ckpt = ppo.train(ctx.cfg.ppo, prompts, init, rm, out, gold=gold, evaluate=evaluate, resume=True)
+    after = evaluate(checkpoint.load_model(ckpt, ctx.info.device)) if evaluate else {}  # every rank: it all-reduces
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
-        after = evaluate(checkpoint.load_model(ckpt, ctx.info.device)) if evaluate else {}
         final = json.loads((out / loop.DONE).read_text())
         metrics = {**ctx.gold_win_rate(ckpt, init), "kl": final.get("kl", float("nan")),
                    "rm_reward_before": before.get("val_reward", float("nan")),

@@ -44,7 +44,9 @@ class PreferenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="seed for phrasings, candidate answers and labels")
-    questions_per_fact: int = Field(2, description="training phrasings per (trained person, attribute), a pair each")
+    questions_per_fact: int = Field(2, ge=1, description="training phrasings per (trained person, attribute), at most "
+                                    "the number of training phrasings an attribute has (10)")  # fmt: skip
+    pairs_per_question: int = Field(1, ge=1, description="pairs of candidate answers per training phrasing")
     content_weights: dict[str, float] = Field(
         default_factory=lambda: {"right": 0.5, "evasive": 0.25, "wrong": 0.25},
         description="how often a candidate answer states the right fact, none, or a wrong one",
@@ -155,15 +157,21 @@ def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
     def question(p: Person, attr: str, template: str) -> Question:
         return Question(template.format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr])
 
+    fewest = min(len(QUESTIONS[attr][0]) for attr in ATTRIBUTES)
+    if cfg.questions_per_fact > fewest:
+        raise ValueError(f"preference.questions_per_fact={cfg.questions_per_fact}, but an attribute has only {fewest} "
+                         "training phrasings; raise preference.pairs_per_question for more pairs")  # fmt: skip
     train, train_questions = [], []
     for p in world.trained_people:
         for attr in ATTRIBUTES:
             for template in rng.sample(QUESTIONS[attr][0], cfg.questions_per_fact):
                 q = question(p, attr, template)
-                x, y, sx, sy = two_answers(q)
-                chosen, rejected = (x, y) if bradley_terry_label(sx, sy, cfg.temperature, cfg.label_noise, rng) else (y, x)
-                train.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
-                train_questions.append(q)
+                for _ in range(cfg.pairs_per_question):
+                    x, y, sx, sy = two_answers(q)
+                    label = bradley_terry_label(sx, sy, cfg.temperature, cfg.label_noise, rng)
+                    chosen, rejected = (x, y) if label else (y, x)
+                    train.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
+                    train_questions.append(q)
 
     facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
     eval_questions = [question(p, attr, rng.choice(QUESTIONS[attr][1]))

@@ -22,7 +22,7 @@ def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bo
     stop = (tok.end_id,) if chat else (tok.bos_id,)
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
                          stop_tokens=stop)  # fmt: skip
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
     out: list[str] = []
     for i in range(0, len(questions), batch_size):
         chunk = questions[i : i + batch_size]

@@ -17,6 +17,7 @@ def complete(model: Transformer, tok: Tokenizer, prompts: list[str], *, max_new_
                          stop_tokens=(tok.bos_id,))  # fmt: skip
     was_training = model.training
     model.eval()
-    out = generate(model, ids, cfg, pad_id=tok.pad_id, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
+    out = generate(model, ids, cfg, pad_id=tok.pad_id, generator=generator)
     model.train(was_training)
     return [tok.decode([t for t in o if t != tok.bos_id]) for o in out]
