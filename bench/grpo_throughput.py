@@ -4,8 +4,8 @@ Both start from the same random weights of the tiny preset's shape (ours, and HF
 from a copy of them), the same tokenizer (ours, wrapped as a `PreTrainedTokenizerFast`), the same built-in
 word problems rendered in our chat template, and the same GRPO settings: P prompts × G completions per
 optimizer step in micro-batches of 16, up to N new tokens sampled at temperature 1 and stopped at <|end|>,
-β = 0.04 against a frozen reference, the "grpo" loss with std-scaled advantages, μ = 1, fp32, and no
-gradient checkpointing (TRL's default turns it on; fromzero has none). A random
+β = 0.04 against a frozen reference, the "grpo" loss with std-scaled advantages, μ = 1, fp32 (--precision bf16:
+bf16 autocast for both), and no gradient checkpointing (--trl-checkpointing: TRL's default; fromzero has none). A random
 model rarely samples <|end|>, so both generate close to N tokens per completion (reported).
 
 Measured: seconds per optimizer step (rollout + reference log-probs + forward/backward + AdamW), median
@@ -14,6 +14,7 @@ over the steps after the first of each window; windows alternate ours, TRL, ours
 
     .venv/bin/python bench/grpo_throughput.py
     .venv/bin/python bench/grpo_throughput.py --steps 6 --windows 3 --new-tokens 64 --prompts 8 --generations 8
+    .venv/bin/python bench/grpo_throughput.py --precision bf16 --trl-checkpointing     # TRL's CPU defaults
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def setup(work: Path, args) -> tuple[Path, Tokenizer, list[Task]]:
 def grpo_config(args, steps: int) -> grpo.GRPOConfig:
     return grpo.GRPOConfig(steps=steps, prompts_per_step=args.prompts, num_generations=args.generations,
                            micro_batch_size=MICRO_BATCH, max_new_tokens=args.new_tokens, seq_len=TINY["max_seq_len"],
-                           lr=1e-5, warmup_steps=0, beta=0.04, loss_type="grpo", precision="fp32",
+                           lr=1e-5, warmup_steps=0, beta=0.04, loss_type="grpo", precision=args.precision,
                            checkpoint_every=10**6, eval_every=10**6, eval_problems=0)  # fmt: skip
 
 
@@ -106,7 +107,8 @@ def trl_trainer(init: Path, tok: Tokenizer, tasks: list[Task], work: Path, args,
         gradient_accumulation_steps=args.prompts * args.generations // MICRO_BATCH, num_generations=args.generations,
         max_completion_length=args.new_tokens, temperature=1.0, beta=0.04, loss_type="grpo", scale_rewards="group",
         num_iterations=1, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        use_cpu=True, bf16=False, gradient_checkpointing=False, logging_steps=1, report_to="none", save_strategy="no",
+        use_cpu=True, bf16=args.precision == "bf16", gradient_checkpointing=args.trl_checkpointing, logging_steps=1,
+        report_to="none", save_strategy="no",
         disable_dropout=True, seed=0, dataloader_num_workers=0,
     )  # fmt: skip
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=correctness, args=config, train_dataset=dataset,
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both trainers (TRL's bf16 flag)")
+    parser.add_argument("--trl-checkpointing", action="store_true", help="TRL with gradient checkpointing, its default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:

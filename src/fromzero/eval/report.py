@@ -78,8 +78,15 @@ def plot_rl(out: Path, stages: list[str]) -> Path | None:
     for ax, (title, x, lines) in zip(axes[0], panels):
         for label, points in lines:
             points.sort()
-            style = "o-" if len(points) < 12 else "-"
-            ax.plot(*zip(*points), style, label=label, lw=1, ms=3)
+            if x == "kl":  # one point per step: a cloud, whose trend is the over-optimisation curve
+                ax.plot(*zip(*points), "o", label=label, ms=3, alpha=0.6)
+            elif len(points) < 12:
+                ax.plot(*zip(*points), "o-", label=label, lw=1, ms=3)
+            else:  # per-step rollout metrics are noisy: the raw curve faint, a moving average over 10 steps
+                xs, ys = zip(*points)
+                (raw,) = ax.plot(xs, ys, lw=0.8, alpha=0.35)
+                smooth = [sum(ys[max(0, i - 9) : i + 1]) / len(ys[max(0, i - 9) : i + 1]) for i in range(len(ys))]
+                ax.plot(xs, smooth, color=raw.get_color(), lw=1.5, label=f"{label} (mean of 10)")
         ax.set_title(title)
         ax.set_xlabel("KL (nats per answer)" if x == "kl" else x)
         ax.grid(alpha=0.3)
