@@ -51,6 +51,16 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert again.returncode == 0 and "[pretrain] finished earlier, skipped" in again.stdout
     assert json.loads((out / "summary.json").read_text())["stages"]["pretrain"] == pre
 
+    # GRPO started from PPO's model; with DPO alone it starts from DPO's, so it is redone (and nothing else)
+    dpo_only = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "dpo"],
+                              env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert dpo_only.returncode == 0, dpo_only.stderr[-3000:]
+    assert "[dpo] finished earlier" in dpo_only.stdout and "[grpo] redone: it now starts from dpo" in dpo_only.stdout
+    assert json.loads((out / "grpo" / "result.json").read_text())["from"] == "dpo"
+    off = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "dpo", "--redo", "ppo"],
+                         env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert off.returncode == 2 and "stage 'ppo' is off under preference_tuning=dpo" in off.stderr
+
     redo = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--redo", "pretrain",
                                       "--set", "pretrain.steps=10"], env=cli_env, capture_output=True, text=True)  # fmt: skip
     assert redo.returncode == 0 and "[init] finished earlier" in redo.stdout

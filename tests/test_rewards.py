@@ -117,6 +117,7 @@ def test_true_equations_checks_each_step_of_the_working():
     assert true_equations("2 × 3 = 6, 12 ÷ 4 = 3 and 2 + 3 * 4 = 14", task) == 1.0  # precedence as written
     assert true_equations("The answer is 9.", task) == 0.0  # no working, no credit
     assert true_equations("7 / 0 = 1. 1 + 1 = 2.", task) == 0.5  # a division by zero is a false step, not a crash
+    assert true_equations("1.5 + 2 = 3.5", task) == 0.0  # decimals are not read as "5 + 2 = 3"
     assert load_reward("equations")[1] is true_equations
 
 

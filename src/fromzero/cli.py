@@ -58,8 +58,8 @@ def run(
     out: Annotated[Optional[Path], typer.Option(help="run directory (default runs/PRESET)")] = None,
     overrides: Overrides = None,
     redo: Annotated[Optional[str], typer.Option(help="redo this stage and every later one")] = None,
-    preference: Annotated[Optional[str], typer.Option(help="stage 3: ppo (reward model + RLHF, the default), dpo, both "
-                                                      "or none")] = None,  # fmt: skip
+    preference: Annotated[Optional[str], typer.Option(help="stage 3: ppo (reward model + RLHF), dpo, both or none; "
+                                                      "default: the preset's preference_tuning (ppo)")] = None,  # fmt: skip
 ):
     """The whole pipeline on the preset's data: build data, stage 0 (random init), 1 (pretrain), 2 (SFT), 3 (reward
     model + PPO, or DPO), 4 (GRPO on verifiable problems), then summary.json and the report."""
@@ -244,8 +244,10 @@ def grpo(
 ):
     """Stage 4: reasoning by RL with verifiable rewards (GRPO): answers checked against the known result; pass@1 on
     held-out problems before and after."""
+    from fromzero import checkpoint, dist
     from fromzero.data.sources import SourceStats
     from fromzero.data.tasks import load_tasks
+    from fromzero.tokenizer import Tokenizer
     from fromzero.data.world import build_world
     from fromzero.eval.reasoning import evaluate as evaluate_reasoning
     from fromzero.train import grpo as stage
@@ -258,16 +260,14 @@ def grpo(
     if stats.skipped:
         typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
     ckpt = stage.train(cfg.grpo, train, heldout, init, out, resume=resume)
-    if heldout:
-        from fromzero import checkpoint
-        from fromzero.tokenizer import Tokenizer
-
+    info = dist.setup(cfg.grpo.device)
+    if heldout and info.is_main:
         g = cfg.grpo
         tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
         options = {"k": cfg.eval.pass_k, "temperature": g.temperature, "max_new_tokens": g.max_new_tokens,
-                   "system": g.system_prompt}  # fmt: skip
-        before, _ = evaluate_reasoning(checkpoint.load_model(init), tok, heldout, **options)
-        after, _ = evaluate_reasoning(checkpoint.load_model(ckpt), tok, heldout, **options)
+                   "system": g.system_prompt, "seed": cfg.seed}  # fmt: skip
+        before, _ = evaluate_reasoning(checkpoint.load_model(init, info.device), tok, heldout, **options)
+        after, _ = evaluate_reasoning(checkpoint.load_model(ckpt, info.device), tok, heldout, **options)
         typer.echo(json.dumps({"before": before, "after": after}, indent=2))
     typer.echo(f"checkpoint: {ckpt}")
 

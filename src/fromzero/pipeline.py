@@ -87,8 +87,7 @@ class RunContext:
     def last_policy(self, stage: str) -> str:
         """The stage whose model `stage` starts from: the last language model trained before it (with both PPO
         and DPO, PPO's)."""
-        names = stage_names(self.cfg)
-        return [n for n in names[: names.index(stage)] if n not in NOT_POLICIES][-1]
+        return source(self.cfg, stage)
 
     @functools.cached_property
     def preferences(self) -> WorldPreferences:
@@ -99,7 +98,9 @@ class RunContext:
         held-out pairs are labelled by the gold function without noise)."""
         if not sources.data:
             return self.preferences.train, self.preferences.eval_pairs
-        pairs, _ = load_pairs(sources)
+        pairs, stats = load_pairs(sources)
+        if stats.skipped and self.info.is_main:
+            print(f"skipped {stats.skipped} malformed preference records, e.g. {stats.errors[0]}")
         return split_pairs(pairs, sources.val_fraction, self.cfg.seed)
 
     def gold_win_rate(self, ckpt: Path, reference: Path) -> dict[str, float]:
@@ -183,10 +184,12 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
 def stage_reward(ctx: RunContext) -> dict[str, Any]:
     """Stage 3a: the reward model, from the SFT model, graded on held-out pairs the gold function labelled."""
     out = ctx.out / "reward"
-    ckpt = reward.train(ctx.cfg.reward, *ctx.preference_pairs(ctx.cfg.reward), checkpoint.resolve(ctx.out / "sft"), out,
-                        resume=True)  # fmt: skip
+    pairs, heldout = ctx.preference_pairs(ctx.cfg.reward)
+    if not heldout:
+        raise ValueError("reward: no held-out pairs to grade the reward model on; set reward.val_fraction above 0")
+    ckpt = reward.train(ctx.cfg.reward, pairs, heldout, checkpoint.resolve(ctx.out / "sft"), out, resume=True)
     final = json.loads((out / loop.DONE).read_text())  # the last step's metrics, the held-out evaluation included
-    return {"metrics": {"heldout_acc": final["val_accuracy"]}, "checkpoint": ckpt, "policy": False}
+    return {"metrics": {"heldout_acc": final.get("val_accuracy", float("nan"))}, "checkpoint": ckpt}
 
 
 def stage_dpo(ctx: RunContext) -> dict[str, Any]:
@@ -238,6 +241,8 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     out = ctx.out / "grpo"
     init = checkpoint.resolve(ctx.out / ctx.last_policy("grpo"))
     train, heldout = ctx.reasoning_tasks
+    if not heldout:
+        raise ValueError("grpo: no held-out problems to grade on; set grpo.eval_fraction above 0 or grpo.eval_data")
     before: dict[str, float] = {}
     if ctx.info.is_main:
         before = ctx.reasoning_accuracy(init, log_to=None)
@@ -253,8 +258,8 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
-# Each stage returns {"metrics", "checkpoint", "chat": True once the model speaks the chat template, and
-# "policy": False for a model that is not a language model (the reward model)}.
+# Each stage returns {"metrics", "checkpoint", and "chat": True once the model speaks the chat template}; the
+# stages in NOT_POLICIES make no language model (the reward model) and answer no prompts.
 STAGES: list[tuple[str, Callable[[RunContext], dict[str, Any]]]] = [
     ("init", stage_init),
     ("pretrain", stage_pretrain),
@@ -296,35 +301,59 @@ def summarize(cfg: Config, out: Path) -> dict[str, Any]:
     return {"preset": cfg.preset, "stages": stages, "seconds": sum(s["seconds"] for s in stages.values())}
 
 
+def source(cfg: Config, stage: str) -> str:
+    """What a stage starts from under this config; a finished stage that started from something else is redone."""
+    if stage == "sft":
+        return "pretrain + reasoning cold start" if cfg.reasoning_rl and cfg.reasoning.n_sft else "pretrain"
+    if stage in ("reward", "dpo", "ppo"):
+        return "sft"
+    if stage == "grpo":
+        names = stage_names(cfg)
+        return [n for n in names[: names.index(stage)] if n not in NOT_POLICIES][-1]
+    return {"init": "", "pretrain": "init"}[stage]
+
+
 def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True) -> dict[str, Any]:
     out = Path(out)
     info = dist.setup(cfg.pretrain.device)
-    names = stage_names(cfg)
+    names, every = stage_names(cfg), [name for name, _ in STAGES]
     if redo is not None and redo not in names:
+        if redo in every:
+            raise ValueError(f"stage '{redo}' is off under preference_tuning={cfg.preference_tuning}, reasoning_rl="
+                             f"{cfg.reasoning_rl}; stages: {', '.join(names)}")  # fmt: skip
         raise ValueError(f"unknown stage '{redo}'; stages: {', '.join(names)}")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.model_dump_json(indent=2))
-        if redo is not None:
-            for name in names[names.index(redo) :]:
+        if redo is not None:  # every later stage too, also those off now: they were made from what is redone
+            for name in every[every.index(redo) :]:
                 shutil.rmtree(out / name, ignore_errors=True)
         data_build.build(cfg, out / "data")
     dist.barrier()
     ctx = RunContext(cfg, out, info, build_world(cfg.world))
+    redoing = False  # once a stage runs, every later one that finished earlier was made from its old model
     for name, fn in STAGES:
         if name not in names:
             continue
         path = result_path(out, name)
         if path.exists():
+            started_from = json.loads(path.read_text()).get("from", source(cfg, name))
+            if not redoing and started_from == source(cfg, name):
+                if info.is_main:
+                    print(f"[{name}] finished earlier, skipped ({path})")
+                continue
             if info.is_main:
-                print(f"[{name}] finished earlier, skipped ({path})")
-            continue
+                why = "an earlier stage was redone" if redoing else f"it now starts from {source(cfg, name)}"
+                print(f"[{name}] redone: {why}")
+        if (path.exists() or redoing) and info.is_main:  # an unfinished stage resumes, unless its input is new
+            shutil.rmtree(out / name, ignore_errors=True)
+        dist.barrier()
+        redoing = True
         start = time.perf_counter()
         result = fn(ctx)
         if info.is_main:
-            policy = result.get("policy", True)
-            answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False)) if policy else {}
-            record = {"metrics": result["metrics"], "seconds": time.perf_counter() - start,
+            answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False)) if name not in NOT_POLICIES else {}
+            record = {"metrics": result["metrics"], "seconds": time.perf_counter() - start, "from": source(cfg, name),
                       "checkpoint": str(result["checkpoint"]), "answers": answers}  # fmt: skip
             checkpoint.write_text_atomic(path, json.dumps(record, indent=2))
             print(f"[{name}] " + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))

@@ -265,7 +265,7 @@ def think_answer_format(completion: str, task: Task) -> float:
     return float(THINK_ANSWER.match(completion) is not None)
 
 
-WORKED_EQUATION = re.compile(r"(\d+(?:\s*[-+*/×÷]\s*\d+)+)\s*=\s*(-?\d+)")
+WORKED_EQUATION = re.compile(r"(?<![\d.])(\d+(?:\s*[-+*/×÷]\s*\d+)+)\s*=\s*(-?\d+)(?!\d)(?!\.\d)")
 
 
 def true_equations(completion: str, task: Task) -> float:
@@ -273,7 +273,8 @@ def true_equations(completion: str, task: Task) -> float:
 
     A process reward that needs no reference: each step is checked on its own, so a completion whose last
     step slipped still earns for the steps it got right, and the policy gets a signal on every sum it writes
-    rather than one per answer.
+    rather than one per answer. On its own it is easily gamed (write only equations you are sure of: the
+    tiny preset's model learned that in 40 GRPO steps while its accuracy fell); weight it below accuracy.
     """
     found = WORKED_EQUATION.findall(completion.replace("×", "*").replace("÷", "/"))
     if not found:

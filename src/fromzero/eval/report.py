@@ -54,6 +54,7 @@ def plot_training(out: Path, stages: list[str]) -> Path | None:
 RL_PANELS = [
     ("ppo", [("reward/mean", "reward model"), ("gold/mean", "gold")], "kl", "reward vs KL to the SFT model"),
     ("ppo", [("reward/mean", "reward model"), ("gold/mean", "gold")], "step", "reward per rollout"),
+    ("ppo", [("val_reward", "reward model"), ("val_gold", "gold")], "step", "held-out prompts, greedy answers"),
     ("grpo", [("reward/mean", "reward (train)"), ("pass@1", "pass@1 (held out, greedy)")], "step", "reward and accuracy"),
     ("grpo", [("response_length", "tokens")], "step", "response length"),
     ("grpo", [("kl", "KL to the reference")], "step", "KL"),
