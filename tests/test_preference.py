@@ -16,7 +16,7 @@ from fromzero.data.sources import DataError
 from fromzero.data.world import WorldConfig, build_world
 from fromzero.data.world_chat import STYLES, Question
 from fromzero.data.world_pref import CONTENTS, GoldPreference, PreferenceConfig, answer_style, build_preferences, \
-    candidate  # fmt: skip
+    candidate, prompts_and_gold  # fmt: skip
 
 USER = [{"role": "user", "content": "Hi?"}]
 HELLO = PreferencePair(USER, "Hello.", "Go away.")
@@ -228,6 +228,15 @@ def test_more_pairs_per_phrasing_and_a_clear_error_past_the_phrasings(world):
     assert len({p.messages[0]["content"] for p in data.train}) == len(world.trained_people) * 8
     with pytest.raises(ValueError, match="only 10 training phrasings; raise preference.pairs_per_question"):
         build_preferences(world, PreferenceConfig(questions_per_fact=11))
+
+
+def test_ppo_prompts_are_distinct_questions_with_their_gold_score(world):
+    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=2, eval_questions=5))
+    prompts, gold = prompts_and_gold(world, data.train_questions)
+    assert len(prompts) == len(data.train_questions) // 2  # two pairs per question, one prompt
+    q = next(q for q in data.train_questions if q.question == prompts[3][0]["content"])
+    right = GoldPreference(world).score(q, f"The answer is {q.expected}.")
+    assert gold(3, f"The answer is {q.expected}.") == right > gold(3, "Sorry, I don't know that.")
 
 
 def test_gold_function_orders_content_then_style(world):

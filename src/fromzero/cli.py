@@ -214,19 +214,16 @@ def ppo(
     """Stage 3 (RLHF): PPO against a reward model, on the prompts of the preference data (default: the built-in
     world's); the gold preference function's mean score is logged for the built-in prompts."""
     from fromzero.data.world import build_world
-    from fromzero.data.world_pref import GoldPreference, build_preferences
+    from fromzero.data.world_pref import build_preferences, prompts_and_gold
     from fromzero.train import ppo as stage
 
     cfg = _config(preset, overrides)
     if data:
         train, _ = _preference_pairs(cfg, cfg.reward, data)
-        prompts, gold = [p.messages for p in train], None
+        prompts, gold = list({json.dumps(p.messages): p.messages for p in train}.values()), None
     else:
         world = build_world(cfg.world)
-        questions = list({q.question: q for q in build_preferences(world, cfg.preference).train_questions}.values())
-        prompts = [[{"role": "user", "content": q.question}] for q in questions]
-        judge = GoldPreference(world)
-        gold = lambda i, answer: judge.score(questions[i], answer)  # noqa: E731
+        prompts, gold = prompts_and_gold(world, build_preferences(world, cfg.preference).train_questions)
     ckpt = stage.train(cfg.ppo, prompts, init, reward_model, out, gold=gold, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
 

@@ -26,7 +26,7 @@ from fromzero.data.preference import PreferencePair, load_pairs, split_pairs
 from fromzero.data.tasks import Task, load_tasks, solution_conversations
 from fromzero.data.world import World, build_world
 from fromzero.data.world_chat import InstructData, build_instructions
-from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences
+from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, prompts_and_gold
 from fromzero.eval import qa, reasoning
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
@@ -207,16 +207,13 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
     """Stage 3 (RLHF): PPO from the SFT model against the reward model, on the preference prompts; judged by the
     gold function against SFT, with the reward model's mean score on held-out prompts before and after."""
     out, init, rm = ctx.out / "ppo", checkpoint.resolve(ctx.out / "sft"), checkpoint.resolve(ctx.out / "reward")
-    gold_fn = GoldPreference(ctx.world)
     if ctx.cfg.reward.data:  # the prompts of the reward model's preference files; no gold function knows them
-        prompts, gold, heldout, heldout_gold = [p.messages for p in ctx.preference_pairs(ctx.cfg.reward)[0]], None, [], None
+        prompts = list({json.dumps(p.messages): p.messages for p in ctx.preference_pairs(ctx.cfg.reward)[0]}.values())
+        gold = heldout_gold = None
+        heldout: list = []
     else:
-        train_q, eval_q = ctx.preferences.train_questions, ctx.preferences.eval_questions
-        train_q = list({q.question: q for q in train_q}.values())
-        prompts = [[{"role": "user", "content": q.question}] for q in train_q]
-        heldout = [[{"role": "user", "content": q.question}] for q in eval_q]
-        gold = lambda i, answer: gold_fn.score(train_q[i], answer)  # noqa: E731
-        heldout_gold = lambda i, answer: gold_fn.score(eval_q[i], answer)  # noqa: E731
+        prompts, gold = prompts_and_gold(ctx.world, ctx.preferences.train_questions)
+        heldout, heldout_gold = prompts_and_gold(ctx.world, ctx.preferences.eval_questions)
     scorer = reward.load_reward_model(rm, ctx.info.device)
     evaluate = None
     if heldout:

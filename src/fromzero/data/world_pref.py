@@ -22,7 +22,7 @@ import dataclasses
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -182,3 +182,15 @@ def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
         chosen, rejected = (x, y) if sx > sy else (y, x)
         eval_pairs.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
     return WorldPreferences(train, train_questions, eval_pairs, eval_questions)
+
+
+GoldFn = Callable[[int, str], float]
+
+
+def prompts_and_gold(world: World, questions: Sequence[Question]) -> tuple[list[list[dict[str, str]]], GoldFn]:
+    """The distinct questions as one-turn prompts (for PPO's rollouts or an evaluation), and gold(i, answer), the
+    gold score of an answer to prompt i (for metrics only)."""
+    distinct = list({q.question: q for q in questions}.values())
+    gold = GoldPreference(world)
+    prompts = [[{"role": "user", "content": q.question}] for q in distinct]
+    return prompts, lambda i, answer: gold.score(distinct[i], answer)

@@ -108,9 +108,9 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
         if path.exists():
             results[s] = json.loads(path.read_text())
     done = [s for s in stages if s in results]
-    metric_names: list[str] = []
-    for s in done:
-        metric_names += [k for k in summary["stages"][s] if k not in metric_names]
+
+    def metrics(stage: str) -> str:  # a stage's metrics on one line: stages measure different things
+        return " · ".join(f"{k} {_fmt(v)}" for k, v in summary["stages"][stage].items() if k != "seconds")
     prompts: list[str] = []
     for s in done:
         prompts += [p for p in results[s]["answers"] if p not in prompts]
@@ -119,10 +119,9 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
 
     md = [f"# fromzero run report: preset `{summary['preset']}`", "",
           f"Total time: {summary['seconds']:.0f} s over {len(done)} stages.", "", "## Metrics per stage", "",
-          "| stage | " + " | ".join(metric_names) + " |", "|---" * (len(metric_names) + 1) + "|"]  # fmt: skip
+          "| stage | seconds | metrics |", "|---|---:|---|"]  # fmt: skip
     for s in done:
-        row = summary["stages"][s]
-        md.append(f"| {s} | " + " | ".join(_fmt(row[k]) if k in row else "" for k in metric_names) + " |")
+        md.append(f"| {s} | {summary['stages'][s]['seconds']:.0f} | {metrics(s)} |")
     if plot:
         md += ["", "## Training curves", "", f"![loss]({plot.name})"]
     if rl_plot:
@@ -138,11 +137,9 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
     md_path.write_text("\n".join(md) + "\n")
 
     e = html.escape
-    head = "".join(f"<th>{e(k)}</th>" for k in metric_names)
-    rows = "".join(
-        f"<tr><td>{e(s)}</td>" + "".join(f"<td>{e(_fmt(summary['stages'][s].get(k, '')))}</td>" for k in metric_names) + "</tr>"
-        for s in done
-    )
+    head = "<th>seconds</th><th>metrics</th>"
+    rows = "".join(f"<tr><td>{e(s)}</td><td>{summary['stages'][s]['seconds']:.0f}</td><td>{e(metrics(s))}</td></tr>"
+                   for s in done)  # fmt: skip
     img = ""
     if plot:
         img = f'<h2>Training curves</h2><img src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">'
