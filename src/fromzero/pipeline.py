@@ -219,13 +219,20 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
     if heldout:
         evaluate = ppo.reward_evaluator(scorer, ctx.tokenizer, heldout, max_new_tokens=ctx.cfg.ppo.max_new_tokens,
                                         gold=heldout_gold, rank=ctx.info.rank, world_size=ctx.info.world_size)  # fmt: skip
-    before = evaluate(checkpoint.load_model(init, ctx.info.device)) if evaluate else {}
+
+    def held_out(path: Path) -> dict[str, float]:  # as the loop evaluates: no grad, the stage's autocast; every rank
+        with torch.no_grad(), loop.autocast(ctx.cfg.ppo, ctx.info.device):
+            return evaluate(checkpoint.load_model(path, ctx.info.device)) if evaluate else {}
+
+    before = held_out(init)
     ckpt = ppo.train(ctx.cfg.ppo, prompts, init, rm, out, gold=gold, evaluate=evaluate, resume=True)
-    after = evaluate(checkpoint.load_model(ckpt, ctx.info.device)) if evaluate else {}  # every rank: it all-reduces
+    after = held_out(ckpt)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
-        final = json.loads((out / loop.DONE).read_text())
-        metrics = {**ctx.gold_win_rate(ckpt, init), "kl": final.get("kl", float("nan")),
+        # KL per answer over the last tenth of the steps: one rollout's is noisy
+        kls = [r["kl"] for r in loop.read_metrics(out) if "kl" in r][-max(1, ctx.cfg.ppo.steps // 10) :]
+        kl = sum(kls) / len(kls) if kls else float("nan")
+        metrics = {**ctx.gold_win_rate(ckpt, init), "kl": kl,
                    "rm_reward_before": before.get("val_reward", float("nan")),
                    "rm_reward_after": after.get("val_reward", float("nan")),
                    **ctx.qa_accuracy(ckpt, chat=True)}  # fmt: skip
