@@ -147,6 +147,24 @@ def test_every_option_runs_and_resume_is_exact(tiny_init, tmp_path):
     shutil.rmtree(tmp_path / "cut")
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_micro_batch_size_only_changes_memory(tiny_init, tmp_path, loss_type):
+    """One step of 32 completions in one micro-batch or in four: the same loss and gradient (dapo weighs every token
+    of the step the same, so each micro-batch's token mean is scaled by its share of the step's tokens)."""
+    model, tok_file = checkpoint.load_model(tiny_init), checkpoint.tokenizer_file(tiny_init)
+    with torch.no_grad():  # a large <|end|> row in the output layer: completions stop after 1 to 12 tokens
+        model.lm_head.weight[Tokenizer.load(tok_file).end_id] *= 30
+    init = checkpoint.save(tmp_path / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"})
+    steps = []
+    for mb in (32, 8):
+        cfg = config(steps=1, micro_batch_size=mb, loss_type=loss_type, max_new_tokens=12)
+        train(cfg, TASKS, [], init, tmp_path / f"{loss_type}-{mb}", log=lambda *_: None)
+        steps.append(read_metrics(tmp_path / f"{loss_type}-{mb}")[0])
+    assert 0.1 < steps[0]["clipped_ratio"] < 0.9 and steps[0]["response_length"] < 10  # lengths differ
+    for name in ("loss", "grad_norm", "reward/mean"):
+        assert steps[1][name] == pytest.approx(steps[0][name], rel=1e-4, abs=1e-7), name
+
+
 def test_config_checks():
     assert GRPOConfig(prompts_per_step=4, num_generations=8, seq_len=128).batch_tokens == 4 * 8 * 128
     with pytest.raises(ValueError, match="leave it unset"):

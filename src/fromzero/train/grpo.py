@@ -191,8 +191,9 @@ class Group:
 
 
 # (input ids [B, T], completion mask [B, T], advantages [B], sampling log-probs [B, T-1] or None,
-#  reference log-probs [B, T-1] or None, rollout metrics)
-MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, float]]
+#  reference log-probs [B, T-1] or None, the micro-batch's weight in the step, rollout metrics)
+MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float,
+                   dict[str, float]]  # fmt: skip
 
 
 def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,9 +279,16 @@ class RolloutBatches:
         metrics = self._metrics(sampled)
         metrics.update({"reward/failures": float(self.stats.failures - failures), "rollout_time": time.perf_counter() - start})
         mb = self.cfg.micro_batch_size
+        # "dapo" weighs every completion token of the step the same: each micro-batch's token mean is scaled by
+        # its share of the step's tokens (the loop divides by the number of micro-batches)
+        tokens = [len(c) if keep else 0 for _, c, keep in rows]
+        total = max(1, sum(tokens))
         batches: list[MicroBatch] = []
         for i in range(0, len(order), mb):
             chosen = order[i : i + mb]
+            weight = 1.0
+            if self.cfg.loss_type == "dapo":
+                weight = self.accumulation * sum(tokens[j] for j in chosen) / total
             ids, mask = collate([rows[j] for j in chosen], self.tok.pad_id)
             old = ref = None
             with loop.autocast(self.cfg, self.device):
@@ -288,7 +296,7 @@ class RolloutBatches:
                     old = token_logps(self.policy, ids.to(self.device), self.cfg.temperature)[0]
                 if self.reference is not None:
                     ref = token_logps(self.reference, ids.to(self.device), self.cfg.temperature)[0]
-            batches.append((ids, mask, advantages[chosen], old, ref, metrics))
+            batches.append((ids, mask, advantages[chosen], old, ref, weight, metrics))
         self.policy.train(was_training)
         return batches
 
@@ -310,7 +318,7 @@ class RolloutBatches:
 
 def grpo_loss_fn(cfg: GRPOConfig):
     def loss_fn(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, mask, advantages, old, ref, rollout_metrics = batch
+        ids, mask, advantages, old, ref, weight, rollout_metrics = batch
         device = next(model.parameters()).device
         ids, mask, advantages = ids.to(device), mask[:, 1:].to(device), advantages.to(device)
         logp, log_probs = token_logps(model, ids, cfg.temperature)
@@ -319,7 +327,7 @@ def grpo_loss_fn(cfg: GRPOConfig):
         with torch.no_grad():
             entropy = -(log_probs.exp() * log_probs).sum(-1)
             metrics["entropy"] = ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()
-        return loss, {**rollout_metrics, **metrics}
+        return weight * loss, {**rollout_metrics, **metrics}
 
     return loss_fn
 

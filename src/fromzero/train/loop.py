@@ -113,8 +113,10 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, s
     """Measured dense-matmul FLOP/s of this device: the denominator of MFU."""
     key = (str(device), dtype)
     if key not in _PEAK:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        # a private generator: measuring must not move the global RNG that sampling and data order depend on
+        generator = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+        b = torch.randn(n, n, device=device, generator=generator).to(dtype)
         for _ in range(3):
             a @ b
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
