@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from fromzero.data.chat import Message, check_messages
-from fromzero.data.sources import DataError, Source, SourceStats, iter_records
+from fromzero.data.sources import Source, SourceStats, iter_detected, iter_records
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                   "bot": "assistant", "system": "system"}  # fmt: skip
@@ -85,22 +85,5 @@ def iter_conversations(source: Source, on_error: Literal["raise", "skip"] = "rai
                        stats: SourceStats | None = None) -> Iterator[list[Message]]:  # fmt: skip
     """Conversations from instruction files, the format detected per file."""
     stats = stats if stats is not None else SourceStats()
-    formats: dict[str, Format] = {}
-    for item in iter_records(source, on_error, stats):
-        try:
-            if item.file not in formats:
-                fmt = detect_format(item.record)
-                if fmt is None:
-                    raise DataError(f"{item.where}: no instruction format fits the keys {sorted(item.record)}; "
-                                    f"expected {EXPECTED}")  # fmt: skip
-                formats[item.file] = fmt
-            fmt = formats[item.file]
-            try:
-                yield to_messages(item.record, fmt)
-            except (KeyError, TypeError, ValueError) as e:
-                detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                raise DataError(f"{item.where}: bad {fmt} record: {detail}") from None
-        except DataError as e:
-            if on_error == "raise":
-                raise
-            stats.record_skip(e)
+    yield from iter_detected(iter_records(source, on_error, stats), lambda _, r: detect_format(r), to_messages,
+                             "instruction", EXPECTED, on_error, stats)  # fmt: skip

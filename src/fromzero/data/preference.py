@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fromzero.data.chat import Message, check_messages, render
 from fromzero.data.instruct import SHAREGPT_ROLES
 from fromzero.data.loader import GlobalOrder
-from fromzero.data.sources import DataError, Source, SourceStats, iter_records
+from fromzero.data.sources import DataError, Source, SourceStats, iter_detected, iter_records
 from fromzero.tokenizer import Tokenizer
 
 Pairing = Literal["best_vs_worst", "best_vs_each"]
@@ -276,25 +276,13 @@ def iter_preference_pairs(source: Source, on_error: Literal["raise", "skip"] = "
 
 def _convert(records: Iterator[tuple[str, str, Any]], on_error: Literal["raise", "skip"], stats: PreferenceStats,
              pairing: Pairing) -> Iterator[PreferencePair]:  # fmt: skip
-    formats: dict[str, Format | Literal["votes"]] = {}
-    for file, where, record in records:
-        try:
-            if file not in formats:
-                fmt = "votes" if _is_sqlite(file) else detect_format(record)
-                if fmt is None:
-                    raise DataError(f"{where}: no preference format fits the keys {sorted(record)}; expected {EXPECTED}")
-                formats[file] = fmt
-            fmt = formats[file]
-            try:
-                pairs, ties = _from_vote(record) if fmt == "votes" else to_pairs(record, fmt, pairing)
-            except (KeyError, TypeError, ValueError) as e:
-                detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                raise DataError(f"{where}: bad {fmt} record: {detail}") from None
-        except DataError as e:
-            if on_error == "raise":
-                raise
-            stats.record_skip(e)
-            continue
+    def detect(file: str, record: dict[str, Any]) -> str | None:
+        return "votes" if _is_sqlite(file) else detect_format(record)
+
+    def convert(record: dict[str, Any], fmt: str) -> tuple[list[PreferencePair], int]:
+        return _from_vote(record) if fmt == "votes" else to_pairs(record, fmt, pairing)  # type: ignore[arg-type]
+
+    for pairs, ties in iter_detected(records, detect, convert, "preference", EXPECTED, on_error, stats):
         stats.pairs += len(pairs)
         stats.ties += ties
         yield from pairs

@@ -34,7 +34,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple, TypeVar
@@ -116,6 +116,34 @@ def iter_records(
         for item in _structured(source)
     )  # fmt: skip
     return _raise_or_skip(objects, on_error, stats)
+
+
+def iter_detected(records: Iterable[tuple[str, str, dict[str, Any]]], detect: Callable[[str, dict[str, Any]], str | None],
+                  convert: Callable[[dict[str, Any], str], T], kind: str, expected: str,
+                  on_error: Literal["raise", "skip"], stats: SourceStats) -> Iterator[T]:  # fmt: skip
+    """Records of many formats, each file's format detected from its first record: convert(record, format) for
+    every record. A record that fits no format, or breaks its file's, is a DataError naming file:line and what is
+    wrong, raised or skipped and counted. The instruction, task and preference readers share this."""
+    formats: dict[str, str] = {}
+    for file, where, record in records:
+        try:
+            if file not in formats:
+                fmt = detect(file, record)
+                if fmt is None:
+                    raise DataError(f"{where}: no {kind} format fits the keys {sorted(record)}; expected {expected}")
+                formats[file] = fmt
+            fmt = formats[file]
+            try:
+                converted = convert(record, fmt)
+            except (KeyError, TypeError, ValueError) as e:
+                detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+                raise DataError(f"{where}: bad {fmt} record: {detail}") from None
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            stats.record_skip(e)
+            continue
+        yield converted
 
 
 def _structured(source: Source) -> Iterator[RecordAt | DataError]:

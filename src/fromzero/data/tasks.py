@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fromzero.data.chat import Message, prompt_ids
-from fromzero.data.sources import DataError, Source, SourceStats, iter_records
+from fromzero.data.sources import Source, SourceStats, iter_detected, iter_records
 from fromzero.data.world import CONTAINERS, GAINS, ITEMS, Equation, World
 from fromzero.tokenizer import Tokenizer
 
@@ -310,25 +310,9 @@ def iter_tasks(source: Source, on_error: Literal["raise", "skip"] = "raise",
                stats: SourceStats | None = None) -> Iterator[Task]:  # fmt: skip
     """Tasks from files, the format detected per file from its first record."""
     stats = stats if stats is not None else SourceStats()
-    formats: dict[str, Format] = {}
-    for item in iter_records(source, on_error, stats):
-        try:
-            if item.file not in formats:
-                fmt = detect_format(item.record)
-                if fmt is None:
-                    raise DataError(f"{item.where}: no task format fits the keys {sorted(item.record)}; expected {EXPECTED}")
-                formats[item.file] = fmt
-            fmt = formats[item.file]
-            convert = next(c for name, _, c in FORMATS if name == fmt)
-            try:
-                yield convert(item.record)
-            except (KeyError, TypeError, ValueError) as e:
-                detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                raise DataError(f"{item.where}: bad {fmt} record: {detail}") from None
-        except DataError as e:
-            if on_error == "raise":
-                raise
-            stats.record_skip(e)
+    converters = {name: convert for name, _, convert in FORMATS}
+    yield from iter_detected(iter_records(source, on_error, stats), lambda _, r: detect_format(r),
+                             lambda r, fmt: converters[fmt](r), "task", EXPECTED, on_error, stats)  # fmt: skip
 
 
 def split_tasks(tasks: list[Task], eval_fraction: float, seed: int = 0) -> tuple[list[Task], list[Task]]:
