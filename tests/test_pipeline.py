@@ -46,6 +46,16 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert chat.stdout.count("bot> ") == 3
     assert "(system prompt: 'Be brief.'; history cleared)" in chat.stdout and "(history cleared)" in chat.stdout
 
+    # the stage commands on the run's checkpoints
+    ppo_cli = subprocess.run(FROMZERO + ["ppo", "--preset", "smoke", "--init", str(out / "sft"), "--reward-model",
+                                         str(out / "reward"), "--out", str(tmp_path / "ppo")],
+                             env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert ppo_cli.returncode == 0 and "checkpoint:" in ppo_cli.stdout, ppo_cli.stderr[-2000:]
+    grpo_cli = subprocess.run(FROMZERO + ["grpo", "--preset", "smoke", "--init", str(tmp_path / "ppo"), "--out",
+                                          str(tmp_path / "grpo")], env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert grpo_cli.returncode == 0, grpo_cli.stderr[-2000:]
+    assert '"before"' in grpo_cli.stdout and '"pass@1"' in grpo_cli.stdout and '"pass@2"' in grpo_cli.stdout
+
     again = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
                            env=cli_env, capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0 and "[pretrain] finished earlier, skipped" in again.stdout
