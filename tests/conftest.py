@@ -28,3 +28,17 @@ def cli_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env.pop("RANK", None)
     return env
+
+
+def save_tiny_policy(out: Path):
+    """A randomly initialised one-layer model and a small byte-level tokenizer, saved as checkpoint out/init:
+    what the RL tests train. Returns (checkpoint, tokenizer, tokenizer file)."""
+    from fromzero import checkpoint
+    from fromzero.model import ModelConfig, Transformer
+    from fromzero.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["count 1 2 3 4 5 6 7 8 9 10 and say the answer"] * 10, vocab_size=300)
+    tok_file = tok.save(out / "tok")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=48))
+    return checkpoint.save(out / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"}), tok, tok_file

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import save_tiny_policy
 
 from fromzero import checkpoint
 from fromzero.data.tasks import Task
 from fromzero.eval.reasoning import evaluate, pass_at_k
-from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, train
 from fromzero.train.loop import read_metrics
@@ -95,12 +95,7 @@ def digit_share(completion: str, task: Task) -> float:
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory):
     """A randomly initialised one-layer model with a byte-level tokenizer, saved as a checkpoint."""
-    out = tmp_path_factory.mktemp("grpo")
-    tok = Tokenizer.train(["count 1 2 3 4 5 6 7 8 9 10 and say the answer"] * 10, vocab_size=300)
-    tok_file = tok.save(out / "tok")
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=48))
-    return checkpoint.save(out / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"})
+    return save_tiny_policy(tmp_path_factory.mktemp("grpo"))[0]
 
 
 TASKS = [Task(f"say a number {i}", "7") for i in range(16)]

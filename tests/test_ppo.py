@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import save_tiny_policy
 
 from fromzero import checkpoint
 from fromzero.model import ModelConfig, Transformer
@@ -170,12 +171,7 @@ def gold(index: int, answer: str) -> float:
 def tiny(tmp_path_factory):
     """A randomly initialised one-layer policy and a reward model that likes digits, saved as checkpoints."""
     out = tmp_path_factory.mktemp("ppo")
-    tok = Tokenizer.train(["count 1 2 3 4 5 6 7 8 9 10 and say the answer"] * 10, vocab_size=300)
-    tok_file = tok.save(out / "tok")
-    torch.manual_seed(0)
-    policy = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
-                                     max_seq_len=48))  # fmt: skip
-    init = checkpoint.save(out / "init", 0, policy, tokenizer_file=tok_file, meta={"stage": "init"})
+    init, tok, tok_file = save_tiny_policy(out)
     feature = torch.tensor([float(any(c.isdigit() for c in tok.decode([i]))) for i in range(tok.vocab_size)])
     rm = checkpoint.save(out / "rm", 0, mean_feature_reward_model(feature), tokenizer_file=tok_file,
                          meta={"stage": "reward"})  # fmt: skip

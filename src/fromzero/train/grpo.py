@@ -44,16 +44,15 @@ from fromzero.rewards import (
 )
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
-from fromzero.train.loop import TrainConfig
+from fromzero.train.loop import RolloutConfig
 
 LossType = Literal["grpo", "dr_grpo", "dapo"]
 
 
-class GRPOConfig(TrainConfig, TaskSources):
+class GRPOConfig(RolloutConfig, TaskSources):
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt (G): the group")
     prompts_per_step: int = Field(8, ge=1, description="prompts per optimizer step over all ranks; a step trains "
                                   "on prompts_per_step × num_generations completions")  # fmt: skip
-    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
     max_new_tokens: int = Field(64, ge=1, description="longest completion")
     beta: float = Field(0.04, ge=0, description="KL coefficient towards the reference model; 0 drops the reference")
     clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
@@ -74,15 +73,10 @@ class GRPOConfig(TrainConfig, TaskSources):
     system_prompt: str | None = Field(None, description="system message before every problem")
     eval_problems: int = Field(100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation")
     seq_len: int = Field(256, description="longest prompt + completion; longer prompts are dropped")
-    micro_batch_size: int = Field(16, description="completions per forward pass on one rank")
-    batch_tokens: int = Field(0, description="prompts_per_step × num_generations × seq_len; set from those")
-    steps: int = 100
     lr: float = 2e-5
-    warmup_steps: int = 5
-    schedule: Literal["cosine", "wsd", "constant"] = "constant"
-    weight_decay: float = 0.0
-    eval_every: int = 25
-    checkpoint_every: int = 25
+
+    def step_shape(self) -> tuple[int, str]:
+        return self.prompts_per_step * self.num_generations * self.seq_len, "prompts_per_step × num_generations × seq_len"
 
     @model_validator(mode="after")
     def _consistent(self) -> GRPOConfig:
@@ -90,12 +84,6 @@ class GRPOConfig(TrainConfig, TaskSources):
             raise ValueError(f"clip_eps_high ({self.clip_eps_high}) is below clip_eps ({self.clip_eps})")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs")
-        if self.max_new_tokens >= self.seq_len:
-            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})")
-        tokens = self.prompts_per_step * self.num_generations * self.seq_len
-        if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
-            raise ValueError(f"batch_tokens is prompts_per_step × num_generations × seq_len = {tokens}; leave it unset")
-        self.batch_tokens = tokens
         return self
 
 

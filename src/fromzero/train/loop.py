@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from fromzero import checkpoint
@@ -77,6 +77,37 @@ class TrainConfig(BaseModel):
             return self.lr - (self.lr - floor) * (step - decay_start) / max(1, self.steps - decay_start)
         progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class RolloutConfig(TrainConfig):
+    """What the RL stages (PPO, GRPO) share: answers sampled after each prompt within seq_len, and an optimizer
+    step whose batch_tokens follow from the rollout's shape (`step_shape`), never set by hand."""
+
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
+    max_new_tokens: int = Field(64, ge=1, description="longest answer")
+    seq_len: int = Field(128, description="longest prompt + answer; longer prompts are dropped")
+    micro_batch_size: int = Field(16, description="answers per forward pass on one rank")
+    batch_tokens: int = Field(0, description="set from the rollout's shape; leave it unset")
+    steps: int = 100
+    warmup_steps: int = 5
+    schedule: Literal["cosine", "wsd", "constant"] = "constant"
+    weight_decay: float = 0.0
+    eval_every: int = 25
+    checkpoint_every: int = 25
+
+    def step_shape(self) -> tuple[int, str]:
+        """(tokens per optimizer step over all ranks, how they are made up, for the error message)."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _rollout_shape(self) -> RolloutConfig:
+        if self.max_new_tokens >= self.seq_len:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})")
+        tokens, made_of = self.step_shape()
+        if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
+            raise ValueError(f"batch_tokens is {made_of} = {tokens}; leave it unset")
+        self.batch_tokens = tokens
+        return self
 
 
 class BatchSource(Protocol):

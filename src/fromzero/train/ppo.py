@@ -42,18 +42,17 @@ from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
 from fromzero.train.grpo import collate, token_logps
-from fromzero.train.loop import TrainConfig
+from fromzero.train.loop import RolloutConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
 
 KLEstimator = Literal["k1", "k3"]
 GoldFn = Callable[[int, str], float]  # (prompt index, decoded answer) -> gold score; metrics only
 
 
-class PPOConfig(TrainConfig):
+class PPOConfig(RolloutConfig):
     prompts_per_rollout: int = Field(32, ge=1, description="prompts answered per rollout over all ranks, one answer "
                                      "each; a rollout serves ppo_epochs × num_minibatches optimizer steps")  # fmt: skip
     max_new_tokens: int = Field(48, ge=1, description="longest answer")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
     kl_coef: float = Field(0.05, ge=0, description="β: weight of the per-token KL to the reference in the reward (the "
                            "first value with adaptive_kl); 0 drops the reference")  # fmt: skip
     kl_estimator: KLEstimator = Field("k1", description="per-token KL in the reward: k1 = log π/π_ref (unbiased, "
@@ -74,33 +73,19 @@ class PPOConfig(TrainConfig):
     num_minibatches: int = Field(2, ge=1, description="minibatches per pass, an optimizer step each")
     missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from the score of answers that never "
                                               "close with <|end|>; None: no penalty")  # fmt: skip
-    seq_len: int = Field(128, description="longest prompt + answer; longer prompts are dropped")
-    micro_batch_size: int = Field(16, description="answers per forward pass on one rank")
-    batch_tokens: int = Field(0, description="prompts_per_rollout / num_minibatches × seq_len (a minibatch per "
-                              "step); set from those")  # fmt: skip
-    steps: int = 100
     lr: float = 3e-5
-    warmup_steps: int = 5
-    schedule: Literal["cosine", "wsd", "constant"] = "constant"
-    weight_decay: float = 0.0
-    eval_every: int = 25
-    checkpoint_every: int = 25
+
+    def step_shape(self) -> tuple[int, str]:
+        return self.prompts_per_rollout // self.num_minibatches * self.seq_len, \
+            "prompts_per_rollout / num_minibatches × seq_len (a minibatch per step)"  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> PPOConfig:
         if self.prompts_per_rollout % self.num_minibatches:
             raise ValueError(f"prompts_per_rollout ({self.prompts_per_rollout}) must split into num_minibatches "
                              f"({self.num_minibatches}) equal minibatches")  # fmt: skip
-        if self.max_new_tokens >= self.seq_len:
-            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len "
-                             f"({self.seq_len})")  # fmt: skip
         if self.adaptive_kl and self.kl_coef == 0:
             raise ValueError("adaptive_kl scales kl_coef, which is 0; start it above 0")
-        tokens = self.prompts_per_rollout // self.num_minibatches * self.seq_len
-        if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
-            raise ValueError(f"batch_tokens is prompts_per_rollout / num_minibatches × seq_len = {tokens}; "
-                             "leave it unset")  # fmt: skip
-        self.batch_tokens = tokens
         return self
 
 
