@@ -199,6 +199,16 @@ def interleaved(
     return results, {"dropped": dropped, "other_cpus": worst}
 
 
+def load_notes(case: dict) -> str:
+    """What other processes did to a measured case, for its progress line (empty when nothing)."""
+    notes = ""
+    if case["rounds_dropped_for_load"]:
+        notes += f"  [{case['rounds_dropped_for_load']} rounds re-run: other processes were busy]"
+    if case["other_cpus"] > 0.25:
+        notes += f"  [other processes used up to {case['other_cpus']:.1f} CPUs]"
+    return notes
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

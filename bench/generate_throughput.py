@@ -22,7 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_k, hf_llama, interleaved, machine_info, median, print_table, warn_if_busy, write_json  # noqa: E402
+from common import fmt_k, hf_llama, interleaved, load_notes, machine_info, median, print_table, warn_if_busy, write_json  # noqa: E402
 
 from fromzero.generate import SamplingConfig, generate  # noqa: E402
 from fromzero.model import ModelConfig, Transformer  # noqa: E402
@@ -134,8 +134,7 @@ def main() -> None:
             cases.append(case)
             print(f"  {precision} batch {batch:3d}: ours {fmt_k(case['ours']['tokens_per_s'])} tok/s, "
                   f"HF {fmt_k(case['hf']['tokens_per_s'])} tok/s ({time.perf_counter() - t0:.0f}s)"
-                  + (f"  [{case['rounds_dropped_for_load']} rounds re-run: other processes were busy]" if case["rounds_dropped_for_load"] else "")
-                  + (f"  [other processes used up to {case['other_cpus']:.1f} CPUs]" if case["other_cpus"] > 0.25 else ""),
+                  + load_notes(case),
                   flush=True)  # fmt: skip
 
     print()

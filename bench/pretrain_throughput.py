@@ -22,10 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-        count_params,
+    count_params,
     fmt_k,
     hf_llama,
     interleaved,
+    load_notes,
     machine_info,
     matmul_peak,
     median,
@@ -146,8 +147,7 @@ def main() -> None:
             cases.append(case)
             print(f"  {shape:7s} {prec}: ours {fmt_k(case['ours']['tokens_per_s'])} tok/s, "
                   f"HF {fmt_k(case['hf']['tokens_per_s'])} tok/s ({time.perf_counter() - t:.0f}s)"
-                  + (f"  [{case['rounds_dropped_for_load']} rounds re-run: other processes were busy]" if case["rounds_dropped_for_load"] else "")
-                  + (f"  [other processes used up to {case['other_cpus']:.1f} CPUs]" if case["other_cpus"] > 0.25 else ""),
+                  + load_notes(case),
                   flush=True)  # fmt: skip
 
     print()
