@@ -143,20 +143,17 @@ def sft(
 
 def _preference_pairs(cfg, sources, data: list[Path] | None):
     """(train, val) preference pairs: from files split by prompt, or the built-in world's."""
-    from fromzero.data.preference import load_pairs, split_pairs
     from fromzero.data.world import build_world
-    from fromzero.data.world_pref import build_preferences
+    from fromzero.data.world_pref import build_preferences, preference_pairs
 
     if data:
         sources.data = [str(d) for d in data]
-    if not sources.data:
-        prefs = build_preferences(build_world(cfg.world), cfg.preference)
-        return prefs.train, prefs.eval_pairs
-    pairs, stats = load_pairs(sources)
-    if stats.skipped:
-        typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-    typer.echo(f"{stats.pairs} preference pairs from {stats.documents} records, {stats.ties} ties dropped", err=True)
-    return split_pairs(pairs, sources.val_fraction, cfg.seed)
+    train, val, stats = preference_pairs(sources, lambda: build_preferences(build_world(cfg.world), cfg.preference), cfg.seed)
+    if stats is not None:
+        if stats.skipped:
+            typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
+        typer.echo(f"{stats.pairs} preference pairs from {stats.documents} records, {stats.ties} ties dropped", err=True)
+    return train, val
 
 
 PreferenceData = Annotated[Optional[list[Path]], typer.Option(

@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ import torch
 from fromzero import checkpoint, dist
 from fromzero.config import Config
 from fromzero.data import build as data_build
-from fromzero.data.preference import PreferencePair, load_pairs, split_pairs
+from fromzero.data.preference import PreferencePair
 from fromzero.data.tasks import Task, load_tasks, solution_conversations
 from fromzero.data.world import World, build_world
 from fromzero.data.world_chat import InstructData, build_instructions
-from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, prompts_and_gold
+from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, preference_pairs, \
+    prompts_and_gold  # fmt: skip
 from fromzero.eval import qa, reasoning
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
@@ -40,6 +41,7 @@ class RunContext:
     out: Path
     info: dist.DistInfo
     world: World
+    _judged: dict[Path, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -84,11 +86,6 @@ class RunContext:
             log_to.write_text("".join(json.dumps(g) + "\n" for g in graded_all))
         return out
 
-    def last_policy(self, stage: str) -> str:
-        """The stage whose model `stage` starts from: the last language model trained before it (with both PPO
-        and DPO, PPO's)."""
-        return source(self.cfg, stage)
-
     @functools.cached_property
     def preferences(self) -> WorldPreferences:
         return build_preferences(self.world, self.cfg.preference)
@@ -96,27 +93,30 @@ class RunContext:
     def preference_pairs(self, sources: Any) -> tuple[list[PreferencePair], list[PreferencePair]]:
         """(train, held-out) pairs: from the stage's files when it names any, else the built-in world's (whose
         held-out pairs are labelled by the gold function without noise)."""
-        if not sources.data:
-            return self.preferences.train, self.preferences.eval_pairs
-        pairs, stats = load_pairs(sources)
-        if stats.skipped and self.info.is_main:
+        train, heldout, stats = preference_pairs(sources, lambda: self.preferences, self.cfg.seed)
+        if stats is not None and stats.skipped and self.info.is_main:
             print(f"skipped {stats.skipped} malformed preference records, e.g. {stats.errors[0]}")
-        return split_pairs(pairs, sources.val_fraction, self.cfg.seed)
+        return train, heldout
 
     def gold_win_rate(self, ckpt: Path, reference: Path) -> dict[str, float]:
         """How often the gold preference function prefers the answer of `ckpt` to that of `reference`, one
         answer each sampled per held-out prompt ((wins + ties / 2) / prompts), and each model's mean gold score."""
-        questions = self.preferences.eval_questions
-        gold, e = GoldPreference(self.world), self.cfg.eval
-        texts = [q.question for q in questions]
-        answers = {}
-        for name, path in (("policy", ckpt), ("reference", reference)):
-            model = checkpoint.load_model(path, self.info.device)
-            answers[name] = qa.answer(model, self.tokenizer, texts, max_new_tokens=e.qa_max_new_tokens,
-                                      temperature=e.preference_temperature, seed=self.cfg.seed + 1)  # fmt: skip
+        questions, gold = self.preferences.eval_questions, GoldPreference(self.world)
+        answers = {"policy": self.judged_answers(ckpt), "reference": self.judged_answers(reference)}
         mean = {k: sum(gold.score(q, x) for q, x in zip(questions, v)) / len(questions) for k, v in answers.items()}
         return {"gold_win_rate": gold.win_rate(questions, answers["policy"], answers["reference"]),
                 "gold_score": mean["policy"], "gold_score_before": mean["reference"]}  # fmt: skip
+
+    def judged_answers(self, ckpt: Path) -> list[str]:
+        """A checkpoint's sampled answers to the held-out preference prompts; SFT's, which PPO and DPO are both
+        judged against, are sampled once."""
+        if ckpt not in self._judged:
+            e = self.cfg.eval
+            model = checkpoint.load_model(ckpt, self.info.device)
+            self._judged[ckpt] = qa.answer(model, self.tokenizer, [q.question for q in self.preferences.eval_questions],
+                                           max_new_tokens=e.qa_max_new_tokens, temperature=e.preference_temperature,
+                                           seed=self.cfg.seed + 1)  # fmt: skip
+        return self._judged[ckpt]
 
     @functools.cached_property
     def reasoning_tasks(self) -> tuple[list[Task], list[Task]]:
@@ -243,7 +243,7 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     """Stage 4: GRPO on the reasoning tasks from the last policy, graded on held-out problems before and after, and
     on stage 2's held-out questions (what it must not forget)."""
     out = ctx.out / "grpo"
-    init = checkpoint.resolve(ctx.out / ctx.last_policy("grpo"))
+    init = checkpoint.resolve(ctx.out / source(ctx.cfg, "grpo"))
     train, heldout = ctx.reasoning_tasks
     if not heldout:
         raise ValueError("grpo: no held-out problems to grade on; set grpo.eval_fraction above 0 or grpo.eval_data")
@@ -306,7 +306,8 @@ def summarize(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def source(cfg: Config, stage: str) -> str:
-    """What a stage starts from under this config; a finished stage that started from something else is redone."""
+    """What a stage starts from under this config (GRPO: the last language model before it, PPO's with both); a
+    finished stage that started from something else is redone."""
     if stage == "sft":
         return "pretrain + reasoning cold start" if cfg.reasoning_rl and cfg.reasoning.n_sft else "pretrain"
     if stage in ("reward", "dpo", "ppo"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fromzero.data.preference import PreferencePair
+from fromzero.data.preference import PreferencePair, PreferenceSources, PreferenceStats, load_pairs, split_pairs
 from fromzero.data.world import ATTRIBUTES, Person, World
 from fromzero.data.world_chat import QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, Question, a, \
     fact_sentence, styled  # fmt: skip
@@ -194,3 +194,15 @@ def prompts_and_gold(world: World, questions: Sequence[Question]) -> tuple[list[
     gold = GoldPreference(world)
     prompts = [[{"role": "user", "content": q.question}] for q in distinct]
     return prompts, lambda i, answer: gold.score(distinct[i], answer)
+
+
+def preference_pairs(sources: PreferenceSources, builtin: Callable[[], WorldPreferences],
+                     seed: int = 0) -> tuple[list[PreferencePair], list[PreferencePair], PreferenceStats | None]:  # fmt: skip
+    """(train, held-out, stats of the files read): the stage's preference files split by prompt, or the built-in
+    world's pairs (held-out ones labelled by the gold function without noise; stats None)."""
+    if not sources.data:
+        prefs = builtin()
+        return prefs.train, prefs.eval_pairs, None
+    pairs, stats = load_pairs(sources)
+    train, heldout = split_pairs(pairs, sources.val_fraction, seed)
+    return train, heldout, stats
