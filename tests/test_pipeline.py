@@ -29,7 +29,7 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert 0.0 <= summary["stages"]["reward"]["heldout_acc"] <= 1.0
     assert 0.0 <= summary["stages"]["dpo"]["gold_win_rate"] <= 1.0
     ppo = summary["stages"]["ppo"]
-    assert 0.0 <= ppo["gold_win_rate"] <= 1.0
+    assert 0.5 <= ppo["gold_win_rate_ceiling"] <= 1.0 and 0.0 <= ppo["gold_win_rate"] <= ppo["gold_win_rate_ceiling"]
     for key in ("rm_reward_before", "rm_reward_after", "kl"):
         assert isinstance(ppo[key], float)
     grpo = summary["stages"]["grpo"]

@@ -255,6 +255,8 @@ def test_gold_function_orders_content_then_style(world):
     assert gold.content(q, f"Maybe a {p.job}, or a {other}.") == "wrong"
     right = f"He works as a {p.job}."
     assert gold.win_rate([q, q, q], [right, "No idea.", "x"], ["No idea.", "No idea.", right]) == 0.5  # win, tie, loss
+    # the best a policy can do against these references: win against the two evasive ones, tie with the right one
+    assert gold.score(q, right) == gold.best and gold.win_rate_ceiling([q, q, q], ["No idea.", "No idea.", right]) == 2.5 / 3
 
 
 @pytest.mark.parametrize("temperature, noise", [(0.0, 0.0), (0.0, 0.2), (1.0, 0.0), (1.0, 0.1)])

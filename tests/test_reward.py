@@ -61,6 +61,35 @@ def test_untied_lm_head_stays_out_of_training():
     assert not rm.lm_head.weight.requires_grad and rm.score.weight.requires_grad
 
 
+def test_likelihood_reward_adds_the_gated_surprise_of_the_answer_tokens(tmp_path):
+    from fromzero.train.reward import ASSISTANT_ID
+
+    lm = tiny_lm()
+    rm = RewardModel.from_lm(lm, likelihood=True).eval()
+    prompts, responses = [[1, 5, ASSISTANT_ID], [1, 7, ASSISTANT_ID, 9, 2, ASSISTANT_ID]], [[8, 9, 2], [3]]
+    assert score_responses(rm, prompts, responses, pad_id=0).tolist() == [0.0, 0.0]  # zero heads: rewards start at 0
+    with torch.no_grad():
+        torch.nn.init.normal_(rm.score.weight)
+        rm.gate.bias.fill_(0.5)  # a constant gate: half the answer's surprise
+    rewards = score_responses(rm, prompts, responses, pad_id=0)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids = torch.tensor([p + r])
+        with torch.no_grad():
+            logps = torch.log_softmax(lm(ids)[0, :-1], -1)
+            entropy = -(logps.exp() * logps).sum(-1)
+            surprise = logps.gather(1, ids[0, 1:, None]).squeeze(1) + entropy
+            last = rm.score(rm.hidden_states(ids))[0, -1, 0]
+        # only the tokens after the last <|assistant|> count, each predicted from the position before it
+        expected = last + 0.5 * surprise[-len(r) :].sum()
+        assert rewards[i].item() == pytest.approx(expected.item(), abs=1e-4)
+
+    checkpoint.save(tmp_path / "rm", 1, rm, tokenizer_file=write_tokenizer(tmp_path), meta={"stage": "reward"})
+    loaded = load_reward_model(tmp_path / "rm").eval()
+    assert loaded.gate is not None
+    torch.testing.assert_close(score_responses(loaded, prompts, responses, pad_id=0), rewards)
+    assert RewardModel.from_lm(tiny_lm(tie=False), likelihood=True).lm_head.weight.requires_grad  # it reads the LM head
+
+
 def write_tokenizer(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text("{}")

@@ -100,11 +100,13 @@ class RunContext:
 
     def gold_win_rate(self, ckpt: Path, reference: Path) -> dict[str, float]:
         """How often the gold preference function prefers the answer of `ckpt` to that of `reference`, one
-        answer each sampled per held-out prompt ((wins + ties / 2) / prompts), and each model's mean gold score."""
+        answer each sampled per held-out prompt ((wins + ties / 2) / prompts); the most any policy could win against
+        the same reference answers (gold_win_rate_ceiling); and each model's mean gold score."""
         questions, gold = self.preferences.eval_questions, GoldPreference(self.world)
         answers = {"policy": self.judged_answers(ckpt), "reference": self.judged_answers(reference)}
         mean = {k: sum(gold.score(q, x) for q, x in zip(questions, v)) / len(questions) for k, v in answers.items()}
         return {"gold_win_rate": gold.win_rate(questions, answers["policy"], answers["reference"]),
+                "gold_win_rate_ceiling": gold.win_rate_ceiling(questions, answers["reference"]),
                 "gold_score": mean["policy"], "gold_score_before": mean["reference"]}  # fmt: skip
 
     def judged_answers(self, ckpt: Path) -> list[str]:

@@ -81,6 +81,8 @@ def answer_style(answer: str) -> str:
 class GoldPreference:
     """The gold preference function of a world (see the module docstring)."""
 
+    best = CONTENT_SCORE["right"] - STYLE_PENALTY["good"]  # the score of the best possible answer
+
     def __init__(self, world: World):
         self.values = {attr: {str(getattr(p, attr)) for p in world.people} for attr in ATTRIBUTES}
 
@@ -103,6 +105,13 @@ class GoldPreference:
             s, r = self.score(q, ans), self.score(q, ref)
             points += 1.0 if s > r else 0.5 if s == r else 0.0
         return points / max(1, len(questions))
+
+    def win_rate_ceiling(self, questions: Sequence[Question], reference: Sequence[str]) -> float:
+        """The win rate against `reference` of a policy whose every answer scores `best` (the right fact, said
+        well): it wins wherever the reference falls short and ties elsewhere. The better the reference's own
+        answers, the lower this ceiling on any policy's win rate."""
+        return sum(1.0 if self.score(q, ref) < self.best else 0.5 for q, ref in zip(questions, reference)) / max(
+            1, len(questions))
 
 
 def candidate(world: World, gold: GoldPreference, p: Person, attr: str, content: str, style: str,

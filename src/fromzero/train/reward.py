@@ -1,10 +1,22 @@
 """Stage 3a: a reward model that learns to predict which of two answers people prefer.
 
-The reward model is the SFT model with its language-model head set aside and a scalar head `score`
-reading the final hidden state of the last token (the `<|end|>` closing the answer), trained with the
-Bradley–Terry loss -log σ(r_chosen - r_rejected - margin). It is a `Transformer` subclass whose extra
-parameter is named as in HF's `LlamaForSequenceClassification` (`score.weight`), so its checkpoint is an
-ordinary checkpoint directory written by the shared loop: `model.safetensors` holds backbone and head.
+The reward model is the SFT model with a scalar head `score` reading the final hidden state of the last token
+(the `<|end|>` closing the answer), trained with the Bradley–Terry loss -log σ(r_chosen - r_rejected - margin).
+It is a `Transformer` subclass whose head is named as in HF's `LlamaForSequenceClassification` (`score.weight`),
+so its checkpoint is an ordinary checkpoint directory written by the shared loop: `model.safetensors` holds
+backbone and heads.
+
+With `likelihood` (the default) it also keeps the backbone's language-model head and adds, over the answer's
+tokens, how likely the backbone finds each one, weighted by a learned per-token gate:
+
+    r = score(h_last) + Σ_{t in answer} gate(h_{t-1}) · log p(x_t | x_<t)
+
+A last-token head alone learns style readily but hardly learns to check a stated fact: the last position would
+have to recall the fact and compare it with the answer. The LM head already holds what the backbone expects at
+every position, so a wrong value is a token it finds very unlikely; the gate learns which tokens' likelihood
+matters (a value the question asks for) and which not (a rambling aside). Both heads start at zero, so every
+answer starts at reward 0. The answer is what follows the last `<|assistant|>` token (the whole sequence when
+there is none); a checkpoint with a `gate.weight` is loaded as such a model.
 
 For PPO: `score_responses()` rewards a batch of (prompt, response) token sequences, and a value model
 is this same module loaded from the reward checkpoint (`load_reward_model`), read at every position.
@@ -20,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
+from safetensors import safe_open
 
 from fromzero import checkpoint
 from fromzero.data.chat import Message, render
@@ -28,13 +41,16 @@ from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, Prefer
 from fromzero.dist import all_reduce_sum, setup
 from fromzero.generate import SamplingConfig, generate
 from fromzero.model import ModelConfig, Transformer
-from fromzero.tokenizer import Tokenizer
+from fromzero.tokenizer import SPECIAL_TOKENS, Tokenizer
 from fromzero.train import loop
 from fromzero.train.loop import TrainConfig
 
 
 class RewardConfig(TrainConfig, PreferenceSources):
     margin: float = Field(0.0, description="Bradley–Terry margin: the chosen answer must win by at least this much")
+    likelihood: bool = Field(True, description="add the answer tokens' log-likelihoods under the backbone's LM head, "
+                             "weighted by a learned per-token gate, to the last-token score (lets the reward model "
+                             "check a stated fact against what the backbone knows; see train/reward.py)")  # fmt: skip
     batch_tokens: int = Field(4096, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
     micro_batch_size: int = Field(16, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)")
     seq_len: int = Field(128, description="longest sequence; longer pairs are dropped")
@@ -45,28 +61,48 @@ class RewardConfig(TrainConfig, PreferenceSources):
     checkpoint_every: int = 100
 
 
-class RewardModel(Transformer):
-    """A Transformer with a scalar head on its final hidden states."""
+ASSISTANT_ID = SPECIAL_TOKENS.index("<|assistant|>")
 
-    def __init__(self, cfg: ModelConfig):
+
+class RewardModel(Transformer):
+    """A Transformer with a scalar head on its final hidden states, and with `likelihood` a gate on its LM head's
+    per-token log-likelihoods of the answer (see the module docstring)."""
+
+    def __init__(self, cfg: ModelConfig, likelihood: bool = False):
         super().__init__(cfg)
         self.score = nn.Linear(cfg.dim, 1, bias=False)
         # zero: every answer starts at reward 0, so the first loss is exactly ln 2
         nn.init.zeros_(self.score.weight)
-        if not cfg.tie_embeddings:  # an untied LM head gets no gradient; keep it out of the optimizer and DDP
+        self.gate = nn.Linear(cfg.dim, 1) if likelihood else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+        elif not cfg.tie_embeddings:  # an unused untied LM head gets no gradient; keep it out of the optimizer and DDP
             self.lm_head.requires_grad_(False)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """The head's scalar at every position [B, T]: the reward at a sequence's last token, the value
-        estimate at each position when used as a PPO value model."""
-        return self.score(self.hidden_states(idx)).squeeze(-1).float()
+        """The reward of every prefix [B, T]: at a sequence's last token the reward of the whole answer, at each
+        position the value estimate when used as a PPO value model."""
+        h = self.hidden_states(idx)
+        values = self.score(h).squeeze(-1).float()
+        if self.gate is None:
+            return values
+        logps = torch.log_softmax(self.lm_head(h[:, :-1]).float(), dim=-1)
+        # how much less likely each token is than the backbone expected (its log-prob plus the entropy there): zero on
+        # average over the backbone's own samples, so fluent text pays nothing for open choices, a wrong fact much
+        surprise = logps.gather(2, idx[:, 1:, None]).squeeze(2) - (logps.exp() * logps).sum(-1)
+        # answer tokens: no <|assistant|> at or after them
+        answer = ((idx == ASSISTANT_ID).flip(1).cumsum(1).flip(1) == 0)[:, 1:]
+        gated = self.gate(h[:, :-1]).squeeze(-1).float() * surprise * answer
+        return values + F.pad(gated.cumsum(1), (1, 0))
 
     @classmethod
-    def from_lm(cls, lm: Transformer) -> RewardModel:
-        """A reward model with the backbone of a language model and a fresh head."""
-        model = cls(lm.cfg)
+    def from_lm(cls, lm: Transformer, likelihood: bool = False) -> RewardModel:
+        """A reward model with the backbone of a language model and fresh heads."""
+        model = cls(lm.cfg, likelihood)
         missing, unexpected = model.load_state_dict(lm.state_dict(), strict=False)
-        if missing != ["score.weight"] or unexpected:
+        fresh = ["score.weight"] + (["gate.weight", "gate.bias"] if likelihood else [])
+        if sorted(missing) != sorted(fresh) or unexpected:
             raise ValueError(f"cannot start a reward model from this model: missing {missing}, unexpected {unexpected}")
         return model
 
@@ -74,7 +110,9 @@ class RewardModel(Transformer):
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
     """A reward checkpoint (or stage directory) written by `train`."""
     ckpt = checkpoint.resolve(path)
-    model = RewardModel(ModelConfig.model_validate_json((ckpt / "config.json").read_text()))
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        likelihood = "gate.weight" in f.keys()
+    model = RewardModel(ModelConfig.model_validate_json((ckpt / "config.json").read_text()), likelihood)
     checkpoint.load_model_weights(model, ckpt)  # a language model's checkpoint fails here: it has no score.weight
     return model.to(device)
 
@@ -166,7 +204,7 @@ def train(cfg: RewardConfig, pairs: list[PreferencePair], val_pairs: list[Prefer
     info = setup(cfg.device)
     tok_file = checkpoint.tokenizer_file(init)
     tok = Tokenizer.load(tok_file)
-    model = RewardModel.from_lm(checkpoint.load_model(init))
+    model = RewardModel.from_lm(checkpoint.load_model(init), cfg.likelihood)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"reward.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
     encoded, stats = encode_pairs(tok, pairs, cfg.seq_len)
