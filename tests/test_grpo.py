@@ -155,7 +155,7 @@ def test_micro_batch_size_only_changes_memory(tiny_init, tmp_path, loss_type):
         cfg = config(steps=1, micro_batch_size=mb, loss_type=loss_type, max_new_tokens=12)
         train(cfg, TASKS, [], init, tmp_path / f"{loss_type}-{mb}", log=lambda *_: None)
         steps.append(read_metrics(tmp_path / f"{loss_type}-{mb}")[0])
-    assert 0.1 < steps[0]["clipped_ratio"] < 0.9 and steps[0]["response_length"] < 10  # lengths differ
+    assert 0.0 < steps[0]["clipped_ratio"] < 1.0 and steps[0]["response_length"] < 10  # lengths differ
     for name in ("loss", "grad_norm", "reward/mean"):
         assert steps[1][name] == pytest.approx(steps[0][name], rel=1e-4, abs=1e-7), name
 

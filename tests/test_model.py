@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fromzero.generate import SamplingConfig, filter_logits, generate
+from fromzero.generate import SamplingConfig, filter_logits, generate, sample_next
 from fromzero.model import ModelConfig, Transformer
 
 
@@ -98,6 +98,20 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isfinite(p[0, :2]).all() and torch.isinf(p[0, 2:]).all()
     p1 = filter_logits(logits, top_k=None, top_p=0.1)  # the top token always survives
     assert torch.isfinite(p1[0, 0]) and torch.isinf(p1[0, 1:]).all()
+
+
+def test_sampled_tokens_follow_the_tempered_filtered_distribution():
+    probs = torch.tensor([0.1, 0.0, 0.2, 0.05, 0.65])
+    logits = probs.log().expand(100_000, 5)  # rows drawn independently, as a batch is
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next(logits, SamplingConfig(temperature=1.0), g), minlength=5) / 100_000
+    torch.testing.assert_close(counts, probs, atol=0.005, rtol=0)  # 5 standard errors at most
+    # temperature 0.5 squares and renormalises the probabilities; top_k=2 keeps only the two likeliest
+    squared = probs**2 / (probs**2).sum()
+    counts = torch.bincount(sample_next(logits, SamplingConfig(temperature=0.5), g), minlength=5) / 100_000
+    torch.testing.assert_close(counts, squared, atol=0.005, rtol=0)
+    top2 = sample_next(logits, SamplingConfig(temperature=1.0, top_k=2), g)
+    assert set(top2.tolist()) == {2, 4} and abs((top2 == 4).float().mean().item() - 0.65 / 0.85) < 0.005
 
 
 def test_sequence_longer_than_context_is_a_clear_error():
