@@ -1,12 +1,13 @@
 """GRPO step throughput: `fromzero grpo` against TRL's GRPOTrainer on the same model, prompts and settings.
 
-Both start from the same random weights of the tiny preset's shape (ours, and HF `LlamaForCausalLM` loaded
-from a copy of them), the same tokenizer (ours, wrapped as a `PreTrainedTokenizerFast`), the same built-in
-word problems rendered in our chat template, and the same GRPO settings: P prompts × G completions per
-optimizer step in micro-batches of 16, up to N new tokens sampled at temperature 1 and stopped at <|end|>,
-β = 0.04 against a frozen reference, the "grpo" loss with std-scaled advantages, μ = 1, fp32 (--precision bf16:
-bf16 autocast for both), and no gradient checkpointing (--trl-checkpointing: TRL's default; fromzero has none). A random
-model rarely samples <|end|>, so both generate close to N tokens per completion (reported).
+Both start from the same random weights of the tiny preset's shape (--shape 1m: a ≈1M-parameter model) (ours,
+and HF `LlamaForCausalLM` loaded from a copy of them), the same tokenizer (ours, wrapped as a
+`PreTrainedTokenizerFast`), the same built-in word problems rendered in our chat template, and the same GRPO
+settings: P prompts × G completions per optimizer step in micro-batches of 16, up to N new tokens sampled at
+temperature 1 and stopped at <|end|>, β = 0.04 against a frozen reference (--beta 0: no reference), the "grpo"
+loss with std-scaled advantages, μ = 1, fp32 (--precision bf16: bf16 autocast for both), and no gradient
+checkpointing (--trl-checkpointing: TRL's default; fromzero has none). A random model rarely samples <|end|>, so
+both generate close to N tokens per completion (reported).
 
 Measured: seconds per optimizer step (rollout + reference log-probs + forward/backward + AdamW), median
 over the steps after the first of each window; windows alternate ours, TRL, ours, TRL, ... Needs `trl`
@@ -15,6 +16,7 @@ over the steps after the first of each window; windows alternate ours, TRL, ours
     .venv/bin/python bench/grpo_throughput.py
     .venv/bin/python bench/grpo_throughput.py --steps 6 --windows 3 --new-tokens 64 --prompts 8 --generations 8
     .venv/bin/python bench/grpo_throughput.py --precision bf16 --trl-checkpointing     # TRL's CPU defaults
+    .venv/bin/python bench/grpo_throughput.py --shape 1m --prompts 2 --new-tokens 32 --beta 0   # the issue's setting
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from fromzero.tokenizer import Tokenizer  # noqa: E402
 from fromzero.train import grpo  # noqa: E402
 from fromzero.train.loop import read_metrics  # noqa: E402
 
-TINY = dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, max_seq_len=256)
+# model shapes: the tiny preset's, and a ≈1M-parameter one (the issue's orientation figure for TRL)
+SHAPES = {"tiny": dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, max_seq_len=256),
+          "1m": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, max_seq_len=256)}  # fmt: skip
 MICRO_BATCH = 16
 
 
@@ -52,7 +56,7 @@ def setup(work: Path, args) -> tuple[Path, Tokenizer, list[Task]]:
     tok = Tokenizer.train(world.pretrain_documents(), vocab_size=2048)
     tok_file = tok.save(work / "tokenizer.json")
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, **TINY))
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, **SHAPES[args.shape]))
     init = checkpoint.save(work / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"})
     tasks, _ = builtin_tasks(ReasoningConfig(n_train=2000, n_eval=10, max_steps=3), world)
     return init, tok, tasks
@@ -60,8 +64,8 @@ def setup(work: Path, args) -> tuple[Path, Tokenizer, list[Task]]:
 
 def grpo_config(args, steps: int) -> grpo.GRPOConfig:
     return grpo.GRPOConfig(steps=steps, prompts_per_step=args.prompts, num_generations=args.generations,
-                           micro_batch_size=MICRO_BATCH, max_new_tokens=args.new_tokens, seq_len=TINY["max_seq_len"],
-                           lr=1e-5, warmup_steps=0, beta=0.04, loss_type="grpo", precision=args.precision,
+                           micro_batch_size=MICRO_BATCH, max_new_tokens=args.new_tokens, seq_len=256,
+                           lr=1e-5, warmup_steps=0, beta=args.beta, loss_type="grpo", precision=args.precision,
                            checkpoint_every=10**6, eval_every=10**6, eval_problems=0)  # fmt: skip
 
 
@@ -105,7 +109,7 @@ def trl_trainer(init: Path, tok: Tokenizer, tasks: list[Task], work: Path, args,
     config = GRPOConfig(
         output_dir=str(work / f"trl-{window}"), max_steps=args.steps, per_device_train_batch_size=MICRO_BATCH,
         gradient_accumulation_steps=args.prompts * args.generations // MICRO_BATCH, num_generations=args.generations,
-        max_completion_length=args.new_tokens, temperature=1.0, beta=0.04, loss_type="grpo", scale_rewards="group",
+        max_completion_length=args.new_tokens, temperature=1.0, beta=args.beta, loss_type="grpo", scale_rewards="group",
         num_iterations=1, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         use_cpu=True, bf16=args.precision == "bf16", gradient_checkpointing=args.trl_checkpointing, logging_steps=1,
         report_to="none", save_strategy="no",
@@ -132,6 +136,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model shape (1m: ≈1M parameters)")
+    parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient (0: no reference model)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both trainers (TRL's bf16 flag)")
     parser.add_argument("--trl-checkpointing", action="store_true", help="TRL with gradient checkpointing, its default")
