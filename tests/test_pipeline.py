@@ -1,6 +1,7 @@
 """`fromzero run` end to end on the smoke preset, and the CLI's handling of bad input."""
 
 import json
+import shutil
 import subprocess
 
 from conftest import FROMZERO
@@ -60,6 +61,14 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
                            env=cli_env, capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0 and "[pretrain] finished earlier, skipped" in again.stdout
     assert json.loads((out / "summary.json").read_text())["stages"]["pretrain"] == pre
+
+    # DPO added to a run whose PPO and GRPO finished: they read neither DPO's model nor anything redone, so they stay
+    shutil.rmtree(out / "dpo")
+    add_dpo = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
+                             env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert add_dpo.returncode == 0, add_dpo.stderr[-3000:]
+    assert "[dpo] finished earlier" not in add_dpo.stdout and "[dpo] gold_win_rate=" in add_dpo.stdout
+    assert "[ppo] finished earlier" in add_dpo.stdout and "[grpo] finished earlier" in add_dpo.stdout
 
     # GRPO started from PPO's model; with DPO alone it starts from DPO's, so it is redone (and nothing else)
     dpo_only = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "dpo"],

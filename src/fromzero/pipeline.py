@@ -320,6 +320,14 @@ def source(cfg: Config, stage: str) -> str:
     return {"init": "", "pretrain": "init"}[stage]
 
 
+def inputs(cfg: Config, stage: str) -> list[str]:
+    """The stages whose models a stage reads: when one of them runs again, the stage is redone too."""
+    if stage == "grpo":
+        return [source(cfg, stage)]
+    return {"init": [], "pretrain": ["init"], "sft": ["pretrain"], "reward": ["sft"], "dpo": ["sft"],
+            "ppo": ["sft", "reward"]}[stage]  # fmt: skip
+
+
 def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True) -> dict[str, Any]:
     out = Path(out)
     info = dist.setup(cfg.pretrain.device)
@@ -338,24 +346,25 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
         data_build.build(cfg, out / "data")
     dist.barrier()
     ctx = RunContext(cfg, out, info, build_world(cfg.world))
-    redoing = False  # once a stage runs, every later one that finished earlier was made from its old model
+    ran: set[str] = set()  # a stage that finished earlier but reads a model made again now is stale
     for name, fn in STAGES:
         if name not in names:
             continue
         path = result_path(out, name)
+        stale = [i for i in inputs(cfg, name) if i in ran]
         if path.exists():
             started_from = json.loads(path.read_text()).get("from", source(cfg, name))
-            if not redoing and started_from == source(cfg, name):
+            if not stale and started_from == source(cfg, name):
                 if info.is_main:
                     print(f"[{name}] finished earlier, skipped ({path})")
                 continue
             if info.is_main:
-                why = "an earlier stage was redone" if redoing else f"it now starts from {source(cfg, name)}"
+                why = f"{stale[0]}, which it reads, was redone" if stale else f"it now starts from {source(cfg, name)}"
                 print(f"[{name}] redone: {why}")
-        if (path.exists() or redoing) and info.is_main:  # an unfinished stage resumes, unless its input is new
+        if (path.exists() or stale) and info.is_main:  # an unfinished stage resumes, unless its input is new
             shutil.rmtree(out / name, ignore_errors=True)
         dist.barrier()
-        redoing = True
+        ran.add(name)
         start = time.perf_counter()
         result = fn(ctx)
         if info.is_main:
