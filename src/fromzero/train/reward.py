@@ -7,15 +7,17 @@ so its checkpoint is an ordinary checkpoint directory written by the shared loop
 backbone and heads.
 
 With `likelihood` (the default) it also keeps the backbone's language-model head and adds, over the answer's
-tokens, how likely the backbone finds each one, weighted by a learned per-token gate:
+tokens, how much less likely the backbone found each one than it expected, weighted by a learned per-token gate:
 
-    r = score(h_last) + Σ_{t in answer} gate(h_{t-1}) · log p(x_t | x_<t)
+    r = score(h_last) + Σ_{t in answer} gate(h_{t-1}) · surprise_t,
+    surprise_t = log p(x_t | x_<t) + H(p(· | x_<t))     (zero on average over the backbone's own samples)
 
 A last-token head alone learns style readily but hardly learns to check a stated fact: the last position would
 have to recall the fact and compare it with the answer. The LM head already holds what the backbone expects at
-every position, so a wrong value is a token it finds very unlikely; the gate learns which tokens' likelihood
-matters (a value the question asks for) and which not (a rambling aside). Both heads start at zero, so every
-answer starts at reward 0. The answer is what follows the last `<|assistant|>` token (the whole sequence when
+every position, so a wrong value is a token it finds very unlikely; the gate learns which tokens' surprise
+matters (a value the question asks for) and which not (a rambling aside). Centring on the entropy keeps the
+term near zero for a backbone that knows nothing (raw log-probs of a random model made training diverge) and
+charges nothing for open choices. Both heads start at zero, so every answer starts at reward 0. The answer is what follows the last `<|assistant|>` token (the whole sequence when
 there is none); a checkpoint with a `gate.weight` is loaded as such a model.
 
 For PPO: `score_responses()` rewards a batch of (prompt, response) token sequences, and a value model
@@ -48,9 +50,10 @@ from fromzero.train.loop import TrainConfig
 
 class RewardConfig(TrainConfig, PreferenceSources):
     margin: float = Field(0.0, description="Bradley–Terry margin: the chosen answer must win by at least this much")
-    likelihood: bool = Field(True, description="add the answer tokens' log-likelihoods under the backbone's LM head, "
-                             "weighted by a learned per-token gate, to the last-token score (lets the reward model "
-                             "check a stated fact against what the backbone knows; see train/reward.py)")  # fmt: skip
+    likelihood: bool = Field(True, description="add the answer tokens' surprise under the backbone's LM head "
+                             "(log-prob + entropy), weighted by a learned per-token gate, to the last-token score (lets "
+                             "the reward model check a stated fact against what the backbone knows; see "
+                             "train/reward.py)")  # fmt: skip
     batch_tokens: int = Field(4096, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
     micro_batch_size: int = Field(16, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)")
     seq_len: int = Field(128, description="longest sequence; longer pairs are dropped")
@@ -65,8 +68,8 @@ ASSISTANT_ID = SPECIAL_TOKENS.index("<|assistant|>")
 
 
 class RewardModel(Transformer):
-    """A Transformer with a scalar head on its final hidden states, and with `likelihood` a gate on its LM head's
-    per-token log-likelihoods of the answer (see the module docstring)."""
+    """A Transformer with a scalar head on its final hidden states, and with `likelihood` a gate on the surprise of
+    the answer's tokens under its LM head (see the module docstring)."""
 
     def __init__(self, cfg: ModelConfig, likelihood: bool = False):
         super().__init__(cfg)
@@ -88,8 +91,7 @@ class RewardModel(Transformer):
         if self.gate is None:
             return values
         logps = torch.log_softmax(self.lm_head(h[:, :-1]).float(), dim=-1)
-        # how much less likely each token is than the backbone expected (its log-prob plus the entropy there): zero on
-        # average over the backbone's own samples, so fluent text pays nothing for open choices, a wrong fact much
+        # surprise: how much less likely each token is than the backbone expected (its log-prob plus the entropy there)
         surprise = logps.gather(2, idx[:, 1:, None]).squeeze(2) - (logps.exp() * logps).sum(-1)
         # answer tokens: no <|assistant|> at or after them
         answer = ((idx == ASSISTANT_ID).flip(1).cumsum(1).flip(1) == 0)[:, 1:]
