@@ -279,18 +279,16 @@ def chat(
 ):
     """Chat in the terminal, tokens streamed as they are sampled. /reset clears the history, /system TEXT
     sets the system prompt, /quit leaves."""
-    import torch
-
     from fromzero import checkpoint
     from fromzero.data.chat import render
-    from fromzero.generate import SamplingConfig, stream
+    from fromzero.generate import SamplingConfig, seeded_generator, stream
     from fromzero.tokenizer import Tokenizer
 
     model = checkpoint.load_model(ckpt).eval()
     tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               stop_tokens=(tok.end_id,))  # fmt: skip
-    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
+    generator = seeded_generator(model, seed)
     history: list = []
     typer.echo("fromzero chat — /reset, /system TEXT, /quit")
     while True:

@@ -38,6 +38,11 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def seeded_generator(model: Transformer, seed: int) -> torch.Generator:
+    """A generator on the model's device (sampling draws there), seeded: the same seed, the same answers."""
+    return torch.Generator(device=model.rope_cos.device).manual_seed(seed)
+
+
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     if cfg.temperature == 0:
         return logits.argmax(-1)

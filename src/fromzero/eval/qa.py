@@ -7,7 +7,7 @@ import torch
 from fromzero.data.chat import prompt_ids
 from fromzero.data.world import World
 from fromzero.data.world_chat import Question, is_correct
-from fromzero.generate import SamplingConfig, generate
+from fromzero.generate import SamplingConfig, generate, seeded_generator
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 
@@ -22,7 +22,7 @@ def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bo
     stop = (tok.end_id,) if chat else (tok.bos_id,)
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
                          stop_tokens=stop)  # fmt: skip
-    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
+    generator = seeded_generator(model, seed)
     out: list[str] = []
     for i in range(0, len(questions), batch_size):
         chunk = questions[i : i + batch_size]

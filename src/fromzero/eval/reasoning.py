@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fromzero.data.tasks import Task, encode_prompt
-from fromzero.generate import SamplingConfig, generate
+from fromzero.generate import SamplingConfig, generate, seeded_generator
 from fromzero.model import Transformer
 from fromzero.rewards import RewardStats, accuracy, safe_reward
 from fromzero.tokenizer import Tokenizer
@@ -37,7 +37,7 @@ def sample_completions(model: Transformer, tok: Tokenizer, tasks: Sequence[Task]
     was_training = model.training
     model.eval()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tok.end_id,))
-    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
+    generator = seeded_generator(model, seed)
     prompts = [encode_prompt(tok, task, system) for task in tasks for _ in range(n)]
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):

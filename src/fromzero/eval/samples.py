@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from fromzero.generate import SamplingConfig, generate
+from fromzero.generate import SamplingConfig, generate, seeded_generator
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 
@@ -17,7 +15,7 @@ def complete(model: Transformer, tok: Tokenizer, prompts: list[str], *, max_new_
                          stop_tokens=(tok.bos_id,))  # fmt: skip
     was_training = model.training
     model.eval()
-    generator = torch.Generator(device=model.rope_cos.device).manual_seed(seed)
+    generator = seeded_generator(model, seed)
     out = generate(model, ids, cfg, pad_id=tok.pad_id, generator=generator)
     model.train(was_training)
     return [tok.decode([t for t in o if t != tok.bos_id]) for o in out]

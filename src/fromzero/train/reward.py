@@ -41,7 +41,7 @@ from fromzero.data.chat import Message, render
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
     encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import all_reduce_sum, setup
-from fromzero.generate import SamplingConfig, generate
+from fromzero.generate import SamplingConfig, generate, seeded_generator
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import SPECIAL_TOKENS, Tokenizer
 from fromzero.train import loop
@@ -148,7 +148,7 @@ def answer_rewards(policy: Transformer, reward_model: RewardModel, tok: Tokenize
     was_training = policy.training
     policy.eval()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tok.end_id,))
-    generator = torch.Generator(device=policy.rope_cos.device).manual_seed(seed)
+    generator = seeded_generator(policy, seed)
     texts: list[str] = []
     scores: list[float] = []
     for i in range(0, len(prompts), batch_size):
