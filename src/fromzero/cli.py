@@ -243,7 +243,7 @@ def grpo(
     from fromzero.data.tasks import load_tasks
     from fromzero.tokenizer import Tokenizer
     from fromzero.data.world import build_world
-    from fromzero.eval.reasoning import evaluate as evaluate_reasoning
+    from fromzero.eval import reasoning
     from fromzero.train import grpo as stage
 
     cfg = _config(preset, overrides)
@@ -256,12 +256,10 @@ def grpo(
     ckpt = stage.train(cfg.grpo, train, heldout, init, out, resume=resume)
     info = dist.setup(cfg.grpo.device)
     if heldout and info.is_main:
-        g = cfg.grpo
         tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
-        options = {"k": cfg.eval.pass_k, "temperature": g.temperature, "max_new_tokens": g.max_new_tokens,
-                   "system": g.system_prompt, "seed": cfg.seed}  # fmt: skip
-        before, _ = evaluate_reasoning(checkpoint.load_model(init, info.device), tok, heldout, **options)
-        after, _ = evaluate_reasoning(checkpoint.load_model(ckpt, info.device), tok, heldout, **options)
+        options = reasoning.options(cfg)
+        before, _ = reasoning.evaluate(checkpoint.load_model(init, info.device), tok, heldout, **options)
+        after, _ = reasoning.evaluate(checkpoint.load_model(ckpt, info.device), tok, heldout, **options)
         typer.echo(json.dumps({"before": before, "after": after}, indent=2))
     typer.echo(f"checkpoint: {ckpt}")
 

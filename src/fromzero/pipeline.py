@@ -128,10 +128,7 @@ class RunContext:
     def reasoning_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, float]:
         """Greedy pass@1 (overall and per step count) and sampled pass@k on the held-out reasoning tasks."""
         model = checkpoint.load_model(ckpt, self.info.device)
-        g = self.cfg.grpo
-        metrics, graded = reasoning.evaluate(model, self.tokenizer, self.reasoning_tasks[1], k=self.cfg.eval.pass_k,
-                                             temperature=g.temperature, max_new_tokens=g.max_new_tokens,
-                                             system=g.system_prompt, seed=self.cfg.seed)  # fmt: skip
+        metrics, graded = reasoning.evaluate(model, self.tokenizer, self.reasoning_tasks[1], **reasoning.options(self.cfg))
         if log_to is not None:
             log_to.write_text("".join(json.dumps(g) + "\n" for g in graded))
         return metrics

@@ -193,7 +193,7 @@ def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
     return WorldPreferences(train, train_questions, eval_pairs, eval_questions)
 
 
-GoldFn = Callable[[int, str], float]
+GoldFn = Callable[[int, str], float]  # (prompt index, decoded answer) -> gold score; metrics only
 
 
 def prompts_and_gold(world: World, questions: Sequence[Question]) -> tuple[list[list[dict[str, str]]], GoldFn]:

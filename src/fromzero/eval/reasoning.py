@@ -8,7 +8,7 @@ gives a noisy estimate; sampling n >= k and counting the c right ones gives the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,17 @@ from fromzero.generate import SamplingConfig, generate, seeded_generator
 from fromzero.model import Transformer
 from fromzero.rewards import RewardStats, accuracy, safe_reward
 from fromzero.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from fromzero.config import Config
+
+
+def options(cfg: Config) -> dict[str, Any]:
+    """`evaluate`'s options for a run's config, the same for the pipeline's GRPO stage and `fromzero grpo`:
+    pass@k with eval.pass_k samples, at GRPO's rollout temperature, length and system prompt."""
+    g = cfg.grpo
+    return {"k": cfg.eval.pass_k, "temperature": g.temperature, "max_new_tokens": g.max_new_tokens,
+            "system": g.system_prompt, "seed": cfg.seed}  # fmt: skip
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -23,7 +23,7 @@ trainer_state.pt beside the optimizer's moments for both models; resume is exact
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from pydantic import Field, model_validator
 from fromzero import checkpoint
 from fromzero.data.chat import Message, render
 from fromzero.data.loader import GlobalOrder
+from fromzero.data.world_pref import GoldFn
 from fromzero.dist import DistInfo, all_reduce_sum, setup
 from fromzero.generate import SamplingConfig, generate
 from fromzero.model import Transformer
@@ -46,7 +47,6 @@ from fromzero.train.loop import RolloutConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
 
 KLEstimator = Literal["k1", "k3"]
-GoldFn = Callable[[int, str], float]  # (prompt index, decoded answer) -> gold score; metrics only
 
 
 class PPOConfig(RolloutConfig):
