@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ class TrainConfig(BaseModel):
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class RolloutConfig(TrainConfig):
+class RolloutConfig(TrainConfig, ABC):
     """What the RL stages (PPO, GRPO) share: answers sampled after each prompt within seq_len, and an optimizer
     step whose batch_tokens follow from the rollout's shape (`step_shape`), never set by hand."""
 
@@ -95,9 +96,9 @@ class RolloutConfig(TrainConfig):
     eval_every: int = 25
     checkpoint_every: int = 25
 
+    @abstractmethod
     def step_shape(self) -> tuple[int, str]:
         """(tokens per optimizer step over all ranks, how they are made up, for the error message)."""
-        raise NotImplementedError
 
     @model_validator(mode="after")
     def _rollout_shape(self) -> RolloutConfig:
