@@ -13,8 +13,8 @@ import torch
 from fromzero.data.preference import PairBatches, PreferencePair, PreferenceStats, add_vote, collate_pairs, \
     create_schema, encode_pairs, iter_preference_pairs, split_pairs  # fmt: skip
 from fromzero.data.sources import DataError
-from fromzero.data.world import WorldConfig, build_world
-from fromzero.data.world_chat import STYLES, Question
+from fromzero.data.world import ATTRIBUTES, WorldConfig, build_world
+from fromzero.data.world_chat import STYLES, Question, fact_sentence
 from fromzero.data.world_pref import CONTENTS, GoldPreference, PreferenceConfig, answer_style, build_preferences, \
     candidate, prompts_and_gold  # fmt: skip
 
@@ -257,6 +257,27 @@ def test_gold_function_orders_content_then_style(world):
     assert gold.win_rate([q, q, q], [right, "No idea.", "x"], ["No idea.", "No idea.", right]) == 0.5  # win, tie, loss
     # the best a policy can do against these references: win against the two evasive ones, tie with the right one
     assert gold.score(q, right) == gold.best and gold.win_rate_ceiling([q, q, q], ["No idea.", "No idea.", right]) == 2.5 / 3
+
+
+def test_off_topic_answers_state_another_fact_and_count_as_evasive(world):
+    """An off-topic candidate is a true fact about the person, but not the one asked for: the gold function
+    scores it like "I don't know", so pairs teach the reward model that answering something else is no answer."""
+    gold, rng = GoldPreference(world), random.Random(0)
+    p = world.trained_people[0]
+    q = Question("What is the job of X?", p.name, "job", p.job)
+    answers = [candidate(world, gold, p, "job", "off_topic", "good", rng) for _ in range(40)]
+    facts = {fact_sentence(p, attr) for attr in ATTRIBUTES if attr != "job"}
+    assert set(answers) <= facts and len(set(answers)) > 3
+    assert all(gold.content(q, x) == "evasive" and gold.score(q, x) == gold.score(q, "Sorry, I don't know that.")
+               for x in answers)  # fmt: skip
+    data = build_preferences(world, PreferenceConfig(questions_per_fact=2, eval_questions=50,
+                                                     content_weights={"right": 0.5, "off_topic": 0.5},
+                                                     style_weights={"good": 1.0}))  # fmt: skip
+    # right-or-off-topic candidates said well: every pair that the gold function tells apart is a right answer over an off-topic one
+    for q, pair in zip(data.eval_questions, data.eval_pairs):
+        assert gold.content(q, pair.chosen) == "right" and gold.content(q, pair.rejected) == "evasive"
+    with pytest.raises(ValueError, match="unknown content kinds \\['typo'\\]; kinds: right, evasive, wrong, off_topic"):
+        build_preferences(world, PreferenceConfig(content_weights={"typo": 1.0}))
 
 
 @pytest.mark.parametrize("temperature, noise", [(0.0, 0.0), (0.0, 0.2), (1.0, 0.0), (1.0, 0.1)])

@@ -2,7 +2,8 @@
 
 A prompt asks for a fact about a *trained* person (held-out people stay out of every stage's training
 data). Its candidate answers differ in what people care about: the content (the right fact, a wrong
-one, or an evasive "I don't know") and the style (good, curt, rambling, rude; the styles of
+one, an evasive "I don't know", or an off-topic true fact about the person that does not answer the
+question, which the gold function scores as evasive) and the style (good, curt, rambling, rude; the styles of
 `world_chat`). The gold preference function stands in for human labellers: it scores any
 (question, answer) from the world's facts and the answer's text,
 
@@ -32,7 +33,11 @@ from fromzero.data.world import ATTRIBUTES, Person, World
 from fromzero.data.world_chat import QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, Question, a, \
     fact_sentence, styled  # fmt: skip
 
-CONTENTS = ("right", "evasive", "wrong")
+CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
+# the candidate answers written for preference pairs: an off-topic one states another of the person's facts
+# ("He is 33 years old." to a question about his job); the gold function reads it as evasive. Without such
+# pairs the reward model never sees one, and PPO learned to answer job questions with the person's age.
+CANDIDATES = (*CONTENTS, "off_topic")
 CONTENT_SCORE = {"right": 2.0, "evasive": 0.0, "wrong": -2.0}
 STYLE_PENALTY = {"good": 0.0, "curt": 0.5, "rambling": 1.0, "rude": 1.5}
 EVASIVE = ("Sorry, I don't know that.", "no idea")  # (good sentence, curt form), as for a fact
@@ -48,8 +53,9 @@ class PreferenceConfig(BaseModel):
                                     "the number of training phrasings an attribute has (10)")  # fmt: skip
     pairs_per_question: int = Field(1, ge=1, description="pairs of candidate answers per training phrasing")
     content_weights: dict[str, float] = Field(
-        default_factory=lambda: {"right": 0.5, "evasive": 0.25, "wrong": 0.25},
-        description="how often a candidate answer states the right fact, none, or a wrong one",
+        default_factory=lambda: {"right": 0.45, "evasive": 0.2, "wrong": 0.2, "off_topic": 0.15},
+        description="how often a candidate answer states the right fact, none, a wrong one, or another fact of "
+        "the person than the one asked for",
     )
     style_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(STYLES, 0.25), description="how often a candidate is in each style"
@@ -116,9 +122,11 @@ class GoldPreference:
 
 def candidate(world: World, gold: GoldPreference, p: Person, attr: str, content: str, style: str,
               rng: random.Random) -> str:  # fmt: skip
-    """One answer about p's attribute with the given content and style."""
+    """One answer to a question about p's attribute with the given content (a CANDIDATES kind) and style."""
     if content == "evasive":
         return styled(*EVASIVE, style, rng)
+    if content == "off_topic":
+        attr = rng.choice([other for other in ATTRIBUTES if other != attr])
     if content == "wrong":
         expected = world.facts(p)[attr]
         value = rng.choice(sorted(gold.values[attr] - {expected}))
@@ -145,7 +153,7 @@ class WorldPreferences:
 
 
 def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
-    for name, weights, known in (("content", cfg.content_weights, CONTENTS), ("style", cfg.style_weights, STYLES)):
+    for name, weights, known in (("content", cfg.content_weights, CANDIDATES), ("style", cfg.style_weights, STYLES)):
         if set(weights) - set(known):
             raise ValueError(f"unknown {name} kinds {sorted(set(weights) - set(known))}; kinds: {', '.join(known)}")
     gold = GoldPreference(world)
