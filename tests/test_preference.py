@@ -273,7 +273,7 @@ def test_off_topic_answers_state_another_fact_and_count_as_evasive(world):
     data = build_preferences(world, PreferenceConfig(questions_per_fact=2, eval_questions=50,
                                                      content_weights={"right": 0.5, "off_topic": 0.5},
                                                      style_weights={"good": 1.0}))  # fmt: skip
-    # right-or-off-topic candidates said well: every pair that the gold function tells apart is a right answer over an off-topic one
+    # right or off-topic, said well: every pair the gold function tells apart is right over off-topic
     for q, pair in zip(data.eval_questions, data.eval_pairs):
         assert gold.content(q, pair.chosen) == "right" and gold.content(q, pair.rejected) == "evasive"
     with pytest.raises(ValueError, match="unknown content kinds \\['typo'\\]; kinds: right, evasive, wrong, off_topic"):
