@@ -318,11 +318,10 @@ def source(cfg: Config, stage: str) -> str:
 
 
 def inputs(cfg: Config, stage: str) -> list[str]:
-    """The stages whose models a stage reads: when one of them runs again, the stage is redone too."""
-    if stage == "grpo":
-        return [source(cfg, stage)]
-    return {"init": [], "pretrain": ["init"], "sft": ["pretrain"], "reward": ["sft"], "dpo": ["sft"],
-            "ppo": ["sft", "reward"]}[stage]  # fmt: skip
+    """The stages whose models a stage reads: the one it starts from (`source`, without SFT's cold-start data),
+    and for PPO the reward model too. When one of them runs again, the stage is redone."""
+    start = source(cfg, stage).split(" + ")[0]
+    return ([start] if start else []) + (["reward"] if stage == "ppo" else [])
 
 
 def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True) -> dict[str, Any]:
