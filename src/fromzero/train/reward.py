@@ -17,8 +17,9 @@ have to recall the fact and compare it with the answer. The LM head already hold
 every position, so a wrong value is a token it finds very unlikely; the gate learns which tokens' surprise
 matters (a value the question asks for) and which not (a rambling aside). Centring on the entropy keeps the
 term near zero for a backbone that knows nothing (raw log-probs of a random model made training diverge) and
-charges nothing for open choices. Both heads start at zero, so every answer starts at reward 0. The answer is what follows the last `<|assistant|>` token (the whole sequence when
-there is none); a checkpoint with a `gate.weight` is loaded as such a model.
+charges nothing for open choices. Both heads start at zero, so every answer starts at reward 0. The answer is
+what follows the last `<|assistant|>` token (the whole sequence when there is none); a checkpoint with a
+`gate.weight` is loaded as such a model.
 
 For PPO: `score_responses()` rewards a batch of (prompt, response) token sequences, and a value model
 is this same module loaded from the reward checkpoint (`load_reward_model`), read at every position.
