@@ -11,8 +11,8 @@ import pytest
 
 from fromzero.data.sources import DataError, SourceStats
 from fromzero.data.tasks import (
-    ReasoningConfig, Task, TaskSources, builtin_tasks, countdown_task, iter_tasks, load_tasks, solution_conversations,
-    split_tasks, word_problem,
+    ReasoningConfig, Task, TaskSources, builtin_tasks, cold_start_tasks, countdown_task, iter_tasks, load_tasks,
+    solution_conversations, split_tasks, word_problem,
 )
 from fromzero.data.world import WorldConfig, build_world
 from fromzero.rewards import accuracy, countdown_correct
@@ -67,6 +67,20 @@ def test_builtin_heldout_shares_no_computation_with_training(kind):
     assert builtin_tasks(cfg, WORLD) == (train, heldout)  # seeded
     with pytest.raises(ValueError, match="min_steps"):
         ReasoningConfig(min_steps=4, max_steps=2)
+
+
+def test_cold_start_spans_a_wider_ladder_than_rl_and_never_a_heldout_problem():
+    cfg = ReasoningConfig(min_steps=3, max_steps=3, cold_start_min_steps=1, n_train=300, n_sft=200, n_eval=60)
+    train, heldout = builtin_tasks(cfg, WORLD)
+    assert {t.metadata["steps"] for t in train + heldout} == {3}  # RL trains and is graded on the hard rung
+    cold = cold_start_tasks(cfg, WORLD, train, heldout)
+    assert len(cold) == 200 and {t.metadata["steps"] for t in cold} == {1, 2, 3}
+    key = lambda t: tuple(t.metadata["equations"])  # noqa: E731
+    assert not {key(t) for t in cold} & {key(t) for t in heldout}
+    plain = cfg.model_copy(update={"cold_start_min_steps": None})
+    assert cold_start_tasks(plain, WORLD, train, heldout) == train[:200]  # default: the first n_sft training problems
+    with pytest.raises(ValueError, match="cold_start_min_steps"):
+        ReasoningConfig(min_steps=2, max_steps=3, cold_start_min_steps=3)
 
 
 def test_solution_conversations_teach_the_answer_format():

@@ -23,7 +23,7 @@ from fromzero import checkpoint, dist
 from fromzero.config import Config
 from fromzero.data import build as data_build
 from fromzero.data.preference import PreferencePair
-from fromzero.data.tasks import Task, load_tasks, solution_conversations
+from fromzero.data.tasks import Task, cold_start_tasks, load_tasks, solution_conversations
 from fromzero.data.world import World, build_world
 from fromzero.data.world_chat import InstructData, build_instructions
 from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, preference_pairs, \
@@ -125,6 +125,14 @@ class RunContext:
         """(train, held-out) reasoning tasks: the grpo section's files, or the built-in word problems."""
         return load_tasks(self.cfg.grpo, self.cfg.reasoning, self.world, self.cfg.seed)
 
+    @functools.cached_property
+    def cold_start(self) -> list[Task]:
+        """The reasoning problems whose worked solutions SFT learns from (see `cold_start_tasks`)."""
+        train, heldout = self.reasoning_tasks
+        if self.cfg.grpo.data:
+            return train[: self.cfg.reasoning.n_sft]
+        return cold_start_tasks(self.cfg.reasoning, self.world, train, heldout)
+
     def reasoning_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, float]:
         """Greedy pass@1 (overall and per step count) and sampled pass@k on the held-out reasoning tasks."""
         model = checkpoint.load_model(ckpt, self.info.device)
@@ -170,7 +178,7 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
         conversations = ctx.instructions.train
     if ctx.cfg.reasoning_rl:  # stage 4's cold start: worked solutions to some of its training problems
         r = ctx.cfg.reasoning
-        conversations = conversations + solution_conversations(ctx.reasoning_tasks[0][: r.n_sft], r.direct_fraction, r.seed)
+        conversations = conversations + solution_conversations(ctx.cold_start, r.direct_fraction, r.seed)
     ckpt = sft.train(ctx.cfg.sft, conversations, ctx.out / "pretrain", out, resume=True)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
