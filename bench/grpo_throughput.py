@@ -5,7 +5,8 @@ and HF `LlamaForCausalLM` loaded from a copy of them), the same tokenizer (ours,
 `PreTrainedTokenizerFast`), the same built-in word problems rendered in our chat template, and the same GRPO
 settings: P prompts × G completions per optimizer step in micro-batches of 16, up to N new tokens sampled at
 temperature 1 and stopped at <|end|>, β = 0.04 against a frozen reference (--beta 0: no reference), the "grpo"
-loss with std-scaled advantages, μ = 1, fp32 (--precision bf16: bf16 autocast for both), and no gradient
+loss with std-scaled advantages, μ = 1, fp32 (--precision bf16: bf16 autocast for both; --rollout-precision
+fp32: fromzero samples in fp32 all the same), and no gradient
 checkpointing (--trl-checkpointing: TRL's default; fromzero has none). A random model rarely samples <|end|>, so
 both generate close to N tokens per completion (reported).
 
@@ -66,6 +67,7 @@ def grpo_config(args, steps: int) -> grpo.GRPOConfig:
     return grpo.GRPOConfig(steps=steps, prompts_per_step=args.prompts, num_generations=args.generations,
                            micro_batch_size=MICRO_BATCH, max_new_tokens=args.new_tokens, seq_len=256,
                            lr=1e-5, warmup_steps=0, beta=args.beta, loss_type="grpo", precision=args.precision,
+                           rollout_precision=args.rollout_precision,
                            checkpoint_every=10**6, eval_every=10**6, eval_problems=0)  # fmt: skip
 
 
@@ -141,6 +143,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both trainers (TRL's bf16 flag)")
     parser.add_argument("--trl-checkpointing", action="store_true", help="TRL with gradient checkpointing, its default")
+    parser.add_argument("--rollout-precision", choices=["fp32", "bf16"], default=None,
+                        help="fromzero's grpo.rollout_precision (default: --precision)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:

@@ -11,7 +11,8 @@ from fromzero import checkpoint
 from fromzero.data.tasks import Task
 from fromzero.eval.reasoning import evaluate, pass_at_k
 from fromzero.tokenizer import Tokenizer
-from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, train
+from fromzero.model import ModelConfig, Transformer
+from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_logps, train
 from fromzero.train.loop import read_metrics
 
 
@@ -76,6 +77,25 @@ def test_k3_kl_penalty_value_and_gradient():
     loss.backward()
     # d/dlogp [exp(ref - logp) - (ref - logp) - 1] = 1 - exp(ref - logp) = -1, averaged over the 2 tokens
     torch.testing.assert_close(logp.grad, torch.full((1, 2), beta * -1 / 2))
+
+
+def test_completion_only_logps_equal_the_full_ones_and_their_gradient():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32))
+    ids = torch.randint(0, 97, (3, 12))
+    keep = torch.zeros(3, 11, dtype=torch.bool)
+    keep[0, 4:9], keep[2, 6:] = True, True  # row 1: a group left out, nothing kept
+    full, full_lp = token_logps(model, ids, 0.7)
+    part, part_lp = token_logps(model, ids, 0.7, keep)
+    assert part_lp.shape == (int(keep.sum()), 97) and torch.allclose(part_lp, full_lp[keep], atol=1e-6)
+    assert torch.allclose(part, full * keep, atol=1e-6) and not part[~keep].any()
+    grads = []
+    for use_keep in (False, True):
+        model.zero_grad()
+        logp = token_logps(model, ids, 0.7, keep if use_keep else None)[0]
+        (logp * keep).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
 def test_pass_at_k():

@@ -275,9 +275,12 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, T, vocab], or with targets the mean cross-entropy over targets != -100."""
+        """Logits [B, T, vocab]; with `keep` (bool [B, T]) only the logits of those positions, [N, vocab] in
+        row-major order (HF's logits_to_keep, for a loss that reads a few positions, as RL reads the completion
+        tokens: the LM head skips the rest); or with targets the mean cross-entropy over targets != -100."""
         h = self.hidden_states(idx, positions=positions, mask=mask, cache=cache)
         if targets is None:
-            return self.lm_head(h)
+            return self.lm_head(h if keep is None else h[keep])
         return chunked_cross_entropy(h, self.lm_head, targets)

@@ -85,6 +85,9 @@ class RolloutConfig(TrainConfig, ABC):
     step whose batch_tokens follow from the rollout's shape (`step_shape`), never set by hand."""
 
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
+    rollout_precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="precision of sampling the answers; None: `precision`. On CPU a decode step of a few "
+        "rows is all per-op overhead, to which bf16 autocast adds casts: fp32 rollouts are faster there (BENCHMARKS.md)")
     max_new_tokens: int = Field(64, ge=1, description="longest answer")
     seq_len: int = Field(128, description="longest prompt + answer; longer prompts are dropped")
     micro_batch_size: int = Field(16, description="answers per forward pass on one rank")
@@ -163,8 +166,9 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, s
     return _PEAK[key]
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "bf16":
+def autocast(cfg: TrainConfig, device: torch.device, precision: str | None = None):
+    """bf16 autocast when `precision` (default: the config's) is bf16, else nothing."""
+    if (precision or cfg.precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

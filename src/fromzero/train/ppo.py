@@ -297,7 +297,7 @@ class RolloutBatches:
         self.model.eval()
         chosen = [self.prompts[i] for i in self.order.next_indices()]
         prompts = [ids for _, ids in chosen]
-        with loop.autocast(cfg, self.device):
+        with loop.autocast(cfg, self.device, cfg.rollout_precision):
             answers = generate(policy, prompts, self.sampling, pad_id=tok.pad_id)
         ids, mask = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)
         ids, mask = ids.to(self.device), mask[:, 1:].to(self.device)
