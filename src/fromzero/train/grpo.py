@@ -156,7 +156,7 @@ def token_logps(model: nn.Module, ids: torch.Tensor, temperature: float,
     """log π(token | prefix) [B, T-1] of each next token at the sampling temperature, and the log-softmax it
     came from: [B, T-1, V], or with `keep` (bool [B, T-1], the tokens that count) [N, V] at those tokens only, in
     row-major order. With `keep` the LM head and the softmax skip the other positions (a prompt's), whose
-    log-probs are returned as 0: on the 1M-parameter GRPO benchmark a quarter of the training step."""
+    log-probs are returned as 0."""
     targets = ids[:, 1:]
     log_probs = (model(ids[:, :-1], keep=keep).float() / temperature).log_softmax(-1)
     if keep is None:
