@@ -81,6 +81,8 @@ def test_cold_start_spans_a_wider_ladder_than_rl_and_never_a_heldout_problem():
     assert cold_start_tasks(plain, WORLD, train, heldout) == train[:200]  # default: the first n_sft training problems
     with pytest.raises(ValueError, match="cold_start_min_steps"):
         ReasoningConfig(min_steps=2, max_steps=3, cold_start_min_steps=3)
+    with pytest.raises(ValueError, match="countdown"):
+        ReasoningConfig(task="countdown", cold_start_min_steps=1)
 
 
 def test_solution_conversations_teach_the_answer_format():

@@ -82,9 +82,10 @@ class ReasoningConfig(BaseModel):
     n_train: int = Field(5000, ge=1, description="training problems")
     n_sft: int = Field(2000, ge=0, description="training problems (the first n_sft) whose worked solutions join the SFT "
                        "data: the cold start that makes RL's first rewards non-zero")  # fmt: skip
-    cold_start_min_steps: int | None = Field(None, ge=1, description="word problems: the cold start's problems take "
-                                             "cold_start_min_steps to max_steps steps, a wider ladder than RL's; "
-                                             "None: the first n_sft training problems")  # fmt: skip
+    cold_start_min_steps: int | None = Field(None, ge=1, description="built-in word problems: the cold start's "
+                                             "problems take cold_start_min_steps to max_steps steps, a wider ladder "
+                                             "than RL's; None (and tasks from files): the first n_sft training "
+                                             "problems")  # fmt: skip
     n_eval: int = Field(200, ge=1, description="held-out problems, spread evenly over the step counts")
     direct_fraction: float = Field(0.0, ge=0, le=1, description="share of the cold-start solutions that state the "
                                    "answer without working it out")  # fmt: skip
@@ -93,6 +94,8 @@ class ReasoningConfig(BaseModel):
     def _consistent(self) -> ReasoningConfig:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) is larger than max_steps ({self.max_steps})")
+        if self.cold_start_min_steps is not None and self.task != "word_problems":
+            raise ValueError("cold_start_min_steps sets a ladder of word problems; the countdown task has none")
         if self.cold_start_min_steps is not None and self.cold_start_min_steps > self.min_steps:
             raise ValueError(f"cold_start_min_steps ({self.cold_start_min_steps}) is larger than min_steps "
                              f"({self.min_steps}): the cold start's ladder only widens RL's")  # fmt: skip
@@ -253,7 +256,7 @@ def cold_start_tasks(cfg: ReasoningConfig, world: World, train: Sequence[Task], 
     cold_start_min_steps..max_steps. RL then trains and is graded on the hard end of the ladder alone, where the
     cold-started model is right only part of the time, while its cold start also saw the easier problems. No
     cold-start problem shares its computation with a held-out one."""
-    if cfg.cold_start_min_steps is None or cfg.task != "word_problems":
+    if cfg.cold_start_min_steps is None:
         return list(train[: cfg.n_sft])
     wide, _ = builtin_tasks(cfg.model_copy(update={"min_steps": cfg.cold_start_min_steps}), world)
     held = {_key(t) for t in heldout}
