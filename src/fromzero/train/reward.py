@@ -9,7 +9,7 @@ backbone and heads.
 With `likelihood` (the default) it also keeps the backbone's language-model head and adds, over the answer's
 tokens, how much less likely the backbone found each one than it expected, weighted by a learned per-token gate:
 
-    r = score(h_last) + Σ_{t in answer} gate(h_{t-1}) · surprise_t,
+    r = score(h_last) + Σ_{t in answer} gate(h_t) · surprise_t,
     surprise_t = log p(x_t | x_<t) + H(p(· | x_<t))     (zero on average over the backbone's own samples)
 
 A last-token head alone learns style readily but hardly learns to check a stated fact: the last position would
@@ -96,7 +96,9 @@ class RewardModel(Transformer):
         surprise = logps.gather(2, idx[:, 1:, None]).squeeze(2) - (logps.exp() * logps).sum(-1)
         # answer tokens: no <|assistant|> at or after them
         answer = ((idx == ASSISTANT_ID).flip(1).cumsum(1).flip(1) == 0)[:, 1:]
-        gated = self.gate(h[:, :-1]).squeeze(-1).float() * surprise * answer
+        # the gate reads each token's own position: it knows which token it weighs (the first letter of a curt "Black."
+        # is the value, the first letter of a good answer is not; a gate read one position earlier cannot tell them apart)
+        gated = self.gate(h[:, 1:]).squeeze(-1).float() * surprise * answer
         return values + F.pad(gated.cumsum(1), (1, 0))
 
     @classmethod
