@@ -16,7 +16,7 @@ from fromzero.data.sources import DataError
 from fromzero.data.world import ATTRIBUTES, WorldConfig, build_world
 from fromzero.data.world_chat import STYLES, Question, fact_sentence
 from fromzero.data.world_pref import CONTENTS, GoldPreference, PreferenceConfig, answer_style, build_preferences, \
-    candidate, prompts_and_gold  # fmt: skip
+    candidate, prompts_and_gold, sampled_pairs  # fmt: skip
 
 USER = [{"role": "user", "content": "Hi?"}]
 HELLO = PreferencePair(USER, "Hello.", "Go away.")
@@ -237,6 +237,32 @@ def test_ppo_prompts_are_distinct_questions_with_their_gold_score(world):
     q = next(q for q in data.train_questions if q.question == prompts[3][0]["content"])
     right = GoldPreference(world).score(q, f"The answer is {q.expected}.")
     assert gold(3, f"The answer is {q.expected}.") == right > gold(3, "Sorry, I don't know that.")
+
+
+def test_sampled_answers_are_labelled_like_written_pairs_and_ties_dropped(world):
+    """Pairs of a model's own answers: each sampled question answered twice (two seeds), the labellers' choice
+    kept, a pair the gold function cannot tell apart dropped. The 'model' answers from the world: with one seed
+    right, with the other right or evasive by the question's parity, so half the pairs are ties."""
+    cfg = PreferenceConfig(questions_per_fact=2, eval_questions=5, temperature=0.0, sampled_questions=30)
+    data, by_text = build_preferences(world, cfg), {}
+    for q in data.train_questions:
+        by_text[q.question] = q
+    calls = []
+
+    def sample(questions: list[str], seed: int) -> list[str]:
+        calls.append(seed)
+        first = seed == calls[0]
+        return [f"It is {by_text[t].expected}." if first or i % 2 else "Sorry, I don't know that."
+                for i, t in enumerate(questions)]  # fmt: skip
+
+    pairs = sampled_pairs(world, data, cfg, sample)
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert len(pairs) == 15  # the 15 odd questions' answers are the same right one: ties, dropped
+    gold = GoldPreference(world)
+    for pair in pairs:
+        q = by_text[pair.messages[0]["content"]]
+        assert gold.content(q, pair.chosen) == "right" and pair.rejected == "Sorry, I don't know that."
+    assert sampled_pairs(world, data, cfg.model_copy(update={"sampled_questions": 0}), sample) == []
 
 
 def test_gold_function_orders_content_then_style(world):

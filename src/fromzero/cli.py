@@ -141,14 +141,30 @@ def sft(
     typer.echo(f"checkpoint: {ckpt}")
 
 
-def _preference_pairs(cfg, sources, data: list[Path] | None):
-    """(train, val) preference pairs: from files split by prompt, or the built-in world's."""
+def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None = None):
+    """(train, val) preference pairs: from files split by prompt, or the built-in world's, with labelled pairs of
+    the sampled answers of `init` when `preference.sampled_questions` asks for them."""
+    import dataclasses
+
+    from fromzero import checkpoint
     from fromzero.data.world import build_world
-    from fromzero.data.world_pref import build_preferences, preference_pairs
+    from fromzero.data.world_pref import build_preferences, preference_pairs, sampled_pairs
+    from fromzero.eval import qa
+    from fromzero.tokenizer import Tokenizer
+
+    def builtin():
+        world = build_world(cfg.world)
+        prefs = build_preferences(world, cfg.preference)
+        if init is None or not cfg.preference.sampled_questions:
+            return prefs
+        ckpt = checkpoint.resolve(init)
+        sample = qa.sampler(checkpoint.load_model(ckpt), Tokenizer.load(checkpoint.tokenizer_file(ckpt)),
+                            max_new_tokens=cfg.eval.qa_max_new_tokens, temperature=cfg.eval.preference_temperature)  # fmt: skip
+        return dataclasses.replace(prefs, train=prefs.train + sampled_pairs(world, prefs, cfg.preference, sample))
 
     if data:
         sources.data = [str(d) for d in data]
-    train, val, stats = preference_pairs(sources, lambda: build_preferences(build_world(cfg.world), cfg.preference), cfg.seed)
+    train, val, stats = preference_pairs(sources, builtin, cfg.seed)
     if stats is not None:
         if stats.skipped:
             typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
@@ -175,7 +191,7 @@ def reward(
     from fromzero.train import reward as stage
 
     cfg = _config(preset, overrides)
-    ckpt = stage.train(cfg.reward, *_preference_pairs(cfg, cfg.reward, data), init, out, resume=resume)
+    ckpt = stage.train(cfg.reward, *_preference_pairs(cfg, cfg.reward, data, init), init, out, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
 
 
@@ -193,7 +209,7 @@ def dpo(
     from fromzero.train import dpo as stage
 
     cfg = _config(preset, overrides)
-    ckpt = stage.train(cfg.dpo, *_preference_pairs(cfg, cfg.dpo, data), init, out, resume=resume)
+    ckpt = stage.train(cfg.dpo, *_preference_pairs(cfg, cfg.dpo, data, init), init, out, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
 
 

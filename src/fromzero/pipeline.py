@@ -8,6 +8,7 @@ after it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -27,7 +28,7 @@ from fromzero.data.tasks import Task, cold_start_tasks, load_tasks, solution_con
 from fromzero.data.world import World, build_world
 from fromzero.data.world_chat import InstructData, build_instructions
 from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, preference_pairs, \
-    prompts_and_gold  # fmt: skip
+    prompts_and_gold, sampled_pairs  # fmt: skip
 from fromzero.eval import qa, reasoning
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
@@ -42,6 +43,7 @@ class RunContext:
     info: dist.DistInfo
     world: World
     _judged: dict[Path, list[str]] = field(default_factory=dict, repr=False)
+    _sampled: dict[Path, list[PreferencePair]] = field(default_factory=dict, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -90,10 +92,27 @@ class RunContext:
     def preferences(self) -> WorldPreferences:
         return build_preferences(self.world, self.cfg.preference)
 
-    def preference_pairs(self, sources: Any) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    def sampled_pairs(self, ckpt: Path) -> list[PreferencePair]:
+        """Labelled pairs of a checkpoint's own sampled answers (`preference.sampled_questions`), made once per run."""
+        if ckpt not in self._sampled:
+            model = checkpoint.load_model(ckpt, self.info.device)
+            e = self.cfg.eval
+            sample = qa.sampler(model, self.tokenizer, max_new_tokens=e.qa_max_new_tokens, temperature=e.preference_temperature)
+            self._sampled[ckpt] = sampled_pairs(self.world, self.preferences, self.cfg.preference, sample)
+            if self.info.is_main and self.cfg.preference.sampled_questions:
+                print(f"{len(self._sampled[ckpt])} labelled pairs of {ckpt.parent.name}'s sampled answers to "
+                      f"{self.cfg.preference.sampled_questions} questions (pairs the labellers would call a tie dropped)")
+        return self._sampled[ckpt]
+
+    def preference_pairs(self, sources: Any, policy: Path) -> tuple[list[PreferencePair], list[PreferencePair]]:
         """(train, held-out) pairs: from the stage's files when it names any, else the built-in world's (whose
-        held-out pairs are labelled by the gold function without noise)."""
-        train, heldout, stats = preference_pairs(sources, lambda: self.preferences, self.cfg.seed)
+        held-out pairs are labelled by the gold function without noise), with labelled pairs of the answers of
+        `policy` (the model stage 3 starts from) when `preference.sampled_questions` asks for them."""
+
+        def builtin() -> WorldPreferences:
+            return dataclasses.replace(self.preferences, train=self.preferences.train + self.sampled_pairs(policy))
+
+        train, heldout, stats = preference_pairs(sources, builtin, self.cfg.seed)
         if stats is not None and stats.skipped and self.info.is_main:
             print(f"skipped {stats.skipped} malformed preference records, e.g. {stats.errors[0]}")
         return train, heldout
@@ -191,10 +210,11 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
 def stage_reward(ctx: RunContext) -> dict[str, Any]:
     """Stage 3a: the reward model, from the SFT model, graded on held-out pairs the gold function labelled."""
     out = ctx.out / "reward"
-    pairs, heldout = ctx.preference_pairs(ctx.cfg.reward)
+    init = checkpoint.resolve(ctx.out / "sft")
+    pairs, heldout = ctx.preference_pairs(ctx.cfg.reward, init)
     if not heldout:
         raise ValueError("reward: no held-out pairs to grade the reward model on; set reward.val_fraction above 0")
-    ckpt = reward.train(ctx.cfg.reward, pairs, heldout, checkpoint.resolve(ctx.out / "sft"), out, resume=True)
+    ckpt = reward.train(ctx.cfg.reward, pairs, heldout, init, out, resume=True)
     final = json.loads((out / loop.DONE).read_text())  # the last step's metrics, the held-out evaluation included
     return {"metrics": {"heldout_acc": final.get("val_accuracy", float("nan"))}, "checkpoint": ckpt}
 
@@ -202,7 +222,7 @@ def stage_reward(ctx: RunContext) -> dict[str, Any]:
 def stage_dpo(ctx: RunContext) -> dict[str, Any]:
     """Stage 3 (offline): DPO from the SFT model on the same pairs, judged by the gold function against SFT."""
     out, init = ctx.out / "dpo", checkpoint.resolve(ctx.out / "sft")
-    ckpt = dpo.train(ctx.cfg.dpo, *ctx.preference_pairs(ctx.cfg.dpo), init, out, resume=True)
+    ckpt = dpo.train(ctx.cfg.dpo, *ctx.preference_pairs(ctx.cfg.dpo, init), init, out, resume=True)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
         metrics = ctx.gold_win_rate(ckpt, init)
@@ -215,7 +235,7 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
     gold function against SFT, with the reward model's mean score on held-out prompts before and after."""
     out, init, rm = ctx.out / "ppo", checkpoint.resolve(ctx.out / "sft"), checkpoint.resolve(ctx.out / "reward")
     if ctx.cfg.reward.data:  # the prompts of the reward model's preference files; no gold function knows them
-        prompts = list({json.dumps(p.messages): p.messages for p in ctx.preference_pairs(ctx.cfg.reward)[0]}.values())
+        prompts = list({json.dumps(p.messages): p.messages for p in ctx.preference_pairs(ctx.cfg.reward, init)[0]}.values())
         gold = heldout_gold = None
         heldout: list = []
     else:

@@ -64,6 +64,10 @@ class PreferenceConfig(BaseModel):
                                "0: they always pick the better answer")  # fmt: skip
     label_noise: float = Field(0.0, ge=0, le=0.5, description="share of labels flipped after that (careless labellers)")
     eval_questions: int = Field(200, description="held-out prompts (trained people, held-out phrasings) for evaluation")
+    sampled_questions: int = Field(0, ge=0, description="training questions the model being tuned (SFT) answers "
+                                   "twice by sampling, each two answers labelled by the simulated labellers like the "
+                                   "written pairs (as people vote on two answers on the chat page) and added to them: "
+                                   "pairs of the answers PPO and DPO start from")  # fmt: skip
 
 
 def _words(text: str) -> str:
@@ -199,6 +203,30 @@ def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
         chosen, rejected = (x, y) if sx > sy else (y, x)
         eval_pairs.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
     return WorldPreferences(train, train_questions, eval_pairs, eval_questions)
+
+
+Sampler = Callable[[list[str], int], list[str]]  # (questions, seed) -> one sampled answer to each
+
+
+def sampled_pairs(world: World, prefs: WorldPreferences, cfg: PreferenceConfig, sample: Sampler) -> list[PreferencePair]:
+    """Pairs of a model's own answers: `cfg.sampled_questions` training questions, each answered twice by `sample`
+    (two seeds), the two answers labelled by the simulated labellers as the written pairs are. Pairs the gold
+    function scores equal are dropped (a labeller would call them a tie). Written candidates are the answers a
+    model could give; these are the ones it does give, with its own plausible mistakes (InstructGPT's labellers
+    ranked the SFT model's samples)."""
+    if cfg.sampled_questions == 0:
+        return []
+    gold, rng = GoldPreference(world), random.Random(f"{cfg.seed}:sampled")
+    questions = rng.sample(prefs.train_questions, min(cfg.sampled_questions, len(prefs.train_questions)))
+    texts = [q.question for q in questions]
+    pairs = []
+    for q, x, y in zip(questions, sample(texts, cfg.seed + 11), sample(texts, cfg.seed + 12)):
+        sx, sy = gold.score(q, x), gold.score(q, y)
+        if sx != sy:
+            label = bradley_terry_label(sx, sy, cfg.temperature, cfg.label_noise, rng)
+            chosen, rejected = (x, y) if label else (y, x)
+            pairs.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
+    return pairs
 
 
 GoldFn = Callable[[int, str], float]  # (prompt index, decoded answer) -> gold score; metrics only

@@ -33,6 +33,12 @@ def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bo
     return out
 
 
+def sampler(model: Transformer, tok: Tokenizer, *, max_new_tokens: int = 40, temperature: float = 1.0):
+    """(questions, seed) -> one sampled answer to each: a model answering as people would see it on the chat page."""
+    return lambda questions, seed: answer(model, tok, questions, max_new_tokens=max_new_tokens, temperature=temperature,
+                                          seed=seed)  # fmt: skip
+
+
 def accuracy(model: Transformer, tok: Tokenizer, questions: list[Question], world: World, *, chat: bool = True,
              max_new_tokens: int = 40) -> tuple[float, list[tuple[Question, str, bool]]]:  # fmt: skip
     """Fraction answered correctly, and each (question, answer, correct) for inspection."""
