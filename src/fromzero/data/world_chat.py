@@ -9,12 +9,8 @@ measure what SFT learned:
 - `heldout_people`: people whose facts appear only in the pretraining corpus, asked in the training
   phrasings (does instruction tuning unlock knowledge stored in stage 1?).
 
-Like instruction data gathered from many writers, answers come in styles of mixed quality: good, curt,
-rambling or rude; by default fewer than a third are good and most of the rest are rude or rambling, which keep
-the whole sentence (curt one-word answers are rare: a model that learns them answers curtly and recalls worse).
-The facts are right in every style; SFT imitates them all, and stage 3 is there to make the model prefer the good
-one. (With 70 % good answers the SFT model's own samples were already the best possible answer 79 % of the time,
-which leaves a preference-tuned policy at most a 60 % win rate over it.)
+Like real instruction data, answers come in styles: mostly good, some curt, rambling or rude. The facts
+are right in every style; stage 3 is there to make the model prefer the good one.
 """
 
 from __future__ import annotations
@@ -121,7 +117,7 @@ class InstructConfig(BaseModel):
     seed: int = Field(0, description="seed for phrasing, style and sampling choices")
     questions_per_fact: int = Field(3, description="training phrasings asked per (trained person, attribute)")
     style_weights: dict[str, float] = Field(
-        default_factory=lambda: {"good": 0.3, "curt": 0.05, "rambling": 0.25, "rude": 0.4},
+        default_factory=lambda: {"good": 0.7, "curt": 0.1, "rambling": 0.1, "rude": 0.1},
         description="share of answers in each style (good, curt, rambling, rude)",
     )
     n_world_questions: int = Field(600, description="questions about towns, animals and objects")
