@@ -94,12 +94,14 @@ class RunContext:
 
     def sampled_pairs(self, ckpt: Path) -> list[PreferencePair]:
         """Labelled pairs of a checkpoint's own sampled answers (`preference.sampled_questions`), made once per run."""
+        if not self.cfg.preference.sampled_questions:
+            return []  # without loading the checkpoint
         if ckpt not in self._sampled:
             model = checkpoint.load_model(ckpt, self.info.device)
             e = self.cfg.eval
             sample = qa.sampler(model, self.tokenizer, max_new_tokens=e.qa_max_new_tokens, temperature=e.preference_temperature)
             self._sampled[ckpt] = sampled_pairs(self.world, self.preferences, self.cfg.preference, sample)
-            if self.info.is_main and self.cfg.preference.sampled_questions:
+            if self.info.is_main:
                 print(f"{len(self._sampled[ckpt])} labelled pairs of {ckpt.parent.name}'s sampled answers to "
                       f"{self.cfg.preference.sampled_questions} questions (pairs the labellers would call a tie dropped)")
         return self._sampled[ckpt]
