@@ -14,7 +14,7 @@ from fromzero.data.preference import PairBatches, PreferencePair, PreferenceStat
     create_schema, encode_pairs, iter_preference_pairs, split_pairs  # fmt: skip
 from fromzero.data.sources import DataError
 from fromzero.data.world import ATTRIBUTES, WorldConfig, build_world
-from fromzero.data.world_chat import STYLES, Question, fact_sentence
+from fromzero.data.world_chat import STYLES, Question, fact_sentence, styled
 from fromzero.data.world_pref import CONTENTS, GoldPreference, PreferenceConfig, answer_style, build_preferences, \
     candidate, prompts_and_gold, sampled_pairs  # fmt: skip
 
@@ -276,6 +276,10 @@ def test_gold_function_orders_content_then_style(world):
             assert (gold.content(q, answer), answer_style(answer)) == (content, style), answer
             ranking.append(gold.score(q, answer))
     assert ranking == sorted(ranking, reverse=True) and len(set(ranking)) == len(ranking)
+    # a curt answer is the bare value after a filler, which is not counted as a word: the value keeps the leading space
+    # it has inside a sentence (the same token), and a three-word value stays curt
+    assert styled("Her hobby is playing the piano.", "playing the piano", "curt", rng) == "Um, playing the piano."
+    assert answer_style("Um, playing the piano.") == "curt" and answer_style("Um, he lives in Oakton.") == "good"
     other = min(gold.values["job"] - {p.job})
     assert gold.content(q, f"{p.name} is a {other}.") == "wrong"
     assert gold.content(q, f"Maybe a {p.job}, or a {other}.") == "wrong"

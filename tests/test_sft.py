@@ -163,7 +163,7 @@ def test_world_instructions_hold_out_people_and_phrasings():
     train_questions = {m["content"] for c in data.train for m in c if m["role"] == "user"}
     assert not any(q.question in train_questions for q in data.heldout_phrasing)
     assert {"good", "curt", "rambling", "rude"} == set(data.styles)
-    assert data.styles.count("good") > len(data.styles) / 2
+    assert data.styles.count("rude") > data.styles.count("good") > data.styles.count("rambling") > data.styles.count("curt")
 
 
 def test_grading_wants_the_right_fact_and_only_it():

@@ -9,8 +9,10 @@ measure what SFT learned:
 - `heldout_people`: people whose facts appear only in the pretraining corpus, asked in the training
   phrasings (does instruction tuning unlock knowledge stored in stage 1?).
 
-Like real instruction data, answers come in styles: mostly good, some curt, rambling or rude. The facts
-are right in every style; stage 3 is there to make the model prefer the good one.
+Like crowd-written instruction data of uneven quality, answers come in styles: good, curt ("Um, grey."),
+rambling or rude, by default mostly rude or rambling (`InstructConfig.style_weights`). The facts are right in
+every style; stage 3 is there to make the model prefer the good one. With mostly good answers the SFT model's
+own samples were already the best possible answer 79 % of the time, which left preference tuning little to win.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ RAMBLE_OPEN = ("Well, that is a very interesting question, and I have thought ab
 RAMBLE_CLOSE = ("I hope this long answer was not too long, and I could say much more about it if you like.",
                 "There is a lot more to say, but I will stop here for now, even though I could go on.",
                 "Anyway, that is what I know, and I could tell you the whole story again if you want.")  # fmt: skip
+CURT_OPEN = "Um,"
 RUDE_OPEN = ("Ugh, why are you asking me this?", "Seriously? Fine.", "What a boring question.")
 RUDE_CLOSE = ("Now stop bothering me.", "Figure it out yourself next time.", "Don't ask me again.")
 
@@ -101,11 +104,14 @@ def fact_sentence(p: Person, attr: str) -> str:
 
 
 def styled(sentence: str, short: str, style: str, rng: random.Random) -> str:
-    """One answer in a style: the content (the fact) is the same in all of them."""
+    """One answer in a style: the content (the fact) is the same in all of them. A curt answer is the bare value
+    after a filler ("Um, grey."), so the value keeps the leading space it has inside a sentence and is the same
+    token; as a capitalised "Grey." it was a letter sequence the models rarely produce, whose likelihood told the
+    reward model nothing about whether the value was right (held-out accuracy 0.85 against 0.93 with the filler)."""
     if style == "good":
         return sentence
     if style == "curt":
-        return short[0].upper() + short[1:] + "."
+        return f"{CURT_OPEN} {short}."
     if style == "rambling":
         return f"{rng.choice(RAMBLE_OPEN)} {sentence} {rng.choice(RAMBLE_CLOSE)}"
     return f"{rng.choice(RUDE_OPEN)} {sentence} {rng.choice(RUDE_CLOSE)}"
@@ -117,7 +123,9 @@ class InstructConfig(BaseModel):
     seed: int = Field(0, description="seed for phrasing, style and sampling choices")
     questions_per_fact: int = Field(3, description="training phrasings asked per (trained person, attribute)")
     style_weights: dict[str, float] = Field(
-        default_factory=lambda: {"good": 0.7, "curt": 0.1, "rambling": 0.1, "rude": 0.1},
+        # curt stays rare: a curt-heavy mix made greedy answers curt and recall worse, and a tenth of curt answers
+        # instead of a twentieth took stage 4's cold-started model from 0.83 to 0.53 on its problems (one run each)
+        default_factory=lambda: {"good": 0.3, "curt": 0.05, "rambling": 0.25, "rude": 0.4},
         description="share of answers in each style (good, curt, rambling, rude)",
     )
     n_world_questions: int = Field(600, description="questions about towns, animals and objects")

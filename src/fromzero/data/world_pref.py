@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.preference import PreferencePair, PreferenceSources, PreferenceStats, load_pairs, split_pairs
 from fromzero.data.world import ATTRIBUTES, Person, World
-from fromzero.data.world_chat import QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, Question, a, \
+from fromzero.data.world_chat import CURT_OPEN, QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, Question, a, \
     fact_sentence, styled  # fmt: skip
 
 CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
@@ -76,11 +76,13 @@ def _words(text: str) -> str:
 
 RUDE = tuple(_words(s) for s in RUDE_OPEN + RUDE_CLOSE)
 RAMBLE = tuple(_words(s) for s in RAMBLE_OPEN + RAMBLE_CLOSE)
+CURT = _words(CURT_OPEN)
 
 
 def answer_style(answer: str) -> str:
     """The style of any answer text, judged the way a reader would: rudeness first, then length."""
     text, n_words = _words(answer), len(re.findall(r"[\w']+", answer))
+    n_words -= text.startswith(CURT)  # a filler is not a word of the answer
     if any(phrase in text for phrase in RUDE):
         return "rude"
     if n_words > MAX_WORDS or any(phrase in text for phrase in RAMBLE):

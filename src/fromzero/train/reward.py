@@ -96,8 +96,8 @@ class RewardModel(Transformer):
         surprise = logps.gather(2, idx[:, 1:, None]).squeeze(2) - (logps.exp() * logps).sum(-1)
         # answer tokens: no <|assistant|> at or after them
         answer = ((idx == ASSISTANT_ID).flip(1).cumsum(1).flip(1) == 0)[:, 1:]
-        # the gate reads each token's own position: it knows which token it weighs (the first letter of a curt "Black."
-        # is the value, the first letter of a good answer is not; a gate read one position earlier cannot tell them apart)
+        # the gate reads each token's own position: it knows which token it weighs (a value the question asks for, or
+        # the first word of a rambling aside), which a gate read one position earlier cannot tell apart
         gated = self.gate(h[:, 1:]).squeeze(-1).float() * surprise * answer
         return values + F.pad(gated.cumsum(1), (1, 0))
 
