@@ -159,7 +159,7 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
             return prefs
         ckpt = checkpoint.resolve(init)
         sample = qa.sampler(checkpoint.load_model(ckpt), Tokenizer.load(checkpoint.tokenizer_file(ckpt)),
-                            max_new_tokens=cfg.eval.qa_max_new_tokens, temperature=cfg.eval.preference_temperature)  # fmt: skip
+                            **cfg.eval.preference_sampling())  # fmt: skip
         return dataclasses.replace(prefs, train=prefs.train + sampled_pairs(world, prefs, cfg.preference, sample))
 
     if data:

@@ -68,6 +68,11 @@ class EvalConfig(BaseModel):
     pass_k: int = Field(8, ge=1, description="reasoning: pass@k from this many sampled answers per held-out problem "
                         "(1: greedy pass@1 only)")  # fmt: skip
 
+    def preference_sampling(self) -> dict[str, Any]:
+        """How answers to preference prompts are sampled, for the gold win rate and for labelled pairs of a model's
+        own answers alike (keyword arguments of `eval.qa.answer` and `eval.qa.sampler`)."""
+        return {"max_new_tokens": self.qa_max_new_tokens, "temperature": self.preference_temperature}
+
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -98,8 +98,7 @@ class RunContext:
             return []  # without loading the checkpoint
         if ckpt not in self._sampled:
             model = checkpoint.load_model(ckpt, self.info.device)
-            e = self.cfg.eval
-            sample = qa.sampler(model, self.tokenizer, max_new_tokens=e.qa_max_new_tokens, temperature=e.preference_temperature)
+            sample = qa.sampler(model, self.tokenizer, **self.cfg.eval.preference_sampling())
             self._sampled[ckpt] = sampled_pairs(self.world, self.preferences, self.cfg.preference, sample)
             if self.info.is_main:
                 print(f"{len(self._sampled[ckpt])} labelled pairs of {ckpt.parent.name}'s sampled answers to "
@@ -134,11 +133,9 @@ class RunContext:
         """A checkpoint's sampled answers to the held-out preference prompts; SFT's, which PPO and DPO are both
         judged against, are sampled once."""
         if ckpt not in self._judged:
-            e = self.cfg.eval
             model = checkpoint.load_model(ckpt, self.info.device)
             self._judged[ckpt] = qa.answer(model, self.tokenizer, [q.question for q in self.preferences.eval_questions],
-                                           max_new_tokens=e.qa_max_new_tokens, temperature=e.preference_temperature,
-                                           seed=self.cfg.seed + 1)  # fmt: skip
+                                           seed=self.cfg.seed + 1, **self.cfg.eval.preference_sampling())  # fmt: skip
         return self._judged[ckpt]
 
     @functools.cached_property
