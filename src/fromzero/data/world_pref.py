@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.preference import PreferencePair, PreferenceSources, PreferenceStats, load_pairs, split_pairs
 from fromzero.data.world import ATTRIBUTES, Person, World
-from fromzero.data.world_chat import CURT_OPEN, QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, Question, a, \
-    fact_sentence, styled  # fmt: skip
+from fromzero.data.world_chat import CURT_OPEN, QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, \
+    Question, a, fact_sentence, styled  # fmt: skip
 
 CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
 # the candidate answers written for preference pairs: an off-topic one states another of the person's facts
