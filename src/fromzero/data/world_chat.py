@@ -123,8 +123,8 @@ class InstructConfig(BaseModel):
     seed: int = Field(0, description="seed for phrasing, style and sampling choices")
     questions_per_fact: int = Field(3, description="training phrasings asked per (trained person, attribute)")
     style_weights: dict[str, float] = Field(
-        # curt stays rare: a curt-heavy mix made greedy answers curt and recall worse, and a tenth of curt answers
-        # instead of a twentieth took stage 4's cold-started model from 0.83 to 0.53 on its problems (one run each)
+        # curt stays rare: a curt-heavy mix made greedy answers curt and recall worse, and curt 0.1 / rambling 0.2
+        # instead of 0.05 / 0.25 took stage 4's cold-started model from 0.83 to 0.53 on its problems (one run each)
         default_factory=lambda: {"good": 0.3, "curt": 0.05, "rambling": 0.25, "rude": 0.4},
         description="share of answers in each style (good, curt, rambling, rude)",
     )
