@@ -33,8 +33,9 @@ def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bo
     return out
 
 
-def sampler(model: Transformer, tok: Tokenizer, *, max_new_tokens: int = 40, temperature: float = 1.0):
-    """(questions, seed) -> one sampled answer to each: a model answering as people would see it on the chat page."""
+def sampler(model: Transformer, tok: Tokenizer, *, max_new_tokens: int, temperature: float):
+    """(questions, seed) -> one sampled answer to each: a model answering as people would see it on the chat page
+    (the settings come from `EvalConfig.preference_sampling()`)."""
     return lambda questions, seed: answer(model, tok, questions, max_new_tokens=max_new_tokens, temperature=temperature,
                                           seed=seed)  # fmt: skip
 
