@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fromzero.data.preference import PairBatches, PreferencePair, PreferenceStats, add_vote, collate_pairs, \
-    create_schema, encode_pairs, iter_preference_pairs, split_pairs  # fmt: skip
+from fromzero.data.preference import PairBatches, PreferencePair, PreferenceStats, VoteConflict, add_battle, \
+    add_vote, collate_pairs, connect, create_schema, encode_pairs, iter_preference_pairs, split_pairs  # fmt: skip
 from fromzero.data.sources import DataError
 from fromzero.data.world import ATTRIBUTES, WorldConfig, build_world
 from fromzero.data.world_chat import STYLES, Question, fact_sentence, styled
@@ -139,42 +139,66 @@ def test_unknown_format_and_bad_json_name_file_and_line(tmp_path):
         pairs_of(str(bad_json))
 
 
+def _voted(conn, messages, a, b, choice, **battle):
+    return add_vote(conn, add_battle(conn, messages, "x", "y", response_a=a, response_b=b, **battle), choice)[0]
+
+
 def test_votes_round_trip_through_sqlite(tmp_path):
     db = tmp_path / "votes.sqlite"
-    conn = sqlite3.connect(db)
-    create_schema(conn)
-    create_schema(conn)  # idempotent: the web page calls it on every start
+    conn = connect(db)
+    create_schema(conn)  # idempotent: the server calls it on every start
     conversation = [{"role": "system", "content": "Be kind."}, *USER]
-    ids = [add_vote(conn, conversation, "Hello.", "Go away.", "a", model_a="dpo", model_b="sft"),
-           add_vote(conn, USER, "Go away.", "Hello.", "b"),
-           add_vote(conn, USER, "Hi.", "Hey.", "tie")]  # fmt: skip
-    assert ids == [1, 2, 3]
+    ids = [_voted(conn, conversation, "Hello.", "Go away.", "a", seed_a=1, seed_b=2),
+           _voted(conn, USER, "Go away.", "Hello.", "b"),
+           _voted(conn, USER, "Hi.", "Hey.", "tie"),
+           _voted(conn, USER, "Meh.", "Hmm.", "both_bad")]  # fmt: skip
+    assert ids == [1, 2, 3, 4]
+    battle = add_battle(conn, USER, "x", "y", response_a="Hi.", response_b="Yo.")
     with pytest.raises(ValueError, match="choice must be"):
-        add_vote(conn, USER, "a", "b", "both")
+        add_vote(conn, battle, "both")
     with pytest.raises(ValueError, match="should be from the user"):
-        add_vote(conn, [{"role": "assistant", "content": "x"}], "a", "b", "a")
-    row = conn.execute("SELECT created_at, model_a, model_b FROM votes WHERE id = 1").fetchone()
-    assert row[0].startswith("20") and row[1:] == ("dpo", "sft")
+        add_battle(conn, [{"role": "assistant", "content": "x"}], "x", "y")
+    pending = add_battle(conn, USER, "x", "y")
+    with pytest.raises(ValueError, match="no answers yet"):
+        add_vote(conn, pending, "a")
+    with pytest.raises(KeyError):
+        add_vote(conn, "no-such-battle", "a")
+    # a written better answer is preferred to both shown ones
+    assert add_vote(conn, battle, "tie", better="Hello there!", idempotency_key="k1") == (5, False)
+    assert add_vote(conn, battle, "tie", better="Hello there!", idempotency_key="k1") == (5, True)  # retried
+    with pytest.raises(VoteConflict, match="already has a vote"):
+        add_vote(conn, battle, "a")
+    row = conn.execute("SELECT v.created_at, b.model_a, b.model_b, b.seed_a FROM votes v JOIN battles b "
+                       "ON b.id = v.battle_id WHERE v.id = 1").fetchone()  # fmt: skip
+    assert row[0].startswith("20") and tuple(row[1:]) == ("x", "y", 1)
     conn.close()
     stats = PreferenceStats()
-    assert pairs_of(str(db), stats=stats) == [PreferencePair(conversation, "Hello.", "Go away."), HELLO]
-    assert (stats.pairs, stats.ties) == (2, 1)
+    assert pairs_of(str(db), stats=stats) == [PreferencePair(conversation, "Hello.", "Go away."), HELLO,
+                                              PreferencePair(USER, "Hello there!", "Hi."),
+                                              PreferencePair(USER, "Hello there!", "Yo.")]  # fmt: skip
+    assert (stats.pairs, stats.ties, stats.both_bad) == (4, 2, 1)
 
 
 def test_malformed_votes_name_the_database_and_vote(tmp_path):
     db = tmp_path / "votes.db"
-    conn = sqlite3.connect(db)
-    create_schema(conn)
-    add_vote(conn, USER, "a", "b", "a")
+    conn = connect(db)
+    _voted(conn, USER, "a", "b", "a")
     with conn:
-        conn.execute("INSERT INTO votes (messages, response_a, response_b, choice) VALUES ('[oops', 'a', 'b', 'a')")
+        conn.execute("INSERT INTO battles (id, messages, model_a, model_b, response_a, response_b) "
+                     "VALUES ('bad', '[oops', 'x', 'y', 'a', 'b')")  # fmt: skip
+    add_vote(conn, "bad", "a")
     conn.close()
     with pytest.raises(DataError, match=rf"{db}: vote 2: bad votes record: messages is not valid JSON"):
         pairs_of(str(db))
     not_db = tmp_path / "empty.sqlite"
     sqlite3.connect(not_db).close()
-    with pytest.raises(DataError, match=rf"{not_db}: not a vote database .*no such table: votes"):
+    with pytest.raises(DataError, match=rf"{not_db}: not a vote database .*no such table"):
         pairs_of(str(not_db))
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as c:
+        c.execute("CREATE TABLE votes (id INTEGER PRIMARY KEY, messages TEXT)")
+    with pytest.raises(DataError, match="older fromzero"):
+        connect(old)
 
 
 def test_split_keeps_every_pair_of_a_prompt_on_one_side():

@@ -168,7 +168,7 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
     if stats is not None:
         if stats.skipped:
             typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-        typer.echo(f"{stats.pairs} preference pairs from {stats.documents} records, {stats.ties} ties dropped", err=True)
+        typer.echo(f"{stats.pairs} preference pairs from {stats.documents} records, {stats.ties} ties and {stats.both_bad} 'both bad' votes dropped", err=True)
     return train, val
 
 
@@ -294,12 +294,12 @@ def chat(
     """Chat in the terminal, tokens streamed as they are sampled. /reset clears the history, /system TEXT
     sets the system prompt, /quit leaves."""
     from fromzero import checkpoint
-    from fromzero.data.chat import render
-    from fromzero.generate import SamplingConfig, seeded_generator, stream
+    from fromzero.generate import Engine, SamplingConfig, seeded_generator
     from fromzero.tokenizer import Tokenizer
 
     model = checkpoint.load_model(ckpt).eval()
     tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
+    engine = Engine(model, tok)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               stop_tokens=(tok.end_id,))  # fmt: skip
     generator = seeded_generator(model, seed)
@@ -325,24 +325,25 @@ def chat(
             continue
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        ids = render(tok, messages, generation_prompt=True)[0]
+        ids = engine.encode(messages)
         if len(ids) >= model.cfg.max_seq_len:
             typer.echo("(the conversation no longer fits the context window: /reset)")
             history.pop()
             continue
         typer.echo("bot> ", nl=False)
         reply: list[int] = []
-        shown = ""
-        for token, active in stream(model, [ids], sampling, pad_id=tok.pad_id, generator=generator):
-            if not active[0] or int(token[0]) == tok.end_id:
-                break
-            reply.append(int(token[0]))
-            text = tok.decode(reply, skip_special=True)
+        shown = [""]
+
+        def show(_row: int, token: int) -> None:
+            reply.append(token)
+            text = engine.decode(reply, sampling.stop_tokens)
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                typer.echo(text[len(shown) :], nl=False)
-                shown = text
-        typer.echo(tok.decode(reply, skip_special=True)[len(shown) :])
-        history.append({"role": "assistant", "content": tok.decode(reply, skip_special=True)})
+                typer.echo(text[len(shown[0]) :], nl=False)
+                shown[0] = text
+
+        answer = engine.generate([ids], sampling, generator=generator, on_token=show)[0].text
+        typer.echo(answer[len(shown[0]) :])
+        history.append({"role": "assistant", "content": answer})
 
 
 @app.command("eval")

@@ -1,4 +1,7 @@
-"""Batched sampling with a KV cache: temperature, top-k, top-p, stop tokens, ragged prompts.
+"""The one generation engine: batched sampling with a KV cache (temperature, top-k, top-p, stop tokens,
+ragged prompts, seeds, per-token log-probs, a streaming callback). Eval, RL rollouts, `fromzero chat` and
+the server all go through `Engine`; the server's continuous batching (serve/batching.py) drives the same
+model with `prefill` and `SlotCache` and samples with `sample_next` and `token_logprobs`.
 
 Prompts of different lengths are left-padded so every row writes the cache at the same position; a
 boolean mask hides the padding and per-row rotary positions start at 0 at each row's first real token.
@@ -6,12 +9,17 @@ boolean mask hides the padding and per-row rotary positions start at 0 at each r
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from fromzero.model import KVCache, Transformer
+
+if TYPE_CHECKING:
+    from fromzero.data.chat import Message
+    from fromzero.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,8 @@ def stream(
     pad_id: int = 0,
     generator: torch.Generator | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (tokens [B], active [B]) per step; a row is inactive after it has produced a stop token."""
+    """Yield (tokens [B], active [B], logits [B, vocab]) per step; a row is inactive after it has produced a stop
+    token. The logits are the model's, before temperature and filtering: what log-probs are read from."""
     device = model.rope_cos.device
     ids, valid = left_pad(prompts, pad_id, device)
     B, T = ids.shape
@@ -104,7 +113,7 @@ def stream(
     active = torch.ones(B, dtype=torch.bool, device=device)
     for step in range(max_len - T):
         token = sample_next(logits, cfg, generator)
-        yield token, active.clone()
+        yield token, active.clone(), logits
         if step == max_len - T - 1:
             return
         if cfg.stop_tokens:  # (without stop tokens every row stays active: no per-step checks)
@@ -119,18 +128,129 @@ def stream(
             logits = model(token[:, None], cache=cache)[:, -1]
 
 
-def generate(
-    model: Transformer,
-    prompts: Sequence[Sequence[int]],
-    cfg: SamplingConfig,
-    *,
-    pad_id: int = 0,
-    generator: torch.Generator | None = None,
-) -> list[list[int]]:
-    """New tokens for each prompt, up to and including its first stop token."""
-    steps = list(stream(model, prompts, cfg, pad_id=pad_id, generator=generator))
-    if not steps:
-        return [[] for _ in prompts]
-    tokens = torch.stack([t for t, _ in steps], dim=1).tolist()
-    lengths = torch.stack([a for _, a in steps], dim=1).sum(1).tolist()
-    return [row[:n] for row, n in zip(tokens, lengths)]
+TopLogprobs = list[tuple[int, float]]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int = 0) -> tuple[list[float], list[TopLogprobs]]:
+    """Log-probabilities of `tokens` [B] under `logits` [B, vocab] (the model's distribution, before temperature
+    and filtering, as OpenAI and vLLM report them) and each row's `top` most likely (token, log-prob)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, tokens[:, None]).squeeze(-1).tolist()
+    if not top:
+        return chosen, [[] for _ in chosen]
+    values, ids = logp.topk(top, dim=-1)
+    return chosen, [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+
+
+def sample_rows(model: Transformer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, pad_id: int = 0,
+                generator: torch.Generator | None = None, logprobs: int | None = None,
+                on_token: Callable[[int, int], None] | None = None,
+                ) -> list[tuple[list[int], list[float] | None, list[TopLogprobs] | None]]:  # fmt: skip
+    """(new tokens, their log-probs, top alternatives) per prompt, the tokens up to and including the first stop
+    token; the log-probs only when `logprobs` is not None (it is then the number of alternatives per token)."""
+    rows: list[list[int]] = [[] for _ in prompts]
+    lps: list[list[float]] = [[] for _ in prompts]
+    tops: list[list[TopLogprobs]] = [[] for _ in prompts]
+    for token, active, logits in stream(model, prompts, cfg, pad_id=pad_id, generator=generator):
+        chosen, top = token_logprobs(logits, token, logprobs) if logprobs is not None else (None, None)
+        tokens, alive = token.tolist(), active.tolist()
+        for i in range(len(rows)):
+            if not alive[i]:
+                continue
+            rows[i].append(tokens[i])
+            if chosen is not None:
+                lps[i].append(chosen[i])
+                tops[i].append(top[i])
+            if on_token is not None:
+                on_token(i, tokens[i])
+    if logprobs is None:
+        return [(r, None, None) for r in rows]
+    return list(zip(rows, lps, tops))
+
+
+def generate(model: Transformer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, pad_id: int = 0,
+             generator: torch.Generator | None = None) -> list[list[int]]:
+    """New tokens for each prompt, up to and including its first stop token (`Engine.generate` adds text)."""
+    return [tokens for tokens, _, _ in sample_rows(model, prompts, cfg, pad_id=pad_id, generator=generator)]
+
+
+@dataclass
+class Completion:
+    tokens: list[int]  # the new tokens, ending with the stop token when one ended the answer
+    text: str  # the new tokens decoded, stop and special tokens left out
+    finish_reason: Literal["stop", "length"]
+    logprobs: list[float] | None = None  # per token of `tokens`, when asked for
+    top_logprobs: list[TopLogprobs] | None = field(default=None, repr=False)
+
+
+class Engine:
+    """A model and its tokenizer, and the one way text is generated from them.
+
+    `generate` samples a batch of prompts (token ids; `encode` makes them from chat messages or text) in chunks
+    of `batch_size`: every caller in eval and RL goes through it. With a `generator` (or a `seed`) the draws are
+    reproducible; without either they come from torch's global RNG (as RL rollouts want: seeded by the run).
+    `on_token(row, token)` is called for every new token of every row as it is sampled (how `fromzero chat`
+    streams). The server's continuous batching starts each request with `prefill`.
+    """
+
+    def __init__(self, model: Transformer, tok: Tokenizer):
+        self.model, self.tok = model, tok
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.rope_cos.device
+
+    def encode(self, prompt: str | Sequence[Message], *, chat: bool = True, system: str | None = None) -> list[int]:
+        """A prompt's token ids: chat messages (or one user message) in the chat template, ready for the assistant's
+        turn, or (chat=False) raw text to continue, the only way a model that never saw the template is asked."""
+        from fromzero.data.chat import render
+
+        if not isinstance(prompt, str):
+            return render(self.tok, list(prompt), generation_prompt=True)[0]
+        if not chat:
+            return [self.tok.bos_id] + self.tok.encode(prompt)
+        messages: list[Message] = [{"role": "system", "content": system}] if system else []
+        return render(self.tok, [*messages, {"role": "user", "content": prompt}], generation_prompt=True)[0]
+
+    def decode(self, tokens: Sequence[int], stop_tokens: Sequence[int] = ()) -> str:
+        return self.tok.decode([t for t in tokens if t not in stop_tokens], skip_special=True)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *, seed: int | None = None,
+                 generator: torch.Generator | None = None, batch_size: int | None = None, logprobs: int | None = None,
+                 on_token: Callable[[int, int], None] | None = None) -> list[Completion]:  # fmt: skip
+        """One completion per prompt. logprobs: None for none, else the number of top alternatives per token."""
+        if seed is not None and generator is None:
+            generator = seeded_generator(self.model, seed)
+        was_training = self.model.training
+        self.model.eval()
+        out: list[Completion] = []
+        size = batch_size or max(1, len(prompts))
+        stops = set(sampling.stop_tokens)
+        try:
+            for start in range(0, len(prompts), size):
+                def row_token(row: int, token: int, start: int = start) -> None:
+                    on_token(start + row, token)  # type: ignore[misc]
+
+                rows = sample_rows(self.model, prompts[start : start + size], sampling, pad_id=self.tok.pad_id,
+                                   generator=generator, logprobs=logprobs, on_token=row_token if on_token else None)  # fmt: skip
+                out += [Completion(r, self.decode(r, sampling.stop_tokens), "stop" if r and r[-1] in stops else "length",
+                                   lp, top) for r, lp, top in rows]  # fmt: skip
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def texts(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, **options) -> list[str]:
+        """The completions' text, stripped of surrounding whitespace: what eval grades."""
+        return [c.text.strip() for c in self.generate(prompts, sampling, **options)]
+
+    @torch.inference_mode()
+    def prefill(self, prompt: Sequence[int]) -> tuple[torch.Tensor, KVCache]:
+        """The next-token logits [vocab] after one prompt, and the KV cache it filled (for continuous batching)."""
+        if not 0 < len(prompt) < self.model.cfg.max_seq_len:
+            raise ValueError(f"a prompt of {len(prompt)} tokens must be between 1 and model.max_seq_len - 1 "
+                             f"= {self.model.cfg.max_seq_len - 1} tokens")  # fmt: skip
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
+        cache = KVCache(self.model.cfg, 1, len(prompt), next(self.model.parameters()).dtype, self.device)
+        h = self.model.hidden_states(ids, cache=cache)
+        return self.model.lm_head(h[0, -1]), cache

@@ -86,6 +86,65 @@ class KVCache:
         end = self.length + k.size(2)
         return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
 
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+class SlotCache:
+    """Keys and values for continuous batching: a fixed number of slots, each a sequence at its own length.
+
+    The running sequences sit in slots 0..rows-1, so a decode step reads one contiguous view; a sequence that
+    finishes is replaced by the last one (`move`). Rows write their new token at their own position
+    (`lengths`), so the model is called with per-row positions and a key mask (`key_mask`). `length` is the
+    widest row's, which is what the model checks against max_seq_len.
+    """
+
+    def __init__(self, cfg: ModelConfig, slots: int, dtype: torch.dtype, device: torch.device):
+        shape = (cfg.n_layers, slots, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.rows = 0
+        self.length = 0
+
+    def load(self, slot: int, prefilled: KVCache) -> None:
+        """Put a sequence prefilled on its own (a one-row KVCache) into `slot`."""
+        n = prefilled.length
+        self.k[:, slot, :, :n] = prefilled.k[:, 0, :, :n]
+        self.v[:, slot, :, :n] = prefilled.v[:, 0, :, :n]
+        self.lengths[slot] = n
+
+    def move(self, src: int, dst: int) -> None:
+        n = int(self.lengths[src])
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
+
+    def positions(self) -> torch.Tensor:
+        """[rows, 1]: where each running row's next token goes."""
+        return self.lengths[: self.rows, None]
+
+    def key_mask(self) -> torch.Tensor:
+        """[rows, 1, 1, width] boolean: the keys each row's next token attends to (its own and itself)."""
+        self.length = int(self.lengths[: self.rows].max()) if self.rows else 0
+        width = torch.arange(self.length + 1, device=self.lengths.device)
+        return (width[None, :] <= self.lengths[: self.rows, None])[:, None, None, :]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one new token per row ([rows, kv_heads, 1, head_dim]) at that row's position."""
+        if k.size(2) != 1:
+            raise ValueError("a SlotCache takes one token per row at a time (prefill with a KVCache, then load)")
+        rows = torch.arange(self.rows, device=k.device)
+        at = self.lengths[: self.rows]
+        k_all, v_all = self.k_layers[layer].narrow(0, 0, self.rows), self.v_layers[layer].narrow(0, 0, self.rows)
+        k_all[rows, :, at] = k[:, :, 0]
+        v_all[rows, :, at] = v[:, :, 0]
+        return k_all.narrow(2, 0, self.length + 1), v_all.narrow(2, 0, self.length + 1)
+
+    def advance(self, n: int) -> None:
+        self.lengths[: self.rows] += n
+
 
 def rotary_tables(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables [max_seq_len, head_dim] in HF's "rotate half" layout (exported weights give identical
@@ -241,7 +300,7 @@ class Transformer(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotCache | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states [B, T, dim].
 
@@ -264,7 +323,7 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.model.norm(x)
 
     def forward(
@@ -274,7 +333,7 @@ class Transformer(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotCache | None = None,
         keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab]; with `keep` (bool [B, T]) only the logits of those positions, [N, vocab] in

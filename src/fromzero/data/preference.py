@@ -13,10 +13,10 @@ its first record and every record of that file must fit it:
   an object with its text (`response` / `text` / `content`) and a number (`score` / `overall_score` /
   `rating`). A record gives pairs `best_vs_worst` (one pair) or `best_vs_each` (the best against each
   answer scored lower);
-- a SQLite database (`.sqlite`, `.sqlite3`, `.db`, named explicitly) of votes from the web page, table
-  `votes` as `create_schema` makes it.
+- a SQLite database (`.sqlite`, `.sqlite3`, `.db`, named explicitly) of votes from the arena of
+  `fromzero serve`, tables `battles` and `votes` as `create_schema` makes them.
 
-Ties (equal scores, a "tie" vote, identical answers) teach nothing and are dropped and counted.
+Ties (equal scores, a "tie" or "both bad" vote, identical answers) teach nothing and are dropped and counted.
 
 The second half of the file turns pairs into tokens: each answer rendered after the prompt in the chat
 template, and length-grouped, resumable micro-batches of pairs that the reward model and DPO train on.
@@ -28,6 +28,7 @@ import json
 import random
 import re
 import sqlite3
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ class PreferencePair:
 class PreferenceStats(SourceStats):
     pairs: int = 0
     ties: int = 0  # comparisons dropped because neither answer was preferred
+    both_bad: int = 0  # votes that found both answers bad: no pair between them
 
 
 class PreferenceSources(BaseModel):
@@ -190,39 +192,120 @@ def to_pairs(record: dict[str, Any], fmt: Format, pairing: Pairing = "best_vs_wo
 
 
 # ---------------------------------------------------------------------------
-# Votes from the web page. The schema is defined here once; the page writes with `add_vote`.
+# Votes from the arena (`fromzero serve`). The schema is defined here once: a battle is one prompt and two
+# answers (which model wrote which, where each was shown, how they were sampled); a vote is a person's
+# choice between them. Both tables are written by the server through the functions below.
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS battles (
+    id TEXT PRIMARY KEY,           -- named by the vote; returned by POST /api/arena
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    messages TEXT NOT NULL,        -- JSON list of {role, content}: the conversation both answers reply to
+    model_a TEXT NOT NULL,         -- the model shown on the left (a) and on the right (b), sides drawn at random
+    model_b TEXT NOT NULL,
+    ckpt_a TEXT,                   -- the sha256 of each model's weights file (its first 16 hex digits)
+    ckpt_b TEXT,
+    response_a TEXT,               -- NULL until the answer is written
+    response_b TEXT,
+    sampling TEXT NOT NULL DEFAULT '{}',  -- JSON: temperature, top_p, max_tokens
+    seed_a INTEGER,
+    seed_b INTEGER,
+    session_id TEXT
+);
 CREATE TABLE IF NOT EXISTS votes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    messages TEXT NOT NULL,    -- JSON list of {role, content}: the conversation both answers reply to
-    response_a TEXT NOT NULL,
-    response_b TEXT NOT NULL,
-    choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie')),
-    model_a TEXT,              -- which checkpoint wrote each answer (shown to no one while voting)
-    model_b TEXT
-)
+    battle_id TEXT NOT NULL UNIQUE REFERENCES battles(id),  -- one vote per battle
+    choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),
+    better TEXT,                   -- an answer the voter wrote instead (optional)
+    session_id TEXT,
+    idempotency_key TEXT UNIQUE    -- a retried vote is stored once
+);
 """
-Choice = Literal["a", "b", "tie"]
+Choice = Literal["a", "b", "tie", "both_bad"]
+CHOICES: tuple[Choice, ...] = ("a", "b", "tie", "both_bad")
+VOTE_COLUMNS = ("battle_id", "choice", "better", "session_id", "idempotency_key")
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """The vote database, created if missing, in WAL mode (readers never block the writer)."""
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    create_schema(conn)
+    return conn
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(votes)")}
+    if columns and "battle_id" not in columns:
+        raise DataError("the vote database has a `votes` table of an older fromzero (no battles); "
+                        "start a new database file")  # fmt: skip
     conn.executescript(SCHEMA)
 
 
-def add_vote(conn: sqlite3.Connection, messages: list[Message], response_a: str, response_b: str, choice: Choice,
-             model_a: str | None = None, model_b: str | None = None) -> int:  # fmt: skip
-    """Store one vote; returns its id. Checked here so the table only ever holds usable votes."""
-    _pair(messages, response_a, response_b)
-    if choice not in ("a", "b", "tie"):
-        raise ValueError(f"choice must be 'a', 'b' or 'tie', got {choice!r}")
+def add_battle(conn: sqlite3.Connection, messages: list[Message], model_a: str, model_b: str, *,
+               battle_id: str | None = None, ckpt_a: str | None = None, ckpt_b: str | None = None,
+               response_a: str | None = None, response_b: str | None = None, sampling: dict[str, Any] | None = None,
+               seed_a: int | None = None, seed_b: int | None = None, session_id: str | None = None) -> str:  # fmt: skip
+    """Store a battle (its answers may follow with `set_responses`); returns its id."""
+    check_messages(messages)
+    if messages[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message (the answers reply to it)")
+    battle_id = battle_id or uuid.uuid4().hex
     with conn:
-        cursor = conn.execute(
-            "INSERT INTO votes (messages, response_a, response_b, choice, model_a, model_b) VALUES (?, ?, ?, ?, ?, ?)",
-            (json.dumps(messages), response_a, response_b, choice, model_a, model_b),
-        )
-    return int(cursor.lastrowid)
+        conn.execute("INSERT INTO battles (id, messages, model_a, model_b, ckpt_a, ckpt_b, response_a, response_b, "
+                     "sampling, seed_a, seed_b, session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (battle_id, json.dumps(messages), model_a, model_b, ckpt_a, ckpt_b, response_a, response_b,
+                      json.dumps(sampling or {}), seed_a, seed_b, session_id))  # fmt: skip
+    return battle_id
+
+
+def set_responses(conn: sqlite3.Connection, battle_id: str, response_a: str, response_b: str) -> None:
+    with conn:
+        conn.execute("UPDATE battles SET response_a = ?, response_b = ? WHERE id = ?", (response_a, response_b, battle_id))
+
+
+class VoteConflict(ValueError):
+    """The battle already has another vote, or the idempotency key was used for another one."""
+
+
+def add_vote(conn: sqlite3.Connection, battle_id: str, choice: Choice, *, better: str | None = None,
+             session_id: str | None = None, idempotency_key: str | None = None) -> tuple[int, bool]:  # fmt: skip
+    """Store one vote on a battle whose answers are written; returns (vote id, whether it was stored before).
+
+    Storing is idempotent: the same vote again (same idempotency key, or the same battle and choice) returns the
+    stored one. A different vote on a voted battle, or a key reused for another vote, raises VoteConflict."""
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if better is not None and (not isinstance(better, str) or not better.strip()):
+        raise ValueError("better must be a non-empty string when given")
+    battle = conn.execute("SELECT response_a, response_b FROM battles WHERE id = ?", (battle_id,)).fetchone()
+    if battle is None:
+        raise KeyError(battle_id)
+    if battle[0] is None or battle[1] is None:
+        raise ValueError(f"battle {battle_id} has no answers yet")
+    try:
+        with conn:
+            cursor = conn.execute("INSERT INTO votes (battle_id, choice, better, session_id, idempotency_key) "
+                                  "VALUES (?, ?, ?, ?, ?)", (battle_id, choice, better, session_id, idempotency_key))  # fmt: skip
+        return int(cursor.lastrowid), False
+    except sqlite3.IntegrityError:
+        pass
+    by_key = (conn.execute("SELECT id, battle_id, choice, better FROM votes WHERE idempotency_key = ?",
+                           (idempotency_key,)).fetchone() if idempotency_key else None)  # fmt: skip
+    stored = by_key or conn.execute("SELECT id, battle_id, choice, better FROM votes WHERE battle_id = ?",
+                                    (battle_id,)).fetchone()  # fmt: skip
+    if stored is not None and tuple(stored[1:]) == (battle_id, choice, better):
+        return int(stored[0]), True
+    if by_key is not None:
+        raise VoteConflict(f"idempotency_key {idempotency_key!r} was used for another vote")
+    raise VoteConflict(f"battle {battle_id} already has a vote ({stored[2] if stored else '?'})")
+
+
+VOTES_QUERY = ("SELECT v.id, b.messages, b.response_a, b.response_b, v.choice, v.better, b.model_a, b.model_b, "
+               "v.created_at, v.session_id, b.id FROM votes v JOIN battles b ON b.id = v.battle_id ORDER BY v.id")  # fmt: skip
 
 
 def _vote_records(path: Path, stats: SourceStats) -> Iterator[tuple[str, str, Any]]:
@@ -232,29 +315,37 @@ def _vote_records(path: Path, stats: SourceStats) -> Iterator[tuple[str, str, An
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            rows = conn.execute("SELECT id, messages, response_a, response_b, choice FROM votes ORDER BY id").fetchall()
+            rows = conn.execute(VOTES_QUERY).fetchall()
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
-        raise DataError(f"{path}: not a vote database ({e}); expected the table `votes` of "
+        raise DataError(f"{path}: not a vote database ({e}); expected the tables `battles` and `votes` of "
                         f"fromzero.data.preference.create_schema") from None  # fmt: skip
     for row in rows:
         stats.documents += 1
         yield str(path), f"{path}: vote {row[0]}", row
 
 
-def _from_vote(row: tuple[Any, ...]) -> tuple[list[PreferencePair], int]:
-    _, messages_json, a, b, choice = row
+def vote_pairs(row: Sequence[Any]) -> tuple[list[PreferencePair], str | None]:
+    """The pairs one vote gives, and why it gives none of its own answers ("tie", "both_bad", or None).
+
+    a/b: the chosen answer over the other. tie and both_bad: no pair between the two. A `better` answer the voter
+    wrote is preferred to each shown answer that differs from it."""
+    _, messages_json, a, b, choice, better = row[:6]
     try:
         messages = json.loads(messages_json)
     except (TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"messages is not valid JSON ({e})") from None
-    if choice not in ("a", "b", "tie"):
-        raise ValueError(f"choice must be 'a', 'b' or 'tie', got {choice!r}")
-    pair = _pair(_messages(messages, "messages"), a, b)
-    if choice == "tie" or a == b:
-        return [], 1
-    return [pair if choice == "a" else PreferencePair(pair.messages, b, a)], 0
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    conversation = _messages(messages, "messages")
+    pair = _pair(conversation, a, b)
+    pairs = [PreferencePair(conversation, better, x) for x in (a, b) if better and better != x]
+    if choice in ("tie", "both_bad"):
+        return pairs, choice
+    if a == b:
+        return pairs, "tie"
+    return [pair if choice == "a" else PreferencePair(conversation, b, a), *pairs], None
 
 
 # ---------------------------------------------------------------------------
@@ -279,8 +370,12 @@ def _convert(records: Iterator[tuple[str, str, Any]], on_error: Literal["raise",
     def detect(file: str, record: dict[str, Any]) -> str | None:
         return "votes" if _is_sqlite(file) else detect_format(record)
 
-    def convert(record: dict[str, Any], fmt: str) -> tuple[list[PreferencePair], int]:
-        return _from_vote(record) if fmt == "votes" else to_pairs(record, fmt, pairing)  # type: ignore[arg-type]
+    def convert(record: Any, fmt: str) -> tuple[list[PreferencePair], int]:
+        if fmt != "votes":
+            return to_pairs(record, fmt, pairing)  # type: ignore[arg-type]
+        pairs, unpaired = vote_pairs(record)
+        stats.both_bad += unpaired == "both_bad"
+        return pairs, unpaired == "tie"
 
     for pairs, ties in iter_detected(records, detect, convert, "preference", EXPECTED, on_error, stats):
         stats.pairs += len(pairs)

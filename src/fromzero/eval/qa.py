@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from fromzero.data.chat import prompt_ids
 from fromzero.data.world import World
 from fromzero.data.world_chat import Question, is_correct
-from fromzero.generate import SamplingConfig, generate, seeded_generator
+from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 
@@ -17,20 +16,12 @@ def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bo
            temperature: float = 0.0, batch_size: int = 64, seed: int = 0, system: str | None = None) -> list[str]:  # fmt: skip
     """Answers to questions: in the chat template, or (chat=False) as raw text to continue, the only way
     a pretrained model that has never seen the template can be asked."""
-    was_training = model.training
-    model.eval()
+    engine = Engine(model, tok)
     stop = (tok.end_id,) if chat else (tok.bos_id,)
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
                          stop_tokens=stop)  # fmt: skip
-    generator = seeded_generator(model, seed)
-    out: list[str] = []
-    for i in range(0, len(questions), batch_size):
-        chunk = questions[i : i + batch_size]
-        prompts = [prompt_ids(tok, q, system) if chat else [tok.bos_id] + tok.encode(q + " ") for q in chunk]
-        for ids in generate(model, prompts, cfg, pad_id=tok.pad_id, generator=generator):
-            out.append(tok.decode([t for t in ids if t not in stop], skip_special=True).strip())
-    model.train(was_training)
-    return out
+    prompts = [engine.encode(q, system=system) if chat else engine.encode(q + " ", chat=False) for q in questions]
+    return engine.texts(prompts, cfg, seed=seed, batch_size=batch_size)
 
 
 def sampler(model: Transformer, tok: Tokenizer, *, max_new_tokens: int, temperature: float):

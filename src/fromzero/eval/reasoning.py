@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fromzero.data.tasks import Task, encode_prompt
-from fromzero.generate import SamplingConfig, generate, seeded_generator
+from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import Transformer
 from fromzero.rewards import RewardStats, accuracy, safe_reward
 from fromzero.tokenizer import Tokenizer
@@ -45,16 +45,9 @@ def sample_completions(model: Transformer, tok: Tokenizer, tasks: Sequence[Task]
                        max_new_tokens: int = 64, system: str | None = None, batch_size: int = 64,
                        seed: int = 0) -> list[list[str]]:  # fmt: skip
     """n completions of each task in the chat template (greedy when temperature is 0), as text."""
-    was_training = model.training
-    model.eval()
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tok.end_id,))
-    generator = seeded_generator(model, seed)
     prompts = [encode_prompt(tok, task, system) for task in tasks for _ in range(n)]
-    texts: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        for ids in generate(model, prompts[i : i + batch_size], sampling, pad_id=tok.pad_id, generator=generator):
-            texts.append(tok.decode([t for t in ids if t != tok.end_id], skip_special=True).strip())
-    model.train(was_training)
+    texts = Engine(model, tok).texts(prompts, sampling, seed=seed, batch_size=batch_size)
     return [texts[i * n : (i + 1) * n] for i in range(len(tasks))]
 
 

@@ -37,7 +37,7 @@ from fromzero.data.loader import GlobalOrder
 from fromzero.data.tasks import Task, TaskSources, encode_prompt
 from fromzero.dist import DistInfo, all_reduce_sum, setup
 from fromzero.eval.reasoning import grade, sample_completions
-from fromzero.generate import SamplingConfig, generate
+from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import Transformer
 from fromzero.rewards import (
     RewardFn, RewardStats, accuracy, load_reward, overlong_penalty, safe_reward, weighted_rewards,
@@ -211,6 +211,7 @@ class RolloutBatches:
     def __init__(self, cfg: GRPOConfig, policy: Transformer, reference: Transformer | None, tok: Tokenizer,
                  tasks: list[Task], rewards: Mapping[str, RewardFn], weights: Mapping[str, float], info: DistInfo):  # fmt: skip
         self.cfg, self.policy, self.reference, self.tok, self.tasks = cfg, policy, reference, tok, tasks
+        self.engine = Engine(policy, tok)
         self.rewards, self.weights, self.device = rewards, weights, info.device
         self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
         self.prompts_per_rank = cfg.prompts_per_step // info.world_size
@@ -241,8 +242,8 @@ class RolloutBatches:
         tasks = [self.tasks[i] for i in indices for _ in range(G)]
         prompts = [self.prompts[i] for i in indices for _ in range(G)]
         with loop.autocast(self.cfg, self.device, self.cfg.rollout_precision):
-            completions = generate(self.policy, prompts, self.sampling, pad_id=self.tok.pad_id)
-        texts = [self.tok.decode([t for t in c if t != self.tok.end_id], skip_special=True) for c in completions]
+            sampled = self.engine.generate(prompts, self.sampling)
+        completions, texts = [c.tokens for c in sampled], [c.text for c in sampled]
         rewards, scores = weighted_rewards(texts, tasks, self.rewards, self.weights, self.stats)
         if self.cfg.overlong_buffer:
             limit, buffer = self.cfg.max_new_tokens, self.cfg.overlong_buffer

@@ -38,7 +38,7 @@ from fromzero.data.chat import Message, render
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.world_pref import GoldFn
 from fromzero.dist import DistInfo, all_reduce_sum, setup
-from fromzero.generate import SamplingConfig, generate
+from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
@@ -298,7 +298,7 @@ class RolloutBatches:
         chosen = [self.prompts[i] for i in self.order.next_indices()]
         prompts = [ids for _, ids in chosen]
         with loop.autocast(cfg, self.device, cfg.rollout_precision):
-            answers = generate(policy, prompts, self.sampling, pad_id=tok.pad_id)
+            answers = [c.tokens for c in Engine(policy, tok).generate(prompts, self.sampling)]
         ids, mask = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)
         ids, mask = ids.to(self.device), mask[:, 1:].to(self.device)
         lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]

@@ -38,11 +38,11 @@ from pydantic import Field
 from safetensors import safe_open
 
 from fromzero import checkpoint
-from fromzero.data.chat import Message, render
+from fromzero.data.chat import Message
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
     encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import all_reduce_sum, setup
-from fromzero.generate import SamplingConfig, generate, seeded_generator
+from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import SPECIAL_TOKENS, Tokenizer
 from fromzero.train import loop
@@ -148,19 +148,15 @@ def answer_rewards(policy: Transformer, reward_model: RewardModel, tok: Tokenize
     """A policy's answers to conversations ending with a user turn (greedy by default) and the reward model's score
     of each: the reward a tuned policy earns against the one it started from. Answers cut off at max_new_tokens are
     scored as they are (without <|end|>, where the reward model learned to read an answer)."""
-    was_training = policy.training
-    policy.eval()
+    engine = Engine(policy, tok)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tok.end_id,))
-    generator = seeded_generator(policy, seed)
-    texts: list[str] = []
+    ids = [engine.encode(p) for p in prompts]
+    answers = engine.generate(ids, sampling, seed=seed, batch_size=batch_size)
     scores: list[float] = []
-    for i in range(0, len(prompts), batch_size):
-        ids = [render(tok, p, generation_prompt=True)[0] for p in prompts[i : i + batch_size]]
-        answers = generate(policy, ids, sampling, pad_id=tok.pad_id, generator=generator)
-        scores += score_responses(reward_model, ids, answers, tok.pad_id).tolist()
-        texts += [tok.decode([t for t in a if t != tok.end_id], skip_special=True).strip() for a in answers]
-    policy.train(was_training)
-    return texts, scores
+    for i in range(0, len(ids), batch_size):
+        chunk = [a.tokens for a in answers[i : i + batch_size]]
+        scores += score_responses(reward_model, ids[i : i + batch_size], chunk, tok.pad_id).tolist()
+    return [a.text.strip() for a in answers], scores
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float | torch.Tensor = 0.0) -> torch.Tensor:
