@@ -346,6 +346,80 @@ def chat(
         history.append({"role": "assistant", "content": answer})
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+@user_errors
+def serve(
+    ckpt: Annotated[list[Path], typer.Option(help="checkpoint, stage or run directory (repeatable); a run directory "
+                                            "serves every stage with a language model in it")],  # fmt: skip
+    db: Annotated[Path, typer.Option(help="SQLite file the arena's votes go to (created if missing)")] = Path("votes.sqlite"),
+    host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs an API key")] = "127.0.0.1",
+    port: int = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="FROMZERO_API_KEY", help="require 'Authorization: Bearer "
+                                                   "KEY' on the API (default: $FROMZERO_API_KEY)")] = None,  # fmt: skip
+    max_batch: Annotated[int, typer.Option(help="requests sharing one decode step (1: one at a time)")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="the most new tokens a request may ask for")] = 512,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+):
+    """Serve models: chat and a blind A/B arena in the browser (votes go to --db, which `fromzero reward --data`
+    trains on), a leaderboard, and an OpenAI-compatible API at /v1."""
+    import uvicorn
+
+    from fromzero.dist import pick_device
+    from fromzero.serve import models as served
+    from fromzero.serve.app import Limits, create_app
+
+    if not is_loopback(host) and not api_key:
+        raise ValueError(f"--host {host} is reachable from other machines: set --api-key or FROMZERO_API_KEY "
+                         "(or bind 127.0.0.1)")  # fmt: skip
+    if max_batch < 1 or max_tokens < 1:
+        raise ValueError("--max-batch and --max-tokens must be at least 1")
+    loaded = served.load(ckpt, device=str(pick_device(device)), max_batch=max_batch)
+    application = create_app(loaded, db, api_key=api_key, limits=Limits(max_tokens=max_tokens))
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    for m in loaded:
+        typer.echo(f"model {m.name}: {m.path} (sha {m.sha})")
+    typer.echo(f"chat {base}/chat · arena {base}/arena · leaderboard {base}/leaderboard · API {base}/v1 · votes {db}")
+    uvicorn.run(application, host=host.strip("[]"), port=port, log_level="warning")
+
+
+@app.command()
+@user_errors
+def votes(
+    db: Annotated[Path, typer.Option(help="vote database written by `fromzero serve`")],
+    out: Annotated[Path, typer.Option(help="JSONL file to write")],
+    format: Annotated[str, typer.Option(help="trl (prompt/chosen/rejected) or battles (model_a, model_b, winner)")] = "trl",
+):
+    """Export the arena's votes: TRL preference JSONL (what `fromzero reward|dpo --data` trains on, also read
+    straight from the .sqlite file) or a battle log for rankings."""
+    from fromzero.checkpoint import write_text_atomic
+    from fromzero.data import preference as store
+
+    exporters = {"trl": store.export_preferences, "battles": store.export_battles}
+    if format not in exporters:
+        raise ValueError(f"--format {format!r}: use one of {', '.join(exporters)}")
+    if not db.is_file():
+        raise FileNotFoundError(f"{db}: no such vote database")
+    conn = store.connect(db)
+    try:
+        rows = list(exporters[format](conn))
+    finally:
+        conn.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    typer.echo(f"{len(rows)} records to {out}")
+
+
 @app.command("eval")
 @user_errors
 def evaluate(

@@ -230,10 +230,16 @@ VOTE_COLUMNS = ("battle_id", "choice", "better", "session_id", "idempotency_key"
 def connect(path: str | Path) -> sqlite3.Connection:
     """The vote database, created if missing, in WAL mode (readers never block the writer)."""
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    create_schema(conn)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        create_schema(conn)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise DataError(f"{path}: not a vote database ({e})") from None
+    except DataError as e:
+        conn.close()
+        raise DataError(f"{path}: {e}") from None
     return conn
 
 
@@ -346,6 +352,26 @@ def vote_pairs(row: Sequence[Any]) -> tuple[list[PreferencePair], str | None]:
     if a == b:
         return pairs, "tie"
     return [pair if choice == "a" else PreferencePair(conversation, b, a), *pairs], None
+
+
+def export_preferences(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    """TRL's conversational preference records (`prompt` messages, `chosen` and `rejected` assistant turns), the
+    pairs training reads from the same votes: ties and both-bad votes give none, a written better answer gives
+    its own."""
+    for row in conn.execute(VOTES_QUERY):
+        for pair in vote_pairs(tuple(row))[0]:
+            yield {"prompt": pair.messages, "chosen": [{"role": "assistant", "content": pair.chosen}],
+                   "rejected": [{"role": "assistant", "content": pair.rejected}]}  # fmt: skip
+
+
+def export_battles(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    """A battle log in Chatbot Arena's shape: model_a, model_b, winner (model_a | model_b | tie | tie (bothbad))."""
+    winner = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie (bothbad)"}
+    for row in conn.execute(VOTES_QUERY):
+        vote_id, messages, _, _, choice, _, model_a, model_b, created_at, session_id, battle_id = tuple(row)
+        yield {"vote_id": vote_id, "battle_id": battle_id, "model_a": model_a, "model_b": model_b,
+               "winner": winner[choice], "tstamp": created_at, "session_id": session_id,
+               "turns": sum(m["role"] == "user" for m in json.loads(messages))}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
