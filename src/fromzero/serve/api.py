@@ -94,7 +94,7 @@ class ArenaRequest(Body):
                                      "two drawn at random (or two samples of the one model served)")  # fmt: skip
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int = Field(128, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="default: 128, or the server's limit if lower")
     stream: bool = False
     session_id: str | None = Field(None, max_length=200)
 

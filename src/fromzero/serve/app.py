@@ -499,15 +499,16 @@ async def start_battle(server: Server, body: ArenaRequest) -> Battle:
     random.shuffle(chosen)  # which answer is shown on the left is drawn, and recorded as side a
     models = {"a": server.models[chosen[0]], "b": server.models[chosen[1]]}
     seeds = {"a": _new_seed(), "b": _new_seed()}
+    max_tokens = body.max_tokens or min(128, server.limits.max_tokens)
     prompts, samplings = {}, {}
     for side, model in models.items():
         prompts[side] = model.engine.encode(messages)
-        sampling = Sampling(temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens)
+        sampling = Sampling(temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens)
         samplings[side] = sampling_of(sampling, model, len(prompts[side]), server.limits, (model.engine.tok.end_id,),
                                       "messages")  # fmt: skip
     battle = Battle(store.add_battle(
         server.db, messages, models["a"].name, models["b"].name, ckpt_a=models["a"].sha, ckpt_b=models["b"].sha,
-        sampling={"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.max_tokens},
+        sampling={"temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens},
         seed_a=seeds["a"], seed_b=seeds["b"], session_id=body.session_id))  # fmt: skip
     server.battles[battle.id] = battle
 
