@@ -17,7 +17,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: $(VENV)/.installed
 	$(VENV)/bin/fromzero run --preset $(PRESET) --out runs/$(PRESET)
 
+# tests/test_serve_browser.py drives a headless Chromium: installed with apt (Debian) when missing, with sudo unless root
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
 test: $(VENV)/.installed
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver for the browser tests"; \
+	    $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "no apt-get: install chromium and chromedriver yourself, or the browser tests are skipped"; \
+	  fi; \
+	fi
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

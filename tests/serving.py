@@ -111,3 +111,38 @@ def serving(ckpts: list[Path], db: Path, *args: str, key: str | None = None, sta
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+SHORT, LONG = "Yes.", "Yes, I am quite sure that it is so, my good friend, and I would say it again."
+
+
+def make_policies(root: Path, shares: dict[str, float]) -> dict[str, Path]:
+    """Language models that answer every "Question N?" either SHORT or LONG, SHORT with the given share of their
+    training answers: a policy whose samples differ in a way a rule can vote on."""
+    from fromzero import checkpoint
+    from fromzero.data.chat import render
+    from fromzero.model import ModelConfig, Transformer
+    from fromzero.tokenizer import Tokenizer
+
+    prompts = [f"Question {i}?" for i in range(12)]
+    tok = Tokenizer.train([SHORT, LONG, *prompts] * 10, vocab_size=400)
+    tok_file = tok.save(root / "tok")
+    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    out = {}
+    for k, (name, share) in enumerate(shares.items()):
+        torch.manual_seed(k)
+        model = Transformer(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        rows = [render(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": a}])
+                for p in prompts for a in [SHORT] * round(10 * share) + [LONG] * (10 - round(10 * share))]  # fmt: skip
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.tensor([i + [tok.pad_id] * (width - len(i)) for i, _ in rows])
+        learn = torch.tensor([m + [False] * (width - len(m)) for _, m in rows])
+        targets = ids.masked_fill(~learn, -100)[:, 1:]
+        for _ in range(80):
+            loss = model(ids[:, :-1], targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[name] = checkpoint.save(root / name, 80, model, tokenizer_file=tok_file, meta={"stage": "sft"})
+    return out

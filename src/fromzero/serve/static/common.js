@@ -181,10 +181,19 @@ const fz = (() => {
     const input = document.getElementById("api-key");
     if (!input) return;
     input.value = apiKey();
-    input.addEventListener("change", () => {
+    const changed = () => {
+      if (input.value.trim() === apiKey()) return;
       save(KEY, input.value.trim());
       document.dispatchEvent(new CustomEvent("fz:apikey"));
-    });
+    };
+    input.addEventListener("change", changed);
+    const form = document.getElementById("key-form");
+    if (form) {
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        changed();
+      });
+    }
   }
 
   document.addEventListener("DOMContentLoaded", initKeyField);
