@@ -12,6 +12,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import random
@@ -213,7 +214,13 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None = None,
                limits: Limits | None = None) -> FastAPI:  # fmt: skip
     server = Server(models, db, api_key, limits or Limits())
-    app = FastAPI(title="fromzero", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        server.close()
+
+    app = FastAPI(title="fromzero", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = server
 
     @app.exception_handler(ApiError)
@@ -247,10 +254,6 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
-
-    @app.on_event("shutdown")
-    async def shutdown() -> None:
-        server.close()
 
     # -- pages --------------------------------------------------------------
 

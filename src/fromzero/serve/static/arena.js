@@ -128,7 +128,9 @@
         updateButtons();
       });
       if (round !== r) return;
-      if (!r.error && !(r.finished.a && r.finished.b) && !done) r.error = "the answers were cut off before they finished";
+      if (!r.error && !(r.finished.a && r.finished.b) && !done) {
+        r.error = "the answers were cut off before they finished";
+      }
       if (!r.error && !r.voting && !r.voted) fz.setStatus(status, "Both answers are in: which one do you prefer?");
     } catch (e) {
       if (round !== r || (e && e.name === "AbortError")) return;

@@ -80,7 +80,8 @@
     history.push({ role: "user", content: text });
     const messages = (system ? [{ role: "system", content: system }] : []).concat(history);
     input.value = "";
-    addMessage("user", text);
+    for (const node of Array.from(messagesBox.querySelectorAll(".msg.failed"))) node.remove(); // a turn retried
+    const question = addMessage("user", text);
     const answer = addMessage("assistant", "");
     answer.box.classList.add("streaming");
     setBusy(true);
@@ -128,8 +129,9 @@
       history.pop(); // the turn failed: the question goes back to the box to try again
       if (!input.value) input.value = text;
       answer.box.classList.remove("streaming");
-      answer.box.classList.add("error", "done");
-      if (!written) answer.textNode.appendData("(no answer)");
+      answer.box.classList.add("error", "done", "failed");
+      question.box.classList.add("failed");
+      if (!written) answer.textNode.appendData("(no answer: see the error below)");
       fz.setStatus(status, "Error: " + (e.message || e), "error");
     } finally {
       if (controller === mine) {

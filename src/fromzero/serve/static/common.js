@@ -198,5 +198,7 @@ const fz = (() => {
 
   document.addEventListener("DOMContentLoaded", initKeyField);
 
-  return { load, save, apiKey, headers, el, clear, ApiError, request, getJSON, postJSON, readSSE, setStatus, uuid, download };
+  return {
+    load, save, apiKey, headers, el, clear, ApiError, request, getJSON, postJSON, readSSE, setStatus, uuid, download,
+  };
 })();
