@@ -384,7 +384,12 @@ def serve(
                          "(or bind 127.0.0.1)")  # fmt: skip
     if max_batch < 1 or max_tokens < 1:
         raise ValueError("--max-batch and --max-tokens must be at least 1")
-    loaded = served.load(ckpt, device=str(pick_device(device)), max_batch=max_batch)
+    import torch
+
+    # the event loop gets one thread: an OpenMP team of its own would spin against the batchers' (BENCHMARKS.md)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    loaded = served.load(ckpt, device=str(pick_device(device)), max_batch=max_batch, threads=threads)
     application = create_app(loaded, db, api_key=api_key, limits=Limits(max_tokens=max_tokens))
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     for m in loaded:

@@ -43,8 +43,8 @@ class Request:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int = 16):
-        self.engine, self.max_batch = engine, max_batch
+    def __init__(self, engine: Engine, max_batch: int = 16, threads: int | None = None):
+        self.engine, self.max_batch, self.threads = engine, max_batch, threads
         model = engine.model
         self.max_seq_len = model.cfg.max_seq_len
         self.cache = SlotCache(model.cfg, max_batch, next(model.parameters()).dtype, engine.device)
@@ -71,6 +71,8 @@ class Batcher:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        if self.threads:  # torch's intra-op threads are per calling thread: the model's work runs here
+            torch.set_num_threads(self.threads)
         self.engine.model.eval()
         while not self._stop.is_set():
             try:

@@ -80,11 +80,12 @@ def weights_sha(ckpt: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load(paths: Sequence[str | Path], *, device: str = "cpu", max_batch: int = 16) -> list[ServedModel]:
+def load(paths: Sequence[str | Path], *, device: str = "cpu", max_batch: int = 16,
+         threads: int | None = None) -> list[ServedModel]:
     served = []
     for name, ckpt in find_checkpoints(paths):
         model = checkpoint.load_model(ckpt, device).eval()
         engine = Engine(model, Tokenizer.load(checkpoint.tokenizer_file(ckpt)))
         stage = str(checkpoint.load_meta(ckpt).get("stage", name))
-        served.append(ServedModel(name, ckpt, weights_sha(ckpt), stage, engine, Batcher(engine, max_batch)))
+        served.append(ServedModel(name, ckpt, weights_sha(ckpt), stage, engine, Batcher(engine, max_batch, threads)))
     return served
