@@ -16,7 +16,7 @@ and p90 over all requests, and the ratio continuous-batching / one-at-a-time at 
 time the server and this process used is read from /proc, and what other processes used during each setting
 is reported (a setting is run again, up to --retries times, when they kept more than --max-load CPUs busy).
 
-    .venv/bin/python bench/serve_throughput.py                      # ~1 min on 2 idle cores
+    .venv/bin/python bench/serve_throughput.py                      # 1-3 min on 2 idle cores
     .venv/bin/python bench/serve_throughput.py --clients 1,4,16 --requests-per-client 8 --max-tokens 64 --rounds 2
 """
 
@@ -242,7 +242,7 @@ def measure(server: Server, clients: int, args, seed0: int) -> dict:
         "ttft_median_s": statistics.median(ttft),
         "ttft_p90_s": p90(ttft),
         "latency_median_s": statistics.median(r["latency"] for r in reqs),
-        "per_stream_tokens_per_s": statistics.median(r["tokens"] / (r["latency"] - r["ttft"]) for r in reqs if r["latency"] > r["ttft"]),
+        "per_stream_tokens_per_s": statistics.median((r["tokens"] - 1) / (r["latency"] - r["ttft"]) for r in reqs if r["tokens"] > 1),
         "content_chunks_per_request": sum(r["chunks"] for r in reqs) / len(reqs),
         "server_cpus": (srv1 - srv0) / wall,
         "client_cpus": (own1 - own0) / wall,
@@ -323,7 +323,7 @@ def main() -> None:
         summary.append(row)
 
     print()
-    headers = ["clients", f"CB tok/s", "CB TTFT p50 / p90 ms", "1-at-a-time tok/s", "1-at-a-time TTFT p50 / p90 ms",
+    headers = ["clients", "CB tok/s", "CB TTFT p50 / p90 ms", "1-at-a-time tok/s", "1-at-a-time TTFT p50 / p90 ms",
                "CB / 1-at-a-time", "tokens/request"]  # fmt: skip
     rows = [[r["clients"], fmt_k(r["cb"]["tokens_per_s"]),
              f"{1000 * r['cb']['ttft_median_s']:.0f} / {1000 * r['cb']['ttft_p90_s']:.0f}",
