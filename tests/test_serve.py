@@ -67,7 +67,8 @@ def test_chat_completions_with_the_openai_client(client, server):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == greedy.usage.completion_tokens
 
-    raw = sse_lines(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "stream": True, "max_tokens": 5})
+    raw = sse_lines(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "stream": True, "max_tokens": 5,
+                                                                 "temperature": 0})
     assert raw.count("[DONE]") == 1 and raw[-1] == "[DONE]"
     assert json.loads(raw[-2])["choices"][0]["finish_reason"] == "length"
 
@@ -123,7 +124,7 @@ def test_bad_requests_get_openai_errors(client, server):
     status, error = post(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "junk": "x" * 300_000})
     assert status == 413 and "limit" in error["error"]["message"]
     # fields the server does not know are ignored, as OpenAI's own server does
-    status, ok = post(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "max_tokens": 2,
+    status, ok = post(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "max_tokens": 2, "temperature": 0,
                                                            "frequency_penalty": 0.5, "user": "me"})  # fmt: skip
     assert status == 200 and ok["choices"][0]["finish_reason"] == "length"
     status, error = post(server[0] + "/api/vote", {"id": "no-such-battle", "choice": "a"})
@@ -236,7 +237,7 @@ def test_api_key_guards_the_api_and_off_loopback_needs_one(run, tmp_path, cli_en
         with urllib.request.urlopen(base + "/chat", timeout=10) as page:  # the page itself is public
             assert page.status == 200
         keyed = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0)
-        assert keyed.chat.completions.create(model="sft", messages=HELLO, max_tokens=2).choices[0].finish_reason == "length"
+        assert keyed.chat.completions.create(model="sft", messages=HELLO, max_tokens=2, temperature=0).choices[0].finish_reason == "length"
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).models.list()
 
