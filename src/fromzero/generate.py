@@ -203,14 +203,13 @@ class Engine:
     def encode(self, prompt: str | Sequence[Message], *, chat: bool = True, system: str | None = None) -> list[int]:
         """A prompt's token ids: chat messages (or one user message) in the chat template, ready for the assistant's
         turn, or (chat=False) raw text to continue, the only way a model that never saw the template is asked."""
-        from fromzero.data.chat import render
+        from fromzero.data.chat import prompt_ids, render
 
         if not isinstance(prompt, str):
             return render(self.tok, list(prompt), generation_prompt=True)[0]
         if not chat:
             return [self.tok.bos_id] + self.tok.encode(prompt)
-        messages: list[Message] = [{"role": "system", "content": system}] if system else []
-        return render(self.tok, [*messages, {"role": "user", "content": prompt}], generation_prompt=True)[0]
+        return prompt_ids(self.tok, prompt, system)
 
     def decode(self, tokens: Sequence[int], stop_tokens: Sequence[int] = ()) -> str:
         return self.tok.decode([t for t in tokens if t not in stop_tokens], skip_special=True)
