@@ -208,14 +208,15 @@ def test_vote_database_trains_and_exports(server, tmp_path, cli_env):
     out = tmp_path / "prefs.jsonl"
     done = subprocess.run(FROMZERO + ["votes", "--db", str(db), "--out", str(out)], env=cli_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    # JSONL lines end at "\n" only: str.splitlines would also cut at the \x1c or \u2028 a random model writes
+    records = [json.loads(line) for line in out.read_text().split("\n") if line]
     assert records and all(r["prompt"][-1]["role"] == "user" and r["chosen"][0]["role"] == "assistant" for r in records)
     assert any(r["chosen"][0]["content"] == "Hi! How can I help?" for r in records)  # the written better answer
     battles = tmp_path / "battles.jsonl"
     done = subprocess.run(FROMZERO + ["votes", "--db", str(db), "--out", str(battles), "--format", "battles"],
                           env=cli_env, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    log = [json.loads(line) for line in battles.read_text().splitlines()]
+    log = [json.loads(line) for line in battles.read_text().split("\n") if line]
     assert {r["winner"] for r in log} <= {"model_a", "model_b", "tie", "tie (bothbad)"} and len(log) >= 52
     with urllib.request.urlopen(base + "/api/export/preferences.jsonl", timeout=30) as r:
         assert r.read().decode() == out.read_text()
