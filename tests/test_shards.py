@@ -121,11 +121,11 @@ def test_reading_across_shard_boundaries(tok_path, tmp_path):
 
 
 def test_val_guarantees(tok_path, tmp_path):
-    # a tiny val_fraction still yields one val document; a single document goes to train
+    # a tiny val_fraction still yields one val document; a single document gives val its tail
     meta = build(make_docs(5), tok_path, tmp_path / "a", val_fraction=1e-9)
     assert (meta.splits["train"].documents, meta.splits["val"].documents) == (4, 1)
     meta = build(make_docs(1), tok_path, tmp_path / "b", val_fraction=0.5)
-    assert (meta.splits["train"].documents, meta.splits["val"].documents) == (1, 0)
+    assert (meta.splits["train"].documents, meta.splits["val"].documents) == (1, 1)
     meta = build([], tok_path, tmp_path / "c")
     assert meta.total_tokens == 0 and len(TokenShards(tmp_path / "c", "train")) == 0
     with pytest.raises(ValueError, match="val_fraction"):

@@ -12,11 +12,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fromzero.data.shards import CHUNK_CHARS
 from fromzero.data.tasks import ReasoningConfig
 from fromzero.data.world import WorldConfig
 from fromzero.data.world_chat import InstructConfig
 from fromzero.data.world_pref import PreferenceConfig
 from fromzero.model import ModelConfig
+from fromzero.tokenizer import SPECIAL_TOKENS
 from fromzero.train.dpo import DPOConfig
 from fromzero.train.grpo import GRPOConfig
 from fromzero.train.loop import TrainConfig
@@ -37,12 +39,21 @@ class DataConfig(BaseModel):
         description="pretraining sources (.txt/.jsonl/.json/.parquet files, dirs, globs, saved HF datasets, "
         "hf:owner/name[:config][@split]); empty: the built-in world",
     )
+    val_sources: list[str] = Field(default_factory=list, description="separate validation text, any kind of source "
+                                   "`sources` takes, all of it scored; then nothing of `sources` is held out and "
+                                   "val_fraction is not used")  # fmt: skip
     text_field: str = Field("text", description="field holding the text in jsonl/json/parquet/HF records")
     on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop with an error, or skip and count")
-    vocab_size: int = Field(4096, description="BPE vocabulary size, special tokens included")
-    tokenizer_docs: int | None = Field(None, description="train the tokenizer on at most this many documents")
-    val_fraction: float = Field(0.02, description="fraction of documents held out for validation")
-    num_workers: int = Field(2, description="tokenisation worker processes")
+    vocab_size: int = Field(4096, ge=len(SPECIAL_TOKENS) + 256, description="BPE vocabulary size, special tokens and "
+                            "the 256 bytes included")  # fmt: skip
+    tokenizer_docs: int | None = Field(None, ge=1, description="train the tokenizer on at most this many documents")
+    tokenizer_chars: int = Field(1_000_000_000, ge=1, description="train the tokenizer on at most this many characters")
+    val_fraction: float = Field(0.02, ge=0, lt=1, description="fraction of documents held out for validation (of a "
+                                "document longer than chunk_chars, its tail)")  # fmt: skip
+    chunk_chars: int = Field(CHUNK_CHARS, ge=1000, description="documents longer than this are cut at line breaks into "
+                             "pieces of at most this many characters, packed as documents of their own, and their "
+                             "last val_fraction held out (a one-file corpus gets a validation tail)")  # fmt: skip
+    num_workers: int = Field(2, ge=0, description="tokenisation worker processes (0 or 1: in this process)")
 
 
 class EvalConfig(BaseModel):
@@ -52,17 +63,18 @@ class EvalConfig(BaseModel):
         default_factory=lambda: [
             "What is an LLM?",
             "Where does {trained_person} live?",
-            "What is the job of {heldout_person}?",
-            "What is 7 plus 5?",
-            "Tell me a story about a cat.",
+            "Which country is {town} in?",
+            "What is 3 plus 4?",
+            "{word_problem}",
         ],
-        description="fixed prompts answered after every stage; {trained_person} and {heldout_person} are "
-        "filled with a person of the built-in world",
+        description="fixed prompts answered after every stage and graded where the built-in world knows the answer; "
+        "{trained_person}, {heldout_person} and {town} are filled from the built-in world, {word_problem} with a "
+        "held-out reasoning problem",
     )
-    max_new_tokens: int = Field(48, description="tokens sampled per prompt")
-    temperature: float = Field(0.0, description="0: greedy, so the report is reproducible")
-    val_batches: int = Field(16, description="micro-batches of validation data for val loss / bits per byte")
-    qa_max_new_tokens: int = Field(40, description="tokens sampled per held-out question")
+    max_new_tokens: int = Field(48, ge=1, description="tokens sampled per prompt")
+    temperature: float = Field(0.0, ge=0, description="0: greedy, so the report is reproducible")
+    val_batches: int = Field(16, ge=1, description="micro-batches of validation data for val loss / bits per byte")
+    qa_max_new_tokens: int = Field(40, ge=1, description="tokens sampled per held-out question")
     preference_temperature: float = Field(1.0, gt=0, description="sampling temperature of the answers judged for the "
                                           "gold win rate (one answer per model and prompt)")  # fmt: skip
     pass_k: int = Field(8, ge=1, description="reasoning: pass@k from this many sampled answers per held-out problem "

@@ -74,11 +74,12 @@ class Tokenizer:
         self.end_id = self.special_id("<|end|>")
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int, progress: bool = False) -> Tokenizer:
         """Train a byte-level BPE with `vocab_size` tokens (specials and the 256 bytes included).
 
         `texts` is consumed as a stream. A corpus too small to support that
-        many merges yields a smaller vocabulary.
+        many merges yields a smaller vocabulary. `progress` shows the trainer's
+        own progress bars (counting pairs, merging).
         """
         minimum = len(SPECIAL_TOKENS) + 256
         if vocab_size < minimum:
@@ -97,7 +98,7 @@ class Tokenizer:
             # Seed with all 256 bytes, not just those seen in training, so
             # text from any script or emoji is still encodable.
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            show_progress=progress,
         )
         hf.train_from_iterator(texts, trainer)
         return cls(hf)
@@ -135,6 +136,10 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Ids back to text; special tokens appear as their strings unless `skip_special`."""
         return self._hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def partial_ids(self) -> list[int]:
+        """Tokens that are not text on their own: pieces of a multi-byte character, which decode to U+FFFD."""
+        return [i for i in range(self.vocab_size) if "\ufffd" in self.decode([i])]
 
     def token_bytes(self) -> np.ndarray:
         """UTF-8 byte length of every token (0 for specials), for bits-per-byte.

@@ -9,8 +9,16 @@ Layout of a shard directory:
 
 Each split is one token stream in which every document is `<|bos|>` followed by
 its tokens; shards are plain cuts of that stream every `shard_tokens` tokens, so
-a document may continue from one shard into the next. Documents are assigned
-to train or val whole, by a hash of (seed, document index).
+a document may continue from one shard into the next.
+
+Documents are assigned to train or val whole, by a hash of (seed, document
+index). A document longer than `chunk_chars` characters (a book, a whole
+corpus in one file) is first cut at line breaks into pieces of at most that
+many, each then packed as a document of its own, and its last `val_fraction`
+goes to val: the tail of the file, as nanoGPT holds out the end of
+tinyshakespeare. So does the tail of a corpus's only document, however short.
+Separate validation documents (`val_documents`) go to val whole instead, and
+nothing of `documents` is held out.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from tqdm import tqdm
 from fromzero.tokenizer import Tokenizer, tokenizer_file
 
 META_FILE = "meta.json"
+# about 16k tokens: pieces a tokenizer trainer and a worker handle in a moment; a book still gives dozens
+CHUNK_CHARS = 65536
 SPLITS = ("train", "val")
 Split = Literal["train", "val"]
 # Stored little-endian whatever the machine, so shards are portable.
@@ -85,13 +95,15 @@ def build_shards(
     out_dir: str | Path,
     *,
     val_fraction: float = 0.05,
+    val_documents: Iterable[str] | None = None,
     seed: int = 0,
     shard_tokens: int = 2**24,
     num_workers: int = 2,
     chunk_docs: int = 512,
+    chunk_chars: int = CHUNK_CHARS,
     progress: bool | None = None,
 ) -> ShardsMeta:
-    """Tokenise `documents` into train/val shards in `out_dir`, streaming.
+    """Tokenise `documents` into train/val shards in `out_dir`, streaming (the split: see the module docstring).
 
     Chunks of `chunk_docs` documents are tokenised by `num_workers` processes
     (in this process when `num_workers <= 1`); the output is byte-identical
@@ -104,15 +116,20 @@ def build_shards(
     partial `out_dir`). An existing `out_dir` is replaced if it is empty or a
     previous shard build, and refused otherwise.
 
-    With `val_fraction > 0` and at least two documents, val gets at least one
-    document, and train always gets at least one. `progress=None` shows a
-    progress bar only when stderr is a terminal. Worker processes are spawned,
+    With `val_fraction > 0` val is never empty (a single document gives it its
+    tail), and train always gets at least one document. With `val_documents`
+    val holds them and nothing else, and `val_fraction` must be 0.
+    `progress=None` shows a progress bar only when stderr is a terminal. Worker processes are spawned,
     so a script calling this needs the usual `if __name__ == "__main__":` guard.
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if shard_tokens < 1 or chunk_docs < 1:
-        raise ValueError(f"shard_tokens and chunk_docs must be positive, got {shard_tokens} and {chunk_docs}")
+    if shard_tokens < 1 or chunk_docs < 1 or chunk_chars < 1:
+        raise ValueError(f"shard_tokens, chunk_docs and chunk_chars must be positive, got {shard_tokens}, {chunk_docs} "
+                         f"and {chunk_chars}")  # fmt: skip
+    if val_documents is not None and val_fraction:
+        raise ValueError(f"separate validation documents hold nothing out of the others: val_fraction must be 0, "
+                         f"got {val_fraction}")  # fmt: skip
     tokenizer_path = tokenizer_file(tokenizer_path)
     tokenizer = Tokenizer.load(tokenizer_path)
     dtype_name = "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"
@@ -122,29 +139,18 @@ def build_shards(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         writers = {split: _ShardWriter(tmp_dir, split, DTYPES[dtype_name], shard_tokens) for split in SPLITS}
-        # The last document is held back until the end, when it can still go
-        # wherever a split would otherwise be left empty.
-        held: tuple[np.ndarray, bool] | None = None
-        index = 0
-        chunks = _tokenized_chunks(documents, tokenizer, tokenizer_path, DTYPES[dtype_name], num_workers, chunk_docs)
+        pieces = assign_splits(documents, val_fraction, seed, chunk_chars)
+        if val_documents is not None:
+            pieces = chain(pieces, ((piece, True) for doc in val_documents for piece in cut_document(doc, chunk_chars)))
+        chunks = _tokenized_chunks(pieces, tokenizer, tokenizer_path, DTYPES[dtype_name], num_workers, chunk_docs)
         # closing() shuts the worker pool down at once if writing fails.
         bar = tqdm(desc="tokenising", unit=" docs", disable=None if progress is None else not progress)
         with closing(chunks), bar:
-            for flat, lengths in chunks:
-                for doc in np.split(flat, np.cumsum(lengths)[:-1]):
-                    if held is not None:
-                        writers["val" if held[1] else "train"].write_document(held[0])
-                    held = (doc, _is_val(seed, index, val_fraction))
-                    index += 1
+            for flat, lengths, to_val in chunks:
+                for doc, val in zip(np.split(flat, np.cumsum(lengths)[:-1]), to_val):
+                    writers["val" if val else "train"].write_document(doc)
                 bar.update(len(lengths))
                 bar.set_postfix(tokens=f"{sum(w.tokens for w in writers.values()):,}", refresh=False)
-        if held is not None:
-            doc, to_val = held
-            if val_fraction > 0 and index >= 2 and writers["val"].documents == 0:
-                to_val = True
-            elif writers["train"].documents == 0:
-                to_val = False
-            writers["val" if to_val else "train"].write_document(doc)
         meta = ShardsMeta(
             dtype=dtype_name,
             vocab_size=tokenizer.vocab_size,
@@ -161,6 +167,71 @@ def build_shards(
     finally:
         # After a successful move this is a no-op; after a failure it removes the partial build.
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def cut_document(text: str, max_chars: int) -> list[str]:
+    """`text` in consecutive pieces of at most max_chars characters (all of it, nothing added), each cut after a
+    line break where the second half of its window has one, else after a space, else exactly at max_chars."""
+    pieces, start = [], 0
+    while len(text) - start > max_chars:
+        end = _break_before(text, start + max_chars, start + max_chars // 2)
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+def _break_before(text: str, limit: int, floor: int) -> int:
+    """The position just after the last line break (else space) in text[floor:limit], or limit when none."""
+    for sep in ("\n", " "):
+        at = text.rfind(sep, floor, limit)
+        if at >= 0:
+            return at + 1
+    return limit
+
+
+def split_tail(text: str, val_fraction: float) -> tuple[str, str]:
+    """(head, tail) of a document, the tail about val_fraction of it (at least one character) and starting at a line
+    break when there is one near the cut."""
+    cut = len(text) - max(1, round(val_fraction * len(text)))
+    at = _break_before(text, cut, cut // 2) if cut > 1 else cut
+    return text[:at], text[at:]
+
+
+def assign_splits(documents: Iterable[str], val_fraction: float, seed: int,
+                  chunk_chars: int = CHUNK_CHARS) -> Iterator[tuple[str, bool]]:  # fmt: skip
+    """(piece, whether it goes to val) for every piece of every document, in order (see the module docstring)."""
+    counts = {False: 0, True: 0}
+    held: tuple[str, bool] | None = None  # the last short document, which may still fill an empty split
+    index = 0
+
+    def tail_split(doc: str) -> Iterator[tuple[str, bool]]:
+        head, tail = split_tail(doc, val_fraction) if val_fraction > 0 else (doc, "")
+        for part, to_val in ((head, False), (tail, True)):
+            for piece in cut_document(part, chunk_chars) if part else []:
+                counts[to_val] += 1
+                yield piece, to_val
+
+    for doc in documents:
+        if held is not None:
+            counts[held[1]] += 1
+            yield held
+            held = None
+        if len(doc) > chunk_chars:
+            yield from tail_split(doc)
+        else:
+            held = (doc, _is_val(seed, index, val_fraction))
+        index += 1
+    if held is not None:
+        doc, to_val = held
+        if val_fraction > 0 and not counts[True] and index == 1 and len(doc) > 1:
+            yield from tail_split(doc)
+            return
+        if val_fraction > 0 and not counts[True]:
+            to_val = True
+        elif not counts[False]:
+            to_val = False
+        yield doc, to_val
 
 
 def _is_val(seed: int, index: int, val_fraction: float) -> bool:
@@ -219,19 +290,20 @@ class _ShardWriter:
 
 
 def _tokenized_chunks(
-    documents: Iterable[str],
+    pieces: Iterable[tuple[str, bool]],
     tokenizer: Tokenizer,
     tokenizer_path: Path,
     dtype: np.dtype,
     num_workers: int,
     chunk_docs: int,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(tokens, per-document lengths) for each chunk of documents, in input order."""
-    docs = iter(documents)
-    chunks = iter(lambda: list(islice(docs, chunk_docs)), [])
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[bool]]]:
+    """(tokens, per-document lengths, whether each goes to val) for each chunk of documents, in input order."""
+    items = iter(pieces)
+    chunks = ((list(docs), list(to_val)) for docs, to_val in
+              (zip(*chunk) for chunk in iter(lambda: list(islice(items, chunk_docs)), [])))  # fmt: skip
     if num_workers <= 1:
-        for chunk in chunks:
-            yield _tokenize(tokenizer, chunk, dtype)
+        for docs, to_val in chunks:
+            yield *_tokenize(tokenizer, docs, dtype), to_val
         return
     # spawn, not fork: forking a process whose tokenizer threads have run can deadlock.
     ctx = mp.get_context("spawn")
@@ -239,12 +311,14 @@ def _tokenized_chunks(
         # Pool.imap would read the whole input ahead into its task queue; keeping a
         # bounded window of chunks in flight keeps memory flat on any corpus size.
         in_flight: deque = deque()
-        for chunk in chunks:
-            in_flight.append(pool.apply_async(_tokenize_in_worker, (chunk, dtype)))
+        for docs, to_val in chunks:
+            in_flight.append((pool.apply_async(_tokenize_in_worker, (docs, dtype)), to_val))
             if len(in_flight) >= 2 * num_workers:
-                yield in_flight.popleft().get()
+                result, to_val = in_flight.popleft()
+                yield *result.get(), to_val
         while in_flight:
-            yield in_flight.popleft().get()
+            result, to_val = in_flight.popleft()
+            yield *result.get(), to_val
 
 
 def _tokenize(tokenizer: Tokenizer, docs: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,8 @@ field) raise `DataError` naming the file and line (1-based, as in an editor),
 or the row / record (0-based, as in pandas/datasets for parquet, datasets and
 .json), or are skipped and counted in `SourceStats` with `on_error="skip"`.
 Problems with the source itself (missing path, unsupported file type, no such
-split) always raise.
+split, a corrupt or truncated .gz or parquet file) always raise, naming the
+file and the last line or row read.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,16 +59,25 @@ class DataError(ValueError):
     """A malformed record, or a file that can't be read as the documents it claims to hold."""
 
 
+class RecordError(DataError):
+    """A bad record that stopped the run, which `on_error="skip"` would have skipped and counted."""
+
+
 @dataclass
 class SourceStats:
-    documents: int = 0
-    skipped: int = 0
+    documents: int = 0  # good records read
+    skipped: int = 0  # bad ones skipped: documents + skipped is every record read
     errors: list[str] = field(default_factory=list)  # the first few skip reasons, as examples
 
     def record_skip(self, error: DataError) -> None:
         self.skipped += 1
         if len(self.errors) < MAX_EXAMPLE_ERRORS:
             self.errors.append(str(error))
+
+    def reject(self, error: DataError) -> None:
+        """A record already counted as read that its format turned out not to fit: skipped instead."""
+        self.documents -= 1
+        self.record_skip(error)
 
 
 def iter_documents(
@@ -90,7 +101,7 @@ def _raise_or_skip(items: Iterable[T | DataError], on_error: str, stats: SourceS
     for item in items:
         if isinstance(item, DataError):
             if on_error == "raise":
-                raise item
+                raise RecordError(str(item))
             stats.record_skip(item)
         else:
             stats.documents += 1
@@ -123,7 +134,8 @@ def iter_detected(records: Iterable[tuple[str, str, dict[str, Any]]], detect: Ca
                   on_error: Literal["raise", "skip"], stats: SourceStats) -> Iterator[T]:  # fmt: skip
     """Records of many formats, each file's format detected from its first record: convert(record, format) for
     every record. A record that fits no format, or breaks its file's, is a DataError naming file:line and what is
-    wrong, raised or skipped and counted. The instruction, task and preference readers share this."""
+    wrong, raised or skipped and counted (the records come counted as read: `stats.reject` moves one to the skipped).
+    The instruction, task and preference readers share this."""
     formats: dict[str, str] = {}
     for file, where, record in records:
         try:
@@ -140,8 +152,8 @@ def iter_detected(records: Iterable[tuple[str, str, dict[str, Any]]], detect: Ca
                 raise DataError(f"{where}: bad {fmt} record: {detail}") from None
         except DataError as e:
             if on_error == "raise":
-                raise
-            stats.record_skip(e)
+                raise RecordError(str(e)) from None
+            stats.reject(e)
             continue
         yield converted
 
@@ -269,23 +281,42 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
+# what gzip raises on a file that isn't gzip, is cut short, or is damaged inside
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _gzip_error(path: Path, e: BaseException, lineno: int | None) -> DataError:
+    """One line for a .gz file that can't be decompressed: which file, how far it was read, what to do."""
+    read = f" after line {lineno}" if lineno else ""
+    if isinstance(e, gzip.BadGzipFile) and str(e).startswith("Not a gzipped file"):
+        return DataError(f"{path}: not gzip data ({e}); rename the file without .gz, or compress it with gzip")
+    what = "ends early (truncated)" if isinstance(e, EOFError) else f"is corrupt ({e})"
+    return DataError(f"{path}: the gzip stream {what}{read}; copy or download the file again "
+                     f"(`gzip -t {path}` checks a file)")  # fmt: skip
+
+
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
     """(line number, text or decoding error) for each line, BOM stripped, CRLF turned into LF.
 
     Lines are decoded one by one so that a bad byte costs one line, not the file.
     """
-    with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})")
-                continue
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            if line.endswith("\r\n"):
-                line = line[:-2] + "\n"
-            yield lineno, line
+    lineno = 0
+    try:
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield lineno, DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start}); "
+                                            "save the file as UTF-8")  # fmt: skip
+                    continue
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")
+                if line.endswith("\r\n"):
+                    line = line[:-2] + "\n"
+                yield lineno, line
+    except GZIP_ERRORS as e:
+        raise _gzip_error(path, e, lineno) from None
 
 
 def _text_records(path: Path) -> Iterator[Record]:
@@ -337,12 +368,15 @@ def _json_raw(path: Path, text_field: str | None) -> Iterator[tuple[str, Any] | 
 
     Use .jsonl for corpora that don't fit in memory.
     """
-    with _open_binary(path) as f:
-        raw = f.read()
+    try:
+        with _open_binary(path) as f:
+            raw = f.read()
+    except GZIP_ERRORS as e:
+        raise _gzip_error(path, e, None) from None
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
-        yield DataError(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})")
+        yield DataError(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8")
         return
     except json.JSONDecodeError as e:
         yield DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})")
@@ -399,8 +433,19 @@ def _parquet_records(path: Path, text_field: str) -> Iterator[Record]:
     if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
         yield DataError(f"{path}: text column {text_field!r} has type {column_type}, expected string")
         return
-    batches = (batch.column(0).to_pylist() for batch in pf.iter_batches(batch_size=1024, columns=[text_field]))
+    batches = (batch.column(0).to_pylist() for batch in _parquet_batches(pf, path, [text_field]))
     yield from _rows(batches, text_field, str(path))
+
+
+def _parquet_batches(pf: pq.ParquetFile, path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The file's record batches; damage found while reading them ends in one line naming the file."""
+    rows = 0
+    try:
+        for batch in pf.iter_batches(batch_size=1024, columns=columns):
+            yield batch
+            rows += batch.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: corrupt parquet data after row {rows} ({e}); copy or download the file again") from None
 
 
 def _rows(batches: Iterable[list[Any]], text_field: str, where: str) -> Iterator[Record]:
@@ -447,7 +492,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any] | DataError]:
         yield DataError(f"{path}: not a readable parquet file ({e})")
         return
     row = 0
-    for batch in pf.iter_batches(batch_size=1024):
+    for batch in _parquet_batches(pf, path):
         for record in batch.to_pylist():
             yield f"{path}: row {row}", record
             row += 1

@@ -25,6 +25,9 @@ def init_model(model_cfg: ModelConfig, tokenizer: Tokenizer, seed: int) -> Trans
 
 def lm_evaluator(data_dir: Path, tokenizer: Tokenizer, cfg: TrainConfig, val_batches: int, rank: int = 0, world_size: int = 1):
     val = open_split(data_dir, "val")
+    if len(val) < cfg.seq_len + 1:  # data built with another seq_len, or by hand: one sequence is the least to score
+        raise ValueError(f"{data_dir}: the validation split has {len(val)} tokens, fewer than one sequence of seq_len + 1 "
+                         f"= {cfg.seq_len + 1}; rebuild the data with a larger data.val_fraction or data.val_sources")  # fmt: skip
     token_bytes = torch.as_tensor(tokenizer.token_bytes())
 
     def evaluate(model: Transformer) -> dict[str, float]:
