@@ -215,7 +215,7 @@ def test_pair_batches_mask_exactly_the_answer_and_resume(smoke_data):
     tok = Tokenizer.load(smoke_data)
     pairs = [PreferencePair(USER, "Hello." * (i % 5 + 1), "No.") for i in range(20)]
     encoded, stats = encode_pairs(tok, [*pairs, PreferencePair(USER, "word " * 200, "No.")], seq_len=64)
-    assert stats == {"pairs": 20, "dropped": 1}
+    assert stats == {"pairs": 21, "truncated": 1, "dropped": 0} and len(encoded[20].chosen) == 64  # cut, not dropped
     ids, mask, lengths, index = collate_pairs(encoded, [3, 0], tok.pad_id)
     full, _ = render(tok, [*USER, {"role": "assistant", "content": pairs[3].chosen}])
     answer = tok.encode(pairs[3].chosen) + [tok.end_id]

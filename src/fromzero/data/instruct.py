@@ -21,7 +21,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "bot": "assistant", "system": "system"}  # fmt: skip
 
 
-def _join(instruction: str, extra: str | None) -> str:
+def join_input(instruction: str, extra: str | None) -> str:
+    """An instruction and its optional input (Alpaca) or context (Dolly) as one user message."""
     return f"{instruction}\n\n{extra}" if extra else instruction
 
 
@@ -44,11 +45,11 @@ def _from_messages(r: dict[str, Any]) -> list[Message]:
 
 
 def _from_alpaca(r: dict[str, Any]) -> list[Message]:
-    return [{"role": "user", "content": _join(r["instruction"], r.get("input"))}, {"role": "assistant", "content": r["output"]}]
+    return [{"role": "user", "content": join_input(r["instruction"], r.get("input"))}, {"role": "assistant", "content": r["output"]}]
 
 
 def _from_dolly(r: dict[str, Any]) -> list[Message]:
-    return [{"role": "user", "content": _join(r["instruction"], r.get("context"))}, {"role": "assistant", "content": r["response"]}]
+    return [{"role": "user", "content": join_input(r["instruction"], r.get("context"))}, {"role": "assistant", "content": r["response"]}]
 
 
 def _from_prompt_response(r: dict[str, Any]) -> list[Message]:

@@ -6,8 +6,10 @@ its first record and every record of that file must fit it:
 - `explicit`: `prompt`, `chosen`, `rejected`. The prompt is a string or a message list; each answer a
   string, or a message list ending with the assistant's answer (optionally preceded by the prompt, as
   in UltraFeedback-binarized);
+- `alpaca`: `instruction`, `input` (optional), `chosen`, `rejected`, as in LLMs-from-scratch ch07;
 - `hh`: Anthropic HH-RLHF, `chosen` and `rejected` transcripts in `\\n\\nHuman: ...\\n\\nAssistant: ...`
-  turns that share everything but the last assistant turn;
+  turns that share everything but the last assistant turn. Consecutive turns of one speaker (some of HH's
+  transcripts have two assistant turns in a row) are joined into one and counted as `merged`;
 - `implicit`: `chosen` and `rejected` message lists that share everything but the last assistant turn;
 - `rated`: UltraFeedback style, a `prompt` (or `instruction`) and `completions` (or `responses`), each
   an object with its text (`response` / `text` / `content`) and a number (`score` / `overall_score` /
@@ -19,7 +21,8 @@ its first record and every record of that file must fit it:
 Ties (equal scores, a "tie" or "both bad" vote, identical answers) teach nothing and are dropped and counted.
 
 The second half of the file turns pairs into tokens: each answer rendered after the prompt in the chat
-template, and length-grouped, resumable micro-batches of pairs that the reward model and DPO train on.
+template and cut to seq_len as TRL cuts pairs (the prompt from the left, then the answers), and
+length-grouped, resumable micro-batches of pairs that the reward model and DPO train on.
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.chat import Message, check_messages, render
-from fromzero.data.instruct import SHAREGPT_ROLES
+from fromzero.data.instruct import SHAREGPT_ROLES, join_input
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.sources import DataError, Source, SourceStats, iter_detected, iter_records
 from fromzero.tokenizer import Tokenizer
 
 Pairing = Literal["best_vs_worst", "best_vs_each"]
-Format = Literal["explicit", "hh", "implicit", "rated"]
+Format = Literal["explicit", "alpaca", "hh", "implicit", "rated"]
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 
 
@@ -60,6 +63,13 @@ class PreferenceStats(SourceStats):
     pairs: int = 0
     ties: int = 0  # comparisons dropped because neither answer was preferred
     both_bad: int = 0  # votes that found both answers bad: no pair between them
+    merged: int = 0  # HH records with consecutive turns of one speaker, joined into one turn
+
+    def describe(self) -> str:
+        """One line of what the records gave: every record read is a pair source, a tie, or skipped."""
+        return (f"{self.documents + self.skipped} preference records: {self.pairs} pairs, {self.ties} ties and "
+                f"{self.both_bad} 'both bad' votes dropped, {self.skipped} malformed records skipped"
+                + (f", {self.merged} with consecutive same-speaker turns merged" if self.merged else ""))  # fmt: skip
 
 
 class PreferenceSources(BaseModel):
@@ -71,7 +81,10 @@ class PreferenceSources(BaseModel):
                             "vote databases (.sqlite/.db); empty: the built-in world's preferences")  # fmt: skip
     on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
     pairing: Pairing = Field("best_vs_worst", description="rated completions: best vs worst, or best vs each worse one")
-    val_fraction: float = Field(0.05, description="prompts held out (with all their pairs) for validation")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="prompts held out (with all their pairs) for validation")
+    max_prompt_len: int | None = Field(None, ge=2, description="a pair longer than seq_len keeps at least this much of "
+                                       "its prompt (its end), the answers cut to the rest (TRL's max_prompt_length); "
+                                       "None: half of seq_len")  # fmt: skip
 
 
 def _pair(messages: list[Message], chosen: Any, rejected: Any) -> PreferencePair:
@@ -123,20 +136,32 @@ def _split_last_answer(chosen: list[Message], rejected: list[Message]) -> Prefer
 HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 
 
-def parse_hh(transcript: str) -> list[Message]:
-    """An HH-RLHF transcript ("\\n\\nHuman: hi\\n\\nAssistant: hello") as messages."""
+def parse_hh(transcript: str) -> tuple[list[Message], int]:
+    """An HH-RLHF transcript ("\\n\\nHuman: hi\\n\\nAssistant: hello") as messages, consecutive turns of one
+    speaker joined by a blank line; and how many turns were joined so."""
     if not isinstance(transcript, str):
         raise ValueError(f"an HH transcript must be a string, got {type(transcript).__name__}")
     text = transcript.lstrip("\n")
     parts = HH_TURN.split(text)
     if len(parts) < 3 or parts[0].strip():
         raise ValueError("not an HH transcript: expected turns starting with '\\n\\nHuman:' and '\\n\\nAssistant:'")
-    speakers, contents = parts[1::2], parts[2::2]
-    return [{"role": "user" if s == "Human" else "assistant", "content": c.strip()} for s, c in zip(speakers, contents)]
+    messages: list[Message] = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        role = "user" if speaker == "Human" else "assistant"
+        if messages and messages[-1]["role"] == role:
+            messages[-1] = {"role": role, "content": f"{messages[-1]['content']}\n\n{content.strip()}"}
+        else:
+            messages.append({"role": role, "content": content.strip()})
+    return messages, len(parts) // 2 - len(messages)
 
 
-def _from_hh(r: dict[str, Any]) -> PreferencePair:
-    return _split_last_answer(parse_hh(r["chosen"]), parse_hh(r["rejected"]))
+def _from_hh(r: dict[str, Any]) -> tuple[PreferencePair, bool]:
+    (chosen, merged_chosen), (rejected, merged_rejected) = parse_hh(r["chosen"]), parse_hh(r["rejected"])
+    return _split_last_answer(chosen, rejected), bool(merged_chosen or merged_rejected)
+
+
+def _from_alpaca(r: dict[str, Any]) -> PreferencePair:
+    return _pair([{"role": "user", "content": join_input(r["instruction"], r.get("input"))}], r["chosen"], r["rejected"])
 
 
 def _from_implicit(r: dict[str, Any]) -> PreferencePair:
@@ -171,24 +196,30 @@ def _from_rated(r: dict[str, Any], pairing: Pairing) -> tuple[list[PreferencePai
 # (name, keys that identify it); checked in this order
 FORMATS: list[tuple[Format, Any]] = [
     ("rated", lambda r: ("completions" in r or "responses" in r) and ("prompt" in r or "instruction" in r)),
+    ("alpaca", lambda r: {"instruction", "chosen", "rejected"} <= r.keys()),
     ("explicit", lambda r: {"prompt", "chosen", "rejected"} <= r.keys()),
     ("hh", lambda r: {"chosen", "rejected"} <= r.keys() and isinstance(r["chosen"], str)),
     ("implicit", lambda r: {"chosen", "rejected"} <= r.keys()),
 ]
-EXPECTED = ("prompt+chosen+rejected, chosen+rejected (HH transcripts or message lists), "
-            "prompt+completions with scores (rated), or a .sqlite/.db vote database")  # fmt: skip
+EXPECTED = ("prompt+chosen+rejected, instruction+input+chosen+rejected (Alpaca), chosen+rejected (HH transcripts or "
+            "message lists), prompt+completions with scores (rated), or a .sqlite/.db vote database")  # fmt: skip
 
 
 def detect_format(record: dict[str, Any]) -> Format | None:
     return next((name for name, matches in FORMATS if matches(record)), None)
 
 
-def to_pairs(record: dict[str, Any], fmt: Format, pairing: Pairing = "best_vs_worst") -> tuple[list[PreferencePair], int]:
-    """The pairs a record holds, and how many of its comparisons were ties."""
+def to_pairs(record: dict[str, Any], fmt: Format,
+             pairing: Pairing = "best_vs_worst") -> tuple[list[PreferencePair], int, bool]:  # fmt: skip
+    """The pairs a record holds, how many of its comparisons were ties, and whether turns were merged (HH)."""
     if fmt == "rated":
-        return _from_rated(record, pairing)
-    pair = {"explicit": _from_explicit, "hh": _from_hh, "implicit": _from_implicit}[fmt](record)
-    return ([pair], 0) if pair.chosen != pair.rejected else ([], 1)
+        return *_from_rated(record, pairing), False
+    merged = False
+    if fmt == "hh":
+        pair, merged = _from_hh(record)
+    else:
+        pair = {"explicit": _from_explicit, "alpaca": _from_alpaca, "implicit": _from_implicit}[fmt](record)
+    return ([pair], 0, merged) if pair.chosen != pair.rejected else ([], 1, merged)
 
 
 # ---------------------------------------------------------------------------
@@ -396,16 +427,17 @@ def _convert(records: Iterator[tuple[str, str, Any]], on_error: Literal["raise",
     def detect(file: str, record: dict[str, Any]) -> str | None:
         return "votes" if _is_sqlite(file) else detect_format(record)
 
-    def convert(record: Any, fmt: str) -> tuple[list[PreferencePair], int]:
+    def convert(record: Any, fmt: str) -> tuple[list[PreferencePair], int, bool]:
         if fmt != "votes":
             return to_pairs(record, fmt, pairing)  # type: ignore[arg-type]
         pairs, unpaired = vote_pairs(record)
         stats.both_bad += unpaired == "both_bad"
-        return pairs, unpaired == "tie"
+        return pairs, unpaired == "tie", False
 
-    for pairs, ties in iter_detected(records, detect, convert, "preference", EXPECTED, on_error, stats):
+    for pairs, ties, merged in iter_detected(records, detect, convert, "preference", EXPECTED, on_error, stats):
         stats.pairs += len(pairs)
         stats.ties += ties
+        stats.merged += merged
         yield from pairs
 
 
@@ -435,19 +467,44 @@ class EncodedPair:
     prompt_len: int  # tokens before the answer, the same in both
 
 
-def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int) -> tuple[list[EncodedPair], dict[str, int]]:
-    """Pairs rendered in the chat template. A pair longer than seq_len is dropped rather than cut: the
-    reward is read at the last token and DPO compares whole answers."""
-    encoded, dropped = [], 0
+def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int,
+                 max_prompt_len: int | None = None) -> tuple[list[EncodedPair], dict[str, int]]:  # fmt: skip
+    """Pairs rendered in the chat template, each cut to seq_len tokens as TRL's DPO trainer cuts them.
+
+    The prompt loses its start (its <|bos|> stays): only as much as the longer answer needs, and never below
+    max_prompt_len tokens (default half of seq_len; all of it when shorter); then both answers are cut to what is
+    left, their start kept. The reward model then reads a cut answer at its last kept token, and DPO compares the
+    kept tokens. A pair whose answers are the same once cut teaches nothing and is dropped.
+    Returns the pairs and the counts {"pairs", "truncated", "dropped"}.
+    """
+    max_prompt = seq_len // 2 if max_prompt_len is None else max_prompt_len
+    if not 2 <= max_prompt < seq_len:
+        raise ValueError(f"max_prompt_len ({max_prompt}) must be at least 2 and below seq_len ({seq_len})")
+    encoded, truncated, dropped = [], 0, 0
     for p in pairs:
         prompt = render(tok, p.messages, generation_prompt=True)[0]
-        chosen, rejected = (render(tok, [*p.messages, {"role": "assistant", "content": answer}])[0]
+        chosen, rejected = (render(tok, [*p.messages, {"role": "assistant", "content": answer}])[0][len(prompt) :]
                             for answer in (p.chosen, p.rejected))  # fmt: skip
-        if max(len(chosen), len(rejected)) > seq_len:
-            dropped += 1
-            continue
-        encoded.append(EncodedPair(chosen, rejected, len(prompt)))
-    return encoded, {"pairs": len(encoded), "dropped": dropped}
+        longer = max(len(chosen), len(rejected))
+        if len(prompt) + longer > seq_len:
+            truncated += 1
+            keep = min(len(prompt), max(max_prompt, seq_len - longer))
+            prompt = prompt[:1] + prompt[len(prompt) - keep + 1 :]
+            chosen, rejected = chosen[: seq_len - keep], rejected[: seq_len - keep]
+            if chosen == rejected:
+                dropped += 1
+                continue
+        encoded.append(EncodedPair(prompt + chosen, prompt + rejected, len(prompt)))
+    return encoded, {"pairs": len(encoded), "truncated": truncated, "dropped": dropped}
+
+
+def describe_encoding(stage: str, train: dict[str, int], val: dict[str, int], seq_len: int) -> str:
+    """The one line a preference stage logs about its pairs, every cut and drop counted for both splits."""
+    def part(counts: dict[str, int]) -> str:
+        return f"{counts['pairs']} ({counts['truncated']} cut to {seq_len} tokens, {counts['dropped']} dropped as " \
+               "identical once cut)"  # fmt: skip
+
+    return f"[{stage}] pairs: training {part(train)}, validation {part(val)}"
 
 
 PairBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

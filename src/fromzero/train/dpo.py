@@ -19,11 +19,11 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fromzero import checkpoint
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
-    encode_pairs, eval_batches  # fmt: skip
+    describe_encoding, encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import DistInfo, all_reduce_sum, setup
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
@@ -39,14 +39,16 @@ class DPOConfig(TrainConfig, PreferenceSources):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid only: assumed share of flipped labels (cDPO)")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of the next-token loss on chosen answers (RPO), which keeps "
                              "DPO from lowering their likelihood along with the rejected ones'")  # fmt: skip
-    batch_tokens: int = Field(4096, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
-    micro_batch_size: int = Field(16, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)")
-    seq_len: int = Field(128, description="longest sequence; longer pairs are dropped")
-    steps: int = 200
-    lr: float = 2e-4
-    warmup_steps: int = 20
-    eval_every: int = 100
-    checkpoint_every: int = 100
+    batch_tokens: int = Field(4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
+    micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected "
+                                  "sequence each)")  # fmt: skip
+    seq_len: int = Field(128, ge=4, description="longest sequence; longer pairs are cut to it (the prompt's start, "
+                         "then the answers' ends: see max_prompt_len)")  # fmt: skip
+    steps: PositiveInt = 200
+    lr: PositiveFloat = 2e-4
+    warmup_steps: NonNegativeInt = 20
+    eval_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 100
 
     @model_validator(mode="after")
     def _smoothing_is_for_sigmoid(self) -> DPOConfig:
@@ -160,11 +162,10 @@ def train(cfg: DPOConfig, pairs: list[PreferencePair], val_pairs: list[Preferenc
     model = checkpoint.load_model(init, info.device)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"dpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
-    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len)
-    val_encoded, _ = encode_pairs(tok, val_pairs, cfg.seq_len)
+    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)
+    val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:
-        log(f"[dpo] {stats['pairs']} training pairs, {len(val_encoded)} for validation; "
-            f"{stats['dropped']} longer than {cfg.seq_len} tokens dropped")  # fmt: skip
+        log(describe_encoding("dpo", stats, val_stats, cfg.seq_len))
     batches = PairBatches(encoded, cfg.micro_batch_size, tok.pad_id, seed=cfg.seed, rank=info.rank,
                           world_size=info.world_size)  # fmt: skip
     # the reference is the starting model: on resume `model` is reloaded from the checkpoint by the loop,

@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from safetensors import safe_open
 
 from fromzero import checkpoint
 from fromzero.data.chat import Message
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
-    encode_pairs, eval_batches  # fmt: skip
+    describe_encoding, encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import all_reduce_sum, setup
 from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import ModelConfig, Transformer
@@ -50,19 +50,21 @@ from fromzero.train.loop import TrainConfig
 
 
 class RewardConfig(TrainConfig, PreferenceSources):
-    margin: float = Field(0.0, description="Bradley–Terry margin: the chosen answer must win by at least this much")
+    margin: float = Field(0.0, ge=0, description="Bradley–Terry margin: the chosen answer must win by at least this much")
     likelihood: bool = Field(True, description="add the answer tokens' surprise under the backbone's LM head "
                              "(log-prob + entropy), weighted by a learned per-token gate, to the last-token score (lets "
                              "the reward model check a stated fact against what the backbone knows; see "
                              "train/reward.py)")  # fmt: skip
-    batch_tokens: int = Field(4096, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
-    micro_batch_size: int = Field(16, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)")
-    seq_len: int = Field(128, description="longest sequence; longer pairs are dropped")
-    steps: int = 200
-    lr: float = 5e-4
-    warmup_steps: int = 20
-    eval_every: int = 100
-    checkpoint_every: int = 100
+    batch_tokens: int = Field(4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
+    micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected "
+                                  "sequence each)")  # fmt: skip
+    seq_len: int = Field(128, ge=4, description="longest sequence; longer pairs are cut to it (the prompt's start, "
+                         "then the answers' ends: see max_prompt_len)")  # fmt: skip
+    steps: PositiveInt = 200
+    lr: PositiveFloat = 5e-4
+    warmup_steps: NonNegativeInt = 20
+    eval_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 100
 
 
 ASSISTANT_ID = SPECIAL_TOKENS.index("<|assistant|>")
@@ -208,11 +210,10 @@ def train(cfg: RewardConfig, pairs: list[PreferencePair], val_pairs: list[Prefer
     model = RewardModel.from_lm(checkpoint.load_model(init), cfg.likelihood)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"reward.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
-    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len)
-    val_encoded, _ = encode_pairs(tok, val_pairs, cfg.seq_len)
+    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)
+    val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:
-        log(f"[reward] {stats['pairs']} training pairs, {len(val_encoded)} for validation; "
-            f"{stats['dropped']} longer than {cfg.seq_len} tokens dropped")  # fmt: skip
+        log(describe_encoding("reward", stats, val_stats, cfg.seq_len))
     batches = PairBatches(encoded, cfg.micro_batch_size, tok.pad_id, seed=cfg.seed, rank=info.rank,
                           world_size=info.world_size)  # fmt: skip
     evaluate = None
