@@ -11,14 +11,17 @@ the given numbers that makes the target). Tasks come from
   target);
 - files, the format detected per file from its first record:
   GSM8K (`question`, `answer` ending in `#### N`), SVAMP (`Body`, `Question`, `Answer`), Countdown
-  (`target` and `nums` or `numbers`, as in TinyZero's parquet files) and any `{prompt, answer}` records
-  (also `problem` or `question` for the prompt, as in MATH).
+  (`target` and `nums` or `numbers`, as in TinyZero's parquet files, or `input` "30,100,93" and `output`
+  "23", as in d1's), and any `{prompt, answer}` records (also `problem` or `question` for the prompt, as in
+  MATH). A reference answer is a final answer: a worked solution (a line break, GSM8K's `<<48/2=24>>`, a
+  sentence) is refused, since a model's sentence could then match it.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -307,21 +310,48 @@ def _from_countdown(r: dict[str, Any]) -> Task:
     return Task(countdown_prompt(numbers, target), str(target), "countdown", {"numbers": numbers, "target": target})
 
 
+# words of two letters or more, outside LaTeX commands: "\\frac{\\pi}{2}" has none, "She makes 18 dollars." three
+WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
+MAX_ANSWER_WORDS = 3
+
+
+def _final_answer(text: str) -> str:
+    """A reference answer, refused when it reads as a worked solution rather than the final answer."""
+    if "\n" in text or "<<" in text or len(WORD.findall(re.sub(r"\\text\{[^{}]*\}", "", text))) > MAX_ANSWER_WORDS:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise ValueError(f"the answer {json.dumps(shown)} is a worked solution, not a final answer: end a GSM8K solution "
+                         "with a line '#### N', or give the final answer alone")  # fmt: skip
+    return text
+
+
 def _from_prompt_answer(r: dict[str, Any]) -> Task:
     key = next(k for k in ("prompt", "problem", "question") if k in r)
-    return Task(_text(r, key), _number_text(r["answer"]), "math")
+    return Task(_text(r, key), _final_answer(_number_text(r["answer"])), "math")
 
 
-Format = Literal["countdown", "gsm8k", "svamp", "prompt_answer"]
+COUNTDOWN_NUMBERS = re.compile(r"\s*\d+(?:\s*,\s*\d+)+\s*")
+
+
+def _from_countdown_text(r: dict[str, Any]) -> Task:
+    numbers, target = str(r["input"]), str(r["output"]).strip()
+    if not COUNTDOWN_NUMBERS.fullmatch(numbers) or not target.isdigit():
+        raise ValueError(f"expected input like \"30,100,93\" and output like \"23\", got {json.dumps(numbers)[:40]} "
+                         f"and {json.dumps(target)[:20]}")  # fmt: skip
+    return _from_countdown({"nums": [int(x) for x in numbers.split(",")], "target": int(target)})
+
+
+Format = Literal["countdown", "countdown_text", "gsm8k", "svamp", "prompt_answer"]
 # (name, keys that identify it, converter); checked in this order
 FORMATS: list[tuple[Format, Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], Task]]] = [
     ("countdown", lambda r: "target" in r and ("nums" in r or "numbers" in r), _from_countdown),
+    ("countdown_text", lambda r: {"input", "output"} <= r.keys() and bool(COUNTDOWN_NUMBERS.fullmatch(str(r["input"]))),
+     _from_countdown_text),
     ("gsm8k", lambda r: "question" in r and "####" in str(r.get("answer", "")), _from_gsm8k),
     ("svamp", lambda r: {"Body", "Question", "Answer"} <= r.keys(), _from_svamp),
     ("prompt_answer", lambda r: "answer" in r and any(k in r for k in ("prompt", "problem", "question")), _from_prompt_answer),
 ]
-EXPECTED = ("target + nums/numbers (Countdown), question + answer with '#### N' (GSM8K), Body + Question + Answer "
-            "(SVAMP), prompt/problem/question + answer")  # fmt: skip
+EXPECTED = ("target + nums/numbers or input \"3,5,7\" + output (Countdown), question + answer with '#### N' (GSM8K), "
+            "Body + Question + Answer (SVAMP), prompt/problem/question + a final answer")  # fmt: skip
 
 
 def detect_format(record: dict[str, Any]) -> Format | None:
@@ -351,7 +381,16 @@ def load_tasks(sources: TaskSources, builtin: ReasoningConfig, world: World, see
     """(train, held out): from files when `sources.data` names any, else the built-in tasks."""
     if not sources.data:
         return builtin_tasks(builtin, world)
+    stats = stats if stats is not None else SourceStats()
     tasks = list(iter_tasks(sources.data, sources.on_error, stats))
+    files = ", ".join(sources.data)
+    if not tasks:
+        skipped = f" ({stats.skipped} malformed records skipped, e.g. {stats.errors[0]})" if stats.skipped else ""
+        raise ValueError(f"{files}: no tasks{skipped}; expected {EXPECTED}")
     if sources.eval_data:
         return tasks, list(iter_tasks(sources.eval_data, sources.on_error, stats))
-    return split_tasks(tasks, sources.eval_fraction, seed)
+    train, heldout = split_tasks(tasks, sources.eval_fraction, seed)
+    if not train:
+        raise ValueError(f"{files}: holding out eval_fraction={sources.eval_fraction} of {len(tasks)} tasks leaves none "
+                         "to train on; add tasks, lower grpo.eval_fraction, or name held-out files in grpo.eval_data")  # fmt: skip
+    return train, heldout
