@@ -17,17 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    vocab_size: int | None = Field(None, description="vocabulary size; taken from the tokenizer when None")
-    dim: int = Field(256, description="hidden size")
-    n_layers: int = Field(4, description="number of transformer blocks")
-    n_heads: int = Field(4, description="attention (query) heads")
-    n_kv_heads: int = Field(2, description="key/value heads (grouped-query attention); equal to n_heads for MHA")
-    hidden_dim: int | None = Field(None, description="SwiGLU hidden size; None: 8/3 * dim rounded up to 64")
-    max_seq_len: int = Field(256, description="longest sequence (rotary table and KV cache size)")
-    rope_theta: float = Field(10000.0, description="rotary embedding base")
-    norm_eps: float = Field(1e-5, description="RMSNorm epsilon")
+    vocab_size: int | None = Field(None, ge=1, description="vocabulary size; taken from the tokenizer when None")
+    dim: int = Field(256, ge=2, description="hidden size")
+    n_layers: int = Field(4, ge=1, description="number of transformer blocks")
+    n_heads: int = Field(4, ge=1, description="attention (query) heads")
+    n_kv_heads: int = Field(2, ge=1, description="key/value heads (grouped-query attention); equal to n_heads for MHA")
+    hidden_dim: int | None = Field(None, ge=1, description="SwiGLU hidden size; None: 8/3 * dim rounded up to 64")
+    max_seq_len: int = Field(256, ge=2, description="longest sequence (rotary table and KV cache size)")
+    rope_theta: float = Field(10000.0, gt=0, description="rotary embedding base")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     tie_embeddings: bool = Field(True, description="share the input embedding with the output projection")
-    init_std: float = Field(0.02, description="std of the normal init of linear and embedding weights")
+    init_std: float = Field(0.02, gt=0, description="std of the normal init of linear and embedding weights")
 
     @property
     def head_dim(self) -> int:

@@ -22,7 +22,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, \
+    model_validator  # fmt: skip
 from tqdm.auto import tqdm
 
 from fromzero import checkpoint
@@ -35,24 +36,25 @@ DONE = "DONE"
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(1000, description="optimizer steps")
-    batch_tokens: int = Field(16384, description="tokens per optimizer step over all ranks (accumulation fills it)")
-    micro_batch_size: int = Field(16, description="sequences per forward pass on one rank")
-    seq_len: int = Field(256, description="tokens per training sequence")
-    lr: float = Field(3e-3, description="peak learning rate")
-    min_lr_ratio: float = Field(0.1, description="final learning rate as a fraction of lr")
-    warmup_steps: int = Field(50, description="linear warmup steps")
+    # subclasses that change a default keep the constraint by repeating the type: `steps: PositiveInt = 200`
+    steps: PositiveInt = Field(1000, description="optimizer steps")
+    batch_tokens: int = Field(16384, ge=1, description="tokens per optimizer step over all ranks (accumulation fills it)")
+    micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass on one rank")
+    seq_len: int = Field(256, ge=2, description="tokens per training sequence")
+    lr: PositiveFloat = Field(3e-3, description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate as a fraction of lr")
+    warmup_steps: NonNegativeInt = Field(50, description="linear warmup steps")
     schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="decay after warmup")
-    decay_fraction: float = Field(0.2, description="wsd: fraction of steps spent decaying at the end")
-    weight_decay: float = Field(0.1, description="AdamW weight decay on matrices (not norms)")
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = Field(1.0, description="max global gradient norm; 0 disables clipping")
+    decay_fraction: float = Field(0.2, ge=0, le=1, description="wsd: fraction of steps spent decaying at the end")
+    weight_decay: NonNegativeFloat = Field(0.1, description="AdamW weight decay on matrices (not norms)")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
     precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast (weights stay fp32) or fp32")
     compile: bool = Field(False, description="torch.compile the model")
     device: str = Field("auto", description="auto | cpu | cuda | mps")
-    eval_every: int = Field(200, description="evaluate every N steps (and at the end)")
-    checkpoint_every: int = Field(200, description="write a checkpoint every N steps (and at the end)")
+    eval_every: PositiveInt = Field(200, description="evaluate every N steps (and at the end)")
+    checkpoint_every: PositiveInt = Field(200, description="write a checkpoint every N steps (and at the end)")
     seed: int = Field(0, description="seed for data order and sampling")
 
     def accumulation(self, world_size: int) -> int:
@@ -89,15 +91,15 @@ class RolloutConfig(TrainConfig, ABC):
         None, description="precision of sampling the answers; None: `precision`. On CPU a decode step of a few "
         "rows is all per-op overhead, to which bf16 autocast adds casts: fp32 rollouts are faster there (BENCHMARKS.md)")
     max_new_tokens: int = Field(64, ge=1, description="longest answer")
-    seq_len: int = Field(128, description="longest prompt + answer; longer prompts are dropped")
-    micro_batch_size: int = Field(16, description="answers per forward pass on one rank")
+    seq_len: int = Field(128, ge=2, description="longest prompt + answer; longer prompts are dropped")
+    micro_batch_size: int = Field(16, ge=1, description="answers per forward pass on one rank")
     batch_tokens: int = Field(0, description="set from the rollout's shape; leave it unset")
-    steps: int = 100
-    warmup_steps: int = 5
+    steps: PositiveInt = 100
+    warmup_steps: NonNegativeInt = 5
     schedule: Literal["cosine", "wsd", "constant"] = "constant"
-    weight_decay: float = 0.0
-    eval_every: int = 25
-    checkpoint_every: int = 25
+    weight_decay: NonNegativeFloat = 0.0
+    eval_every: PositiveInt = 25
+    checkpoint_every: PositiveInt = 25
 
     @abstractmethod
     def step_shape(self) -> tuple[int, str]:

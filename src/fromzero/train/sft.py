@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from fromzero import checkpoint
 from fromzero.data.chat import Message, render
@@ -27,12 +27,12 @@ class SFTConfig(TrainConfig):
     data: list[str] = Field(default_factory=list, description="instruction files (jsonl/json/parquet/datasets); "
                             "empty: the built-in world's instructions")  # fmt: skip
     on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
-    val_fraction: float = Field(0.02, description="conversations held out for the validation loss")
-    steps: int = 300
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    eval_every: int = 100
-    checkpoint_every: int = 100
+    val_fraction: float = Field(0.02, ge=0, lt=1, description="conversations held out for the validation loss")
+    steps: PositiveInt = 300
+    lr: PositiveFloat = 1e-3
+    warmup_steps: NonNegativeInt = 20
+    eval_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 100
 
 
 Example = tuple[list[int], list[bool]]
