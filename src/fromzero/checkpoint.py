@@ -5,11 +5,12 @@ A checkpoint is a directory holding `model.safetensors`, `config.json` (the Mode
 (optimizer, schedule, RNG and data position). A stage's output directory keeps its checkpoints as
 `ckpt-STEP/` next to a one-line `LATEST` file naming the current one; both are replaced atomically
 (written under a temporary name, then renamed), so a crash at any moment leaves the previous checkpoint
-intact and loadable.
+intact and loadable, and a failed write (a full disk) removes what it wrote and names the checkpoint kept.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors, save_model
 
 from fromzero.model import ModelConfig, Transformer
@@ -27,11 +29,15 @@ LATEST = "LATEST"
 
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def resolve(path: str | Path) -> Path:
@@ -65,21 +71,31 @@ def save(
     """Write `stage_dir/ckpt-STEP` and point LATEST at it; returns the checkpoint path."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=stage_dir, prefix=f".{name}."))
-    save_model(model, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(model.cfg.model_dump_json(indent=2))
-    shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / "trainer_state.pt")
     final = stage_dir / name
     previous = stage_dir / (stage_dir / LATEST).read_text().strip() if (stage_dir / LATEST).exists() else None
     if final == previous:
         raise FileExistsError(f"{final} is the current checkpoint; a step is saved once")
-    if final.exists():  # left by a run killed between writing it and updating LATEST: never current
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    write_text_atomic(stage_dir / LATEST, name + "\n")
+    tmp = Path(tempfile.mkdtemp(dir=stage_dir, prefix=f".{name}."))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(model.cfg.model_dump_json(indent=2))
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+        if final.exists():  # left by a run killed between writing it and updating LATEST: never current
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        write_text_atomic(stage_dir / LATEST, name + "\n")
+    except (OSError, SafetensorError, RuntimeError) as e:  # torch.save and safetensors wrap the OS's error
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint was written"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise OSError(getattr(e, "errno", None) or errno.EIO, f"writing checkpoint {final} failed ({reason}); {kept}; "
+                      "free disk space and run again with --resume") from e  # fmt: skip
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if previous is not None and not keep_previous:
         shutil.rmtree(previous, ignore_errors=True)
     return final
@@ -97,7 +113,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transfor
     return model.to(device)
 
 
+def is_reward_model(path: str | Path) -> bool:
+    """Whether a checkpoint holds a reward model (a `score` head on the backbone), not a language model."""
+    with safe_open(str(resolve(path) / "model.safetensors"), "pt") as f:
+        return "score.weight" in f.keys()
+
+
 def load_model_weights(model: Transformer, path: str | Path) -> None:
+    want_reward = hasattr(model, "score")
+    if is_reward_model(path) != want_reward:
+        kinds = ("a reward model (it has score.* weights)", "a language model (no score head)")
+        has, expected = (kinds[0], kinds[1]) if not want_reward else (kinds[1], kinds[0])
+        hint = ("pass a pretrain, SFT, DPO, PPO or GRPO checkpoint" if not want_reward else
+                "pass the output of `fromzero reward`")  # fmt: skip
+        raise ValueError(f"checkpoint {path} is {has}, but {expected} is expected here; {hint}")
     missing, unexpected = load_safetensors(model, str(resolve(path) / "model.safetensors"), strict=False)
     if unexpected or [m for m in missing if m != "lm_head.weight" or not model.cfg.tie_embeddings]:
         raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")

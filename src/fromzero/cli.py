@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,19 +25,38 @@ Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --ou
 Ckpt = Annotated[Path, typer.Option("--ckpt", help="checkpoint or stage directory")]
 
 
+DEBUG_ENV = "FROMZERO_DEBUG"
+# the config section whose on_error a command's records obey
+ON_ERROR_SECTION = {"data": "data", "sft": "sft", "reward": "reward", "dpo": "dpo", "ppo": "reward", "grpo": "grpo"}
+
+
 def user_errors(fn):
-    """Turn the errors a user can fix into one red line and exit code 2, instead of a traceback."""
+    """Turn the errors a user can fix into one red line and exit code 2, instead of a traceback: bad config, data
+    and files, and what reading and writing files raises (a full disk, a corrupt gzip stream). FROMZERO_DEBUG=1
+    shows the traceback instead, for when one of them is a bug."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import zlib
+
         from fromzero.config import ConfigError
-        from fromzero.data.sources import DataError
+        from fromzero.data.sources import DataError, RecordError
         from fromzero.train.loop import TrainingDiverged
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
+        except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError, OSError, EOFError,
+                zlib.error) as e:  # fmt: skip
+            if os.environ.get(DEBUG_ENV):
+                raise
+            message = str(e) if isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) else \
+                f"{type(e).__name__}: {e} ({DEBUG_ENV}=1 shows the traceback)"  # fmt: skip
+            if isinstance(e, RecordError):
+                section = ON_ERROR_SECTION.get(fn.__name__)
+                message += (f"; --set {section}.on_error=skip skips and counts such records" if section else
+                            "; on_error: skip in the stage's section (data, sft, reward, dpo, grpo) skips and counts "
+                            "such records")  # fmt: skip
+            typer.secho(f"error: {message}", fg="red", err=True)
             raise typer.Exit(2) from None
         except TrainingDiverged as e:
             typer.secho(f"diverged: {e}", fg="red", err=True)
@@ -148,13 +168,14 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
 
     from fromzero import checkpoint
     from fromzero.data.world import build_world
+    from fromzero.data.tasks import load_tasks
     from fromzero.data.world_pref import build_preferences, preference_pairs, sampled_pairs
     from fromzero.eval import qa
     from fromzero.tokenizer import Tokenizer
 
     def builtin():
         world = build_world(cfg.world)
-        prefs = build_preferences(world, cfg.preference)
+        prefs = build_preferences(world, cfg.preference, load_tasks(cfg.grpo, cfg.reasoning, world, cfg.seed)[0])
         if init is None or not cfg.preference.sampled_questions:
             return prefs
         ckpt = checkpoint.resolve(init)
@@ -168,7 +189,7 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
     if stats is not None:
         if stats.skipped:
             typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-        typer.echo(f"{stats.pairs} preference pairs from {stats.documents} records, {stats.ties} ties and {stats.both_bad} 'both bad' votes dropped", err=True)
+        typer.echo(f"{stats.describe()}; {len(train)} pairs for training, {len(val)} held out by prompt", err=True)
     return train, val
 
 
@@ -227,6 +248,7 @@ def ppo(
     """Stage 3 (RLHF): PPO against a reward model, on the prompts of the preference data (default: the built-in
     world's); the gold preference function's mean score is logged for the built-in prompts."""
     from fromzero.data.world import build_world
+    from fromzero.data.tasks import load_tasks
     from fromzero.data.world_pref import build_preferences, prompts_and_gold
     from fromzero.train import ppo as stage
 
@@ -236,7 +258,8 @@ def ppo(
         prompts, gold = list({json.dumps(p.messages): p.messages for p in train}.values()), None
     else:
         world = build_world(cfg.world)
-        prompts, gold = prompts_and_gold(world, build_preferences(world, cfg.preference).train_questions)
+        tasks = load_tasks(cfg.grpo, cfg.reasoning, world, cfg.seed)[0]  # word problems are preference prompts too
+        prompts, gold = prompts_and_gold(world, build_preferences(world, cfg.preference, tasks).train_questions)
     ckpt = stage.train(cfg.ppo, prompts, init, reward_model, out, gold=gold, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
 

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
-
 from fromzero import checkpoint
 from fromzero.generate import Engine
 from fromzero.serve.batching import Batcher
@@ -34,8 +32,7 @@ class ServedModel:
 
 def is_policy(ckpt: Path) -> bool:
     """A language model's checkpoint, not a reward model's (which has a score head)."""
-    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-        return "score.weight" not in f.keys()
+    return not checkpoint.is_reward_model(ckpt)
 
 
 def _stage_name(ckpt: Path) -> str:
