@@ -31,7 +31,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -44,6 +44,8 @@ from fromzero.tokenizer import Tokenizer, tokenizer_file
 META_FILE = "meta.json"
 # about 16k tokens: pieces a tokenizer trainer and a worker handle in a moment; a book still gives dozens
 CHUNK_CHARS = 65536
+# the most text in one batch sent to a worker: 512 whole pieces of a huge record would be 32 MB in flight per worker
+BATCH_CHARS = 1 << 22
 SPLITS = ("train", "val")
 Split = Literal["train", "val"]
 # Stored little-endian whatever the machine, so shards are portable.
@@ -298,9 +300,7 @@ def _tokenized_chunks(
     chunk_docs: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[bool]]]:
     """(tokens, per-document lengths, whether each goes to val) for each chunk of documents, in input order."""
-    items = iter(pieces)
-    chunks = ((list(docs), list(to_val)) for docs, to_val in
-              (zip(*chunk) for chunk in iter(lambda: list(islice(items, chunk_docs)), [])))  # fmt: skip
+    chunks = ((list(docs), list(to_val)) for docs, to_val in (zip(*c) for c in _batched(pieces, chunk_docs)))
     if num_workers <= 1:
         for docs, to_val in chunks:
             yield *_tokenize(tokenizer, docs, dtype), to_val
@@ -319,6 +319,20 @@ def _tokenized_chunks(
         while in_flight:
             result, to_val = in_flight.popleft()
             yield *result.get(), to_val
+
+
+def _batched(pieces: Iterable[tuple[str, bool]], chunk_docs: int) -> Iterator[list[tuple[str, bool]]]:
+    """Consecutive batches of at most chunk_docs pieces and about BATCH_CHARS characters."""
+    batch: list[tuple[str, bool]] = []
+    chars = 0
+    for piece in pieces:
+        batch.append(piece)
+        chars += len(piece[0])
+        if len(batch) == chunk_docs or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 def _tokenize(tokenizer: Tokenizer, docs: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
