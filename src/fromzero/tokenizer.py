@@ -18,6 +18,7 @@ sequence when code puts them there (`bos_id`, `special_id(...)`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -79,7 +80,7 @@ class Tokenizer:
 
         `texts` is consumed as a stream. A corpus too small to support that
         many merges yields a smaller vocabulary. `progress` shows the trainer's
-        own progress bars (counting pairs, merging).
+        own progress bars (counting pairs, merging) in a terminal.
         """
         minimum = len(SPECIAL_TOKENS) + 256
         if vocab_size < minimum:
@@ -98,7 +99,8 @@ class Tokenizer:
             # Seed with all 256 bytes, not just those seen in training, so
             # text from any script or emoji is still encodable.
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=progress,
+            # its bars go to stdout, and leave blank lines there when it is not a terminal (piped JSON)
+            show_progress=progress and sys.stdout.isatty(),
         )
         hf.train_from_iterator(texts, trainer)
         return cls(hf)
