@@ -60,6 +60,13 @@ def test_the_built_in_world_splits_as_before():
     assert [v for _, v in assigned] == [_is_val(3, i, 0.05) for i in range(len(docs))]
 
 
+def test_a_single_document_gives_validation_its_tail_and_train_the_rest():
+    assert list(assign_splits(["First line.\nSecond line.\nThird one."], 0.3, seed=0)) == [
+        ("First line.\nSecond line.\n", False), ("Third one.", True)]
+    assert list(assign_splits(["x"], 0.5, seed=0)) == [("x", False)]  # nothing to cut: train comes first
+    assert list(assign_splits(["no split wanted"], 0.0, seed=0)) == [("no split wanted", False)]
+
+
 def test_separate_validation_sources_are_scored_whole(tmp_path):
     train_file, val_file = tmp_path / "train.txt", tmp_path / "heldout.jsonl"
     train_file.write_text("<|endoftext|>".join(book(50, seed=s) for s in range(40)))

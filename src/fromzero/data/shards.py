@@ -229,7 +229,7 @@ def assign_splits(documents: Iterable[str], val_fraction: float, seed: int,
         if val_fraction > 0 and not counts[True] and index == 1 and len(doc) > 1:
             yield from tail_split(doc)
             return
-        if val_fraction > 0 and not counts[True]:
+        if val_fraction > 0 and not counts[True] and index >= 2:
             to_val = True
         elif not counts[False]:
             to_val = False
