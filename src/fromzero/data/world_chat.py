@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,16 +136,25 @@ class InstructConfig(BaseModel):
     multi_turn_fraction: float = Field(0.1, description="conversations with a second question")
     system_fraction: float = Field(0.2, description="conversations that start with a system prompt")
     eval_questions: int = Field(200, description="questions in each held-out set")
+    general_questions: int = Field(40, ge=1, description="held-out questions per kind in the general evaluation (fewer "
+                                   "where a kind has fewer)")  # fmt: skip
+
+
+KINDS = ("people", "towns", "animals", "objects", "comparisons", "arithmetic", "language_models", "small_talk",
+         "word_problems")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Question:
-    """A held-out question with the fact its answer must state."""
+    """A question with what its answer must state (see `Judge`)."""
 
     question: str
-    person: str
-    attribute: str
+    person: str  # the name asked about (a person, town, "a cat"), removed before values are matched; "" for none
+    attribute: str  # what is asked: a person attribute, a town/animal/object field, older, residents, number, chat, task
     expected: str
+    kind: str = "people"  # one of KINDS
+    system: str | None = None  # a system prompt to ask after
+    options: tuple[str, ...] = ()  # older: the two names; residents: who lives in the town; chat: on-topic words
 
 
 @dataclass(frozen=True)
@@ -153,25 +163,50 @@ class InstructData:
     styles: list[str]  # the answer style of each training conversation (its first answer)
     heldout_phrasing: list[Question]
     heldout_people: list[Question]
+    general: list[Question]  # the general evaluation's held-out questions of every kind but word problems
 
 
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a friendly assistant who answers questions about the world.",
                   "Answer the user's questions.")  # fmt: skip
-SMALL_TALK = (  # (message, good answer, curt answer)
-    ("Hello!", "Hello! How can I help you today?", "hi"),
-    ("Hi there.", "Hi! What would you like to know?", "hi"),
-    ("Good morning!", "Good morning! How can I help you?", "morning"),
-    ("How are you?", "I am fine, thank you. How can I help you?", "fine"),
-    ("Thank you!", "You are welcome!", "sure"),
+# (message, good answer, curt answer, kind, words an on-topic answer uses: the rubric of the general evaluation)
+GREETING = ("hello", "hi", "help", "morning", "welcome", "fine")
+LM_WORDS = ("language model", "predicts", "predicting", "words", "text")
+SMALL_TALK = (
+    ("Hello!", "Hello! How can I help you today?", "hi", "small_talk", GREETING),
+    ("Hi there.", "Hi! What would you like to know?", "hi", "small_talk", GREETING),
+    ("Good morning!", "Good morning! How can I help you?", "morning", "small_talk", GREETING),
+    ("How are you?", "I am fine, thank you. How can I help you?", "fine", "small_talk", GREETING),
+    ("Thank you!", "You are welcome!", "sure", "small_talk", ("welcome", "sure", "help")),
     ("Who are you?", "I am a small language model. I answer questions about the people, towns and animals I know.",
-     "a language model"),
+     "a language model", "small_talk", ("language model",)),
     ("What is an LLM?", "An LLM is a large language model: a language model with many parameters, trained on a lot of text.",
-     "a large language model"),
+     "a large language model", "language_models", ("language model",)),
     ("What is a language model?", "A language model is a program that predicts the next word in a text.",
-     "a program that predicts words"),
-    ("What does LLM stand for?", "LLM stands for large language model.", "large language model"),
+     "a program that predicts words", "language_models", LM_WORDS),
+    ("What does LLM stand for?", "LLM stands for large language model.", "large language model", "language_models",
+     ("large language model",)),
     ("How does a language model learn?", "A language model learns by reading a lot of text and predicting the next word.",
-     "by predicting words"),
+     "by predicting words", "language_models", LM_WORDS),
+)
+# never trained on: the general evaluation's small talk and language-model questions, each also asked after every
+# system prompt
+HELDOUT_CHAT = (
+    ("Hello there!", "small_talk", GREETING), ("Hi!", "small_talk", GREETING),
+    ("Hello! How are you?", "small_talk", GREETING), ("Good morning to you!", "small_talk", GREETING),
+    ("Hi, how are you today?", "small_talk", GREETING), ("Thanks!", "small_talk", ("welcome", "sure", "help")),
+    ("Thank you very much!", "small_talk", ("welcome", "sure", "help")),
+    ("What are you?", "small_talk", ("language model",)),
+    ("What is a large language model?", "language_models", ("language model",)),
+    ("Can you tell me what an LLM is?", "language_models", ("language model",)),
+    ("What does a language model do?", "language_models", LM_WORDS),
+    ("How do language models learn?", "language_models", LM_WORDS),
+    ("What is an LLM? Please explain.", "language_models", ("language model",)),
+    ("Tell me what a language model is.", "language_models", LM_WORDS),
+    ("What is an LLM exactly?", "language_models", ("language model",)),
+    ("Explain what a language model is.", "language_models", LM_WORDS),
+    ("How does an LLM learn?", "language_models", LM_WORDS),
+    ("What is the meaning of LLM?", "language_models", ("language model",)),
+    ("Hey there!", "small_talk", GREETING), ("Good evening!", "small_talk", GREETING),
 )  # fmt: skip
 
 
@@ -182,52 +217,140 @@ def _person_qa(p: Person, attr: str, template: str, style: str, rng: random.Rand
             {"role": "assistant", "content": styled(fact_sentence(p, attr), short, style, rng)}]  # fmt: skip
 
 
-def _world_qa(world: World, rng: random.Random) -> tuple[str, str, str]:
-    kind = rng.randrange(3)
-    if kind == 0:
-        t = rng.choice(world.places)
-        return rng.choice((
-            (f"Which country is {t.name} in?", f"{t.name} is in {t.country}.", t.country),
-            (f"What is {t.name} known for?", f"{t.name} is known for its {t.known_for}.", t.known_for),
-            (f"What is near {t.name}?", f"There is {a(t.landmark)} near {t.name}.", a(t.landmark)),
-            (f"In which part of {t.country} is {t.name}?", f"{t.name} is in the {t.region} of {t.country}.", f"the {t.region}"),
-        ))  # fmt: skip
-    if kind == 1:
-        an = rng.choice(world.animals)
-        legs = "no legs" if an.legs == 0 else f"{an.legs} legs"
-        return rng.choice((
-            (f"How many legs does {a(an.kind)} have?", f"{a(an.kind).capitalize()} has {legs}.", legs),
-            (f"What does {a(an.kind)} eat?", f"{a(an.kind).capitalize()} eats {an.food}.", an.food),
-            (f"Where does {a(an.kind)} live?", f"{a(an.kind).capitalize()} lives {an.habitat}.", an.habitat),
-            (f"What sound does {a(an.kind)} make?", f"{a(an.kind).capitalize()} says {an.sound}.", an.sound),
-        ))  # fmt: skip
-    th = rng.choice(world.objects)
-    return rng.choice((
-        (f"What is {a(th.name)} used for?", f"{a(th.name).capitalize()} is used for {th.use}.", th.use),
-        (f"What is {a(th.name)} made of?", f"{a(th.name).capitalize()} is usually made of {th.material}.", th.material),
-    ))  # fmt: skip
+# World facts asked about, per kind: field -> (training question, held-out question, good answer, curt answer).
+# {s} is the subject (a town's name; "a cat", "a kettle"), {S} it capitalised, {c} a town's country, {v} the value
+# asked for and {av} it after "a"/"an". The held-out phrasings are never trained on: the general evaluation asks them.
+TOWN_FIELDS = {
+    "country": ("Which country is {s} in?", "In which country is {s}?", "{s} is in {v}.", "{v}"),
+    "known_for": ("What is {s} known for?", "What is {s} famous for?", "{s} is known for its {v}.", "{v}"),
+    "landmark": ("What is near {s}?", "What can you find near {s}?", "There is {av} near {s}.", "{av}"),
+    "region": ("In which part of {c} is {s}?", "Which part of {c} is {s} in?", "{s} is in the {v} of {c}.", "the {v}"),
+}
+ANIMAL_FIELDS = {
+    "legs": ("How many legs does {s} have?", "How many legs has {s} got?", "{S} has {v}.", "{v}"),
+    "eats": ("What does {s} eat?", "What food does {s} eat?", "{S} eats {v}.", "{v}"),
+    "habitat": ("Where does {s} live?", "Where can you find {s}?", "{S} lives {v}.", "{v}"),
+    "sound": ("What sound does {s} make?", "What noise does {s} make?", "{S} says {v}.", "{v}"),
+}
+OBJECT_FIELDS = {
+    "use": ("What is {s} used for?", "What do people use {s} for?", "{S} is used for {v}.", "{v}"),
+    "material": ("What is {s} made of?", "What material is {s} made of?", "{S} is usually made of {v}.", "{v}"),
+}
+FIELDS = {"towns": TOWN_FIELDS, "animals": ANIMAL_FIELDS, "objects": OBJECT_FIELDS}
 
 
-def _comparison(world: World, rng: random.Random) -> tuple[str, str, str]:
+def legs(an) -> str:
+    return "no legs" if an.legs == 0 else f"{an.legs} legs"
+
+
+def field_values(world: World) -> dict[str, dict[str, str]]:
+    """kind -> {subject: {field: value}} for the towns, animals and objects of a world."""
+    return {
+        "towns": {t.name: {"country": t.country, "known_for": t.known_for, "landmark": t.landmark, "region": t.region,
+                           "_c": t.country} for t in world.places},
+        "animals": {a(an.kind): {"legs": legs(an), "eats": an.food, "habitat": an.habitat, "sound": an.sound}
+                    for an in world.animals},
+        "objects": {a(th.name): {"use": th.use, "material": th.material} for th in world.objects},
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A question with a way to answer it with any value: `write(value)` is (good sentence, curt form), and `wrong`
+    the values a wrong answer may state (how preference data writes right and wrong candidates alike)."""
+
+    q: Question
+    write: Callable[[str], tuple[str, str]]
+    wrong: tuple[str, ...]
+
+
+def _field_ask(world: World, kind: str, subject: str, fld: str, heldout: bool = False) -> Ask:
+    facts = field_values(world)[kind]
+    ask, held, answer, short = FIELDS[kind][fld]
+    country = facts[subject].get("_c", "")
+    fill = {"s": subject, "S": subject[0].upper() + subject[1:], "c": country}
+
+    def write(v: str) -> tuple[str, str]:
+        return answer.format(**fill, v=v, av=a(v)), short.format(v=v, av=a(v))
+
+    expected = facts[subject][fld]
+    others = sorted({f[fld] for f in facts.values()} - {expected})
+    return Ask(Question((held if heldout else ask).format(**fill), subject, fld, expected, kind), write, tuple(others))
+
+
+def _world_qa(world: World, rng: random.Random) -> Ask:
+    kind = ("towns", "animals", "objects")[rng.randrange(3)]
+    subjects = {"towns": [t.name for t in world.places], "animals": [a(an.kind) for an in world.animals],
+                "objects": [a(th.name) for th in world.objects]}[kind]  # fmt: skip
+    subject = rng.choice(subjects)
+    return _field_ask(world, kind, subject, rng.choice(tuple(FIELDS[kind])))
+
+
+def _older(x: Person, y: Person, phrasing: str = "Who is older, {x} or {y}?") -> Ask:
+    def write(name: str) -> tuple[str, str]:
+        old, young = (x, y) if name == x.name else (y, x)
+        if name == (x if x.age > y.age else y).name:
+            return f"{old.name} is older. {old.name} is {old.age} and {young.name} is {young.age} years old.", old.name
+        return f"{old.name} is older. {old.name} is {young.age} and {young.name} is {old.age} years old.", old.name
+
+    older, younger = (x, y) if x.age > y.age else (y, x)
+    q = Question(phrasing.format(x=x.name, y=y.name), "", "older", older.name, "comparisons", options=(x.name, y.name))
+    return Ask(q, write, (younger.name,))
+
+
+def listed(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _residents(world: World, town: str, phrasing: str = "Name some people who live in {t}.") -> Ask:
+    def people(t: str) -> list[str]:
+        return [p.name for p in world.trained_people if p.town == t][:3]
+
+    def write(names: str) -> tuple[str, str]:
+        n = names.split(" and ")
+        return f"{names} {'live' if len(n) > 1 or ', ' in names else 'lives'} in {town}.", names
+
+    residents = tuple(p.name for p in world.people if p.town == town)
+    others = sorted({listed(people(t)) for t in {p.town for p in world.trained_people}} - {listed(people(town))})
+    q = Question(phrasing.format(t=town), town, "residents", listed(people(town)), "comparisons", options=residents)
+    return Ask(q, write, tuple(others))
+
+
+def _comparison(world: World, rng: random.Random) -> Ask:
     if rng.random() < 0.5:
         x, y = rng.sample(world.trained_people, 2)
         while x.age == y.age:
             x, y = rng.sample(world.trained_people, 2)
-        old, young = (x, y) if x.age > y.age else (y, x)
-        return (f"Who is older, {x.name} or {y.name}?",
-                f"{old.name} is older. {old.name} is {old.age} and {young.name} is {young.age} years old.", old.name)  # fmt: skip
-    town = rng.choice([p.town for p in world.trained_people])
-    people = [p.name for p in world.trained_people if p.town == town][:3]
-    listed = people[0] if len(people) == 1 else ", ".join(people[:-1]) + " and " + people[-1]
-    verb = "live" if len(people) > 1 else "lives"
-    return f"Name some people who live in {town}.", f"{listed} {verb} in {town}.", listed
+        return _older(x, y)
+    return _residents(world, rng.choice([p.town for p in world.trained_people]))
 
 
-def _arithmetic(world: World, rng: random.Random) -> tuple[str, str, str]:
-    eq = sample_equation(rng, world.cfg.max_number)
+ARITHMETIC_PHRASINGS = ("What is {a} {word} {b}?", "What is {a} {op} {b}?", "Compute {a} {op} {b}.")
+
+
+def _equation_ask(eq, phrasing: str) -> Ask:
     word = {"+": "plus", "-": "minus", "*": "times"}[eq.op]
-    question = rng.choice((f"What is {eq.a} {word} {eq.b}?", f"What is {eq.a} {eq.op} {eq.b}?", f"Compute {eq.a} {eq.op} {eq.b}."))
-    return question, f"{eq.a} {word} {eq.b} is {eq.result}.", str(eq.result)
+
+    def write(v: str) -> tuple[str, str]:
+        return f"{eq.a} {word} {eq.b} is {v}.", v
+
+    wrong = tuple(str(v) for v in range(max(0, eq.result - 3), eq.result + 4) if v != eq.result)
+    q = Question(phrasing.format(a=eq.a, b=eq.b, op=eq.op, word=word), "", "number", str(eq.result), "arithmetic")
+    return Ask(q, write, wrong)
+
+
+def _arithmetic(world: World, rng: random.Random) -> Ask:
+    eq = sample_equation(rng, world.cfg.max_number)
+    return _equation_ask(eq, rng.choice(ARITHMETIC_PHRASINGS))
+
+
+def _chat_ask(entry: tuple[str, str, str, str, tuple[str, ...]]) -> Ask:
+    message, good, curt, kind, keywords = entry
+
+    def write(_: str) -> tuple[str, str]:
+        return good, curt
+
+    return Ask(Question(message, "", "chat", curt, kind, options=keywords), write, ())
 
 
 def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
@@ -249,11 +372,11 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
     extra = ([_world_qa(world, rng) for _ in range(cfg.n_world_questions)]
              + [_comparison(world, rng) for _ in range(cfg.n_comparisons)]
              + [_arithmetic(world, rng) for _ in range(cfg.n_arithmetic)]
-             + [rng.choice(SMALL_TALK) for _ in range(cfg.n_small_talk)])  # fmt: skip
-    for question, answer, short in extra:
+             + [_chat_ask(rng.choice(SMALL_TALK)) for _ in range(cfg.n_small_talk)])  # fmt: skip
+    for ask in extra:
         style = pick_style()
-        singles.append(([{"role": "user", "content": question},
-                         {"role": "assistant", "content": styled(answer, short, style, rng)}], style))  # fmt: skip
+        singles.append(([{"role": "user", "content": ask.q.question},
+                         {"role": "assistant", "content": styled(*ask.write(ask.q.expected), style, rng)}], style))  # fmt: skip
     rng.shuffle(singles)
 
     train: list[list[Message]] = []
@@ -278,20 +401,162 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
         return [Question(eval_rng.choice(QUESTIONS[attr][phrasing]).format(n=p.name, his=p.his), p.name, attr,
                          world.facts(p)[attr]) for p, attr in chosen]  # fmt: skip
 
-    return InstructData(train, train_styles, questions(world.trained_people, 1), questions(world.heldout_people, 0))
+    trained = {m["content"] for c in train for m in c if m["role"] == "user"}
+    return InstructData(train, train_styles, questions(world.trained_people, 1), questions(world.heldout_people, 0),
+                        general_questions(world, cfg.general_questions, cfg.seed, trained))  # fmt: skip
+
+
+def general_questions(world: World, n: int, seed: int, trained: set[str]) -> list[Question]:
+    """Up to n questions of each kind but word problems (the reasoning stage's held-out tasks are those). Held out
+    where the kind leaves room: people asked in phrasings never trained on, people compared and sums never asked in
+    training (`trained`: the training questions), small talk and language-model messages never trained on beside the
+    trained ones, each also after every system prompt. Towns, animals, objects and who lives where are few enough
+    that SFT's data asks about every one of them: those questions are asked as trained, and measure what the later
+    stages keep of what SFT taught (their phrasings never trained on, `FIELDS`' second one, SFT answered 20-40 %
+    right)."""
+    rng = random.Random(f"{seed}:general")
+    out: list[Question] = []
+    facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
+    for p, attr in rng.sample(facts, min(n, len(facts))):
+        out.append(Question(rng.choice(QUESTIONS[attr][1]).format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr]))
+    for kind, facts_of in field_values(world).items():
+        pairs = [(subject, fld) for subject in facts_of for fld in FIELDS[kind]]
+        out += [_field_ask(world, kind, s, f).q for s, f in rng.sample(pairs, min(n, len(pairs)))]
+    towns = sorted({p.town for p in world.trained_people})
+    comparisons = [_residents(world, t).q for t in rng.sample(towns, min(n // 2, len(towns)))]
+    for _ in range(100 * n):
+        if len(comparisons) >= n:
+            break
+        x, y = rng.sample(world.trained_people, 2)
+        q = _older(x, y).q
+        if x.age != y.age and q.question not in trained and q.question not in {c.question for c in comparisons}:
+            comparisons.append(q)
+    sums: dict[str, Question] = {}
+    for _ in range(100 * n):
+        if len(sums) >= n:
+            break
+        q = _equation_ask(sample_equation(rng, world.cfg.max_number), rng.choice(ARITHMETIC_PHRASINGS)).q
+        if q.question not in trained:
+            sums.setdefault(q.question, q)
+    out += comparisons + list(sums.values())
+    systems = (None, *SYSTEM_PROMPTS)
+    for kind in ("language_models", "small_talk"):
+        messages = [(m, k, words) for m, _, _, k, words in SMALL_TALK] + list(HELDOUT_CHAT)
+        chat = [Question(m, "", "chat", "", kind, system, words) for m, k, words in messages if k == kind
+                for system in systems]  # fmt: skip
+        out += rng.sample(chat, min(n, len(chat)))
+    return out
 
 
 def _words(text: str) -> str:
     return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
 
 
-def is_correct(answer: str, q: Question, world: World) -> bool:
-    """The answer states the expected fact and no other value of the same attribute.
+class Judge:
+    """Reads an answer to a `Question` of any kind and says whether it is right, wrong, or evasive (answers nothing),
+    and why. Values are matched on whole lower-cased words, after the name asked about is removed (a surname like
+    "Baker" must not count as a job):
 
-    Matching is on whole lower-cased words after removing the person's name (a surname like "Baker"
-    must not count as the job).
+    - a fact (of a person, town, animal or object): right when it states the expected value and no other value of
+      that attribute ("berries and fish" counts once, not also as "fish");
+    - older: right when the older of the two is named first; residents: every person named lives in the town;
+    - number: the last number stated; task (a word problem): the final answer, as the reasoning reward reads it;
+    - chat (small talk, language models): on topic (one of the question's words) and no fact of a person, which a
+      model answering "What is an LLM?" with "He works as a farmer." states.
     """
-    text = _words(answer.replace(q.person, " "))
-    values = {str(getattr(p, q.attribute)) for p in world.people}
-    stated = {v for v in values if _words(v) in text}
-    return stated == {q.expected}
+
+    def __init__(self, world: World):
+        people = {attr: {str(getattr(p, attr)) for p in world.people} for attr in ATTRIBUTES}
+        fields = {fld: {f[fld] for f in facts.values()} for kind, facts in field_values(world).items() for fld in FIELDS[kind]}
+        self.values: dict[str, set[str]] = {**people, **fields}
+        self.names = {p.name for p in world.people}
+        # a person's facts, but not words small talk uses itself ("by reading a lot of text": reading is also a hobby)
+        chat = _words(" ".join(good for _, good, *_ in SMALL_TALK))
+        self.personal = {v for attr in ATTRIBUTES if attr not in ("age", "town") for v in people[attr]
+                         if _words(v) not in chat}  # fmt: skip
+
+    @staticmethod
+    def stated(text: str, values: set[str]) -> set[str]:
+        found = {v for v in values if _words(v) in text}
+        return {v for v in found if not any(v != w and _words(v) in _words(w) for w in found)}
+
+    def check(self, q: Question, answer: str) -> tuple[str, str]:
+        """(right | wrong | evasive, why)."""
+        text = _words(answer.replace(q.person, " ") if q.person else answer)
+        if q.attribute in self.values:
+            stated = self.stated(text, self.values[q.attribute])
+            if not stated:
+                return "evasive", f"states no {q.attribute.replace('_', ' ')}"
+            if stated == {q.expected}:
+                return "right", f"states {q.expected}"
+            return "wrong", f"states {', '.join(sorted(stated - {q.expected}))}, not only {q.expected}"
+        if q.attribute == "older":
+            named = sorted((answer.index(n), n) for n in q.options if n in answer)
+            if not named:
+                return "evasive", "names neither"
+            return ("right" if named[0][1] == q.expected else "wrong"), f"names {named[0][1]} as older"
+        if q.attribute == "residents":
+            named = {n for n in self.names if n in answer}
+            if not named:
+                return "evasive", "names nobody"
+            strangers = sorted(named - set(q.options))
+            return ("wrong", f"{strangers[0]} does not live there") if strangers else ("right", "names residents")
+        if q.attribute == "number":
+            numbers = re.findall(r"\d+", answer)
+            if not numbers:
+                return "evasive", "states no number"
+            return ("right" if numbers[-1] == q.expected else "wrong"), f"says {numbers[-1]}, expected {q.expected}"
+        if q.attribute == "task":
+            from fromzero.rewards import extract_answer, is_equivalent  # rewards reads tasks, which read the world
+
+            found = extract_answer(answer)
+            if found is None:
+                return "evasive", "gives no answer"
+            return ("right" if is_equivalent(found, q.expected) else "wrong"), f"answers {found}, expected {q.expected}"
+        if q.attribute == "chat":
+            off = sorted(self.stated(text, self.personal) | {n for n in self.names if n in answer})
+            if off or " years old " in text:
+                return "evasive", f"off topic: states {off[0] if off else 'an age'}"
+            words = [w for w in q.options if _words(w) in text]
+            return ("right", f"on topic ({words[0]})") if words else ("evasive", "off topic")
+        raise ValueError(f"no rule judges questions about {q.attribute!r}")
+
+    def content(self, q: Question, answer: str) -> str:
+        return self.check(q, answer)[0]
+
+
+def is_correct(answer: str, q: Question, world: World) -> bool:
+    """The answer is right (see `Judge`)."""
+    return Judge(world).content(q, answer) == "right"
+
+
+def recognise(world: World, text: str) -> Question | None:
+    """The question a prompt asks, when it is one the built-in world's data asks (any phrasing of a fact of a person,
+    town, animal or object, who is older, who lives where, a sum, small talk): how the report grades its fixed
+    prompts. None for anything else."""
+    if m := re.fullmatch(r"Who is older, (.+) or (.+)\?", text):
+        people = {p.name: p for p in world.people}
+        x, y = people.get(m[1]), people.get(m[2])
+        return _older(x, y).q if x and y and x.age != y.age else None
+    words = {"plus": "+", "minus": "-", "times": "*"}
+    if m := re.fullmatch(r"(?:What is|Compute) (\d+) (plus|minus|times|\+|-|\*) (\d+)[?.]", text):
+        a_, op, b_ = int(m[1]), words.get(m[2], m[2]), int(m[3])
+        result = {"+": a_ + b_, "-": a_ - b_, "*": a_ * b_}[op]
+        return Question(text, "", "number", str(result), "arithmetic")
+    for p in world.people:
+        for attr, (train, held) in QUESTIONS.items():
+            if any(t.format(n=p.name, his=p.his) == text for t in train + held):
+                return Question(text, p.name, attr, world.facts(p)[attr])
+    for kind, facts in field_values(world).items():
+        for subject in facts:
+            for fld in FIELDS[kind]:
+                for heldout in (False, True):
+                    ask = _field_ask(world, kind, subject, fld, heldout)
+                    if ask.q.question == text:
+                        return ask.q
+    for town in {p.town for p in world.trained_people}:
+        for phrasing in ("Name some people who live in {t}.", "Who lives in {t}?"):
+            if phrasing.format(t=town) == text:
+                return _residents(world, town, phrasing).q
+    messages = [(m, k, words) for m, _, _, k, words in SMALL_TALK] + list(HELDOUT_CHAT)
+    return next((Question(m, "", "chat", "", k, options=words) for m, k, words in messages if m == text), None)
