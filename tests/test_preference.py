@@ -236,7 +236,7 @@ def world():
 
 
 def test_world_preferences_use_trained_people_and_hold_out_phrasings(world):
-    data = build_preferences(world, PreferenceConfig(eval_questions=50))
+    data = build_preferences(world, PreferenceConfig(eval_questions=50, questions_per_kind=0))
     text = json.dumps([p.__dict__ for p in data.train + data.eval_pairs])
     assert not any(p.name in text for p in world.heldout_people)
     assert len(data.train) == len(world.trained_people) * 8 * 2 and len(data.eval_pairs) == 50
@@ -247,7 +247,8 @@ def test_world_preferences_use_trained_people_and_hold_out_phrasings(world):
 
 
 def test_more_pairs_per_phrasing_and_a_clear_error_past_the_phrasings(world):
-    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=3, eval_questions=10))
+    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=3, eval_questions=10,
+                                                   questions_per_kind=0))
     assert len(data.train) == len(world.trained_people) * 8 * 3
     assert len({p.messages[0]["content"] for p in data.train}) == len(world.trained_people) * 8
     with pytest.raises(ValueError, match="only 10 training phrasings; raise preference.pairs_per_question"):
@@ -255,7 +256,8 @@ def test_more_pairs_per_phrasing_and_a_clear_error_past_the_phrasings(world):
 
 
 def test_ppo_prompts_are_distinct_questions_with_their_gold_score(world):
-    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=2, eval_questions=5))
+    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=2, eval_questions=5,
+                                                   questions_per_kind=0))
     prompts, gold = prompts_and_gold(world, data.train_questions)
     assert len(prompts) == len(data.train_questions) // 2  # two pairs per question, one prompt
     q = next(q for q in data.train_questions if q.question == prompts[3][0]["content"])
@@ -267,7 +269,8 @@ def test_sampled_answers_are_labelled_like_written_pairs_and_ties_dropped(world)
     """Pairs of a model's own answers: each sampled question answered twice (two seeds), the labellers' choice
     kept, a pair the gold function cannot tell apart dropped. The 'model' answers from the world: with one seed
     right, with the other right or evasive by the question's parity, so half the pairs are ties."""
-    cfg = PreferenceConfig(questions_per_fact=2, eval_questions=5, temperature=0.0, sampled_questions=30)
+    cfg = PreferenceConfig(questions_per_fact=2, eval_questions=5, temperature=0.0, sampled_questions=30,
+                           questions_per_kind=0)
     data, by_text = build_preferences(world, cfg), {}
     for q in data.train_questions:
         by_text[q.question] = q

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.preference import PreferencePair, PreferenceSources, PreferenceStats, load_pairs, split_pairs
+from fromzero.data.tasks import Task
 from fromzero.data.world import ATTRIBUTES, Person, World
-from fromzero.data.world_chat import CURT_OPEN, QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, RUDE_OPEN, STYLES, \
-    Question, a, fact_sentence, styled  # fmt: skip
+from fromzero.data.world_chat import CURT_OPEN, FIELDS, KINDS, QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, \
+    RUDE_OPEN, SMALL_TALK, STYLES, Ask, Judge, Question, _arithmetic, _chat_ask, _comparison, _field_ask, a, \
+    fact_sentence, field_values, styled  # fmt: skip
 
 CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
 # the candidate answers written for preference pairs: an off-topic one states another of the person's facts
@@ -64,6 +66,12 @@ class PreferenceConfig(BaseModel):
                                "0: they always pick the better answer")  # fmt: skip
     label_noise: float = Field(0.0, ge=0, le=0.5, description="share of labels flipped after that (careless labellers)")
     eval_questions: int = Field(200, description="held-out prompts (trained people, held-out phrasings) for evaluation")
+    questions_per_kind: int = Field(200, ge=0, description="training questions of every other kind the instruction "
+                                    "data teaches (towns, animals, objects, comparisons, arithmetic, language models, "
+                                    "small talk, word problems), each with pairs_per_question pairs: stage 3 tunes "
+                                    "on every kind, not only on questions about people")  # fmt: skip
+    ppo_people_share: float = Field(0.5, gt=0, le=1, description="share of questions about people among PPO's "
+                                    "prompts; the rest are the other kinds', evenly (their questions repeated)")
     sampled_questions: int = Field(0, ge=0, description="training questions the model being tuned (SFT) answers "
                                    "twice by sampling, each two answers labelled by the simulated labellers like the "
                                    "written pairs (as people vote on two answers on the chat page) and added to them: "
@@ -96,14 +104,13 @@ class GoldPreference:
     best = CONTENT_SCORE["right"] - STYLE_PENALTY["good"]  # the score of the best possible answer
 
     def __init__(self, world: World):
-        self.values = {attr: {str(getattr(p, attr)) for p in world.people} for attr in ATTRIBUTES}
+        self.judge = Judge(world)
+        self.values = self.judge.values
 
     def content(self, q: Question, answer: str) -> str:
-        """right: states the expected fact and no other value of the attribute; wrong: states another;
-        evasive: states none. Matching is on whole words, with the person's name removed first."""
-        text = _words(answer.replace(q.person, " "))
-        stated = {v for v in self.values[q.attribute] if _words(v) in text}
-        return "evasive" if not stated else "right" if stated == {q.expected} else "wrong"
+        """right, wrong or evasive, as `world_chat.Judge` reads any kind of question (for a person's fact: the
+        expected value and no other value of the attribute; none: evasive)."""
+        return self.judge.content(q, answer)
 
     def score(self, q: Question, answer: str) -> float:
         return CONTENT_SCORE[self.content(q, answer)] - STYLE_PENALTY[answer_style(answer)]
@@ -141,6 +148,46 @@ def candidate(world: World, gold: GoldPreference, p: Person, attr: str, content:
     return styled(fact_sentence(p, attr), short, style, rng)
 
 
+def task_ask(task: Task) -> Ask:
+    """A word problem asked with its worked solution: any final answer is written after the same working."""
+    working = task.metadata["solution"].rpartition("The answer is")[0]
+
+    def write(v: str) -> tuple[str, str]:
+        return f"{working}The answer is {v}.", v
+
+    n = int(task.answer)
+    q = Question(task.prompt, "", "task", task.answer, "word_problems")
+    return Ask(q, write, tuple(str(v) for v in range(max(0, n - 3), n + 4) if v != n))
+
+
+def ask_candidate(world: World, ask: Ask, content: str, style: str, rng: random.Random) -> str:
+    """One answer to an `Ask` (a question of any kind but a person's fact) with the given content and style; an
+    off-topic one states a person's fact, and a chat question, which has no wrong value, gets one for its wrong."""
+    if content == "evasive":
+        return styled(*EVASIVE, style, rng)
+    if content == "off_topic" or (content == "wrong" and not ask.wrong):
+        p, attr = rng.choice(world.trained_people), rng.choice(tuple(ATTRIBUTES))
+        return styled(fact_sentence(p, attr), a(p.job) if attr == "job" else str(getattr(p, attr)), style, rng)
+    value = rng.choice(ask.wrong) if content == "wrong" else ask.q.expected
+    return styled(*ask.write(value), style, rng)
+
+
+def kind_asks(world: World, kind: str, n: int, rng: random.Random, tasks: Sequence[Task]) -> list[Ask]:
+    """n training questions of a kind (not people: those are asked per fact), as the instruction data asks them."""
+    if kind in FIELDS:
+        facts = field_values(world)[kind]
+        return [_field_ask(world, kind, rng.choice(sorted(facts)), rng.choice(tuple(FIELDS[kind]))) for _ in range(n)]
+    if kind == "comparisons":
+        return [_comparison(world, rng) for _ in range(n)]
+    if kind == "arithmetic":
+        return [_arithmetic(world, rng) for _ in range(n)]
+    if kind == "word_problems":
+        worked = [t for t in tasks if t.kind == "math" and "The answer is" in t.metadata.get("solution", "")]
+        return [task_ask(t) for t in rng.sample(worked, min(n, len(worked)))]
+    chat = [e for e in SMALL_TALK if e[3] == kind]
+    return [_chat_ask(rng.choice(chat)) for _ in range(n)]
+
+
 def bradley_terry_label(score_a: float, score_b: float, temperature: float, label_noise: float, rng: random.Random) -> bool:
     """Whether a simulated labeller prefers answer a."""
     if temperature == 0:
@@ -158,7 +205,10 @@ class WorldPreferences:
     eval_questions: list[Question]  # the held-out prompts, for judging a policy's own answers
 
 
-def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
+def build_preferences(world: World, cfg: PreferenceConfig, tasks: Sequence[Task] = ()) -> WorldPreferences:
+    """Labelled pairs for questions about the trained people, then for `cfg.questions_per_kind` questions of every
+    other kind (word problems from `tasks`, the reasoning stage's training problems, where they have worked
+    solutions), and the held-out prompts about people."""
     for name, weights, known in (("content", cfg.content_weights, CANDIDATES), ("style", cfg.style_weights, STYLES)):
         if set(weights) - set(known):
             raise ValueError(f"unknown {name} kinds {sorted(set(weights) - set(known))}; kinds: {', '.join(known)}")
@@ -195,6 +245,23 @@ def build_preferences(world: World, cfg: PreferenceConfig) -> WorldPreferences:
                     chosen, rejected = (x, y) if label else (y, x)
                     train.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
                     train_questions.append(q)
+
+    kinds_rng = random.Random(f"{cfg.seed}:preference-kinds")  # its own stream: the people's pairs stay as they were
+    for kind in KINDS[1:]:
+        for ask in kind_asks(world, kind, cfg.questions_per_kind, kinds_rng, tasks):
+            for _ in range(cfg.pairs_per_question):
+                for _attempt in range(100):
+                    x, y = (ask_candidate(world, ask, kinds_rng.choices(contents, content_w)[0],
+                                          kinds_rng.choices(styles, style_w)[0], kinds_rng) for _ in range(2))  # fmt: skip
+                    sx, sy = gold.score(ask.q, x), gold.score(ask.q, y)
+                    if sx != sy:
+                        break
+                else:
+                    continue
+                label = bradley_terry_label(sx, sy, cfg.temperature, cfg.label_noise, kinds_rng)
+                chosen, rejected = (x, y) if label else (y, x)
+                train.append(PreferencePair([{"role": "user", "content": ask.q.question}], chosen, rejected))
+                train_questions.append(ask.q)
 
     facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
     eval_questions = [question(p, attr, rng.choice(QUESTIONS[attr][1]))
@@ -234,10 +301,22 @@ def sampled_pairs(world: World, prefs: WorldPreferences, cfg: PreferenceConfig, 
 GoldFn = Callable[[int, str], float]  # (prompt index, decoded answer) -> gold score; metrics only
 
 
-def prompts_and_gold(world: World, questions: Sequence[Question]) -> tuple[list[list[dict[str, str]]], GoldFn]:
+def prompts_and_gold(world: World, questions: Sequence[Question],
+                     people_share: float | None = None) -> tuple[list[list[dict[str, str]]], GoldFn]:  # fmt: skip
     """The distinct questions as one-turn prompts (for PPO's rollouts or an evaluation), and gold(i, answer), the
-    gold score of an answer to prompt i (for metrics only)."""
+    gold score of an answer to prompt i (for metrics only). With `people_share`, the questions of the other kinds
+    are repeated, evenly per kind, until they make up the rest: the kinds with few distinct questions (six small-talk
+    messages against thousands of questions about people) get a policy's attention all the same."""
     distinct = list({q.question: q for q in questions}.values())
+    if people_share is not None:
+        people = [q for q in distinct if q.kind == "people"]
+        others: dict[str, list[Question]] = {}
+        for q in distinct:
+            if q.kind != "people":
+                others.setdefault(q.kind, []).append(q)
+        if others and people_share < 1:
+            per_kind = round(len(people) * (1 - people_share) / people_share / len(others)) if people else 1
+            distinct = people + [qs[i % len(qs)] for qs in others.values() for i in range(max(per_kind, len(qs)))]
     gold = GoldPreference(world)
     prompts = [[{"role": "user", "content": q.question}] for q in distinct]
     return prompts, lambda i, answer: gold.score(distinct[i], answer)
