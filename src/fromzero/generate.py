@@ -29,6 +29,7 @@ class SamplingConfig:
     top_k: int | None = None
     top_p: float | None = None
     stop_tokens: tuple[int, ...] = ()
+    banned_tokens: tuple[int, ...] = ()  # never sampled (e.g. lone bytes of a character, which decode to U+FFFD)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -52,6 +53,9 @@ def seeded_generator(model: Transformer, seed: int) -> torch.Generator:
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    if cfg.banned_tokens:
+        banned = torch.tensor(cfg.banned_tokens, dtype=torch.long, device=logits.device)
+        logits = logits.index_fill(-1, banned, float("-inf"))
     if cfg.temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
