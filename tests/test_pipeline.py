@@ -39,6 +39,19 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert grpo["seconds"] > 0 and "| grpo |" in report and (out / "rl.png").exists()
     reward_result = json.loads((out / "reward" / "result.json").read_text())
     assert reward_result["answers"] == {}  # the reward model does not answer the fixed prompts
+    for stage in ("sft", "dpo", "ppo", "grpo"):  # the general evaluation: every kind, each stage from SFT on
+        per_kind = summary["stages"][stage]["general"]
+        assert set(per_kind) == {"people", "towns", "animals", "objects", "comparisons", "arithmetic",
+                                 "language_models", "small_talk", "word_problems"}, per_kind  # fmt: skip
+        assert summary["stages"][stage]["general_acc"] == sum(per_kind.values()) / len(per_kind)
+        graded = [json.loads(line) for line in (out / stage / "general_answers.jsonl").read_text().splitlines()]
+        assert {g["verdict"] for g in graded} <= {"right", "wrong", "evasive"} and all(g["why"] for g in graded)
+    assert "## Every kind of question" in report and "| small_talk |" in report and "general_acc" in report
+    init_answers = json.loads((out / "init" / "result.json").read_text())["answers"]
+    assert len(init_answers) == 5 and all("\ufffd" not in a["answer"] for a in init_answers.values())
+    sft_answers = json.loads((out / "sft" / "result.json").read_text())["answers"]
+    assert all(a["verdict"] in ("right", "wrong", "evasive") and a["why"] for a in sft_answers.values()), sft_answers
+    assert "✓" in report or "✗" in report
 
     chat = subprocess.run(FROMZERO + ["chat", "--ckpt", str(out / "sft"), "--max-new-tokens", "8"], env=cli_env,
                           input="Hello!\nWhere does Tom live?\n/system Be brief.\nHi\n/reset\n/quit\n",

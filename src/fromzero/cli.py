@@ -168,13 +168,14 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
 
     from fromzero import checkpoint
     from fromzero.data.world import build_world
+    from fromzero.data.tasks import load_tasks
     from fromzero.data.world_pref import build_preferences, preference_pairs, sampled_pairs
     from fromzero.eval import qa
     from fromzero.tokenizer import Tokenizer
 
     def builtin():
         world = build_world(cfg.world)
-        prefs = build_preferences(world, cfg.preference)
+        prefs = build_preferences(world, cfg.preference, load_tasks(cfg.grpo, cfg.reasoning, world, cfg.seed)[0])
         if init is None or not cfg.preference.sampled_questions:
             return prefs
         ckpt = checkpoint.resolve(init)
@@ -247,6 +248,7 @@ def ppo(
     """Stage 3 (RLHF): PPO against a reward model, on the prompts of the preference data (default: the built-in
     world's); the gold preference function's mean score is logged for the built-in prompts."""
     from fromzero.data.world import build_world
+    from fromzero.data.tasks import load_tasks
     from fromzero.data.world_pref import build_preferences, prompts_and_gold
     from fromzero.train import ppo as stage
 
@@ -256,7 +258,9 @@ def ppo(
         prompts, gold = list({json.dumps(p.messages): p.messages for p in train}.values()), None
     else:
         world = build_world(cfg.world)
-        prompts, gold = prompts_and_gold(world, build_preferences(world, cfg.preference).train_questions)
+        tasks = load_tasks(cfg.grpo, cfg.reasoning, world, cfg.seed)[0]  # word problems are preference prompts too
+        prefs = build_preferences(world, cfg.preference, tasks)
+        prompts, gold = prompts_and_gold(world, prefs.train_questions, cfg.preference.ppo_people_share)
     ckpt = stage.train(cfg.ppo, prompts, init, reward_model, out, gold=gold, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
 

@@ -63,12 +63,13 @@ class EvalConfig(BaseModel):
         default_factory=lambda: [
             "What is an LLM?",
             "Where does {trained_person} live?",
-            "What is the job of {heldout_person}?",
-            "What is 7 plus 5?",
-            "Tell me a story about a cat.",
+            "Which country is {town} in?",
+            "What is 3 plus 4?",
+            "{word_problem}",
         ],
-        description="fixed prompts answered after every stage; {trained_person} and {heldout_person} are "
-        "filled with a person of the built-in world",
+        description="fixed prompts answered after every stage and graded where the built-in world knows the answer; "
+        "{trained_person}, {heldout_person} and {town} are filled from the built-in world, {word_problem} with a "
+        "held-out reasoning problem",
     )
     max_new_tokens: int = Field(48, ge=1, description="tokens sampled per prompt")
     temperature: float = Field(0.0, ge=0, description="0: greedy, so the report is reproducible")

@@ -26,10 +26,10 @@ from fromzero.data import build as data_build
 from fromzero.data.preference import PreferencePair
 from fromzero.data.tasks import Task, cold_start_tasks, load_tasks, solution_conversations
 from fromzero.data.world import World, build_world
-from fromzero.data.world_chat import InstructData, build_instructions
+from fromzero.data.world_chat import InstructData, Judge, Question, build_instructions, recognise
 from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, preference_pairs, \
     prompts_and_gold, sampled_pairs  # fmt: skip
-from fromzero.eval import qa, reasoning
+from fromzero.eval import general, qa, reasoning
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
 from fromzero.tokenizer import Tokenizer
@@ -53,26 +53,58 @@ class RunContext:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.data_dir)
 
-    def prompts(self) -> list[str]:
-        fill = {"trained_person": self.world.trained_people[0].name, "heldout_person": self.world.heldout_people[0].name}
-        return [p.format(**fill) for p in self.cfg.eval.prompts]
+    def prompts(self) -> list[tuple[str, Question | None]]:
+        """The fixed prompts, placeholders filled from the world, each with the question it asks (None: no rule
+        grades it)."""
+        person = self.world.trained_people[0]
+        tasks = general.task_questions(self.reasoning_tasks[1], 1)
+        fill = {"trained_person": person.name, "heldout_person": self.world.heldout_people[0].name,
+                "town": person.town, "word_problem": tasks[0].question if tasks else "What is 3 plus 4?"}  # fmt: skip
+        out = []
+        for p in self.cfg.eval.prompts:
+            text = p.format(**fill)
+            task = [q for q in tasks if q.question == text]
+            out.append((text, task[0] if task else recognise(self.world, text)))
+        return out
+
+    @functools.cached_property
+    def general_questions(self) -> list[Question]:
+        """The general evaluation's questions: every kind the instruction data teaches, word problems included."""
+        n = self.cfg.instruct.general_questions
+        return self.instructions.general + general.task_questions(self.reasoning_tasks[1], n)
+
+    def general_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, Any]:
+        """{"general": {kind: accuracy}, "general_acc": the mean over kinds}; graded answers go to log_to."""
+        model = checkpoint.load_model(ckpt, self.info.device)
+        per_kind, graded = general.evaluate(model, self.tokenizer, self.general_questions, Judge(self.world),
+                                            max_new_tokens=self.cfg.eval.max_new_tokens)  # fmt: skip
+        if log_to is not None:
+            checkpoint.write_text_atomic(log_to, "".join(json.dumps(g) + "\n" for g in graded))
+        return {"general": per_kind, "general_acc": general.mean(per_kind)}
 
     @functools.cached_property
     def instructions(self) -> InstructData:
         return build_instructions(self.world, self.cfg.instruct)
 
-    def answers(self, ckpt: Path, chat: bool) -> dict[str, str]:
-        """The fixed prompts answered by a checkpoint (rank 0 only: sampling is cheap): continued as raw
-        text before instruction tuning, in the chat template after it."""
+    def answers(self, ckpt: Path, chat: bool, *, random_init: bool = False) -> dict[str, dict[str, str]]:
+        """The fixed prompts answered by a checkpoint (rank 0 only: sampling is cheap), each graded: continued as raw
+        text before instruction tuning, in the chat template after it. The random model's answers are sampled from
+        tokens that are text on their own (greedy, it repeats one token; with every token, it writes U+FFFD)."""
         model = checkpoint.load_model(ckpt, self.info.device)
-        prompts, e = self.prompts(), self.cfg.eval
+        asked, e = self.prompts(), self.cfg.eval
+        prompts = [text for text, _ in asked]
         if chat:
             texts = qa.answer(model, self.tokenizer, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
                               seed=self.cfg.seed)  # fmt: skip
         else:
-            texts = complete(model, self.tokenizer, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                             seed=self.cfg.seed)  # fmt: skip
-        return dict(zip(prompts, texts))
+            texts = complete(model, self.tokenizer, prompts, max_new_tokens=e.max_new_tokens, seed=self.cfg.seed,
+                             temperature=1.0 if random_init else e.temperature, text_only=random_init)  # fmt: skip
+        judge = Judge(self.world)
+        out = {}
+        for (prompt, q), text in zip(asked, texts):
+            verdict, why = judge.check(q, text) if q is not None else ("ungraded", "no rule knows this prompt")
+            out[prompt] = {"answer": text, "verdict": verdict, "why": why}
+        return out
 
     def qa_accuracy(self, ckpt: Path, *, chat: bool, log_to: Path | None = None) -> dict[str, float]:
         """Held-out question accuracy (phrasing, people) of a checkpoint; graded answers go to log_to."""
@@ -90,7 +122,7 @@ class RunContext:
 
     @functools.cached_property
     def preferences(self) -> WorldPreferences:
-        return build_preferences(self.world, self.cfg.preference)
+        return build_preferences(self.world, self.cfg.preference, self.reasoning_tasks[0])
 
     def sampled_pairs(self, ckpt: Path) -> list[PreferencePair]:
         """Labelled pairs of a checkpoint's own sampled answers (`preference.sampled_questions`), made once per run."""
@@ -114,8 +146,8 @@ class RunContext:
             return dataclasses.replace(self.preferences, train=self.preferences.train + self.sampled_pairs(policy))
 
         train, heldout, stats = preference_pairs(sources, builtin, self.cfg.seed)
-        if stats is not None and stats.skipped and self.info.is_main:
-            print(f"skipped {stats.skipped} malformed preference records, e.g. {stats.errors[0]}")
+        if stats is not None and self.info.is_main:
+            print(stats.describe() + (f", e.g. {stats.errors[0]}" if stats.errors else ""))
         return train, heldout
 
     def gold_win_rate(self, ckpt: Path, reference: Path) -> dict[str, float]:
@@ -201,6 +233,7 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
         metrics = ctx.qa_accuracy(ckpt, chat=True, log_to=out / "heldout_answers.jsonl")
+        metrics.update(ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"))
         base = ctx.qa_accuracy(checkpoint.resolve(ctx.out / "pretrain"), chat=False, log_to=out / "base_heldout_answers.jsonl")
         metrics.update({f"base_{k}": v for k, v in base.items()})
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
@@ -226,6 +259,7 @@ def stage_dpo(ctx: RunContext) -> dict[str, Any]:
     if ctx.info.is_main:
         metrics = ctx.gold_win_rate(ckpt, init)
         metrics.update(ctx.qa_accuracy(ckpt, chat=True))
+        metrics.update(ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"))
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
@@ -238,7 +272,7 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
         gold = heldout_gold = None
         heldout: list = []
     else:
-        prompts, gold = prompts_and_gold(ctx.world, ctx.preferences.train_questions)
+        prompts, gold = prompts_and_gold(ctx.world, ctx.preferences.train_questions, ctx.cfg.preference.ppo_people_share)
         heldout, heldout_gold = prompts_and_gold(ctx.world, ctx.preferences.eval_questions)
     scorer = reward.load_reward_model(rm, ctx.info.device)
     evaluate = None
@@ -261,7 +295,8 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
         metrics = {**ctx.gold_win_rate(ckpt, init), "kl": kl,
                    "rm_reward_before": before.get("val_reward", float("nan")),
                    "rm_reward_after": after.get("val_reward", float("nan")),
-                   **ctx.qa_accuracy(ckpt, chat=True)}  # fmt: skip
+                   **ctx.qa_accuracy(ckpt, chat=True),
+                   **ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl")}  # fmt: skip
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
@@ -284,7 +319,8 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
         metrics = {"pass1_before": before["pass@1"], "pass1_after": after["pass@1"],
                    **{f"{k}_before": v for k, v in before.items() if k != "pass@1"},
                    **{f"{k}_after": v for k, v in after.items() if k != "pass@1"},
-                   **{f"sft_{k}_after": v for k, v in qa_after.items()}}  # fmt: skip
+                   **{f"sft_{k}_after": v for k, v in qa_after.items()},
+                   **ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl")}  # fmt: skip
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
@@ -319,6 +355,14 @@ def stage_names(cfg: Config) -> list[str]:
 
 def result_path(out: Path, stage: str) -> Path:
     return out / stage / "result.json"
+
+
+def flat(metrics: dict[str, Any]) -> dict[str, float]:
+    """Metrics with nested ones ({"general": {kind: acc}}) as dotted keys (general.people), for one log line."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        out.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+    return out
 
 
 def summarize(cfg: Config, out: Path) -> dict[str, Any]:
@@ -391,11 +435,13 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
         start = time.perf_counter()
         result = fn(ctx)
         if info.is_main:
-            answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False)) if name not in NOT_POLICIES else {}
+            answers = {}
+            if name not in NOT_POLICIES:
+                answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False), random_init=name == "init")
             record = {"metrics": result["metrics"], "seconds": time.perf_counter() - start, "from": source(cfg, name),
                       "checkpoint": str(result["checkpoint"]), "answers": answers}  # fmt: skip
             checkpoint.write_text_atomic(path, json.dumps(record, indent=2))
-            print(f"[{name}] " + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
+            print(f"[{name}] " + "  ".join(f"{k}={v:.4g}" for k, v in flat(result["metrics"]).items()))
         dist.barrier()
     summary = summarize(cfg, out)
     if info.is_main:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint
 from fromzero.data.loader import GlobalOrder
@@ -72,8 +72,8 @@ class GRPOConfig(RolloutConfig, TaskSources):
                                  "max_new_tokens; 0: off")  # fmt: skip
     system_prompt: str | None = Field(None, description="system message before every problem")
     eval_problems: int = Field(100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation")
-    seq_len: int = Field(256, description="longest prompt + completion; longer prompts are dropped")
-    lr: float = 2e-5
+    seq_len: int = Field(256, ge=2, description="longest prompt + completion; longer prompts are dropped")
+    lr: PositiveFloat = 2e-5
 
     def step_shape(self) -> tuple[int, str]:
         return self.prompts_per_step * self.num_generations * self.seq_len, "prompts_per_step × num_generations × seq_len"

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint
 from fromzero.data.chat import Message, render
@@ -73,7 +73,7 @@ class PPOConfig(RolloutConfig):
     num_minibatches: int = Field(2, ge=1, description="minibatches per pass, an optimizer step each")
     missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from the score of answers that never "
                                               "close with <|end|>; None: no penalty")  # fmt: skip
-    lr: float = 3e-5
+    lr: PositiveFloat = 3e-5
 
     def step_shape(self) -> tuple[int, str]:
         return self.prompts_per_rollout // self.num_minibatches * self.seq_len, \
