@@ -70,8 +70,9 @@ class PreferenceConfig(BaseModel):
                                     "data teaches (towns, animals, objects, comparisons, arithmetic, language models, "
                                     "small talk, word problems), each with pairs_per_question pairs: stage 3 tunes "
                                     "on every kind, not only on questions about people")  # fmt: skip
-    ppo_people_share: float = Field(0.5, gt=0, le=1, description="share of questions about people among PPO's "
-                                    "prompts; the rest are the other kinds', evenly (their questions repeated)")
+    ppo_people_share: float = Field(1.0, gt=0, le=1, description="share of questions about people among PPO's "
+                                    "prompts, the rest the other kinds' evenly (their questions repeated); 1: every "
+                                    "distinct question once")
     sampled_questions: int = Field(0, ge=0, description="training questions the model being tuned (SFT) answers "
                                    "twice by sampling, each two answers labelled by the simulated labellers like the "
                                    "written pairs (as people vote on two answers on the chat page) and added to them: "
