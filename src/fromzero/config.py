@@ -157,7 +157,12 @@ def _explain(err: ValidationError) -> str:
             section = _model_at(loc[:-1])
             valid = ", ".join(section.model_fields) if section else "?"
             where = f"'{'.'.join(map(str, loc[:-1]))}'" if loc[:-1] else "the top level"
-            lines.append(f"unknown config key '{key}'; valid keys in {where}: {valid}")
+            # a key of another section (ppo.lora): say where it does belong
+            elsewhere = [name for name, field in Config.model_fields.items() if len(loc) == 2 and name != loc[0]
+                         and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+                         and loc[1] in field.annotation.model_fields]  # fmt: skip
+            hint = f"; '{loc[1]}' is a key of {', '.join(elsewhere)} only" if elsewhere else ""
+            lines.append(f"unknown config key '{key}'; valid keys in {where}: {valid}{hint}")
         else:
             lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
     return "; ".join(lines)

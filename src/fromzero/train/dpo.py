@@ -21,10 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from fromzero import checkpoint
+from fromzero import checkpoint, lora
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
     describe_encoding, encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import DistInfo, all_reduce_sum, setup
+from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
@@ -39,6 +40,8 @@ class DPOConfig(TrainConfig, PreferenceSources):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid only: assumed share of flipped labels (cDPO)")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of the next-token loss on chosen answers (RPO), which keeps "
                              "DPO from lowering their likelihood along with the rejected ones'")  # fmt: skip
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
+                             "instead of full fine-tuning")  # fmt: skip
     batch_tokens: int = Field(4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
     micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected "
                                   "sequence each)")  # fmt: skip
@@ -162,6 +165,8 @@ def train(cfg: DPOConfig, pairs: list[PreferencePair], val_pairs: list[Preferenc
     model = checkpoint.load_model(init, info.device)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"dpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    if cfg.lora.enabled:  # B starts at zero: the reference log-probs below are the starting model's either way
+        lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)
     val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:

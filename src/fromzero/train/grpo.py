@@ -32,12 +32,13 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveFloat, model_validator
 
-from fromzero import checkpoint
+from fromzero import checkpoint, lora
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.tasks import Task, TaskSources, encode_prompt
 from fromzero.dist import DistInfo, all_reduce_sum, setup
 from fromzero.eval.reasoning import grade, sample_completions
 from fromzero.generate import Engine, SamplingConfig
+from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.rewards import (
     RewardFn, RewardStats, accuracy, load_reward, overlong_penalty, safe_reward, weighted_rewards,
@@ -71,6 +72,8 @@ class GRPOConfig(RolloutConfig, TaskSources):
     overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty over the last N tokens before "
                                  "max_new_tokens; 0: off")  # fmt: skip
     system_prompt: str | None = Field(None, description="system message before every problem")
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
+                             "instead of full fine-tuning; the KL reference is then the base with the adapters off")  # fmt: skip
     eval_problems: int = Field(100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation")
     seq_len: int = Field(256, ge=2, description="longest prompt + completion; longer prompts are dropped")
     lr: PositiveFloat = 2e-5
@@ -375,8 +378,14 @@ def train(cfg: GRPOConfig, tasks: list[Task], heldout: list[Task], init: Path, o
     model = checkpoint.load_model(init, info.device)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"grpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
-    # the reference is the starting model: on resume the loop reloads `model` from the checkpoint, not this
-    reference = checkpoint.load_model(init, info.device).eval().requires_grad_(False) if cfg.beta > 0 else None
+    if cfg.lora.enabled:
+        lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
+    # the reference is the starting model (with LoRA the frozen base, adapters off: no second copy); on resume the
+    # loop reloads `model` from the checkpoint, not this
+    reference = None
+    if cfg.beta > 0:
+        reference = (lora.WithoutAdapters(model) if cfg.lora.enabled else
+                     checkpoint.load_model(init, info.device).eval().requires_grad_(False))  # fmt: skip
     funcs, weights = load_rewards(cfg)
     fitting = fit_prompts(cfg, tok, tasks)
     if not fitting:

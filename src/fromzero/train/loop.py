@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
     model_validator  # fmt: skip
 from tqdm.auto import tqdm
 
-from fromzero import checkpoint
+from fromzero import checkpoint, lora
 from fromzero.dist import DistInfo, all_reduce_sum, barrier
 from fromzero.model import Transformer
 
@@ -219,6 +219,30 @@ def is_done(stage_dir: Path) -> bool:
     return (Path(stage_dir) / DONE).exists()
 
 
+def _load_weights(model: nn.Module, ckpt: Path, state: dict[str, Any]) -> None:
+    """A LoRA model resumes from its trainable tensors in the trainer state: the checkpoint's merged weights
+    cannot be split back into the base and the update bit for bit."""
+    if lora.is_lora(model) != ("lora" in state):
+        raise ValueError(f"{ckpt} was trained {'with' if 'lora' in state else 'without'} LoRA; resume it with the same "
+                         "lora settings or start a new --out")  # fmt: skip
+    if "lora" in state:
+        lora.load_trainable_state(model, state["lora"])
+    else:
+        checkpoint.load_model_weights(model, ckpt)
+
+
+def _save_checkpoint(out: Path, step: int, model: nn.Module, stage: Stage, meta: dict[str, Any],
+                     state: dict[str, Any]) -> None:  # fmt: skip
+    """A LoRA model is saved merged (what every later reader expects) with its adapter in PEFT's format beside it,
+    and its trainable tensors in the trainer state."""
+    if not lora.is_lora(model):
+        checkpoint.save(out, step, model, tokenizer_file=stage.tokenizer_file, meta=meta, trainer_state=state)
+        return
+    checkpoint.save(out, step, lora.merged_copy(model), tokenizer_file=stage.tokenizer_file, meta=meta,
+                    trainer_state={**state, "lora": lora.trainable_state(model)})  # fmt: skip
+    lora.save_adapter(model, out / lora.ADAPTER_DIR)
+
+
 def run(
     cfg: TrainConfig,
     stage: Stage,
@@ -242,8 +266,8 @@ def run(
         if not resume:
             raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or pick another --out")
         ckpt = checkpoint.resolve(out)
-        checkpoint.load_model_weights(model, ckpt)
         state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=False)
+        _load_weights(model, ckpt, state)
         optimizer.load_state_dict(state["optimizer"])
         batches.load_state_dict(state["data"])
         _set_rng_state(state["rng"])
@@ -262,6 +286,8 @@ def run(
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out / "metrics.jsonl", info.is_main, start_step)
+    if info.is_main and lora.is_lora(model):
+        tqdm.write(f"[{stage.name}] {lora.describe(model)}")
     flops_per_token = model.cfg.flops_per_token(cfg.seq_len)
     peak = matmul_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32) * info.world_size
     if info.is_main and resumed_from:
@@ -271,8 +297,7 @@ def run(
         if info.is_main:
             state = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(),
                      "data": batches.state_dict(), "rng": _rng_state()}  # fmt: skip
-            checkpoint.save(out, step, model, tokenizer_file=stage.tokenizer_file,
-                            meta={"stage": stage.name, **metrics}, trainer_state=state)  # fmt: skip
+            _save_checkpoint(out, step, model, stage, {"stage": stage.name, **metrics}, state)
         barrier()
 
     def run_eval(step: int) -> dict[str, float]:

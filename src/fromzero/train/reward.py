@@ -37,12 +37,13 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from safetensors import safe_open
 
-from fromzero import checkpoint
+from fromzero import checkpoint, lora
 from fromzero.data.chat import Message
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
     describe_encoding, encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import all_reduce_sum, setup
 from fromzero.generate import Engine, SamplingConfig
+from fromzero.lora import LoRAConfig
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import SPECIAL_TOKENS, Tokenizer
 from fromzero.train import loop
@@ -55,6 +56,8 @@ class RewardConfig(TrainConfig, PreferenceSources):
                              "(log-prob + entropy), weighted by a learned per-token gate, to the last-token score (lets "
                              "the reward model check a stated fact against what the backbone knows; see "
                              "train/reward.py)")  # fmt: skip
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
+                             "instead of full fine-tuning; the fresh heads (score, gate) train in full")  # fmt: skip
     batch_tokens: int = Field(4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
     micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected "
                                   "sequence each)")  # fmt: skip
@@ -210,6 +213,9 @@ def train(cfg: RewardConfig, pairs: list[PreferencePair], val_pairs: list[Prefer
     model = RewardModel.from_lm(checkpoint.load_model(init), cfg.likelihood)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"reward.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    if cfg.lora.enabled:
+        heads = ("score", "gate") if model.gate is not None else ("score",)
+        lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed, modules_to_save=heads)
     encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)
     val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:

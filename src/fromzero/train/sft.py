@@ -9,12 +9,13 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
-from fromzero import checkpoint
+from fromzero import checkpoint, lora
 from fromzero.data.chat import Message, render
 from fromzero.data.instruct import iter_conversations
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.sources import SourceStats
 from fromzero.dist import all_reduce_sum, setup
+from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
@@ -28,6 +29,8 @@ class SFTConfig(TrainConfig):
                             "empty: the built-in world's instructions")  # fmt: skip
     on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
     val_fraction: float = Field(0.02, ge=0, lt=1, description="conversations held out for the validation loss")
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
+                             "instead of full fine-tuning")  # fmt: skip
     steps: PositiveInt = 300
     lr: PositiveFloat = 1e-3
     warmup_steps: NonNegativeInt = 20
@@ -135,6 +138,8 @@ def train(cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_di
     model = checkpoint.load_model(init)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"sft.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    if cfg.lora.enabled:
+        lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     shuffled = list(conversations)
     random.Random(cfg.seed).shuffle(shuffled)
     n_val = max(1, int(cfg.val_fraction * len(shuffled))) if cfg.val_fraction > 0 else 0
