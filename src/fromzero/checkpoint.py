@@ -6,6 +6,10 @@ A checkpoint is a directory holding `model.safetensors`, `config.json` (the Mode
 `ckpt-STEP/` next to a one-line `LATEST` file naming the current one; both are replaced atomically
 (written under a temporary name, then renamed), so a crash at any moment leaves the previous checkpoint
 intact and loadable, and a failed write (a full disk) removes what it wrote and names the checkpoint kept.
+
+A directory that Hugging Face transformers wrote (config.json with a model_type, no meta.json), or any directory
+named as `hf:DIR`, is a checkpoint too: `load_model` imports it (interop/hf.py), and its tokenizer's
+tokenizer_config.json and chat template travel beside tokenizer.json into every checkpoint made from it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors, save_model
 
+from fromzero.interop import hf
 from fromzero.model import ModelConfig, Transformer
+from fromzero.tokenizer import SIDECAR_FILES
 
 LATEST = "LATEST"
 
@@ -41,8 +47,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint directory, given it or a stage directory whose LATEST names one."""
-    path = Path(path)
+    """A checkpoint directory, given it, a stage directory whose LATEST names one, or a transformers model
+    directory (hf:DIR, or one found to be such)."""
+    path, named_hf = hf.strip_prefix(path)
+    if named_hf or hf.is_hf_checkpoint(path):
+        hf.check_dir(path)
+        return path
     if (path / "model.safetensors").exists():
         return path
     if (path / LATEST).exists():
@@ -80,6 +90,9 @@ def save(
         save_model(model, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(model.cfg.model_dump_json(indent=2))
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        for sidecar in SIDECAR_FILES:  # an imported tokenizer's special tokens and chat template
+            if (tokenizer_file.parent / sidecar).is_file():
+                shutil.copyfile(tokenizer_file.parent / sidecar, tmp / sidecar)
         (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -102,11 +115,14 @@ def save(
 
 
 def load_meta(path: str | Path) -> dict[str, Any]:
-    return json.loads((resolve(path) / "meta.json").read_text())
+    ckpt = resolve(path)
+    return {} if hf.is_hf_checkpoint(ckpt) else json.loads((ckpt / "meta.json").read_text())
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
     ckpt = resolve(path)
+    if hf.is_hf_checkpoint(ckpt):
+        return hf.load_model(ckpt).to(device)
     cfg = ModelConfig.model_validate_json((ckpt / "config.json").read_text())
     model = Transformer(cfg)
     load_model_weights(model, ckpt)
@@ -115,7 +131,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transfor
 
 def is_reward_model(path: str | Path) -> bool:
     """Whether a checkpoint holds a reward model (a `score` head on the backbone), not a language model."""
-    with safe_open(str(resolve(path) / "model.safetensors"), "pt") as f:
+    ckpt = resolve(path)
+    if hf.is_hf_checkpoint(ckpt):
+        return False  # import takes *ForCausalLM models only
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
         return "score.weight" in f.keys()
 
 
@@ -133,4 +152,8 @@ def load_model_weights(model: Transformer, path: str | Path) -> None:
 
 
 def tokenizer_file(path: str | Path) -> Path:
-    return resolve(path) / "tokenizer.json"
+    file = resolve(path) / "tokenizer.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file.parent}: no tokenizer.json (save the model's tokenizer there with transformers' "
+                                "save_pretrained of a fast tokenizer)")  # fmt: skip
+    return file

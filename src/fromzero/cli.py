@@ -496,6 +496,30 @@ def sample(
 
 @app.command()
 @user_errors
+def export(
+    ckpt: Annotated[Path, typer.Option(help="checkpoint or stage directory of a language model (or hf:DIR)")],
+    out: Annotated[Path, typer.Option(help="directory (hf) or .gguf file (gguf) to write; must not exist")],
+    format: Annotated[str, typer.Option(help="hf (transformers: AutoModelForCausalLM, AutoTokenizer) or gguf "
+                                        "(llama.cpp, Ollama)")] = "hf",  # fmt: skip
+    dtype: Annotated[Optional[str], typer.Option(help="hf: float32, bfloat16 or float16 (default float32); gguf: f32 "
+                                                 "or f16 (default f16)")] = None,  # fmt: skip
+):
+    """Write a checkpoint as a transformers model directory or a GGUF file, tokenizer and chat template included."""
+    if format == "hf":
+        from fromzero.interop import hf
+
+        written = hf.export(ckpt, out, dtype or "float32")
+    elif format == "gguf":
+        from fromzero.interop import gguf
+
+        written = gguf.export(ckpt, out, dtype or "f16")
+    else:
+        raise ValueError(f"--format {format!r}: use hf or gguf")
+    typer.echo(f"exported {ckpt} to {written}")
+
+
+@app.command()
+@user_errors
 def config(preset: Preset = "tiny", overrides: Overrides = None):
     """Print the resolved config and the plan it makes (model size, tokens per step, total tokens)."""
     from fromzero.plan import describe

@@ -6,11 +6,12 @@ valid keys instead of being ignored.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fromzero.data.shards import CHUNK_CHARS
 from fromzero.data.tasks import ReasoningConfig
@@ -108,6 +109,23 @@ class Config(BaseModel):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     reasoning_rl: bool = Field(True, description="run stage 4 (GRPO on the reasoning tasks) in `fromzero run`")
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    report_to: Literal["none", "tensorboard", "wandb"] | None = Field(
+        None, description="every training stage's report_to, unless the stage sets its own: also log the metrics to "
+        "TensorBoard or Weights & Biases")
+
+    @model_validator(mode="after")
+    def _report_to_every_stage(self) -> Config:
+        for name in training_sections():
+            section = getattr(self, name)
+            if self.report_to is not None and "report_to" not in section.model_fields_set:
+                section.report_to = self.report_to
+        return self
+
+
+def training_sections() -> list[str]:
+    """The sections that configure a run of the shared training loop."""
+    return [name for name, field in Config.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, TrainConfig)]  # fmt: skip
 
 
 def presets_dir() -> Path:
@@ -185,6 +203,11 @@ def load_config(preset: str | Path = "tiny", overrides: list[str] | None = None)
     for text in overrides or []:
         _set_dotted(tree, *parse_override(text))
     try:
-        return Config.model_validate(tree)
+        config = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
+    for name in training_sections():
+        reporter = getattr(config, name).report_to
+        if reporter != "none" and importlib.util.find_spec(reporter) is None:
+            raise ConfigError(f"config key '{name}.report_to': {reporter} is not installed (pip install {reporter})")
+    return config

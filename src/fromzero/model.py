@@ -1,17 +1,32 @@
 """A Llama-style decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
 
 Parameter names match Hugging Face `LlamaForCausalLM` one to one (`model.layers.0.self_attn.q_proj.weight`,
-...), so export and import are a rename-free copy of the state dict.
+...), so export and import are a rename-free copy of the state dict. What imported models add (interop/hf.py) is
+config: Qwen2's q/k/v biases, an explicit head size, linear and llama3 rope scaling.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class RopeScaling(BaseModel):
+    """Rotary frequency scaling for a context longer than the one trained on, as HF's `rope_scaling`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["linear", "llama3"] = Field(description="linear: every frequency divided by factor (positions "
+                                              "interpolated); llama3: low frequencies divided, high ones kept, smooth between")  # fmt: skip
+    factor: float = Field(gt=0, description="how much longer the context is than the one trained on")
+    low_freq_factor: float = Field(1.0, gt=0, description="llama3: wavelengths above original/low_freq_factor are scaled")
+    high_freq_factor: float = Field(4.0, gt=0, description="llama3: wavelengths below original/high_freq_factor are kept")
+    original_max_position_embeddings: int = Field(8192, ge=1, description="llama3: the context trained on")
 
 
 class ModelConfig(BaseModel):
@@ -25,13 +40,16 @@ class ModelConfig(BaseModel):
     hidden_dim: int | None = Field(None, ge=1, description="SwiGLU hidden size; None: 8/3 * dim rounded up to 64")
     max_seq_len: int = Field(256, ge=2, description="longest sequence (rotary table and KV cache size)")
     rope_theta: float = Field(10000.0, gt=0, description="rotary embedding base")
+    rope_scaling: RopeScaling | None = Field(None, description="rotary frequency scaling (imported models); None: none")
+    head_size: int | None = Field(None, ge=2, description="attention head size; None: dim / n_heads")
+    qkv_bias: bool = Field(False, description="biases on the q, k and v projections (Qwen2)")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     tie_embeddings: bool = Field(True, description="share the input embedding with the output projection")
     init_std: float = Field(0.02, gt=0, description="std of the normal init of linear and embedding weights")
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
 
     @property
     def ffn_dim(self) -> int:
@@ -40,7 +58,7 @@ class ModelConfig(BaseModel):
         return 64 * math.ceil(8 * self.dim / 3 / 64)
 
     def validate_shape(self) -> None:
-        if self.dim % self.n_heads:
+        if self.head_size is None and self.dim % self.n_heads:
             raise ValueError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})")
@@ -52,8 +70,8 @@ class ModelConfig(BaseModel):
     def num_params(self, embeddings: bool = True) -> int:
         """Parameter count (tied embeddings counted once)."""
         d, L, f, V = self.dim, self.n_layers, self.ffn_dim, self.vocab_size or 0
-        kv = self.n_kv_heads * self.head_dim
-        per_layer = d * d * 2 + 2 * d * kv + 3 * d * f + 2 * d
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        per_layer = d * q * 2 + 2 * d * kv + 3 * d * f + 2 * d + (q + 2 * kv) * self.qkv_bias
         n = L * per_layer + d
         if embeddings:
             n += V * d * (1 if self.tie_embeddings else 2)
@@ -150,8 +168,23 @@ def rotary_tables(cfg: ModelConfig, device: torch.device | None = None) -> tuple
     """cos and sin tables [max_seq_len, head_dim] in HF's "rotate half" layout (exported weights give identical
     logits), the sign of rotate-half folded into sin: its first half is negated (see apply_rotary)."""
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim)
+    if cfg.rope_scaling is not None:
+        inv_freq = scaled_frequencies(inv_freq, cfg.rope_scaling)
     freqs = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32, device=device), inv_freq)
     return torch.cat([freqs, freqs], dim=-1).cos(), torch.cat([-freqs.sin(), freqs.sin()], dim=-1)
+
+
+def scaled_frequencies(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """HF's linear and llama3 rope scaling of the inverse frequencies (positions stay integers)."""
+    if scaling.type == "linear":
+        return inv_freq / scaling.factor
+    original, low, high = scaling.original_max_position_embeddings, scaling.low_freq_factor, scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((original / wavelen - low) / (high - low)) if high != low else torch.zeros_like(inv_freq)
+    smoothed = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > original / low, inv_freq / scaling.factor, inv_freq)
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -209,9 +242,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -293,6 +326,8 @@ class Transformer(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def hidden_states(
         self,

@@ -14,13 +14,21 @@ normalizer and no prefix space). Special tokens come first in the vocabulary:
 `encode` treats its input purely as text: a literal "<|bos|>" typed by a user
 is encoded as ordinary bytes, never as the special id. Special ids only enter a
 sequence when code puts them there (`bos_id`, `special_id(...)`).
+
+An imported tokenizer (a Hugging Face checkpoint's `tokenizer.json` with its
+`tokenizer_config.json`, and `chat_template.jinja` where it has one) keeps its own
+special tokens and Jinja chat template: `bos_id`, `pad_id` and `end_id` come from
+its config and template, the role ids are None, and data/chat.py renders
+conversations with the template.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -44,6 +52,8 @@ SPLIT_PATTERN = (
 )
 
 TOKENIZER_FILE = "tokenizer.json"
+# an imported tokenizer's special tokens and chat template, which travel beside tokenizer.json from stage to stage
+SIDECAR_FILES = ("tokenizer_config.json", "chat_template.jinja")
 
 
 def tokenizer_file(path: str | Path) -> Path:
@@ -56,23 +66,84 @@ def tokenizer_file(path: str | Path) -> Path:
     return path
 
 
+def is_builtin(hf: HFTokenizer) -> bool:
+    """Whether a tokenizer has fromzero's special tokens at their ids (then the built-in chat template applies)."""
+    return all(hf.token_to_id(name) == i for i, name in enumerate(SPECIAL_TOKENS))
+
+
+def token_content(token: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict with its content."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def read_sidecars(directory: Path) -> tuple[dict[str, Any], str | None]:
+    """tokenizer_config.json (or {}) and the chat template: chat_template.jinja, else the config's chat_template
+    (a string, or a list of named templates of which "default" is the one used)."""
+    config_file = directory / SIDECAR_FILES[0]
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    template = config.get("chat_template")
+    if (directory / SIDECAR_FILES[1]).is_file():
+        template = (directory / SIDECAR_FILES[1]).read_text()
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default")
+    return config, template
+
+
 class Tokenizer:
     """A thin wrapper around `tokenizers.Tokenizer` with the project's conventions."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(self, hf: HFTokenizer, config: dict[str, Any] | None = None, chat_template: str | None = None):
+        """`config` and `chat_template` describe an imported tokenizer's special tokens and template; without them
+        the tokenizer must have fromzero's special tokens."""
         self._hf = hf
         # Never match special-token strings inside user text (not persisted
         # in tokenizer.json, so it is set on every construction).
         self._hf.encode_special_tokens = True
-        for i, name in enumerate(SPECIAL_TOKENS):
-            if hf.token_to_id(name) != i:
-                raise ValueError(f"special token {name!r} must have id {i}, has {hf.token_to_id(name)}")
-        self.bos_id = self.special_id("<|bos|>")
-        self.pad_id = self.special_id("<|pad|>")
-        self.system_id = self.special_id("<|system|>")
-        self.user_id = self.special_id("<|user|>")
-        self.assistant_id = self.special_id("<|assistant|>")
-        self.end_id = self.special_id("<|end|>")
+        self.chat_template: str | None = None
+        self.template_vars: dict[str, str] = {}
+        if config is None or is_builtin(hf):
+            for i, name in enumerate(SPECIAL_TOKENS):
+                if hf.token_to_id(name) != i:
+                    raise ValueError(f"special token {name!r} must have id {i}, has {hf.token_to_id(name)}")
+            self.special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+            self.bos_id = self.special_id("<|bos|>")
+            self.pad_id = self.special_id("<|pad|>")
+            self.system_id: int | None = self.special_id("<|system|>")
+            self.user_id: int | None = self.special_id("<|user|>")
+            self.assistant_id: int | None = self.special_id("<|assistant|>")
+            self.end_id = self.special_id("<|end|>")
+            self.eos_id = self.end_id
+            return
+        self._imported(config, chat_template)
+
+    def _imported(self, config: dict[str, Any], chat_template: str | None) -> None:
+        """Special ids of an imported tokenizer: bos (else eos, for a family without one, e.g. Qwen2: its documents
+        are separated by it), pad (else eos), and end: the first special token after an assistant's words in the
+        chat template (<|im_end|>, <|eot_id|>, </s>), else eos."""
+        # template text is encoded with special tokens recognised, as transformers' apply_chat_template does
+        self._template_hf = HFTokenizer.from_str(self._hf.to_str())
+        self._template_hf.encode_special_tokens = False
+        added = self._hf.get_added_tokens_decoder()
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)
+        self.special_strings = tuple(sorted((added[i].content for i in self.special_ids), key=len, reverse=True))
+        names = ("bos_token", "eos_token", "pad_token", "unk_token")
+        self.template_vars = {n: token_content(config[n]) for n in names if token_content(config.get(n))}
+        ids = {n: i for n, t in self.template_vars.items() if (i := self._hf.token_to_id(t)) is not None}
+        eos = ids.get("eos_token")
+        if eos is None:
+            raise ValueError("the imported tokenizer names no eos_token in tokenizer_config.json (or it is not in "
+                             "its vocabulary): fromzero needs one to end answers")  # fmt: skip
+        self.bos_id = ids.get("bos_token", eos)
+        self.pad_id = ids.get("pad_token", eos)
+        self.system_id = self.user_id = self.assistant_id = None
+        self.end_id = self.eos_id = eos
+        self.chat_template = chat_template
+        self._config = config
+        if chat_template is not None:
+            from fromzero.data.chat import turn_end_id
+
+            self.end_id = turn_end_id(self) or eos
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, progress: bool = False) -> Tokenizer:
@@ -107,8 +178,17 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        """Load from a `tokenizer.json` file or a directory containing one."""
-        return cls(HFTokenizer.from_file(str(tokenizer_file(path))))
+        """Load from a `tokenizer.json` file or a directory containing one; an imported tokenizer's
+        tokenizer_config.json (and chat_template.jinja) are read from beside it."""
+        file = tokenizer_file(path)
+        hf = HFTokenizer.from_file(str(file))
+        if is_builtin(hf):
+            return cls(hf)
+        config, template = read_sidecars(file.parent)
+        if not config:
+            raise ValueError(f"{file}: not a fromzero tokenizer (its first tokens are not {', '.join(SPECIAL_TOKENS)}) "
+                             f"and no {SIDECAR_FILES[0]} beside it names its special tokens")  # fmt: skip
+        return cls(hf, config, template)
 
     def save(self, path: str | Path) -> Path:
         """Write `tokenizer.json` into a directory, or to `path` if it names a .json file."""
@@ -117,6 +197,10 @@ class Tokenizer:
             path = path / TOKENIZER_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self._hf.save(str(path))
+        if self.system_id is None:  # imported: its special tokens and template go along
+            config = {**self._config, "chat_template": self.chat_template}
+            (path.parent / SIDECAR_FILES[0]).write_text(json.dumps(config, indent=2, ensure_ascii=False))
+            (path.parent / SIDECAR_FILES[1]).unlink(missing_ok=True)
         return path
 
     @property
@@ -130,6 +214,10 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_template(self, text: str) -> list[int]:
+        """A rendered chat template's text: special-token strings in it are the special tokens (imported tokenizers)."""
+        return self._template_hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         # The fast variant skips computing character offsets, which we never use.
@@ -154,7 +242,7 @@ class Tokenizer:
         alphabet = set(pre_tokenizers.ByteLevel.alphabet())
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         for token, i in self._hf.get_vocab(with_added_tokens=False).items():
-            if i < len(SPECIAL_TOKENS):
+            if i in self.special_ids:
                 continue
             if not alphabet.issuperset(token):
                 raise ValueError(f"token {i} ({token!r}) is not a byte-level token")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from abc import ABC, abstractmethod
@@ -52,6 +53,9 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
     precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast (weights stay fp32) or fp32")
     compile: bool = Field(False, description="torch.compile the model")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="also log the metrics to TensorBoard (STAGE/tensorboard/) or Weights & Biases (WANDB_PROJECT, "
+        "WANDB_MODE=offline work); metrics.jsonl is written either way")
     device: str = Field("auto", description="auto | cpu | cuda | mps")
     eval_every: PositiveInt = Field(200, description="evaluate every N steps (and at the end)")
     checkpoint_every: PositiveInt = Field(200, description="write a checkpoint every N steps (and at the end)")
@@ -196,18 +200,45 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl of a stage; on resume, lines past the checkpoint's step are dropped."""
+    """metrics.jsonl of a stage, and with `report_to` the same scalars in TensorBoard or W&B; on resume, lines past
+    the checkpoint's step are dropped (TensorBoard: events past it are purged). Only rank 0 writes (`enabled`)."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int):
+    def __init__(self, path: Path, enabled: bool, resume_step: int, report_to: str = "none", name: str = "",
+                 config: dict[str, Any] | None = None):  # fmt: skip
         self.path, self.enabled = path, enabled
+        self.tensorboard = self.wandb = None
         if enabled and path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
             checkpoint.write_text_atomic(path, "".join(line + "\n" for line in kept))
+        if enabled and report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        elif enabled and report_to == "wandb":
+            import wandb
+
+            # a run per (re)start of the stage, as HF's Trainer makes; WANDB_MODE=offline keeps it on disk
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "fromzero"), name=name, dir=str(path.parent),
+                                    config=config)  # fmt: skip
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, record["step"])
+            self.tensorboard.flush()  # a crashed run keeps its curves up to the last step
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=record["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def read_metrics(stage_dir: Path) -> list[dict[str, Any]]:
@@ -285,7 +316,7 @@ def run(
         )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(out / "metrics.jsonl", info.is_main, start_step)
+    log = MetricsLog(out / "metrics.jsonl", info.is_main, start_step, cfg.report_to, stage.name, cfg.model_dump())
     if info.is_main and lora.is_lora(model):
         tqdm.write(f"[{stage.name}] {lora.describe(model)}")
     flops_per_token = model.cfg.flops_per_token(cfg.seq_len)
@@ -354,6 +385,7 @@ def run(
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step, {k: v for k, v in last.items() if k != "step"})
     bar.close()
+    log.close()
     if start_step >= cfg.steps and info.is_main:
         tqdm.write(f"[{stage.name}] already at step {cfg.steps}")
     if info.is_main:
