@@ -33,8 +33,12 @@ def test_zero_b_starts_as_the_base_and_only_adapters_train():
     base = Transformer(SHAPE).eval()
     ids = torch.randint(0, 300, (2, 16))
     expected = base(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_bf16 = base(ids)
     lora.inject(base, LoRAConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]), base="init")
     assert torch.equal(base(ids), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(base(ids), expected_bf16)
     assert sorted(lora.layers(base)) == sorted(f"model.layers.{i}.{m}" for i in range(2)
                                                for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"))  # fmt: skip
     trainable = [n for n, p in base.named_parameters() if p.requires_grad]
@@ -45,7 +49,9 @@ def test_zero_b_starts_as_the_base_and_only_adapters_train():
 
 def test_merge_equals_the_unmerged_forward():
     torch.manual_seed(0)
-    model = lora.inject(Transformer(SHAPE).eval(), LoRAConfig(r=4, alpha=8), base="init")
+    # with q/k/v biases (an imported Qwen2): the frozen bias stays in the adapted and the merged layer
+    model = lora.inject(Transformer(SHAPE.model_copy(update={"qkv_bias": True})).eval(), LoRAConfig(r=4, alpha=8),
+                        base="init")  # fmt: skip
     random_adapters(model)
     ids = torch.randint(0, 300, (2, 16))
     adapted = model(ids)
@@ -125,19 +131,6 @@ def test_resume_with_lora_is_exact(sft_run, tmp_path):
         sft.train(sft_config(steps=5, lora=LoRAConfig()), CONVERSATIONS, init, cut, resume=True, log=lambda _: None)
 
 
-def hf_llama(cfg: ModelConfig):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
-                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                         num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-                         max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-                         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-                         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None,
-                         pad_token_id=None)  # fmt: skip
-    return LlamaForCausalLM._from_config(hf_cfg, attn_implementation="eager")
-
-
 def test_peft_loads_the_adapter_onto_the_base_with_the_same_logits(sft_run):
     peft = pytest.importorskip("peft")
     init, ckpt, out = sft_run
@@ -147,9 +140,12 @@ def test_peft_loads_the_adapter_onto_the_base_with_the_same_logits(sft_run):
     keys = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight" in keys
 
+    from transformers import AutoModelForCausalLM
+
+    from fromzero.interop.hf import export
+
     start = checkpoint.load_model(init)
-    base = hf_llama(start.cfg)
-    base.load_state_dict(start.state_dict())  # the same parameter names
+    base = AutoModelForCausalLM.from_pretrained(export(init, init.parent / "hf"))  # the starting model, exported
     tuned = peft.PeftModel.from_pretrained(base, str(out / "adapter")).eval()
     ours = checkpoint.load_model(ckpt).eval()
     ids = torch.randint(0, ours.cfg.vocab_size, (3, 20), generator=torch.Generator().manual_seed(0))
