@@ -129,6 +129,10 @@ def pretrain(
             model = stage.init_model(cfg.model, Tokenizer.load(data), cfg.seed)
             checkpoint.save(init, 0, model, tokenizer_file=data / "tokenizer.json", meta={"stage": "init"})
         dist.barrier()
+    elif checkpoint.tokenizer_file(init).read_bytes() != (data / "tokenizer.json").read_bytes():
+        # shards hold token ids: another tokenizer's ids would be other words (an imported model's, say)
+        raise ValueError(f"--init {init} has another tokenizer than {data} was tokenised with; pretraining continues a "
+                         "model on shards of its own tokenizer (fromzero data trains a new one)")  # fmt: skip
     ckpt = stage.train(cfg.pretrain, data, out, init=init, val_batches=cfg.eval.val_batches, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
 
