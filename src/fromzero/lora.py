@@ -84,9 +84,6 @@ class LoRALinear(nn.Module):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):
-            # cast once: both paths then save the same bf16 input for backward, not a copy each
-            x = x.to(torch.get_autocast_dtype(x.device.type))
         y = F.linear(x, self.weight, self.bias)
         if self.merged or self.disabled:
             return y
