@@ -107,6 +107,7 @@ class Tokenizer:
                 if hf.token_to_id(name) != i:
                     raise ValueError(f"special token {name!r} must have id {i}, has {hf.token_to_id(name)}")
             self.special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+            self.special_strings = SPECIAL_TOKENS
             self.bos_id = self.special_id("<|bos|>")
             self.pad_id = self.special_id("<|pad|>")
             self.system_id: int | None = self.special_id("<|system|>")
