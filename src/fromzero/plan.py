@@ -13,6 +13,11 @@ def describe(cfg: Config, world_size: int = 1) -> dict[str, Any]:
     t = cfg.pretrain
     if t.seq_len > model.max_seq_len:
         raise ValueError(f"pretrain.seq_len={t.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+    if t.time_budget is not None:  # the steps are measured, not set: no token count to promise
+        budget = {"pretrain_time_budget_s": t.time_budget, "pretrain_steps": "fixed after the first probe_steps"}
+    else:
+        budget = {"pretrain_tokens": t.batch_tokens * t.steps,
+                  "pretrain_flops": model.flops_per_token(t.seq_len) * t.batch_tokens * t.steps}  # fmt: skip
     return {
         "params": model.num_params(),
         "params_non_embedding": model.num_params(embeddings=False),
@@ -20,7 +25,6 @@ def describe(cfg: Config, world_size: int = 1) -> dict[str, Any]:
         "ranks": world_size,
         "accumulation_steps": t.accumulation(world_size),
         "tokens_per_step": t.batch_tokens,
-        "pretrain_tokens": t.batch_tokens * t.steps,
-        "pretrain_flops": model.flops_per_token(t.seq_len) * t.batch_tokens * t.steps,
+        **budget,
         "data": cfg.data.sources or ["built-in world"],
     }

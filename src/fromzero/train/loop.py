@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, \
-    model_validator  # fmt: skip
+    field_validator, model_validator  # fmt: skip
 from tqdm.auto import tqdm
 
 from fromzero import checkpoint, lora
@@ -32,6 +32,23 @@ from fromzero.dist import DistInfo, all_reduce_sum, barrier
 from fromzero.model import Transformer
 
 DONE = "DONE"
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds from 90, "90s", "2m" or "1.5h"."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        unit = _UNITS.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a duration; write seconds or a number with s, m or h (90s, 2m, 1.5h)") from None
+    if not seconds > 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
 
 
 class TrainConfig(BaseModel):
@@ -60,6 +77,16 @@ class TrainConfig(BaseModel):
     eval_every: PositiveInt = Field(200, description="evaluate every N steps (and at the end)")
     checkpoint_every: PositiveInt = Field(200, description="write a checkpoint every N steps (and at the end)")
     seed: int = Field(0, description="seed for data order and sampling")
+    time_budget: float | None = Field(
+        None, description="train for this long instead of `steps` (90s, 2m, 1.5h): the first probe_steps steps "
+        "measure the speed, which fixes the steps (kept in the checkpoint, so resume is exact) and the schedule's "
+        "decay; counted as the log's `time`, training steps only, not evaluation or checkpoints")
+    probe_steps: int = Field(10, ge=2, description="time_budget: steps timed before the number of steps is fixed")
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
 
     def accumulation(self, world_size: int) -> int:
         per_pass = self.micro_batch_size * self.seq_len * world_size
@@ -250,6 +277,16 @@ def is_done(stage_dir: Path) -> bool:
     return (Path(stage_dir) / DONE).exists()
 
 
+def _budget_steps(cfg: TrainConfig, step: int, elapsed: float, probe: list[float], stage: Stage, info: DistInfo) -> int:
+    """The number of steps that fits cfg.time_budget at the speed the probe measured (the same on every rank)."""
+    times = sorted(probe[1:])  # the first step pays for allocations and cold caches
+    per_step = all_reduce_sum(torch.tensor(times[len(times) // 2], device=info.device)).item() / info.world_size
+    steps = max(step, step + int((cfg.time_budget - elapsed) / per_step))
+    if info.is_main:
+        tqdm.write(f"[{stage.name}] time_budget {cfg.time_budget:g}s at {per_step * 1e3:.0f} ms a step: {steps} steps")
+    return steps
+
+
 def _load_weights(model: nn.Module, ckpt: Path, state: dict[str, Any]) -> None:
     """A LoRA model resumes from its trainable tensors in the trainer state: the checkpoint's merged weights
     cannot be split back into the base and the update bit for bit."""
@@ -293,6 +330,7 @@ def run(
     model.to(device)
     optimizer = make_optimizer(cfg, model)
     start_step, elapsed, resumed_from = 0, 0.0, None
+    steps, budget_steps = cfg.steps, None
     if checkpoint.exists(out):
         if not resume:
             raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or pick another --out")
@@ -303,6 +341,8 @@ def run(
         batches.load_state_dict(state["data"])
         _set_rng_state(state["rng"])
         start_step, elapsed, resumed_from = state["step"], state["elapsed"], ckpt
+        budget_steps = state.get("budget_steps")  # a run under time_budget goes on with the steps it fixed
+        steps = budget_steps or steps
     else:
         torch.manual_seed(cfg.seed + info.rank)
     barrier()
@@ -322,12 +362,16 @@ def run(
     flops_per_token = model.cfg.flops_per_token(cfg.seq_len)
     peak = matmul_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32) * info.world_size
     if info.is_main and resumed_from:
-        tqdm.write(f"[{stage.name}] resuming from {resumed_from} (step {start_step}/{cfg.steps})")
+        tqdm.write(f"[{stage.name}] resuming from {resumed_from} (step {start_step}/{steps})")
+    # under a time budget the schedule runs on the preset's steps until the probe fixes the real number
+    fixed = cfg.time_budget is None or budget_steps is not None
+    schedule = cfg if steps == cfg.steps else cfg.model_copy(update={"steps": steps})
+    probe: list[float] = []
 
     def save(step: int, metrics: dict[str, Any]) -> None:
         if info.is_main:
-            state = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(),
-                     "data": batches.state_dict(), "rng": _rng_state()}  # fmt: skip
+            state = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
+                     "rng": _rng_state(), "budget_steps": steps if cfg.time_budget and fixed else None}  # fmt: skip
             _save_checkpoint(out, step, model, stage, {"stage": stage.name, **metrics}, state)
         barrier()
 
@@ -341,12 +385,14 @@ def run(
         log.write({"step": step, **result})
         return result
 
-    bar = tqdm(total=cfg.steps, initial=start_step, desc=stage.name, disable=not info.is_main, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start_step, desc=stage.name, disable=not info.is_main, dynamic_ncols=True)
     model.train()
     last: dict[str, Any] = {}
-    for step in range(start_step + 1, cfg.steps + 1):
+    step = start_step
+    while step < steps or not fixed:
+        step += 1
         t0 = time.perf_counter()
-        lr = cfg.lr_at(step)
+        lr = schedule.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
@@ -380,14 +426,21 @@ def run(
         log.write(last)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}", mfu=f"{last['mfu']:.0%}")
         bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if not fixed:
+            probe.append(dt)
+            if len(probe) == cfg.probe_steps:
+                steps = _budget_steps(cfg, step, elapsed, probe, stage, info)
+                schedule, fixed, bar.total = cfg.model_copy(update={"steps": steps}), True, steps
+                bar.refresh()
+        end = fixed and step == steps
+        if step % cfg.eval_every == 0 or end:
             last.update(run_eval(step))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or end:
             save(step, {k: v for k, v in last.items() if k != "step"})
     bar.close()
     log.close()
-    if start_step >= cfg.steps and info.is_main:
-        tqdm.write(f"[{stage.name}] already at step {cfg.steps}")
+    if start_step >= steps and info.is_main:
+        tqdm.write(f"[{stage.name}] already at step {steps}")
     if info.is_main:
         checkpoint.write_text_atomic(out / DONE, json.dumps({"seconds": elapsed, **last}) + "\n")
     barrier()
