@@ -16,6 +16,7 @@ from fromzero.train.ppo import (
     AdaptiveKLController, PPOConfig, gae, kl_penalty, ppo_policy_loss, reward_evaluator, train, value_loss, whiten,
 )  # fmt: skip
 from fromzero.train.reward import RewardModel, answer_rewards, load_reward_model
+from fromzero.train.sft import collate, tokenize
 
 
 def test_gae_by_hand():
@@ -159,6 +160,9 @@ def digit_share(text: str) -> float:
 
 
 PROMPTS = [[{"role": "user", "content": f"say a number {i}"}] for i in range(16)]
+# instruction conversations for PPO-ptx's SFT loss
+PTX = [[{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": f"{w} is spelt {' '.join(w)}"}]
+       for w in ("cat", "dog", "sun", "hat", "box", "pen", "cup", "map")]  # fmt: skip
 
 
 def gold(index: int, answer: str) -> float:
@@ -222,21 +226,23 @@ def test_ppo_raises_the_reward_of_a_tiny_model(tiny, tmp_path):
 
 def test_every_option_runs_and_resume_is_exact(tiny, tmp_path):
     """Two minibatches per rollout in micro-batches of 4, the adaptive k3 KL penalty, the missing-<|end|> penalty,
-    gold and held-out evaluation; the run is cut after step 3 (the first step of the second rollout) and resumed."""
+    PPO-ptx, gold and held-out evaluation; the run is cut after step 3 (the first step of the second rollout) and
+    resumed."""
     init, rm_path, tok = tiny
     cfg = config(steps=6, prompts_per_rollout=16, num_minibatches=2, ppo_epochs=1, micro_batch_size=4, adaptive_kl=True,
                  kl_coef=0.1, kl_target=1.0, kl_horizon=20, kl_estimator="k3", missing_eos_penalty=0.5,
-                 checkpoint_every=3, eval_every=2)  # fmt: skip
+                 ptx_coef=0.5, ptx_batch_size=3, checkpoint_every=3, eval_every=2)  # fmt: skip
     evaluate = reward_evaluator(load_reward_model(rm_path).eval(), tok, PROMPTS[:4], max_new_tokens=6, gold=gold)
 
     def run(cfg, out, resume=False):
-        return train(cfg, PROMPTS, init, rm_path, out, gold=gold, evaluate=evaluate, resume=resume, log=quiet)
+        return train(cfg, PROMPTS, init, rm_path, out, gold=gold, evaluate=evaluate, resume=resume, ptx=PTX, log=quiet)
 
     final = run(cfg, tmp_path / "full")
     records = read_metrics(tmp_path / "full")
     full = [m for m in records if "loss" in m]
     for name in ("reward/mean", "reward/std", "reward/rlhf", "gold/mean", "kl", "kl_coef", "entropy", "clipfrac",
-                 "approx_kl", "value_loss", "policy_loss", "value_clipfrac", "response_length", "clipped_ratio"):  # fmt: skip
+                 "approx_kl", "value_loss", "policy_loss", "value_clipfrac", "response_length", "clipped_ratio",
+                 "ptx_loss"):  # fmt: skip
         assert all(math.isfinite(m[name]) for m in full), name
     assert sum("val_reward" in m and "val_gold" in m for m in records) == 3  # steps 2, 4, 6
     assert full[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first rollout's policy is the reference
@@ -253,12 +259,33 @@ def test_every_option_runs_and_resume_is_exact(tiny, tmp_path):
     resumed = [m for m in read_metrics(tmp_path / "cut") if "loss" in m]
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
     for step in (3, 4, 5):  # step 5 samples a new rollout with the restored value model, β and RNG
-        for name in ("loss", "policy_loss", "value_loss", "reward/mean", "kl", "kl_coef", "approx_kl", "grad_norm"):
+        for name in ("loss", "policy_loss", "value_loss", "reward/mean", "kl", "kl_coef", "approx_kl", "grad_norm",
+                     "ptx_loss"):  # fmt: skip
             assert resumed[step][name] == pytest.approx(full[step][name], rel=1e-5, abs=1e-7), (step, name)
     expected = policy.state_dict()
     for k, v in checkpoint.load_model(resumed_final).state_dict().items():
         torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-7)
     shutil.rmtree(tmp_path / "cut")
+
+
+def test_ptx_keeps_the_instruction_loss_down(tiny, tmp_path):
+    """PPO-ptx: the SFT loss on the instruction conversations falls as PPO trains; without ptx it does not, and
+    ptx_coef without conversations is refused."""
+    init, rm_path, tok = tiny
+    examples = tokenize(tok, PTX, 32)[0]
+
+    def sft_loss(ckpt):
+        x, y = collate(examples, tok.pad_id)
+        with torch.no_grad():
+            return checkpoint.load_model(ckpt)(x, y).item()
+
+    start = sft_loss(init)
+    with_ptx = train(config(steps=20, ptx_coef=1.0), PROMPTS, init, rm_path, tmp_path / "ptx", ptx=PTX, log=quiet)
+    without = train(config(steps=20), PROMPTS, init, rm_path, tmp_path / "plain", log=quiet)
+    assert sft_loss(with_ptx) < start - 1.0 and sft_loss(with_ptx) < sft_loss(without) - 1.0
+    assert "ptx_loss" not in read_metrics(tmp_path / "plain")[0]
+    with pytest.raises(ValueError, match="ptx_coef > 0 needs instruction conversations"):
+        train(config(ptx_coef=1.0), PROMPTS, init, rm_path, tmp_path / "none", log=quiet)
 
 
 def test_micro_batch_size_only_changes_memory(tiny, tmp_path):

@@ -148,21 +148,27 @@ def sft(
     resume: Resume = False,
 ):
     """Stage 2: instruction tuning. Formats (auto-detected per file): messages/ShareGPT, Alpaca, Dolly, prompt/response."""
-    from fromzero.data.world import build_world
-    from fromzero.data.world_chat import build_instructions
     from fromzero.train import sft as stage
 
     cfg = _config(preset, overrides)
+    ckpt = stage.train(cfg.sft, _instructions(cfg, data), init, out, resume=resume)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+def _instructions(cfg, data: list[Path] | None):
+    """SFT's conversations: the files given, else sft.data's, else the built-in world's."""
+    from fromzero.data.world import build_world
+    from fromzero.data.world_chat import build_instructions
+    from fromzero.train import sft
+
     if data:
         cfg.sft.data = [str(d) for d in data]
-    if cfg.sft.data:
-        conversations, stats = stage.load_conversations(cfg.sft)
-        if stats.skipped:
-            typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-    else:
-        conversations = build_instructions(build_world(cfg.world), cfg.instruct).train
-    ckpt = stage.train(cfg.sft, conversations, init, out, resume=resume)
-    typer.echo(f"checkpoint: {ckpt}")
+    if not cfg.sft.data:
+        return build_instructions(build_world(cfg.world), cfg.instruct).train
+    conversations, stats = sft.load_conversations(cfg.sft)
+    if stats.skipped:
+        typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
+    return conversations
 
 
 def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None = None):
@@ -245,12 +251,15 @@ def ppo(
     reward_model: Annotated[Path, typer.Option("--reward-model", help="reward model checkpoint (`fromzero reward`)")],
     out: StageOut,
     data: PreferenceData = None,
+    ptx_data: Annotated[Optional[list[Path]], typer.Option("--ptx-data", help="instruction files for ppo.ptx_coef's "
+                        "SFT loss (repeatable); default: sft.data, else the built-in world's")] = None,  # fmt: skip
     preset: Preset = "tiny",
     overrides: Overrides = None,
     resume: Resume = False,
 ):
     """Stage 3 (RLHF): PPO against a reward model, on the prompts of the preference data (default: the built-in
-    world's); the gold preference function's mean score is logged for the built-in prompts."""
+    world's); the gold preference function's mean score is logged for the built-in prompts. With ppo.ptx_coef > 0,
+    SFT's loss on instruction conversations is mixed in (PPO-ptx)."""
     from fromzero.data.world import build_world
     from fromzero.data.tasks import load_tasks
     from fromzero.data.world_pref import build_preferences, prompts_and_gold
@@ -265,7 +274,8 @@ def ppo(
         tasks = load_tasks(cfg.grpo, cfg.reasoning, world, cfg.seed)[0]  # word problems are preference prompts too
         prefs = build_preferences(world, cfg.preference, tasks)
         prompts, gold = prompts_and_gold(world, prefs.train_questions, cfg.preference.ppo_people_share)
-    ckpt = stage.train(cfg.ppo, prompts, init, reward_model, out, gold=gold, resume=resume)
+    ptx = _instructions(cfg, ptx_data) if cfg.ppo.ptx_coef > 0 else []
+    ckpt = stage.train(cfg.ppo, prompts, init, reward_model, out, gold=gold, resume=resume, ptx=ptx)
     typer.echo(f"checkpoint: {ckpt}")
 
 

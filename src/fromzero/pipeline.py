@@ -86,6 +86,10 @@ class RunContext:
     def instructions(self) -> InstructData:
         return build_instructions(self.world, self.cfg.instruct)
 
+    def sft_conversations(self) -> list:
+        """Stage 2's instruction conversations (sft.data's files or the built-in world's), PPO-ptx's too."""
+        return sft.load_conversations(self.cfg.sft)[0] if self.cfg.sft.data else self.instructions.train
+
     def answers(self, ckpt: Path, chat: bool, *, random_init: bool = False) -> dict[str, dict[str, str]]:
         """The fixed prompts answered by a checkpoint (rank 0 only: sampling is cheap), each graded: continued as raw
         text before instruction tuning, in the chat template after it. The random model's answers are sampled from
@@ -222,10 +226,7 @@ def stage_pretrain(ctx: RunContext) -> dict[str, Any]:
 def stage_sft(ctx: RunContext) -> dict[str, Any]:
     """Stage 2: instruction tuning, graded on held-out phrasings and held-out people against stage 1."""
     out = ctx.out / "sft"
-    if ctx.cfg.sft.data:
-        conversations, _ = sft.load_conversations(ctx.cfg.sft)
-    else:
-        conversations = ctx.instructions.train
+    conversations = ctx.sft_conversations()
     if ctx.cfg.reasoning_rl:  # stage 4's cold start: worked solutions to some of its training problems
         r = ctx.cfg.reasoning
         conversations = conversations + solution_conversations(ctx.cold_start, r.direct_fraction, r.seed)
@@ -285,7 +286,8 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
             return evaluate(checkpoint.load_model(path, ctx.info.device)) if evaluate else {}
 
     before = held_out(init)
-    ckpt = ppo.train(ctx.cfg.ppo, prompts, init, rm, out, gold=gold, evaluate=evaluate, resume=True)
+    ptx = ctx.sft_conversations() if ctx.cfg.ppo.ptx_coef > 0 else []
+    ckpt = ppo.train(ctx.cfg.ppo, prompts, init, rm, out, gold=gold, evaluate=evaluate, resume=True, ptx=ptx)
     after = held_out(ckpt)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:

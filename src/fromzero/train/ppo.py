@@ -10,7 +10,9 @@ advantages (whitened over the rollout) and the value model's targets. The rollou
 each cut into num_minibatches shuffled minibatches, an optimizer step each, on PPO's clipped surrogate plus vf_coef
 times the clipped value loss. β is fixed, or steered towards a target KL by Ziegler's proportional controller.
 Answers that never close with <|end|> can be docked missing_eos_penalty: the reward model only ever read finished
-answers.
+answers. With ptx_coef > 0 every micro-batch also carries instruction conversations whose SFT loss, times ptx_coef,
+joins the objective (PPO-ptx, Ouyang et al. 2022): on questions the reward model judges poorly, the policy keeps
+what SFT taught instead of drifting towards whatever the reward model happens to like.
 
 Policy and value model in the one loop. The loop trains one module with one AdamW, so `PolicyValue` holds both
 (TRL's PolicyAndValueWrapper does the same) and its forward runs both, so DDP sees every trained parameter used.
@@ -42,6 +44,7 @@ from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
+from fromzero.train import sft
 from fromzero.train.grpo import collate, token_logps
 from fromzero.train.loop import RolloutConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
@@ -73,6 +76,9 @@ class PPOConfig(RolloutConfig):
     num_minibatches: int = Field(2, ge=1, description="minibatches per pass, an optimizer step each")
     missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from the score of answers that never "
                                               "close with <|end|>; None: no penalty")  # fmt: skip
+    ptx_coef: float = Field(0.0, ge=0, description="weight of the SFT loss on instruction conversations added to every "
+                            "micro-batch's loss (PPO-ptx); 0: PPO alone")  # fmt: skip
+    ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
     lr: PositiveFloat = 3e-5
 
     def step_shape(self) -> tuple[int, str]:
@@ -197,9 +203,11 @@ class PolicyValue(nn.Module):
         self.policy, self.value = policy, value
         self.cfg = policy.cfg  # the checkpoint's config.json, and the loop's FLOPs per token
 
-    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy logits [B, T, vocab] and value estimates [B, T]."""
-        return self.policy(idx), self.value(idx)
+    def forward(self, idx: torch.Tensor, ptx: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """Policy logits [B, T, vocab], value estimates [B, T] and, given ptx (inputs, targets), the policy's SFT loss
+        on them (inside forward, so DDP sees it)."""
+        return self.policy(idx), self.value(idx), self.policy(*ptx) if ptx is not None else None
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.policy.state_dict(*args, **kwargs)
@@ -229,9 +237,9 @@ class Rollout:
 
 
 # (input ids [B, W], answer mask, old log-probs, old values, advantages, returns [B, W-1], the micro-batch's weight
-#  in its minibatch, rollout metrics)
+#  in its minibatch, rollout metrics, ptx inputs and targets or None)
 MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float,
-                   dict[str, float]]  # fmt: skip
+                   dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]  # fmt: skip
 
 
 class RolloutBatches:
@@ -246,8 +254,12 @@ class RolloutBatches:
     """
 
     def __init__(self, cfg: PPOConfig, model: PolicyValue, reference: Transformer | None, reward_model: RewardModel,
-                 tok: Tokenizer, prompts: list[tuple[int, list[int]]], gold: GoldFn | None, info: DistInfo):  # fmt: skip
+                 tok: Tokenizer, prompts: list[tuple[int, list[int]]], gold: GoldFn | None, info: DistInfo,
+                 ptx: list[sft.Example] = ()):  # fmt: skip
         self.cfg, self.model, self.reference, self.reward_model, self.tok = cfg, model, reference, reward_model, tok
+        self.ptx = list(ptx)
+        self.ptx_order = GlobalOrder(len(self.ptx), cfg.ptx_batch_size, seed=cfg.seed, rank=info.rank,
+                                     world_size=info.world_size) if self.ptx else None  # fmt: skip
         self.prompts, self.gold, self.device = prompts, gold, info.device
         self.prompts_per_rank = cfg.prompts_per_rollout // info.world_size
         self.minibatch_size = self.prompts_per_rank // cfg.num_minibatches
@@ -277,15 +289,22 @@ class RolloutBatches:
         # the loop divides each micro-batch's loss by the accumulation steps; weight it back up by its token share
         weight = self.accumulation * sum(r.answer_lengths[i] for i in chosen) / sum(r.answer_lengths[i] for i in rows)
         idx, cut = torch.tensor(chosen, device=r.ids.device), max(r.lengths[i] for i in chosen) - 1
+        ptx = None
+        if self.ptx_order is not None:
+            x, y = sft.collate([self.ptx[i] for i in self.ptx_order.next_indices()], self.tok.pad_id)
+            ptx = (x.to(self.device), y.to(self.device))
         return (r.ids[idx, : cut + 1], r.mask[idx, :cut], r.logps[idx, :cut], r.values[idx, :cut],
-                r.advantages[idx, :cut], r.returns[idx, :cut], weight, r.metrics)  # fmt: skip
+                r.advantages[idx, :cut], r.returns[idx, :cut], weight, r.metrics, ptx)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout,
-                "kl_coef": self.kl.value, "value_model": self.model.value.state_dict()}  # fmt: skip
+                "kl_coef": self.kl.value, "value_model": self.model.value.state_dict(),
+                "ptx_order": self.ptx_order.state_dict() if self.ptx_order else None}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state["order"])
+        if self.ptx_order is not None and state.get("ptx_order") is not None:
+            self.ptx_order.load_state_dict(state["ptx_order"])
         self.calls, self.rollout, self.kl.value = state["calls"], state["rollout"], state["kl_coef"]
         self.model.value.load_state_dict(state["value_model"])
 
@@ -356,8 +375,8 @@ class RolloutBatches:
 
 def ppo_loss_fn(cfg: PPOConfig):
     def loss_fn(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, mask, old_logps, old_values, advantages, returns, weight, rollout_metrics = batch
-        logits, values = model(ids[:, :-1])
+        ids, mask, old_logps, old_values, advantages, returns, weight, rollout_metrics, ptx = batch
+        logits, values, ptx_loss = model(ids[:, :-1], ptx)
         log_probs = (logits.float() / cfg.temperature).log_softmax(-1)
         logps = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
         policy_loss, metrics = ppo_policy_loss(logps, old_logps, advantages, mask, cfg.clip_eps)
@@ -367,7 +386,11 @@ def ppo_loss_fn(cfg: PPOConfig):
         metrics.update(vf_metrics, policy_loss=policy_loss.item(), value_loss=vf_loss.item(), entropy=entropy.item())
         # the loop averages metrics over a step's micro-batches: weighted, they become token means over the minibatch
         weighted = {k: weight * v for k, v in metrics.items()}
-        return weight * (policy_loss + cfg.vf_coef * vf_loss), {**rollout_metrics, **weighted}
+        loss = weight * (policy_loss + cfg.vf_coef * vf_loss)
+        if ptx_loss is not None:  # a mean per micro-batch, which the loop averages over the step
+            loss = loss + cfg.ptx_coef * ptx_loss
+            weighted["ptx_loss"] = ptx_loss.item()
+        return loss, {**rollout_metrics, **weighted}
 
     return loss_fn
 
@@ -397,12 +420,13 @@ def reward_evaluator(reward_model: RewardModel, tok: Tokenizer, prompts: Sequenc
 
 def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, reward_model: Path, out_dir: Path, *,
           gold: GoldFn | None = None, evaluate: loop.EvalFn | None = None, resume: bool = False,
-          log=print) -> Path:  # fmt: skip
+          ptx: Sequence[Sequence[Message]] = (), log=print) -> Path:  # fmt: skip
     """Tune the (SFT) checkpoint at `init` with PPO against the reward model at `reward_model`, on prompts
     (conversations ending with a user turn); returns the final checkpoint, a plain policy checkpoint.
 
     gold(i, answer) scores an answer to prompts[i] for the gold/mean metric only; evaluate(policy) runs every
-    eval_every steps (e.g. `reward_evaluator` on held-out prompts).
+    eval_every steps (e.g. `reward_evaluator` on held-out prompts); ptx are the instruction conversations of
+    ptx_coef's SFT loss (usually SFT's own).
     """
     info = setup(cfg.device)
     if resume and loop.is_done(out_dir):
@@ -431,8 +455,19 @@ def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, rewa
     if info.is_main:
         log(f"[ppo] {len(fitting)} prompts ({len(encoded) - len(fitting)} longer than {room} tokens dropped); "
             f"{cfg.ppo_epochs} × {cfg.num_minibatches} steps per rollout of {cfg.prompts_per_rollout} answers")  # fmt: skip
+    examples: list[sft.Example] = []
+    if cfg.ptx_coef > 0:
+        if not ptx:
+            raise ValueError("ppo.ptx_coef > 0 needs instruction conversations for its SFT loss (--ptx-data FILE); "
+                             "none were given")  # fmt: skip
+        examples, counts = sft.tokenize(tok, list(ptx), cfg.seq_len)
+        if not examples:
+            raise ValueError("ppo.ptx_coef: none of the instruction conversations has an answer to learn within seq_len")
+        if info.is_main:
+            log(f"[ppo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations, "
+                f"{cfg.ptx_batch_size} per micro-batch ({counts['truncated']} cut to seq_len)")  # fmt: skip
     model = PolicyValue(policy, value)
-    batches = RolloutBatches(cfg, model, reference, scorer, tok, fitting, gold, info)
+    batches = RolloutBatches(cfg, model, reference, scorer, tok, fitting, gold, info, examples)
     stage = loop.Stage("ppo", Path(out_dir), tok_file, info)
     policy_eval = (lambda m: evaluate(m.policy)) if evaluate is not None else None
     # the loop types its model as a Transformer; PolicyValue has what it uses of one (cfg, state_dict)
