@@ -338,3 +338,90 @@ def test_stages_run_on_an_imported_model(hf_model, tmp_path):
     tok = Tokenizer.load(checkpoint.tokenizer_file(tmp_path / "dpo"))
     ids = render(tok, CONVERSATION, generation_prompt=True)[0]
     assert chat_ids(transformers.AutoTokenizer.from_pretrained(out), CONVERSATION, True) == ids
+
+
+def test_reward_gate_finds_the_answer_in_an_imported_template(hf_dir):
+    """The likelihood gate's answer tokens start where the loss mask starts the last assistant turn."""
+    from fromzero.data.chat import template_ids
+    from fromzero.train.reward import ASSISTANT_ID, answer_marker, marker_ends
+
+    family, path = hf_dir
+    tok = Tokenizer.load(checkpoint.tokenizer_file(path))
+    marker = answer_marker(tok)
+    assert len(marker) > 1 and tok.decode(marker).endswith({"qwen2": "assistant\n", "llama": "<|end_header_id|>\n\n",
+                                                            "mistral": "[/INST]"}[family])  # fmt: skip
+    for messages in (CONVERSATION[:5], CONVERSATION[1:3], [{"role": "user", "content": "Hi [/INST] <|im_start|>"},
+                                                           {"role": "assistant", "content": "Yes"}]):  # fmt: skip
+        ids = render(tok, messages)[0]
+        answer = (marker_ends(torch.tensor([ids]), marker).flip(1).cumsum(1).flip(1) == 0)[0]
+        assert answer.int().argmax().item() == len(template_ids(tok, messages[:-1], True))
+    assert answer_marker(Tokenizer.train(TEXT, vocab_size=300)) == (ASSISTANT_ID,)
+
+
+PAIRS = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(24)]
+RL = ["--preset", "smoke", "--set", "preference.sampled_questions=0",
+      "--set", "reward.steps=2", "--set", "reward.micro_batch_size=4", "--set", "reward.batch_tokens=384",
+      "--set", "reward.seq_len=96", "--set", "reward.eval_every=2", "--set", "reward.checkpoint_every=2",
+      "--set", "ppo.steps=2", "--set", "ppo.prompts_per_rollout=4", "--set", "ppo.num_minibatches=1",
+      "--set", "ppo.ppo_epochs=2", "--set", "ppo.micro_batch_size=4", "--set", "ppo.max_new_tokens=8",
+      "--set", "ppo.seq_len=64", "--set", "ppo.eval_every=2", "--set", "ppo.checkpoint_every=2",
+      "--set", "grpo.steps=2", "--set", "grpo.prompts_per_step=2", "--set", "grpo.num_generations=2",
+      "--set", "grpo.micro_batch_size=4", "--set", "grpo.max_new_tokens=8", "--set", "grpo.seq_len=64",
+      "--set", "grpo.eval_every=2", "--set", "grpo.checkpoint_every=2", "--set", "grpo.eval_problems=0",
+      "--set", "eval.pass_k=1"]  # fmt: skip
+
+
+def test_reward_ppo_and_grpo_run_on_an_imported_model(hf_model, tmp_path):
+    """A reward model (with the likelihood gate) and PPO from an imported Qwen2 model, GRPO from an imported Llama
+    one: each runs, the reward model loads with the template's answer marker, the policies export."""
+    from fromzero.train.reward import answer_marker, load_reward_model
+
+    qwen, llama = hf_model("qwen2"), hf_model("llama")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    result = invoke("reward", "--init", f"hf:{qwen}", "--out", tmp_path / "rm", "--data", pairs, *RL)
+    assert result.exit_code == 0, result.output
+    rm = load_reward_model(tmp_path / "rm")
+    tok = Tokenizer.load(checkpoint.tokenizer_file(tmp_path / "rm"))
+    assert rm.gate is not None and rm.answer_marker == answer_marker(tok) and rm.cfg.qkv_bias
+    result = invoke("ppo", "--init", f"hf:{qwen}", "--reward-model", tmp_path / "rm", "--out", tmp_path / "ppo",
+                    "--data", pairs, *RL)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = hf.export(tmp_path / "ppo", tmp_path / "ppo-hf")
+    assert chat_ids(transformers.AutoTokenizer.from_pretrained(out), CONVERSATION, True) == \
+        render(tok, CONVERSATION, generation_prompt=True)[0]  # fmt: skip
+    ids = random_ids(VOCAB, 3)
+    with torch.no_grad():
+        ours = checkpoint.load_model(tmp_path / "ppo").eval()(ids)
+    assert (ours - hf_logits(out, ids)).abs().max().item() <= 1e-4
+
+    tasks = [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(24)]
+    result = invoke("grpo", "--init", f"hf:{llama}", "--out", tmp_path / "grpo", "--data",
+                    write_jsonl(tmp_path / "tasks.jsonl", tasks), *RL)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert '"before"' in result.output  # pass@1 of the imported model and of the tuned one on the held-out tasks
+    grpo = checkpoint.resolve(tmp_path / "grpo")
+    assert (grpo / "tokenizer_config.json").is_file() and checkpoint.load_model(grpo).cfg.rope_scaling.type == "llama3"
+    out = hf.export(grpo, tmp_path / "grpo-hf")
+    assert (hf_logits(out, ids) - checkpoint.load_model(grpo).eval()(ids).detach()).abs().max().item() <= 1e-4
+
+
+def test_text_only_sampling_bans_the_imported_tokenizers_specials(hf_model):
+    """Stage 0's samples of an imported model: its own special tokens and the embedding rows past its vocabulary are
+    never sampled, and ids 0-5 (ordinary text here but for the first) are."""
+    from fromzero.eval.samples import complete, non_text_ids
+
+    path = hf_model("llama")
+    model, tok = checkpoint.load_model(path).eval(), Tokenizer.load(checkpoint.tokenizer_file(path))
+    banned = set(non_text_ids(tok, VOCAB))
+    assert banned >= (tok.special_ids - {tok.bos_id}) | set(range(tok.vocab_size, VOCAB)) and tok.bos_id not in banned
+    assert not banned & set(range(len(FAMILIES["llama"]["specials"]), 8))
+    # rig the head so that some non-text id always wins: a pair of opposite rows wins whatever the hidden state
+    rigged = sorted(tok.special_ids - {tok.bos_id}) + [tok.vocab_size, VOCAB - 1]
+    with torch.no_grad():
+        for k, row in enumerate(rigged):
+            model.lm_head.weight[row] = 0
+            model.lm_head.weight[row, k // 2] = 1000.0 * (-1) ** k
+    free = complete(model, tok, ["The quick brown"], max_new_tokens=6)[0]
+    text = complete(model, tok, ["The quick brown"], max_new_tokens=6, text_only=True)[0]
+    assert any(s in free for s in tok.special_strings) or len(free) < len(text)
+    assert text and not any(s in text for s in tok.special_strings)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fromzero.generate import Engine, SamplingConfig
 from fromzero.model import Transformer
-from fromzero.tokenizer import SPECIAL_TOKENS, Tokenizer
+from fromzero.tokenizer import Tokenizer
+
+
+def non_text_ids(tok: Tokenizer, vocab_size: int) -> tuple[int, ...]:
+    """Ids that are not text on their own: pieces of a character, the tokenizer's special tokens but bos (the stop),
+    and embedding rows past the tokenizer's vocabulary (an imported Qwen2 model has a few hundred)."""
+    # the tokenizer's own specials: an imported one's are not fromzero's ids 0-5
+    specials = tuple(sorted(i for i in tok.special_ids if i != tok.bos_id))
+    return tuple(tok.partial_ids()) + specials + tuple(range(tok.vocab_size, vocab_size))
 
 
 def complete(model: Transformer, tok: Tokenizer, prompts: list[str], *, max_new_tokens: int,
@@ -13,8 +21,7 @@ def complete(model: Transformer, tok: Tokenizer, prompts: list[str], *, max_new_
     sample a token that is not text on its own (a random model's answers are then gibberish made of words and
     pieces of words, not U+FFFD replacement characters) nor a special token but the stop."""
     engine = Engine(model, tok)
-    specials = tuple(i for i in range(len(SPECIAL_TOKENS)) if i != tok.bos_id)
-    banned = tuple(tok.partial_ids()) + specials if text_only else ()
+    banned = non_text_ids(tok, model.cfg.vocab_size) if text_only else ()
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
                          stop_tokens=(tok.bos_id,), banned_tokens=banned)  # fmt: skip
     completions = engine.generate([engine.encode(p, chat=False) for p in prompts], cfg, seed=seed)

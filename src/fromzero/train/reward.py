@@ -18,8 +18,10 @@ every position, so a wrong value is a token it finds very unlikely; the gate lea
 matters (a value the question asks for) and which not (a rambling aside). Centring on the entropy keeps the
 term near zero for a backbone that knows nothing (raw log-probs of a random model made training diverge) and
 charges nothing for open choices. Both heads start at zero, so every answer starts at reward 0. The answer is
-what follows the last `<|assistant|>` token (the whole sequence when there is none); a checkpoint with a
-`gate.weight` is loaded as such a model.
+what follows the last `<|assistant|>` token (the whole sequence when there is none); with an imported chat template,
+what follows the last copy of the tokens that end every rendered prompt whatever the question (`answer_marker`:
+ChatML's `<|im_end|>\n<|im_start|>assistant\n`, Mistral's ` [/INST]`), where data/chat.py's loss mask starts the
+answer too. A checkpoint with a `gate.weight` is loaded as such a model, its marker read from its tokenizer.
 
 For PPO: `score_responses()` rewards a batch of (prompt, response) token sequences, and a value model
 is this same module loaded from the reward checkpoint (`load_reward_model`), read at every position.
@@ -38,14 +40,14 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from safetensors import safe_open
 
 from fromzero import checkpoint, lora
-from fromzero.data.chat import Message
+from fromzero.data.chat import Message, prompt_ids
 from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
     describe_encoding, encode_pairs, eval_batches  # fmt: skip
 from fromzero.dist import all_reduce_sum, setup
 from fromzero.generate import Engine, SamplingConfig
 from fromzero.lora import LoRAConfig
 from fromzero.model import ModelConfig, Transformer
-from fromzero.tokenizer import SPECIAL_TOKENS, Tokenizer
+from fromzero.tokenizer import SIDECAR_FILES, SPECIAL_TOKENS, Tokenizer
 from fromzero.train import loop
 from fromzero.train.loop import TrainConfig
 
@@ -73,12 +75,39 @@ class RewardConfig(TrainConfig, PreferenceSources):
 ASSISTANT_ID = SPECIAL_TOKENS.index("<|assistant|>")
 
 
+def answer_marker(tok: Tokenizer) -> tuple[int, ...]:
+    """The tokens after which an answer starts: `<|assistant|>`, or for an imported chat template the longest run
+    of tokens that ends a rendered prompt whatever the question (the end of the user's turn and the generation
+    prompt)."""
+    if tok.assistant_id is not None:
+        return (tok.assistant_id,)
+    a, b = prompt_ids(tok, "Hi"), prompt_ids(tok, "Yes")
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    if n == 0:
+        raise ValueError("the chat template's prompts end in no tokens shared by every question, so the reward "
+                         "model cannot tell where an answer starts: use --set reward.likelihood=false")  # fmt: skip
+    return tuple(a[-n:])
+
+
+def marker_ends(idx: torch.Tensor, marker: Sequence[int]) -> torch.Tensor:
+    """[B, T] True where a copy of `marker` ends (for one token: where that token is)."""
+    hit = idx == marker[-1]
+    for back, token in enumerate(reversed(marker[:-1]), 1):
+        hit[:, back:] &= idx[:, :-back] == token
+        hit[:, :back] = False
+    return hit
+
+
 class RewardModel(Transformer):
     """A Transformer with a scalar head on its final hidden states, and with `likelihood` a gate on the surprise of
     the answer's tokens under its LM head (see the module docstring)."""
 
-    def __init__(self, cfg: ModelConfig, likelihood: bool = False):
+    def __init__(self, cfg: ModelConfig, likelihood: bool = False, marker: Sequence[int] = (ASSISTANT_ID,)):
         super().__init__(cfg)
+        # not a buffer: it comes from the tokenizer, so checkpoints stay as they were
+        self.answer_marker = tuple(marker)
         self.score = nn.Linear(cfg.dim, 1, bias=False)
         # zero: every answer starts at reward 0, so the first loss is exactly ln 2
         nn.init.zeros_(self.score.weight)
@@ -99,17 +128,17 @@ class RewardModel(Transformer):
         logps = torch.log_softmax(self.lm_head(h[:, :-1]).float(), dim=-1)
         # surprise: how much less likely each token is than the backbone expected (its log-prob plus the entropy there)
         surprise = logps.gather(2, idx[:, 1:, None]).squeeze(2) - (logps.exp() * logps).sum(-1)
-        # answer tokens: no <|assistant|> at or after them
-        answer = ((idx == ASSISTANT_ID).flip(1).cumsum(1).flip(1) == 0)[:, 1:]
+        # answer tokens: no <|assistant|> (no answer marker) at or after them
+        answer = (marker_ends(idx, self.answer_marker).flip(1).cumsum(1).flip(1) == 0)[:, 1:]
         # the gate reads each token's own position: it knows which token it weighs (a value the question asks for, or
         # the first word of a rambling aside), which a gate read one position earlier cannot tell apart
         gated = self.gate(h[:, 1:]).squeeze(-1).float() * surprise * answer
         return values + F.pad(gated.cumsum(1), (1, 0))
 
     @classmethod
-    def from_lm(cls, lm: Transformer, likelihood: bool = False) -> RewardModel:
+    def from_lm(cls, lm: Transformer, likelihood: bool = False, marker: Sequence[int] = (ASSISTANT_ID,)) -> RewardModel:
         """A reward model with the backbone of a language model and fresh heads."""
-        model = cls(lm.cfg, likelihood)
+        model = cls(lm.cfg, likelihood, marker)
         missing, unexpected = model.load_state_dict(lm.state_dict(), strict=False)
         fresh = ["score.weight"] + (["gate.weight", "gate.bias"] if likelihood else [])
         if sorted(missing) != sorted(fresh) or unexpected:
@@ -122,7 +151,11 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> R
     ckpt = checkpoint.resolve(path)
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
         likelihood = "gate.weight" in f.keys()
-    model = RewardModel(ModelConfig.model_validate_json((ckpt / "config.json").read_text()), likelihood)
+    marker: tuple[int, ...] = (ASSISTANT_ID,)
+    tok_file = ckpt / "tokenizer.json"
+    if likelihood and (ckpt / SIDECAR_FILES[0]).is_file():  # an imported tokenizer, whose template marks answers
+        marker = answer_marker(Tokenizer.load(tok_file))
+    model = RewardModel(ModelConfig.model_validate_json((ckpt / "config.json").read_text()), likelihood, marker)
     checkpoint.load_model_weights(model, ckpt)  # a language model's checkpoint fails here: it has no score.weight
     return model.to(device)
 
@@ -210,7 +243,8 @@ def train(cfg: RewardConfig, pairs: list[PreferencePair], val_pairs: list[Prefer
     info = setup(cfg.device)
     tok_file = checkpoint.tokenizer_file(init)
     tok = Tokenizer.load(tok_file)
-    model = RewardModel.from_lm(checkpoint.load_model(init), cfg.likelihood)
+    model = RewardModel.from_lm(checkpoint.load_model(init), cfg.likelihood,
+                                answer_marker(tok) if cfg.likelihood else (ASSISTANT_ID,))
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"reward.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
     if cfg.lora.enabled:
