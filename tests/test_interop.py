@@ -22,6 +22,7 @@ from fromzero.interop import gguf as gguf_export
 from fromzero.interop import hf
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import SPLIT_PATTERN, Tokenizer
+from fromzero.train.loop import read_metrics
 
 transformers = pytest.importorskip("transformers")
 
@@ -403,6 +404,8 @@ def test_reward_ppo_and_grpo_run_on_an_imported_model(hf_model, tmp_path):
     assert (grpo / "tokenizer_config.json").is_file() and checkpoint.load_model(grpo).cfg.rope_scaling.type == "llama3"
     out = hf.export(grpo, tmp_path / "grpo-hf")
     assert (hf_logits(out, ids) - checkpoint.load_model(grpo).eval()(ids).detach()).abs().max().item() <= 1e-4
+    for stage in ("rm", "ppo", "grpo"):
+        assert [m["step"] for m in read_metrics(tmp_path / stage) if "loss" in m] == [1, 2], stage
 
 
 def test_text_only_sampling_bans_the_imported_tokenizers_specials(hf_model):
@@ -425,3 +428,25 @@ def test_text_only_sampling_bans_the_imported_tokenizers_specials(hf_model):
     text = complete(model, tok, ["The quick brown"], max_new_tokens=6, text_only=True)[0]
     assert any(s in free for s in tok.special_strings) or len(free) < len(text)
     assert text and not any(s in text for s in tok.special_strings)
+
+
+def test_sharded_checkpoint_imports_and_serves(hf_model, tmp_path):
+    """save_pretrained with a small max_shard_size: the index and its shards import, export and are hashed for serve."""
+    import hashlib
+
+    from fromzero.serve.models import find_checkpoints, weights_sha
+
+    path, sharded = hf_model("qwen2"), tmp_path / "sharded"
+    transformers.AutoModelForCausalLM.from_pretrained(path).save_pretrained(sharded, max_shard_size="200KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(path / name, sharded / name)
+    shards = sorted(sharded.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (sharded / "model.safetensors").exists()
+    ids = random_ids(VOCAB, 4)
+    with torch.no_grad():
+        assert (checkpoint.load_model(f"hf:{sharded}").eval()(ids) - hf_logits(path, ids)).abs().max().item() <= 1e-4
+    assert (hf_logits(hf.export(sharded, tmp_path / "out"), ids) - hf_logits(path, ids)).abs().max().item() <= 1e-4
+    assert find_checkpoints([sharded]) == [("sharded", sharded)]
+    assert weights_sha(sharded) == hashlib.sha256(b"".join(s.read_bytes() for s in shards)).hexdigest()[:16]
+    shards[-1].unlink()
+    one_line_error(invoke("export", "--ckpt", f"hf:{sharded}", "--out", tmp_path / "x"), shards[-1].name, "not in")

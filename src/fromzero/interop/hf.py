@@ -1,7 +1,7 @@
 """Hugging Face transformers checkpoints in and out.
 
 In: a local directory that transformers wrote for a Llama, Qwen2 or Mistral model (config.json with its
-`model_type`, safetensors weights, tokenizer.json + tokenizer_config.json) is a checkpoint every stage's `--init`,
+`model_type`, safetensors weights in one file or sharded with an index, tokenizer.json + tokenizer_config.json) is a checkpoint every stage's `--init`,
 chat, serve and export read (`checkpoint.load_model` comes here for it). model.py uses HF Llama's parameter names,
 so the weights are a copy; what maps is the config: grouped-query heads, rope theta and scaling (linear, llama3),
 tied or untied embeddings, Qwen2's q/k/v biases, RMSNorm eps, an explicit head_dim. The tokenizer and its chat
@@ -77,8 +77,7 @@ def check_dir(path: Path) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"{HF_PREFIX}{path}: no such directory")
     model_config(read_config(path), path)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(f"{path}: no weights ({', '.join(WEIGHT_FILES)})")
+    weight_files(path)  # raises one line: no weights, a broken index, a missing shard
 
 
 def rope_scaling(config: dict[str, Any], where: Path) -> RopeScaling | None:
@@ -128,18 +127,33 @@ def model_config(config: dict[str, Any], where: Path) -> ModelConfig:
         raise ValueError(f"{where / 'config.json'}: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The files that hold a checkpoint's weights: model.safetensors, the shards its index names (in name order),
+    or pytorch_model.bin."""
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    if (index := path / "model.safetensors.index.json").is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"{index}: not a safetensors index (JSON with a weight_map of tensor -> file)") from None
+        if missing := [s for s in shards if not (path / s).is_file()]:
+            raise FileNotFoundError(f"{index} names {missing[0]}, which is not in {path}")
+        return [path / s for s in shards]
+    if (path / "pytorch_model.bin").is_file():
+        return [path / "pytorch_model.bin"]
+    raise FileNotFoundError(f"{path}: no weights ({', '.join(WEIGHT_FILES)})")
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a transformers checkpoint: one safetensors file, sharded ones (index), or pytorch_model.bin."""
-    if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
-    if (index := path / "model.safetensors.index.json").is_file():
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(str(path / shard)))
-        return state
-    if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path}: no weights ({', '.join(WEIGHT_FILES)})")
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(path):
+        if file.suffix == ".bin":
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+        else:
+            state.update(load_file(str(file)))
+    return state
 
 
 def load_model(path: Path) -> Transformer:

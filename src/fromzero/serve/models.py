@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fromzero import checkpoint
 from fromzero.generate import Engine
+from fromzero.interop import hf
 from fromzero.serve.batching import Batcher
 from fromzero.tokenizer import Tokenizer
 
@@ -20,7 +21,7 @@ STAGE_ORDER = ("init", "pretrain", "sft", "dpo", "ppo", "grpo")
 class ServedModel:
     name: str
     path: Path  # the checkpoint directory
-    sha: str  # the first 16 hex digits of the weights file's sha256
+    sha: str  # the first 16 hex digits of the weights' sha256 (all shards of a sharded checkpoint)
     stage: str
     engine: Engine
     batcher: Batcher
@@ -70,10 +71,12 @@ def find_checkpoints(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
 
 
 def weights_sha(ckpt: Path) -> str:
+    """sha256 of the weights: model.safetensors, or an imported model's shards one after another."""
     digest = hashlib.sha256()
-    with open(ckpt / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for file in hf.weight_files(ckpt):
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
