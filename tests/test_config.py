@@ -10,6 +10,14 @@ def test_presets_exist_and_load():
         assert load_config(name).preset == name
 
 
+def test_text_preset_trains_on_own_text_under_a_time_budget():
+    cfg = load_config("text", ["data.sources=[book.txt]", "data.val_sources=[val.txt]"])
+    assert cfg.preset == "text" and cfg.data.sources == ["book.txt"] and cfg.data.val_sources == ["val.txt"]
+    assert cfg.pretrain.time_budget == 120 and cfg.pretrain.accumulation(1) >= 1
+    assert describe(cfg)["pretrain_steps"] == "fixed after the first probe_steps"
+    assert load_config("text", ["pretrain.time_budget=8m"]).pretrain.time_budget == 480
+
+
 def test_overrides_are_typed():
     cfg = load_config("smoke", ["pretrain.steps=7", "pretrain.lr=1e-4", "data.sources=[a.txt, b.txt]", "model.tie_embeddings=false"])
     assert cfg.pretrain.steps == 7 and cfg.pretrain.lr == 1e-4
@@ -41,7 +49,7 @@ def test_bad_override_syntax_and_unknown_preset():
 
 
 @pytest.mark.parametrize("preset,world_size,min_params,max_params", [
-    ("smoke", 1, 5e4, 5e5), ("tiny", 1, 3e6, 2e7), ("small", 1, 2e7, 1e8), ("gpt2", 8, 1.1e8, 1.6e8),
+    ("smoke", 1, 5e4, 5e5), ("tiny", 1, 3e6, 2e7), ("text", 1, 1e6, 2e7), ("small", 1, 2e7, 1e8), ("gpt2", 8, 1.1e8, 1.6e8),
 ])  # fmt: skip
 def test_every_preset_builds_its_model_and_data_plan(preset, world_size, min_params, max_params):
     import torch
