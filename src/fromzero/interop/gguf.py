@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fromzero.interop.hf import BUILTIN_CHAT_TEMPLATE, refuse_reward_model
+from fromzero.interop.hf import BUILTIN_CHAT_TEMPLATE, load_for_export
 from fromzero.model import ModelConfig
-from fromzero.tokenizer import Tokenizer
 
 FILE_TYPES = ("f32", "f16")
 # HF name inside model.layers.N -> llama.cpp's inside blk.N
@@ -132,7 +131,6 @@ def export(ckpt_path: str | Path, out: Path, dtype: str = "f16") -> Path:
         import gguf
     except ModuleNotFoundError:
         raise ValueError("gguf export needs the gguf package: pip install gguf (or fromzero[export])") from None
-    from fromzero import checkpoint
 
     if dtype not in FILE_TYPES:
         raise ValueError(f"--dtype {dtype!r}: use one of {', '.join(FILE_TYPES)} for gguf")
@@ -141,11 +139,7 @@ def export(ckpt_path: str | Path, out: Path, dtype: str = "f16") -> Path:
         raise ValueError(f"--out {out}: a gguf export is one file; name it NAME.gguf")
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it or choose another --out")
-    ckpt = checkpoint.resolve(ckpt_path)
-    refuse_reward_model(ckpt)
-    model = checkpoint.load_model(ckpt)
-    tok_file = checkpoint.tokenizer_file(ckpt)
-    tok = Tokenizer.load(tok_file)
+    ckpt, model, tok_file, tok = load_for_export(ckpt_path)
     tokenizer_json = json.loads(tok_file.read_text())
     cfg = model.cfg
     arch = architecture(cfg)

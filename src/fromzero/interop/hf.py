@@ -220,6 +220,16 @@ def refuse_reward_model(ckpt: Path) -> None:
                          "GRPO checkpoint); its likelihood gate has no transformers class")  # fmt: skip
 
 
+def load_for_export(ckpt_path: str | Path):
+    """(checkpoint dir, model, tokenizer file, tokenizer) of a language-model checkpoint, as every export reads it."""
+    from fromzero import checkpoint
+
+    ckpt = checkpoint.resolve(ckpt_path)
+    refuse_reward_model(ckpt)
+    tok_file = checkpoint.tokenizer_file(ckpt)
+    return ckpt, checkpoint.load_model(ckpt), tok_file, Tokenizer.load(tok_file)
+
+
 def write_atomic(out: Path, write) -> Path:
     """Run write(tmp) in a hidden temporary directory beside `out`, then rename it to `out` (as checkpoint.save)."""
     out = Path(out)
@@ -241,15 +251,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def export(ckpt_path: str | Path, out: Path, dtype: str = "float32") -> Path:
     """Write the checkpoint at `ckpt_path` (fromzero's or an imported one) as a transformers model directory."""
-    from fromzero import checkpoint
-
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    ckpt = checkpoint.resolve(ckpt_path)
-    refuse_reward_model(ckpt)
-    model = checkpoint.load_model(ckpt)
-    tok_file = checkpoint.tokenizer_file(ckpt)
-    tok = Tokenizer.load(tok_file)
+    _, model, tok_file, tok = load_for_export(ckpt_path)
     cfg = model.cfg
     state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()
              if not (cfg.tie_embeddings and k == "lm_head.weight")}  # fmt: skip
