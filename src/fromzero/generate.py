@@ -52,7 +52,45 @@ def seeded_generator(model: Transformer, seed: int) -> torch.Generator:
     return torch.Generator(device=model.rope_cos.device).manual_seed(seed)
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+def _int64(value: int) -> int:
+    """A Python integer wrapped to a signed 64-bit one, as int64 arithmetic wraps."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (products wrap; shifts masked to be logical): a counter-based hash."""
+    x = x ^ ((x >> 30) & 0x3FFFFFFFF)
+    x = x * -4658895280553007687  # 0xbf58476d1ce4e5b9
+    x = x ^ ((x >> 27) & 0x1FFFFFFFFF)
+    x = x * -7723592293110705685  # 0x94d049bb133111eb
+    return x ^ ((x >> 31) & 0x1FFFFFFFF)
+
+
+class RowSeeds:
+    """One random stream per row, a function of the row's seed and the step alone: a row samples the same tokens
+    whatever else is in its batch, on whichever rank it is (how RL rollouts split over ranks). Each draw is a
+    24-bit uniform number, as fine as torch.rand's float32, from a hash of (seed, step) computed on the device."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.seeds = _mix64(torch.tensor([_int64(int(s)) for s in seeds], dtype=torch.long)).to(device)
+        self.step = 0
+
+    def uniform(self) -> torch.Tensor:
+        """[B, 1] numbers in [0, 1), the next of each row's stream."""
+        self.step += 1
+        bits = _mix64(self.seeds + _int64(self.step * 0x9E3779B97F4A7C15))
+        return ((bits >> 40) & 0xFFFFFF).float()[:, None] / 2**24
+
+
+def row_seed(*parts: int) -> int:
+    """A 63-bit seed from what a sample is (run seed, step, prompt, sample index): the same parts, the same seed."""
+    x = torch.tensor(0x2545F4914F6CDD1D, dtype=torch.long)
+    for part in parts:
+        x = _mix64(x ^ _int64(int(part)))
+    return int(x.item()) & (2**63 - 1)
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | RowSeeds | None) -> torch.Tensor:
     if cfg.banned_tokens:
         banned = torch.tensor(cfg.banned_tokens, dtype=torch.long, device=logits.device)
         logits = logits.index_fill(-1, banned, float("-inf"))
@@ -62,7 +100,10 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     # inverse-CDF sampling: one uniform number per row, where torch.multinomial draws one per vocabulary entry (16x
     # slower on CPU for 16 rows of 2048); a token of probability 0 has no width in the CDF and is never drawn
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device) * cdf[..., -1:]
+    if isinstance(generator, RowSeeds):
+        u = generator.uniform().to(probs.device) * cdf[..., -1:]
+    else:
+        u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device) * cdf[..., -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
@@ -86,7 +127,7 @@ def stream(
     cfg: SamplingConfig,
     *,
     pad_id: int = 0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowSeeds | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens [B], active [B], logits [B, vocab]) per step; a row is inactive after it has produced a stop
     token. The logits are the model's, before temperature and filtering: what log-probs are read from."""
@@ -147,7 +188,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int = 0) -> 
 
 
 def sample_rows(model: Transformer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, pad_id: int = 0,
-                generator: torch.Generator | None = None, logprobs: int | None = None,
+                generator: torch.Generator | RowSeeds | None = None, logprobs: int | None = None,
                 on_token: Callable[[int, int], None] | None = None,
                 ) -> list[tuple[list[int], list[float] | None, list[TopLogprobs] | None]]:  # fmt: skip
     """(new tokens, their log-probs, top alternatives) per prompt, the tokens up to and including the first stop
@@ -221,8 +262,12 @@ class Engine:
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *, seed: int | None = None,
                  generator: torch.Generator | None = None, batch_size: int | None = None, logprobs: int | None = None,
-                 on_token: Callable[[int, int], None] | None = None) -> list[Completion]:  # fmt: skip
-        """One completion per prompt. logprobs: None for none, else the number of top alternatives per token."""
+                 on_token: Callable[[int, int], None] | None = None,
+                 row_seeds: Sequence[int] | None = None) -> list[Completion]:  # fmt: skip
+        """One completion per prompt. logprobs: None for none, else the number of top alternatives per token.
+        row_seeds: a seed per prompt (`RowSeeds`): each row's tokens then depend on its seed alone, not its batch."""
+        if row_seeds is not None and len(row_seeds) != len(prompts):
+            raise ValueError(f"{len(row_seeds)} row_seeds for {len(prompts)} prompts")
         if seed is not None and generator is None:
             generator = seeded_generator(self.model, seed)
         was_training = self.model.training
@@ -235,8 +280,9 @@ class Engine:
                 def row_token(row: int, token: int, start: int = start) -> None:
                     on_token(start + row, token)  # type: ignore[misc]
 
+                draws = generator if row_seeds is None else RowSeeds(row_seeds[start : start + size], self.device)
                 rows = sample_rows(self.model, prompts[start : start + size], sampling, pad_id=self.tok.pad_id,
-                                   generator=generator, logprobs=logprobs, on_token=row_token if on_token else None)  # fmt: skip
+                                   generator=draws, logprobs=logprobs, on_token=row_token if on_token else None)  # fmt: skip
                 out += [Completion(r, self.decode(r, sampling.stop_tokens), "stop" if r and r[-1] in stops else "length",
                                    lp, top) for r, lp, top in rows]  # fmt: skip
         finally:

@@ -105,17 +105,18 @@ def _batch_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[tor
 
 @torch.no_grad()
 def reference_logps(cfg: DPOConfig, model: Transformer, encoded: list[EncodedPair], pad_id: int,
-                    device: torch.device) -> torch.Tensor:  # fmt: skip
-    """[N, 2] log-probs of each pair's (chosen, rejected) answer under the reference model."""
+                    device: torch.device, rank: int = 0, world_size: int = 1) -> torch.Tensor:  # fmt: skip
+    """[N, 2] log-probs of each pair's (chosen, rejected) answer under the reference model; each rank computes its
+    share of the pairs and the sum over ranks fills in the rest."""
     was_training = model.training
     model.eval()
     out = torch.zeros(len(encoded), 2, device=device)
     with loop.autocast(cfg, device):
-        for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id):
+        for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, rank, world_size):
             chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
-            out[batch[3].to(device)] = torch.stack([chosen, rejected], dim=1)
+            out[batch[3].to(device)] = torch.stack([chosen, rejected], dim=1).float()
     model.train(was_training)
-    return out
+    return all_reduce_sum(out) if world_size > 1 else out
 
 
 def dpo_loss_fn(cfg: DPOConfig, reference: torch.Tensor):
@@ -171,14 +172,14 @@ def train(cfg: DPOConfig, pairs: list[PreferencePair], val_pairs: list[Preferenc
     val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:
         log(describe_encoding("dpo", stats, val_stats, cfg.seq_len))
-    batches = PairBatches(encoded, cfg.micro_batch_size, tok.pad_id, seed=cfg.seed, rank=info.rank,
+    batches = PairBatches(encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank,
                           world_size=info.world_size)  # fmt: skip
     # the reference is the starting model: on resume `model` is reloaded from the checkpoint by the loop,
     # after these are computed from `init`
-    reference = reference_logps(cfg, model, encoded, tok.pad_id, info.device)
+    reference = reference_logps(cfg, model, encoded, tok.pad_id, info.device, info.rank, info.world_size)
     evaluate = None
     if val_encoded:
-        val_reference = reference_logps(cfg, model, val_encoded, tok.pad_id, info.device)
+        val_reference = reference_logps(cfg, model, val_encoded, tok.pad_id, info.device, info.rank, info.world_size)
         evaluate = dpo_evaluator(cfg, val_encoded, val_reference, tok.pad_id, info)
     stage = loop.Stage("dpo", Path(out_dir), tok_file, info)
     return loop.run(cfg, stage, model, batches, dpo_loss_fn(cfg, reference), evaluate=evaluate, resume=resume)

@@ -35,9 +35,9 @@ from pydantic import Field, PositiveFloat, model_validator
 from fromzero import checkpoint, lora
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.tasks import Task, TaskSources, encode_prompt
-from fromzero.dist import DistInfo, all_reduce_sum, setup
+from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
 from fromzero.eval.reasoning import grade, sample_completions
-from fromzero.generate import Engine, SamplingConfig
+from fromzero.generate import Engine, SamplingConfig, row_seed
 from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.rewards import (
@@ -208,7 +208,10 @@ class RolloutBatches:
     """The loop's batch source: samples completions from the policy being trained, scores them and serves them
     as micro-batches, a fresh rollout every num_iterations optimizer steps.
 
-    Its state (for exact resume) is the prompt order's position, the calls served and the current rollout.
+    Under torchrun each rank samples whole groups for its share of the step's prompts, each completion seeded by
+    what it is (run seed, rollout, round, prompt row, sample), and the groups are gathered: every rank holds the
+    step's rollout as one process would (dynamic sampling decides on all groups, metrics are over all of them),
+    cuts it into the same micro-batches, and trains on its share of them (micro-batch j·ranks + rank). Its state (for exact resume) is the prompt order's position, the calls served and the current rollout.
     """
 
     def __init__(self, cfg: GRPOConfig, policy: Transformer, reference: Transformer | None, tok: Tokenizer,
@@ -217,8 +220,8 @@ class RolloutBatches:
         self.engine = Engine(policy, tok)
         self.rewards, self.weights, self.device = rewards, weights, info.device
         self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
-        self.prompts_per_rank = cfg.prompts_per_step // info.world_size
-        self.accumulation = cfg.accumulation(info.world_size)
+        self.prompts_per_rank, self.info = cfg.prompts_per_step // info.world_size, info
+        self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
         self.order = GlobalOrder(len(tasks), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
         self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        stop_tokens=(tok.end_id,))  # fmt: skip
@@ -240,12 +243,15 @@ class RolloutBatches:
         self.order.load_state_dict(state["order"])
         self.calls, self.rollout = state["calls"], state["rollout"]
 
-    def _sample(self, indices: list[int]) -> list[Group]:
-        G = self.cfg.num_generations
+    def _sample(self, indices: list[int], round_: int) -> list[Group]:
+        """This rank's groups for `indices`, then every rank's, in rank order (the order of one process)."""
+        G, rollout, first = self.cfg.num_generations, self.calls // (self.accumulation * self.cfg.num_iterations), \
+            self.info.rank * len(indices)  # fmt: skip
         tasks = [self.tasks[i] for i in indices for _ in range(G)]
         prompts = [self.prompts[i] for i in indices for _ in range(G)]
+        seeds = [row_seed(self.cfg.seed, rollout, round_, first + j, g, i) for j, i in enumerate(indices) for g in range(G)]
         with loop.autocast(self.cfg, self.device, self.cfg.rollout_precision):
-            sampled = self.engine.generate(prompts, self.sampling)
+            sampled = self.engine.generate(prompts, self.sampling, row_seeds=seeds)
         completions, texts = [c.tokens for c in sampled], [c.text for c in sampled]
         rewards, scores = weighted_rewards(texts, tasks, self.rewards, self.weights, self.stats)
         if self.cfg.overlong_buffer:
@@ -253,8 +259,9 @@ class RolloutBatches:
             scores["overlong"] = [overlong_penalty(len(c), limit, buffer) for c in completions]
             rewards = [r + p for r, p in zip(rewards, scores["overlong"])]
         correct = scores.get("accuracy") or [safe_reward("accuracy", accuracy, x, t, self.stats) for x, t in zip(texts, tasks)]
-        return [Group(prompts[j], completions[j : j + G], rewards[j : j + G], {k: v[j : j + G] for k, v in scores.items()},
-                      correct[j : j + G]) for j in range(0, len(prompts), G)]  # fmt: skip
+        groups = [Group(prompts[j], completions[j : j + G], rewards[j : j + G], {k: v[j : j + G] for k, v in scores.items()},
+                        correct[j : j + G]) for j in range(0, len(prompts), G)]  # fmt: skip
+        return [g for part in all_gather_objects(groups) for g in part]
 
     @torch.no_grad()
     def _rollout(self) -> list[MicroBatch]:
@@ -262,31 +269,33 @@ class RolloutBatches:
         was_training = self.policy.training
         self.policy.eval()
         sampled: list[Group] = []
-        for _ in range(self.cfg.max_sampling_rounds if self.cfg.filter_zero_std else 1):
-            sampled += self._sample(self.order.next_indices())
-            if sum(not g.zero_std for g in sampled) >= self.prompts_per_rank:
+        for round_ in range(self.cfg.max_sampling_rounds if self.cfg.filter_zero_std else 1):
+            sampled += self._sample(self.order.next_indices(), round_)
+            if sum(not g.zero_std for g in sampled) >= self.cfg.prompts_per_step:
                 break
         # dynamic sampling trains on the groups that carry signal first; any left over fill up the step but
         # are masked out (the batch geometry is fixed)
         groups = sorted(sampled, key=lambda g: g.zero_std) if self.cfg.filter_zero_std else sampled
-        groups = groups[: self.prompts_per_rank]
+        groups = groups[: self.cfg.prompts_per_step]
         rewards = torch.tensor([r for g in groups for r in g.rewards])
         advantages = group_advantages(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
         rows = [(g.prompt, c, not (self.cfg.filter_zero_std and g.zero_std)) for g in groups for c in g.completions]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))  # less padding per micro-batch
         metrics = self._metrics(sampled)
-        metrics.update({"reward/failures": float(self.stats.failures - failures), "rollout_time": time.perf_counter() - start})
-        mb = self.cfg.micro_batch_size
+        failed = sum(all_gather_objects(self.stats.failures - failures))
+        metrics.update({"reward/failures": float(failed), "rollout_time": time.perf_counter() - start})
+        mb, world = self.micro_batch, self.info.world_size
         # "dapo" weighs every completion token of the step the same: each micro-batch's token mean is scaled by
         # its share of the step's tokens (the loop divides by the number of micro-batches)
         tokens = [len(c) if keep else 0 for _, c, keep in rows]
         total = max(1, sum(tokens))
         batches: list[MicroBatch] = []
-        for i in range(0, len(order), mb):
-            chosen = order[i : i + mb]
+        for micro in range(self.accumulation):
+            part = micro * world + self.info.rank  # this rank's share of the step's micro-batches
+            chosen = order[part * mb : (part + 1) * mb]
             weight = 1.0
-            if self.cfg.loss_type == "dapo":
-                weight = self.accumulation * sum(tokens[j] for j in chosen) / total
+            if self.cfg.loss_type == "dapo":  # (the loop also averages over ranks)
+                weight = self.accumulation * world * sum(tokens[j] for j in chosen) / total
             ids, mask = collate([rows[j] for j in chosen], self.tok.pad_id)
             old = ref = None
             ids_d, keep = ids.to(self.device), mask[:, 1:].to(self.device)
@@ -368,11 +377,12 @@ def train(cfg: GRPOConfig, tasks: list[Task], heldout: list[Task], init: Path, o
     info = setup(cfg.device)
     if resume and loop.is_done(out_dir):
         return checkpoint.resolve(out_dir)
-    per_rank = cfg.prompts_per_step * cfg.num_generations // info.world_size
-    if cfg.prompts_per_step % info.world_size or per_rank % cfg.micro_batch_size:
-        raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} ranks, and "
-                         f"each rank's completions (prompts × num_generations {cfg.num_generations}) into micro-batches "
-                         f"of {cfg.micro_batch_size}")  # fmt: skip
+    if cfg.prompts_per_step % info.world_size:  # each rank samples whole groups
+        raise ValueError(f"grpo.prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} ranks, "
+                         "each rank sampling whole groups of num_generations")  # fmt: skip
+    if cfg.parallel == "fsdp" and info.world_size > 1:
+        raise ValueError("grpo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each "
+                         "rank, which sharded parameters (gathered per forward, every rank in step) cannot; use parallel=ddp")  # fmt: skip
     tok_file = checkpoint.tokenizer_file(init)
     tok = Tokenizer.load(tok_file)
     model = checkpoint.load_model(init, info.device)

@@ -9,6 +9,7 @@ atomic checkpoints with exact resume, a NaN guard, and DDP under torchrun.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 from tqdm.auto import tqdm
 
 from fromzero import checkpoint, lora
-from fromzero.dist import DistInfo, all_reduce_sum, barrier
+from fromzero.dist import DistInfo, all_reduce_mean, all_reduce_sum, barrier
 from fromzero.model import Transformer
 
 DONE = "DONE"
@@ -70,6 +71,10 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
     precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast (weights stay fp32) or fp32")
     compile: bool = Field(False, description="torch.compile the model")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (a whole copy per rank, gradients all-reduced) or fsdp (FSDP2 "
+        "fully_shard per decoder block: parameters, gradients and optimizer state sharded over ranks, for models that "
+        "do not fit one device; checkpoints are the same full weights either way)")
     report_to: Literal["none", "tensorboard", "wandb"] = Field(
         "none", description="also log the metrics to TensorBoard (STAGE/tensorboard/) or Weights & Biases (WANDB_PROJECT, "
         "WANDB_MODE=offline work); metrics.jsonl is written either way")
@@ -88,14 +93,21 @@ class TrainConfig(BaseModel):
     def _duration(cls, value: Any) -> float | None:
         return None if value is None else parse_duration(value)
 
+    def micro_batch(self, world_size: int) -> int:
+        """Sequences per forward pass on one rank: micro_batch_size, or where that does not divide this rank's share of
+        the step, the largest size below it that does (the step stays batch_tokens: accumulation makes up the rest)."""
+        rows, rest = divmod(self.batch_tokens, self.seq_len * world_size)
+        if rest or not rows:
+            raise ValueError(self._split_error(world_size))
+        return max(d for d in range(1, min(rows, self.micro_batch_size) + 1) if rows % d == 0)
+
     def accumulation(self, world_size: int) -> int:
-        per_pass = self.micro_batch_size * self.seq_len * world_size
-        if self.batch_tokens % per_pass:
-            raise ValueError(
-                f"batch_tokens={self.batch_tokens} is not a multiple of micro_batch_size × seq_len × ranks "
-                f"= {self.micro_batch_size} × {self.seq_len} × {world_size} = {per_pass}"
-            )
-        return self.batch_tokens // per_pass
+        return self.batch_tokens // (self.micro_batch(world_size) * self.seq_len * world_size)
+
+    def _split_error(self, world_size: int) -> str:
+        per = self.seq_len * world_size
+        return (f"batch_tokens={self.batch_tokens} is not a multiple of seq_len × ranks = {self.seq_len} × {world_size} "
+                f"= {per}: no micro-batch size splits it evenly; set batch_tokens to a multiple of {per}")  # fmt: skip
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (1-based)."""
@@ -135,6 +147,10 @@ class RolloutConfig(TrainConfig, ABC):
     @abstractmethod
     def step_shape(self) -> tuple[int, str]:
         """(tokens per optimizer step over all ranks, how they are made up, for the error message)."""
+
+    def _split_error(self, world_size: int) -> str:
+        rows = self.batch_tokens // self.seq_len
+        return f"{self.step_shape()[1].split(' × seq_len')[0]} = {rows} answers per step do not split over {world_size} ranks"
 
     @model_validator(mode="after")
     def _rollout_shape(self) -> RolloutConfig:
@@ -311,6 +327,61 @@ def _save_checkpoint(out: Path, step: int, model: nn.Module, stage: Stage, meta:
     lora.save_adapter(model, out / lora.ADAPTER_DIR)
 
 
+def _fully_shard(model: nn.Module) -> None:
+    """FSDP2: each decoder block its own unit (gathered for its forward and backward only), the rest at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    from fromzero.model import Block
+
+    for block in [m for m in model.modules() if isinstance(m, Block)]:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def _full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full (unsharded) model and optimizer state of an FSDP model on rank 0's CPU; a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], fsdp: bool,
+                    out: Path) -> None:  # fmt: skip
+    """The optimizer's moments from a trainer state: by parameter index (DDP, one process) or by name (FSDP)."""
+    written = state.get("optimizer_format", "param_id")
+    if written != ("fqn" if fsdp else "param_id"):
+        raise ValueError(f"{out} was trained with parallel={'fsdp' if written == 'fqn' else 'ddp'}; resume it the same way "
+                         "(the weights load either way: start a new --out from it with --init)")  # fmt: skip
+    if not fsdp:
+        optimizer.load_state_dict(state["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def _unsharded(model: nn.Module, fsdp: bool):
+    """Under FSDP, the full parameters gathered once for an evaluation: each rank then runs its own share of the
+    batches, as many as it has, without the per-forward collectives that would need every rank in step."""
+    if not fsdp:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True, recurse=False)
+
+
 def run(
     cfg: TrainConfig,
     stage: Stage,
@@ -325,11 +396,13 @@ def run(
     out, info = stage.out_dir, stage.dist
     if resume and is_done(out):
         return checkpoint.resolve(out)
-    accum = cfg.accumulation(info.world_size)
+    accum, micro_batch = cfg.accumulation(info.world_size), cfg.micro_batch(info.world_size)
     device = info.device
+    fsdp = cfg.parallel == "fsdp" and info.world_size > 1
+    if fsdp and lora.is_lora(model):
+        raise ValueError(f"{stage.name}.parallel=fsdp does not shard LoRA adapters; use parallel=ddp with lora")
     model.to(device)
-    optimizer = make_optimizer(cfg, model)
-    start_step, elapsed, resumed_from = 0, 0.0, None
+    start_step, elapsed, resumed_from, state = 0, 0.0, None, None
     steps, budget_steps = cfg.steps, None
     if checkpoint.exists(out):
         if not resume:
@@ -337,7 +410,6 @@ def run(
         ckpt = checkpoint.resolve(out)
         state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=False)
         _load_weights(model, ckpt, state)
-        optimizer.load_state_dict(state["optimizer"])
         batches.load_state_dict(state["data"])
         _set_rng_state(state["rng"])
         start_step, elapsed, resumed_from = state["step"], state["elapsed"], ckpt
@@ -347,19 +419,31 @@ def run(
         torch.manual_seed(cfg.seed + info.rank)
     barrier()
 
+    # rank 0 keeps a full copy on the host under FSDP: what checkpoints are written from, as DDP's are
+    host = copy.deepcopy(model).cpu() if fsdp and info.is_main else None
     train_model: nn.Module = model
+    if fsdp:
+        _fully_shard(model)
     if cfg.compile:
         train_model = torch.compile(model)
-    if info.world_size > 1:
+    if info.world_size > 1 and not fsdp:
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    optimizer = make_optimizer(cfg, model)  # after sharding: FSDP's optimizer holds this rank's shards
+    if state is not None:
+        _load_optimizer(model, optimizer, state, fsdp, out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out / "metrics.jsonl", info.is_main, start_step, cfg.report_to, stage.name, cfg.model_dump())
     if info.is_main and lora.is_lora(model):
         tqdm.write(f"[{stage.name}] {lora.describe(model)}")
-    flops_per_token = model.cfg.flops_per_token(cfg.seq_len)
+    if info.is_main and micro_batch != cfg.micro_batch_size:
+        tqdm.write(f"[{stage.name}] micro-batches of {micro_batch} (micro_batch_size={cfg.micro_batch_size} does not divide "
+                   f"a rank's share of the step) × {accum} accumulation steps × {info.world_size} ranks")  # fmt: skip
+    # a stage whose step runs more than the one model (PPO's policy and value model) says so
+    flops_fn = getattr(model, "flops_per_token", None) or model.cfg.flops_per_token
+    flops_per_token = flops_fn(cfg.seq_len)
     peak = matmul_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32) * info.world_size
     if info.is_main and resumed_from:
         tqdm.write(f"[{stage.name}] resuming from {resumed_from} (step {start_step}/{steps})")
@@ -369,17 +453,24 @@ def run(
     probe: list[float] = []
 
     def save(step: int, metrics: dict[str, Any]) -> None:
+        saved, optim = model, None
+        if fsdp:  # collectives: every rank takes part, rank 0 receives the full tensors
+            full, optim = _full_state(model, optimizer)
+            if host is not None:
+                host.load_state_dict(full)
+                saved = host
         if info.is_main:
-            state = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
+            state = {"step": step, "elapsed": elapsed, "optimizer": optim if fsdp else optimizer.state_dict(),
+                     "optimizer_format": "fqn" if fsdp else "param_id", "data": batches.state_dict(),
                      "rng": _rng_state(), "budget_steps": steps if cfg.time_budget and fixed else None}  # fmt: skip
-            _save_checkpoint(out, step, model, stage, {"stage": stage.name, **metrics}, state)
+            _save_checkpoint(out, step, saved, stage, {"stage": stage.name, **metrics}, state)
         barrier()
 
     def run_eval(step: int) -> dict[str, float]:
         if evaluate is None:
             return {}
         model.eval()
-        with torch.no_grad(), autocast(cfg, device):
+        with _unsharded(model, fsdp), torch.no_grad(), autocast(cfg, device):
             result = evaluate(model)
         model.train()
         log.write({"step": step, **result})
@@ -400,16 +491,23 @@ def run(
         tokens = 0
         for micro in range(accum):
             batch = batches.next_batch()
-            tokens += batch[0].numel() * info.world_size  # batches are tuples led by the input ids
+            tokens += batch[0].numel()  # batches are tuples led by the input ids
             sync = micro == accum - 1 or info.world_size == 1
-            with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast(cfg, device):
+            if fsdp:
+                model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+            with (contextlib.nullcontext() if sync or fsdp else train_model.no_sync()), autocast(cfg, device):
                 loss, metrics = loss_fn(train_model, batch)
             (loss / accum).backward()
             loss_sum += loss.detach()
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + v / accum
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        step_loss = all_reduce_sum(loss_sum / accum).item() / info.world_size
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
+        # one collective for the step's loss, tokens and every metric: what is logged is the mean over ranks
+        reduced = all_reduce_mean({**extra, "\0loss": (loss_sum / accum).item(), "\0tokens": float(tokens)}, device)
+        step_loss, tokens = reduced.pop("\0loss"), reduced.pop("\0tokens") * info.world_size
+        extra = reduced
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm.item())):
             bar.close()
             good = checkpoint.resolve(out) if checkpoint.exists(out) else None

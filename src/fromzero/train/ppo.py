@@ -39,8 +39,8 @@ from fromzero import checkpoint
 from fromzero.data.chat import Message, render
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.world_pref import GoldFn
-from fromzero.dist import DistInfo, all_reduce_sum, setup
-from fromzero.generate import Engine, SamplingConfig
+from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
+from fromzero.generate import Engine, SamplingConfig, row_seed
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
@@ -201,7 +201,11 @@ class PolicyValue(nn.Module):
     def __init__(self, policy: Transformer, value: RewardModel):
         super().__init__()
         self.policy, self.value = policy, value
-        self.cfg = policy.cfg  # the checkpoint's config.json, and the loop's FLOPs per token
+        self.cfg = policy.cfg  # the checkpoint's config.json
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """The loop's MFU counts both models' passes (the ptx rows and the rollout's sampling are not counted)."""
+        return self.policy.cfg.flops_per_token(seq_len) + self.value.cfg.flops_per_token(seq_len)
 
     def forward(self, idx: torch.Tensor, ptx: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
@@ -246,8 +250,12 @@ class RolloutBatches:
     """The loop's batch source: answers prompts with the policy, scores and rewards the answers, and serves the
     rollout as micro-batches, ppo_epochs × num_minibatches optimizer steps per rollout.
 
-    Within a pass the rollout's rows are shuffled (seeded by the rollout and pass), cut into minibatches, and each
-    minibatch, sorted by length for less padding, into micro-batches. Every micro-batch carries its share of the
+    Under torchrun each rank samples and scores its share of the rollout's prompts, each answer seeded by what it
+    is (run seed, rollout, row, prompt), and the rows are gathered: every rank then holds the whole rollout, whose
+    rewards, GAE, whitening and metrics are those of one process, and trains on its share of each minibatch's
+    micro-batches (global micro-batch j·ranks + rank). Within a pass the rollout's rows are shuffled (seeded by the
+    rollout and pass), cut into minibatches, and each minibatch, sorted by length for less padding, into
+    micro-batches. Every micro-batch carries its share of the
     minibatch's answer tokens, so each token weighs the same however micro_batch_size cuts the minibatch. Its
     state (for exact resume) is the prompt order, the calls served, the current rollout, β and the value model's
     weights.
@@ -260,10 +268,10 @@ class RolloutBatches:
         self.ptx = list(ptx)
         self.ptx_order = GlobalOrder(len(self.ptx), cfg.ptx_batch_size, seed=cfg.seed, rank=info.rank,
                                      world_size=info.world_size) if self.ptx else None  # fmt: skip
-        self.prompts, self.gold, self.device = prompts, gold, info.device
+        self.prompts, self.gold, self.device, self.info = prompts, gold, info.device, info
         self.prompts_per_rank = cfg.prompts_per_rollout // info.world_size
-        self.minibatch_size = self.prompts_per_rank // cfg.num_minibatches
-        self.accumulation = cfg.accumulation(info.world_size)
+        self.minibatch_size = cfg.prompts_per_rollout // cfg.num_minibatches
+        self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
         self.calls_per_rollout = cfg.ppo_epochs * cfg.num_minibatches * self.accumulation
         self.order = GlobalOrder(len(prompts), self.prompts_per_rank, seed=cfg.seed, rank=info.rank,
                                  world_size=info.world_size)  # fmt: skip
@@ -282,12 +290,15 @@ class RolloutBatches:
         self.calls += 1
         epoch, call = divmod(call, self.cfg.num_minibatches * self.accumulation)
         minibatch, micro = divmod(call, self.accumulation)
-        order = np.random.default_rng([self.cfg.seed, index, epoch]).permutation(self.prompts_per_rank).tolist()
+        order = np.random.default_rng([self.cfg.seed, index, epoch]).permutation(self.cfg.prompts_per_rollout).tolist()
         rows = order[minibatch * self.minibatch_size : (minibatch + 1) * self.minibatch_size]
         rows.sort(key=r.lengths.__getitem__)
-        chosen = rows[micro * self.cfg.micro_batch_size : (micro + 1) * self.cfg.micro_batch_size]
-        # the loop divides each micro-batch's loss by the accumulation steps; weight it back up by its token share
-        weight = self.accumulation * sum(r.answer_lengths[i] for i in chosen) / sum(r.answer_lengths[i] for i in rows)
+        world = self.info.world_size
+        part = micro * world + self.info.rank  # this rank's share of the minibatch's micro-batches
+        chosen = rows[part * self.micro_batch : (part + 1) * self.micro_batch]
+        # the loop averages micro-batches over accumulation steps and ranks; weight each back up by its token share
+        share = sum(r.answer_lengths[i] for i in chosen) / sum(r.answer_lengths[i] for i in rows)
+        weight = self.accumulation * world * share
         idx, cut = torch.tensor(chosen, device=r.ids.device), max(r.lengths[i] for i in chosen) - 1
         ptx = None
         if self.ptx_order is not None:
@@ -312,14 +323,15 @@ class RolloutBatches:
     def _rollout(self) -> Rollout:
         start = time.perf_counter()
         cfg, tok, policy, value = self.cfg, self.tok, self.model.policy, self.model.value
+        index, first = self.calls // self.calls_per_rollout, self.info.rank * self.prompts_per_rank
         was_training = self.model.training
         self.model.eval()
         chosen = [self.prompts[i] for i in self.order.next_indices()]
         prompts = [ids for _, ids in chosen]
+        seeds = [row_seed(cfg.seed, index, first + j, i) for j, (i, _) in enumerate(chosen)]
         with loop.autocast(cfg, self.device, cfg.rollout_precision):
-            answers = [c.tokens for c in Engine(policy, tok).generate(prompts, self.sampling)]
-        ids, mask = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)
-        ids, mask = ids.to(self.device), mask[:, 1:].to(self.device)
+            answers = [c.tokens for c in Engine(policy, tok).generate(prompts, self.sampling, row_seeds=seeds)]
+        ids = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)[0].to(self.device)
         lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
         length_t = torch.tensor(lengths, device=self.device)
         logps, ref_logps, values, scores = [], [], [], []
@@ -327,14 +339,34 @@ class RolloutBatches:
             for i in range(0, len(ids), cfg.micro_batch_size):
                 part = ids[i : i + cfg.micro_batch_size]
                 logps.append(token_logps(policy, part, cfg.temperature)[0])
-                values.append(value(part[:, :-1]))
+                values.append(value(part[:, :-1]).float())
                 if self.reference is not None:
                     ref_logps.append(token_logps(self.reference, part, cfg.temperature)[0])
                 scores.append(last_token_rewards(self.reward_model, part, length_t[i : i + cfg.micro_batch_size]))
         self.model.train(was_training)
-        old_logps, old_values, score = torch.cat(logps), torch.cat(values), torch.cat(scores).float()
+        # this rank's rows, each cut to its own length, gathered in rank order: the rollout one process would make
+        per_token = [torch.cat(x).cpu() for x in (logps, values, ref_logps) if x]
+        score_list = torch.cat(scores).float().cpu().tolist()
+        mine = [(c, a, score_list[j], [t[j, : n - 1] for t in per_token])
+                for j, (c, a, n) in enumerate(zip(chosen, answers, lengths))]  # fmt: skip
+        rows = [row for part in all_gather_objects(mine) for row in part]
+        chosen, answers = [r[0] for r in rows], [r[1] for r in rows]
+        prompts = [ids for _, ids in chosen]
+        ids, mask = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)
+        ids, mask = ids.to(self.device), mask[:, 1:].to(self.device)
+        score = torch.tensor([r[2] for r in rows], device=self.device)
+        lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
+        length_t = torch.tensor(lengths, device=self.device)
+
+        def stacked(k: int) -> torch.Tensor:
+            out = torch.zeros(mask.shape, dtype=torch.float32)
+            for j, r in enumerate(rows):
+                out[j, : len(r[3][k])] = r[3][k].float()
+            return out.to(self.device)
+
+        old_logps, old_values = stacked(0), stacked(1)
         if self.reference is not None:
-            kl = kl_penalty(old_logps, torch.cat(ref_logps), cfg.kl_estimator) * mask
+            kl = kl_penalty(old_logps, stacked(2), cfg.kl_estimator) * mask
         else:
             kl = torch.zeros_like(old_logps)
         ended = torch.tensor([a[-1:] == [tok.end_id] for a in answers], device=self.device)
@@ -343,10 +375,10 @@ class RolloutBatches:
             penalized = score - cfg.missing_eos_penalty * (~ended).float()
         beta = self.kl.value
         rewards = -beta * kl
-        rows = torch.arange(len(answers), device=self.device)
-        rewards[rows, length_t - 2] += penalized  # the prediction of the answer's last token
+        rows_t = torch.arange(len(answers), device=self.device)
+        rewards[rows_t, length_t - 2] += penalized  # the prediction of the answer's last token
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
+        if cfg.whiten_advantages:  # over the whole rollout: every rank's rows
             advantages = whiten(advantages, mask)
         kl_sums = kl.sum(1)
         n = len(answers)
@@ -366,8 +398,7 @@ class RolloutBatches:
             texts = [tok.decode([t for t in a if t != tok.end_id], skip_special=True).strip() for a in answers]
             metrics["gold/mean"] = sum(self.gold(i, text) for (i, _), text in zip(chosen, texts)) / n
         if cfg.adaptive_kl:
-            total = all_reduce_sum(torch.stack([kl_sums.sum(), torch.tensor(float(n), device=self.device)]))
-            self.kl.update((total[0] / total[1]).item(), int(total[1].item()))
+            self.kl.update(kl_sums.mean().item(), n)
         metrics["rollout_time"] = time.perf_counter() - start
         answer_lengths = [len(a) for a in answers]
         return Rollout(ids, mask, old_logps, old_values, advantages, returns, lengths, answer_lengths, metrics)
@@ -431,10 +462,10 @@ def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, rewa
     info = setup(cfg.device)
     if resume and loop.is_done(out_dir):
         return checkpoint.resolve(out_dir)
-    per_minibatch = cfg.prompts_per_rollout // cfg.num_minibatches
-    if per_minibatch % (cfg.micro_batch_size * info.world_size):
-        raise ValueError(f"each minibatch (prompts_per_rollout / num_minibatches = {per_minibatch} answers) must split "
-                         f"into micro-batches of {cfg.micro_batch_size} on each of {info.world_size} ranks")  # fmt: skip
+    cfg.micro_batch(info.world_size)  # each minibatch must split over the ranks: a one-line error before any loading
+    if cfg.parallel == "fsdp" and info.world_size > 1:
+        raise ValueError("ppo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each rank, "
+                         "which sharded parameters (gathered per forward, every rank in step) cannot; use parallel=ddp")  # fmt: skip
     tok_file = checkpoint.tokenizer_file(init)
     if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
         raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")

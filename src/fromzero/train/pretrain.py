@@ -51,7 +51,7 @@ def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, *, init: Path, val_ba
     model = checkpoint.load_model(init)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"pretrain.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
-    batches = PackedBatches(open_split(data_dir, "train"), cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed,
+    batches = PackedBatches(open_split(data_dir, "train"), cfg.seq_len, cfg.micro_batch(info.world_size), seed=cfg.seed,
                             rank=info.rank, world_size=info.world_size)  # fmt: skip
     stage = loop.Stage("pretrain", Path(out_dir), Path(data_dir) / "tokenizer.json", info)
     evaluate = lm_evaluator(data_dir, tokenizer, cfg, val_batches, info.rank, info.world_size)

@@ -254,7 +254,7 @@ def train(cfg: RewardConfig, pairs: list[PreferencePair], val_pairs: list[Prefer
     val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:
         log(describe_encoding("reward", stats, val_stats, cfg.seq_len))
-    batches = PairBatches(encoded, cfg.micro_batch_size, tok.pad_id, seed=cfg.seed, rank=info.rank,
+    batches = PairBatches(encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank,
                           world_size=info.world_size)  # fmt: skip
     evaluate = None
     if val_encoded:

@@ -148,7 +148,7 @@ def train(cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_di
     if info.is_main:
         log(f"[sft] {stats['examples']} training conversations, {len(val_examples)} for validation; "
             f"{stats['truncated']} truncated to {cfg.seq_len + 1} tokens, {stats['dropped']} dropped (nothing left to learn)")  # fmt: skip
-    batches = ConversationBatches(examples, cfg.micro_batch_size, tok.pad_id, seed=cfg.seed, rank=info.rank,
+    batches = ConversationBatches(examples, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank,
                                   world_size=info.world_size)  # fmt: skip
     evaluate = val_loss_evaluator(val_examples, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size) if val_examples else None
     stage = loop.Stage("sft", Path(out_dir), tok_file, info)
