@@ -542,3 +542,99 @@ def config(preset: Preset = "tiny", overrides: Overrides = None):
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     typer.echo(yaml.safe_dump({"plan": describe(cfg)}, sort_keys=False))
 
+
+
+synth_app = typer.Typer(help="Write your own fine-tuning data, locally: instruction pairs from documents, preference "
+                        "pairs from prompts.", no_args_is_help=True)  # fmt: skip
+app.add_typer(synth_app, name="synth")
+GenCkpt = Annotated[Optional[Path], typer.Option("--ckpt", help="generator: a fromzero or hf:DIR checkpoint, run in "
+                                                 "this process")]  # fmt: skip
+Endpoint = Annotated[Optional[str], typer.Option(help="generator: an OpenAI-compatible server (fromzero serve, "
+                                                 "Ollama, llama.cpp, vLLM), e.g. http://127.0.0.1:8000/v1")]  # fmt: skip
+ModelName = Annotated[Optional[str], typer.Option("--model", help="the endpoint's model name")]
+ApiKey = Annotated[Optional[str], typer.Option(envvar="FROMZERO_SYNTH_API_KEY", help="the endpoint's API key")]
+Judge = Annotated[Optional[str], typer.Option(help="none, llm (the generator rates each pair 1-10) or reward "
+                                              "(--judge-ckpt's reward model); default synth.judge")]  # fmt: skip
+JudgeCkpt = Annotated[Optional[Path], typer.Option(help="reward model checkpoint for --judge reward")]
+
+
+def _synth_setup(preset, overrides, ckpt, endpoint, model, api_key, device, **settings):
+    from fromzero.dist import pick_device
+    from fromzero.synth.generators import make_generator
+
+    extra = [f"synth.{k}={json.dumps(v)}" for k, v in settings.items() if v is not None]
+    cfg = _config(preset, list(overrides or []) + extra)
+    dev = str(pick_device(device))
+    return cfg, make_generator(ckpt=ckpt, endpoint=endpoint, model=model, api_key=api_key, cfg=cfg.synth, device=dev), dev
+
+
+@synth_app.command("instruct")
+@user_errors
+def synth_instruct(
+    docs: Annotated[list[str], typer.Option(help="documents (txt/md/jsonl/json/parquet files, dirs, globs; repeatable)")],
+    out: Annotated[Path, typer.Option(help="SFT JSONL to write (messages format; beside it .raw, .rejected and "
+                                      ".report files)")],  # fmt: skip
+    ckpt: GenCkpt = None,
+    endpoint: Endpoint = None,
+    model: ModelName = None,
+    api_key: ApiKey = None,
+    pairs_per_chunk: Annotated[Optional[int], typer.Option(help="pairs asked for per chunk (synth.pairs_per_chunk)")] = None,
+    template: Annotated[Optional[Path], typer.Option(help="prompt template with {chunk} and {n}")] = None,
+    judge: Judge = None,
+    judge_ckpt: JudgeCkpt = None,
+    decontaminate: Annotated[Optional[list[str]], typer.Option(help="evaluation file whose n-grams kept questions "
+                                                               "must not share (repeatable)")] = None,  # fmt: skip
+    preset: Preset = "tiny",
+    overrides: Overrides = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (for --ckpt and a reward judge)")] = "auto",
+):
+    """Question/answer pairs about every chunk of your documents, filtered, as SFT data. Re-running with the same
+    settings skips the requests already answered."""
+    from fromzero import synth
+    from fromzero.synth.judges import make_judge
+
+    cfg, gen, dev = _synth_setup(preset, overrides, ckpt, endpoint, model, api_key, device, docs=docs,
+                                 pairs_per_chunk=pairs_per_chunk, template=str(template) if template else None,
+                                 judge=judge, judge_ckpt=str(judge_ckpt) if judge_ckpt else None,
+                                 decontaminate=decontaminate)  # fmt: skip
+    s = cfg.synth
+    # chunks are counted in the generator's tokens, or for an endpoint in words (its tokenizer is the server's)
+    tok = gen.engine.tok if isinstance(gen, synth.EngineGenerator) else synth.WordSpans()
+    chunks = synth.chunk_documents(synth.read_documents(s.docs, s.text_field), tok, s.chunk_tokens, s.chunk_overlap)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = synth.synth_instructions(chunks, gen, s, out, judge=make_judge(s.judge, gen, ckpt=s.judge_ckpt,
+                                                                          template=s.judge_template, device=dev))  # fmt: skip
+    typer.echo(f"{len(chunks)} chunks\n{report.table()}\nkept pairs: {out} (train on them: fromzero sft --data {out})")
+
+
+@synth_app.command("prefs")
+@user_errors
+def synth_prefs(
+    prompts: Annotated[Path, typer.Option(help="prompts: instruction JSONL (e.g. what synth instruct wrote), records "
+                                          "with prompt/question, or one per line of a .txt")],  # fmt: skip
+    out: Annotated[Path, typer.Option(help="preference JSONL to write (prompt/chosen/rejected)")],
+    ckpt: GenCkpt = None,
+    endpoint: Endpoint = None,
+    model: ModelName = None,
+    api_key: ApiKey = None,
+    k: Annotated[int, typer.Option(help="answers sampled per prompt")] = 4,
+    judge: Judge = "llm",
+    judge_ckpt: JudgeCkpt = None,
+    preset: Preset = "tiny",
+    overrides: Overrides = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+):
+    """k answers per prompt, ranked by a judge: the best and the worst are a preference pair for fromzero
+    reward|dpo --data. Ties and unscored prompts are dropped and counted."""
+    from fromzero import synth
+    from fromzero.synth.judges import make_judge
+
+    cfg, gen, dev = _synth_setup(preset, overrides, ckpt, endpoint, model, api_key, device, judge=judge,
+                                 judge_ckpt=str(judge_ckpt) if judge_ckpt else None)  # fmt: skip
+    s = cfg.synth
+    scorer = make_judge(s.judge, gen, ckpt=s.judge_ckpt, template=s.judge_template, device=dev, default="prefs_judge.txt")
+    if scorer is None:
+        raise ValueError("synth prefs needs a judge: --judge llm or --judge reward --judge-ckpt DIR")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = synth.synth_preferences(synth.read_prompts(prompts), gen, scorer, s, out, k=k)
+    typer.echo(f"{report.table()}\npreference pairs: {out} (train on them: fromzero reward --data {out})")

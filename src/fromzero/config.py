@@ -19,6 +19,7 @@ from fromzero.data.world import WorldConfig
 from fromzero.data.world_chat import InstructConfig
 from fromzero.data.world_pref import PreferenceConfig
 from fromzero.model import ModelConfig
+from fromzero.synth.config import SynthConfig
 from fromzero.tokenizer import SPECIAL_TOKENS
 from fromzero.train.dpo import DPOConfig
 from fromzero.train.grpo import GRPOConfig
@@ -98,6 +99,10 @@ class Config(BaseModel):
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     instruct: InstructConfig = Field(default_factory=InstructConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    synthetic_data: bool = Field(False, description="run the synth stage in `fromzero run`: the SFT model writes "
+                                 "question/answer pairs from synth.docs (or the built-in world's new people) and SFT "
+                                 "continues on the kept ones")  # fmt: skip
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)

@@ -216,6 +216,11 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and each token's (start, end) character span in `text` (how text is cut at token boundaries)."""
+        e = self._hf.encode(text, add_special_tokens=False)
+        return e.ids, e.offsets
+
     def encode_template(self, text: str) -> list[int]:
         """A rendered chat template's text: special-token strings in it are the special tokens (imported tokenizers)."""
         return self._template_hf.encode(text, add_special_tokens=False).ids

@@ -90,6 +90,17 @@ def iter_documents(
     return _raise_or_skip(_records(source, text_field), on_error, stats)
 
 
+def iter_named_documents(source: Source, text_field: str = "text", on_error: Literal["raise", "skip"] = "raise",
+                         stats: SourceStats | None = None) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """(name, document) for every document of `source`: the file (or dataset) it came from, with #i for the i-th
+    (0-based) of a file holding several."""
+    for spec in source if isinstance(source, (list, tuple)) else [source]:
+        one = isinstance(spec, str) and spec.startswith("hf:") or "::" in str(spec)
+        for file in [str(spec)] if one else [str(f) for f in _expand(str(spec))]:
+            docs = list(iter_documents(file, text_field, on_error, stats))
+            yield from ((f"{file}#{i}" if len(docs) > 1 else file, d) for i, d in enumerate(docs))
+
+
 T = TypeVar("T")
 
 
