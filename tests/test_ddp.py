@@ -25,8 +25,8 @@ from fromzero.train.loop import read_metrics
 WORDS = ("cat", "dog", "sun", "hat", "box", "pen", "cup", "map", "car", "bus", "fox", "owl", "bee", "ant", "elk", "yak")
 CONVERSATIONS = [[{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": f"{w} is {' '.join(w)}"}]
                  for w in WORDS * 2]  # fmt: skip
-PAIRS = [PreferencePair([{"role": "user", "content": f"count to {i % 9 + 1}"}], " ".join(str(k) for k in range(1, i % 9 + 2)),
-                        "no") for i in range(24)]  # fmt: skip
+PAIRS = [PreferencePair([{"role": "user", "content": f"count to {i % 9 + 1}"}],
+                        " ".join(str(k) for k in range(1, i % 9 + 2)), "no") for i in range(24)]  # fmt: skip
 PROMPTS = [[{"role": "user", "content": f"say a number {i}"}] for i in range(16)]
 TASKS = [Task(f"say a number {i}", "7") for i in range(16)]
 COMMON = dict(precision="fp32", warmup_steps=0, eval_every=3, checkpoint_every=3)
@@ -52,7 +52,8 @@ def configs(micro: int) -> dict[str, object]:
         # two minibatches of 4 answers per rollout: micro-batches of 2 make 2 accumulation steps on one process
         "ppo": ppo.PPOConfig(steps=4, prompts_per_rollout=8, num_minibatches=2, ppo_epochs=1, micro_batch_size=micro,
                              max_new_tokens=6, seq_len=32, lr=1e-2, kl_coef=0.1, adaptive_kl=True, kl_target=1.0,
-                             kl_horizon=20, missing_eos_penalty=0.5, ptx_coef=0.5, ptx_batch_size=2, **COMMON),  # fmt: skip
+                             kl_horizon=20, missing_eos_penalty=0.5, ptx_coef=0.5, ptx_batch_size=2,
+                             **COMMON),  # fmt: skip
         "grpo": grpo.GRPOConfig(steps=4, prompts_per_step=4, num_generations=4, micro_batch_size=micro,
                                 max_new_tokens=6, seq_len=32, lr=1e-2, beta=0.1, num_iterations=2, loss_type="dapo",
                                 reward_funcs=[f"{__name__}:digit_share"], eval_problems=4, **COMMON),  # fmt: skip
@@ -89,7 +90,8 @@ def run_stage(name: str, cfg, inputs: dict[str, Path], out: Path) -> None:
 
 
 def worker(rank: int, port: int, inputs: dict[str, Path], out: Path) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
     try:
         for name in MICRO:
@@ -204,7 +206,8 @@ def test_fsdp_matches_ddp_writes_the_same_checkpoint_and_resumes(two_ranks):
     for name in ("sft_fsdp", "sft_fsdp_resume"):
         error = two_ranks / f"{name}.error"
         assert not error.exists(), error.read_text()
-        assert_same_steps(two_ranks / "sft", two_ranks / name, ("loss", "grad_norm"), training_only=name.endswith("resume"))
+        resumed = name.endswith("resume")
+        assert_same_steps(two_ranks / "sft", two_ranks / name, ("loss", "grad_norm"), training_only=resumed)
         assert_same_weights(two_ranks / "sft", two_ranks / name)
         assert json.loads((two_ranks / name / "DONE").read_text())["step"] == 3
 

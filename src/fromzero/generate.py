@@ -90,7 +90,8 @@ def row_seed(*parts: int) -> int:
     return int(x.item()) & (2**63 - 1)
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | RowSeeds | None) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig,
+                generator: torch.Generator | RowSeeds | None) -> torch.Tensor:  # fmt: skip
     if cfg.banned_tokens:
         banned = torch.tensor(cfg.banned_tokens, dtype=torch.long, device=logits.device)
         logits = logits.index_fill(-1, banned, float("-inf"))
@@ -282,7 +283,8 @@ class Engine:
 
                 draws = generator if row_seeds is None else RowSeeds(row_seeds[start : start + size], self.device)
                 rows = sample_rows(self.model, prompts[start : start + size], sampling, pad_id=self.tok.pad_id,
-                                   generator=draws, logprobs=logprobs, on_token=row_token if on_token else None)  # fmt: skip
+                                   generator=draws, logprobs=logprobs,
+                                   on_token=row_token if on_token else None)  # fmt: skip
                 out += [Completion(r, self.decode(r, sampling.stop_tokens), "stop" if r and r[-1] in stops else "length",
                                    lp, top) for r, lp, top in rows]  # fmt: skip
         finally:

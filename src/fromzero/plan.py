@@ -23,6 +23,7 @@ def describe(cfg: Config, world_size: int = 1) -> dict[str, Any]:
         "params_non_embedding": model.num_params(embeddings=False),
         "flops_per_token": model.flops_per_token(t.seq_len),
         "ranks": world_size,
+        "micro_batch": t.micro_batch(world_size),  # micro_batch_size, or the largest size below it that divides
         "accumulation_steps": t.accumulation(world_size),
         "tokens_per_step": t.batch_tokens,
         **budget,

@@ -211,7 +211,9 @@ class RolloutBatches:
     Under torchrun each rank samples whole groups for its share of the step's prompts, each completion seeded by
     what it is (run seed, rollout, round, prompt row, sample), and the groups are gathered: every rank holds the
     step's rollout as one process would (dynamic sampling decides on all groups, metrics are over all of them),
-    cuts it into the same micro-batches, and trains on its share of them (micro-batch j·ranks + rank). Its state (for exact resume) is the prompt order's position, the calls served and the current rollout.
+    cuts it into the same micro-batches, and trains on its share of them (micro-batch j·ranks + rank).
+
+    Its state (for exact resume) is the prompt order's position, the calls served and the current rollout.
     """
 
     def __init__(self, cfg: GRPOConfig, policy: Transformer, reference: Transformer | None, tok: Tokenizer,
@@ -249,7 +251,8 @@ class RolloutBatches:
             self.info.rank * len(indices)  # fmt: skip
         tasks = [self.tasks[i] for i in indices for _ in range(G)]
         prompts = [self.prompts[i] for i in indices for _ in range(G)]
-        seeds = [row_seed(self.cfg.seed, rollout, round_, first + j, g, i) for j, i in enumerate(indices) for g in range(G)]
+        seeds = [row_seed(self.cfg.seed, rollout, round_, first + j, g, i)
+                 for j, i in enumerate(indices) for g in range(G)]  # fmt: skip
         with loop.autocast(self.cfg, self.device, self.cfg.rollout_precision):
             sampled = self.engine.generate(prompts, self.sampling, row_seeds=seeds)
         completions, texts = [c.tokens for c in sampled], [c.text for c in sampled]
@@ -259,8 +262,9 @@ class RolloutBatches:
             scores["overlong"] = [overlong_penalty(len(c), limit, buffer) for c in completions]
             rewards = [r + p for r, p in zip(rewards, scores["overlong"])]
         correct = scores.get("accuracy") or [safe_reward("accuracy", accuracy, x, t, self.stats) for x, t in zip(texts, tasks)]
-        groups = [Group(prompts[j], completions[j : j + G], rewards[j : j + G], {k: v[j : j + G] for k, v in scores.items()},
-                        correct[j : j + G]) for j in range(0, len(prompts), G)]  # fmt: skip
+        groups = [Group(prompts[j], completions[j : j + G], rewards[j : j + G],
+                        {k: v[j : j + G] for k, v in scores.items()}, correct[j : j + G])
+                  for j in range(0, len(prompts), G)]  # fmt: skip
         return [g for part in all_gather_objects(groups) for g in part]
 
     @torch.no_grad()
@@ -378,11 +382,12 @@ def train(cfg: GRPOConfig, tasks: list[Task], heldout: list[Task], init: Path, o
     if resume and loop.is_done(out_dir):
         return checkpoint.resolve(out_dir)
     if cfg.prompts_per_step % info.world_size:  # each rank samples whole groups
-        raise ValueError(f"grpo.prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} ranks, "
-                         "each rank sampling whole groups of num_generations")  # fmt: skip
+        raise ValueError(f"grpo.prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} "
+                         "ranks, each rank sampling whole groups of num_generations")  # fmt: skip
     if cfg.parallel == "fsdp" and info.world_size > 1:
         raise ValueError("grpo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each "
-                         "rank, which sharded parameters (gathered per forward, every rank in step) cannot; use parallel=ddp")  # fmt: skip
+                         "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
+                         "use parallel=ddp")  # fmt: skip
     tok_file = checkpoint.tokenizer_file(init)
     tok = Tokenizer.load(tok_file)
     model = checkpoint.load_model(init, info.device)

@@ -106,8 +106,9 @@ class TrainConfig(BaseModel):
 
     def _split_error(self, world_size: int) -> str:
         per = self.seq_len * world_size
-        return (f"batch_tokens={self.batch_tokens} is not a multiple of seq_len × ranks = {self.seq_len} × {world_size} "
-                f"= {per}: no micro-batch size splits it evenly; set batch_tokens to a multiple of {per}")  # fmt: skip
+        return (f"batch_tokens={self.batch_tokens} is not a multiple of seq_len × ranks = {self.seq_len} × "
+                f"{world_size} = {per}: no micro-batch size splits it evenly; "
+                f"set batch_tokens to a multiple of {per}")  # fmt: skip
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (1-based)."""
@@ -150,7 +151,8 @@ class RolloutConfig(TrainConfig, ABC):
 
     def _split_error(self, world_size: int) -> str:
         rows = self.batch_tokens // self.seq_len
-        return f"{self.step_shape()[1].split(' × seq_len')[0]} = {rows} answers per step do not split over {world_size} ranks"
+        keys = self.step_shape()[1].split(" × seq_len")[0]
+        return f"{keys} = {rows} answers per step do not split over {world_size} ranks"
 
     @model_validator(mode="after")
     def _rollout_shape(self) -> RolloutConfig:
@@ -351,8 +353,8 @@ def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: d
     """The optimizer's moments from a trainer state: by parameter index (DDP, one process) or by name (FSDP)."""
     written = state.get("optimizer_format", "param_id")
     if written != ("fqn" if fsdp else "param_id"):
-        raise ValueError(f"{out} was trained with parallel={'fsdp' if written == 'fqn' else 'ddp'}; resume it the same way "
-                         "(the weights load either way: start a new --out from it with --init)")  # fmt: skip
+        raise ValueError(f"{out} was trained with parallel={'fsdp' if written == 'fqn' else 'ddp'}; resume it the "
+                         "same way (the weights load either way: start a new --out from it with --init)")  # fmt: skip
     if not fsdp:
         optimizer.load_state_dict(state["optimizer"])
         return
@@ -439,8 +441,9 @@ def run(
     if info.is_main and lora.is_lora(model):
         tqdm.write(f"[{stage.name}] {lora.describe(model)}")
     if info.is_main and micro_batch != cfg.micro_batch_size:
-        tqdm.write(f"[{stage.name}] micro-batches of {micro_batch} (micro_batch_size={cfg.micro_batch_size} does not divide "
-                   f"a rank's share of the step) × {accum} accumulation steps × {info.world_size} ranks")  # fmt: skip
+        tqdm.write(f"[{stage.name}] micro-batches of {micro_batch} (micro_batch_size={cfg.micro_batch_size} does not "
+                   f"divide a rank's share of the step) × {accum} accumulation steps × "
+                   f"{info.world_size} ranks")  # fmt: skip
     # a stage whose step runs more than the one model (PPO's policy and value model) says so
     flops_fn = getattr(model, "flops_per_token", None) or model.cfg.flops_per_token
     flops_per_token = flops_fn(cfg.seq_len)

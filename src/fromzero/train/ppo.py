@@ -464,8 +464,9 @@ def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, rewa
         return checkpoint.resolve(out_dir)
     cfg.micro_batch(info.world_size)  # each minibatch must split over the ranks: a one-line error before any loading
     if cfg.parallel == "fsdp" and info.world_size > 1:
-        raise ValueError("ppo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each rank, "
-                         "which sharded parameters (gathered per forward, every rank in step) cannot; use parallel=ddp")  # fmt: skip
+        raise ValueError("ppo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each "
+                         "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
+                         "use parallel=ddp")  # fmt: skip
     tok_file = checkpoint.tokenizer_file(init)
     if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
         raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
