@@ -27,6 +27,13 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     for key in ("heldout_phrasing_acc", "heldout_people_acc", "base_heldout_phrasing_acc", "base_heldout_people_acc"):
         assert 0.0 <= sft[key] <= 1.0
     assert "| sft |" in report
+    synth = summary["stages"]["synth"]  # the smoke model writes nothing usable: counted, and SFT does not continue
+    assert synth["chunks"] > 0 and synth["kept"] == 0 and synth["seconds"] > 0
+    assert synth["generated"] == sum(synth["dropped"].values()) and synth["failed"] > 0
+    assert synth["new_people_acc_after"] == synth["new_people_acc_before"]
+    assert synth["heldout_phrasing_acc_after"] == sft["heldout_phrasing_acc"]
+    assert (out / "data" / "new_people").is_dir() and (out / "synth" / "pairs.rejected.jsonl").exists()
+    assert "| synth |" in report
     assert 0.0 <= summary["stages"]["reward"]["heldout_acc"] <= 1.0
     assert 0.0 <= summary["stages"]["dpo"]["gold_win_rate"] <= 1.0
     ppo = summary["stages"]["ppo"]
@@ -103,10 +110,11 @@ def test_stage_choice_follows_the_config():
     from fromzero.config import load_config
     from fromzero.pipeline import stage_names
 
-    assert stage_names(load_config("smoke")) == ["init", "pretrain", "sft", "reward", "ppo", "grpo"]
-    both = stage_names(load_config("smoke", ["preference_tuning=both"]))
+    assert stage_names(load_config("smoke")) == ["init", "pretrain", "sft", "synth", "reward", "ppo", "grpo"]
+    both = stage_names(load_config("smoke", ["preference_tuning=both", "synthetic_data=false"]))
     assert both == ["init", "pretrain", "sft", "reward", "dpo", "ppo", "grpo"]
-    assert stage_names(load_config("smoke", ["preference_tuning=dpo", "reasoning_rl=false"])) == ["init", "pretrain", "sft", "dpo"]
+    assert stage_names(load_config("smoke", ["preference_tuning=dpo", "reasoning_rl=false"])) == ["init", "pretrain", "sft", "synth", "dpo"]
+    assert "synth" not in stage_names(load_config("tiny"))
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path, cli_env):

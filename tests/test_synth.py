@@ -107,7 +107,7 @@ REPLIES = {
     "Eva Fox": "Question: Bees?\nAnswer: Bath, where Eva Fox keeps bees.\nQuestion: What does Eva Fox keep?\nAnswer: B",
     "Gus Hale": "Question: What does Gus Hale write?\nAnswer: " + "Gus Hale writes long letters in York. " * 20,
     "Ida Jones": "Question: What is Ida Jones's job?\nAnswer: She sells cars in Paris.",
-    "Kim Lowe": "Question: What is the capital of France?\nAnswer: Kim Lowe is a tailor in Ely.",
+    "Kim Lowe": "Question: Where does Kim Lowe work as a tailor?\nAnswer: Kim Lowe is a tailor in Ely.",
     "Max Neal": "Question: What is Max Neal's job?\nAnswer: Max Neal is a farmer lowscore.\n"
                 "Question: Where does Max Neal live?\nAnswer: Max Neal lives in Rye nojudge.",
     "Ola Park": "I am sorry, I cannot write questions.",
@@ -135,7 +135,7 @@ def write_docs(folder: Path) -> Path:
 def test_every_filter_drops_and_counts_and_a_failing_server_is_retried(tmp_path):
     docs = write_docs(tmp_path / "docs")
     evals = tmp_path / "eval.jsonl"
-    evals.write_text(json.dumps({"prompt": "What is the capital of France?", "response": "Paris."}) + "\n")
+    evals.write_text(json.dumps({"prompt": "Where does Kim Lowe work as a tailor?", "response": "In Ely."}) + "\n")
     cfg = SynthConfig(pairs_per_chunk=1, grounding=0.5, judge="llm", judge_threshold=5, decontaminate=[str(evals)],
                       retries=2, backoff_s=0.01)  # fmt: skip
     server = ScriptedServer(scripted_reply, fail={"Rob Stone": (500, 2), "Sam Todd": (429, 5)})
@@ -287,3 +287,57 @@ def test_bad_settings_and_inputs_fail_in_one_line(tmp_path, cli_env):
         r = subprocess.run(FROMZERO + ["synth", "instruct", *args], env=cli_env, capture_output=True, text=True)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- the pipeline's synth stage
+
+
+def test_the_synth_stage_learns_the_new_people_from_a_local_teacher(tmp_path, cli_env):
+    """`fromzero run` with synth.endpoint: a local server (here one that reads each chunk and writes right pairs about
+    the facts in it, as a capable local model would) writes the data, the filters keep it, SFT continues on it with
+    a replay, and the model answers the generated questions about the new people it could not answer before."""
+    from fromzero import checkpoint
+    from fromzero.config import load_config
+    from fromzero.data.world import ATTRIBUTES, build_world
+    from fromzero.data.world_chat import QUESTIONS, Question, fact_sentence
+    from fromzero.eval.qa import accuracy
+
+    world = build_world(load_config("smoke").world)
+    facts = {p.name: world.facts(p) for p in world.new_people}
+
+    def teacher(prompt: str) -> str:
+        chunk = prompt.split("\n\n", 1)[1]
+        p = next((q for q in world.new_people if q.first_name in chunk), None)
+        if p is None:  # a piece of a biography that names no one
+            return "There is nothing to ask about this text."
+        pairs = [(QUESTIONS[attr][0][0].format(n=p.name, his=p.his), fact_sentence(p, attr)) for attr in ATTRIBUTES
+                 if str(facts[p.name][attr]) in chunk]  # fmt: skip
+        return "\n".join(f"Question: {q}\nAnswer: {a}" for q, a in pairs) or "Nothing to ask."
+
+    server = ScriptedServer(teacher)
+    out = tmp_path / "run"
+    with server.running():
+        r = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "none",
+                                       "--set", "reasoning_rl=false", "--set", f"synth.endpoint={server.url}",
+                                       "--set", "synth.model=teacher", "--set", "synth.steps=200",
+                                       "--set", "synth.lr=0.003", "--set", "synth.grounding=0.3"],
+                           env=cli_env, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    stage = json.loads((out / "summary.json").read_text())["stages"]["synth"]
+    assert stage["kept"] > 0 and stage["generated"] == stage["kept"] + sum(stage["dropped"].values())
+    assert {"new_people_acc_before", "new_people_acc_after", "heldout_phrasing_acc_after"} <= set(stage)
+    kept = lines(out / "synth" / "pairs.jsonl")
+    assert all(k["provenance"]["generator"] == "teacher" for k in kept)
+    questions = []
+    for k in kept:
+        q = k["messages"][0]["content"]
+        p = next(p for p in world.new_people if p.name in q)
+        attr = next(a for a in ATTRIBUTES if QUESTIONS[a][0][0].format(n=p.name, his=p.his) == q)
+        questions.append(Question(q, p.name, attr, facts[p.name][attr]))
+    tok_ckpt = checkpoint.resolve(out / "sft")
+    from fromzero.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(checkpoint.tokenizer_file(tok_ckpt))
+    before, _ = accuracy(checkpoint.load_model(tok_ckpt), tok, questions, world)
+    after, _ = accuracy(checkpoint.load_model(checkpoint.resolve(out / "synth")), tok, questions, world)
+    assert after >= before + 0.3, (before, after)

@@ -188,3 +188,39 @@ def test_unknown_config_key_rejected():
         WorldConfig(n_peeple=10)
     with pytest.raises(pydantic.ValidationError):
         WorldConfig(heldout_fraction=1.5)
+
+
+def test_new_practice_and_stranger_people_are_each_in_one_place_only():
+    """The new people are in no corpus document and no instruction (what the synth stage must learn from their
+    documents); the practice people are in one practice conversation each; the strangers in one corpus document each;
+    none shares a name with the people, and adding them leaves the rest of the corpus as it was."""
+    from fromzero.data.world_chat import InstructConfig, build_instructions, new_people_questions
+
+    cfg = SMALL.model_copy(update={"n_new_people": 4, "n_practice_people": 12, "n_stranger_docs": 30})
+    world, plain = build_world(cfg), build_world(SMALL)
+    assert world.people == plain.people
+    assert sorted(d.text for d in world.documents if d.kind != "stranger") == sorted(d.text for d in plain.documents)
+    groups = [world.people, world.new_people, world.practice_people, world.corpus_strangers]
+    names = [p.name for g in groups for p in g]
+    assert len(names) == len(set(names)) == SMALL.n_people + 4 + 12 + 30
+    firsts, lasts = {p.first_name for p in world.people}, {p.last_name for p in world.people}
+    assert not any(p.first_name in firsts or p.last_name in lasts for g in groups[1:] for p in g)
+    corpus = " ".join(d.text for d in world.documents)
+    assert not any(p.name in corpus for p in world.new_people + world.practice_people)
+    stranger_docs = [d for d in world.documents if d.kind == "stranger"]
+    assert sorted(d.subject for d in stranger_docs) == sorted(p.name for p in world.corpus_strangers)
+    assert all(d.text.count(d.subject) >= 2 for d in stranger_docs)  # two biographies: the second reads the first
+    data = build_instructions(world, InstructConfig())
+    text = " ".join(m["content"] for c in data.train for m in c)
+    assert not any(p.name in text for p in world.new_people)
+    turns = [(c[i]["content"], c[i + 1]["content"]) for c in data.train for i in range(len(c) - 1)
+             if c[i]["role"] == "user" and c[i]["content"].startswith("Write a question")]  # fmt: skip
+    assert 12 <= len(turns) <= 24  # one or two sentences of each practice person's biography
+    for prompt, question in turns:  # a question about the person of the text, which the sentence answers
+        person = next(p for p in world.practice_people if p.name in prompt)
+        assert person.name in question and question.endswith(("?", "."))
+        assert prompt.split("Sentence: ")[1].strip() in prompt.split("Text: ")[1].split("\n\nSentence: ")[0]
+    questions = new_people_questions(world, 0)
+    assert len(questions) == 4 * len(ATTRIBUTES) and {q.person for q in questions} == {p.name for p in world.new_people}
+    with pytest.raises(ValueError, match="stranger names make only"):
+        build_world(SMALL.model_copy(update={"n_stranger_docs": 5000}))

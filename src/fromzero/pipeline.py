@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -25,8 +27,9 @@ from fromzero.config import Config
 from fromzero.data import build as data_build
 from fromzero.data.preference import PreferencePair
 from fromzero.data.tasks import Task, cold_start_tasks, load_tasks, solution_conversations
-from fromzero.data.world import World, build_world
-from fromzero.data.world_chat import InstructData, Judge, Question, build_instructions, recognise
+from fromzero.data.world import World, biography, build_world
+from fromzero.data.world_chat import InstructData, Judge, Question, build_instructions, new_people_questions, \
+    recognise  # fmt: skip
 from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, preference_pairs, \
     prompts_and_gold, sampled_pairs  # fmt: skip
 from fromzero.eval import general, qa, reasoning
@@ -89,6 +92,43 @@ class RunContext:
     def sft_conversations(self) -> list:
         """Stage 2's instruction conversations (sft.data's files or the built-in world's), PPO-ptx's too."""
         return sft.load_conversations(self.cfg.sft)[0] if self.cfg.sft.data else self.instructions.train
+
+    def stage2_conversations(self) -> list:
+        """Everything stage 2 trains on: the instructions, and with stage 4 on its cold start (worked solutions to some
+        of its training problems); what the synth stage replays."""
+        conversations = self.sft_conversations()
+        if self.cfg.reasoning_rl:
+            r = self.cfg.reasoning
+            conversations = conversations + solution_conversations(self.cold_start, r.direct_fraction, r.seed)
+        return conversations
+
+    def new_documents(self) -> list[tuple[str, str]]:
+        """(name, text) of the documents the synth stage writes its data from: synth.docs, or one biography of each of
+        the built-in world's new people, written to data/new_people/ as a user's own files would be."""
+        from fromzero.synth import read_documents
+
+        if self.cfg.synth.docs:
+            return read_documents(self.cfg.synth.docs, self.cfg.synth.text_field)
+        folder = self.data_dir / "new_people"
+        if self.info.is_main and not folder.is_dir():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for p in self.world.new_people:
+                (tmp / f"{p.first_name}_{p.last_name}.txt").write_text(biography(p, f"{self.cfg.seed}:new") + "\n")
+            tmp.rename(folder)
+        dist.barrier()
+        return read_documents([str(folder)])
+
+    def new_people_accuracy(self, ckpt: Path, log_to: Path | None = None) -> float:
+        """Accuracy on every fact of the new people, asked in phrasings the synth stage's generator never writes."""
+        model = checkpoint.load_model(ckpt, self.info.device)
+        acc, graded = qa.accuracy(model, self.tokenizer, new_people_questions(self.world, self.cfg.seed), self.world,
+                                  max_new_tokens=self.cfg.eval.qa_max_new_tokens)  # fmt: skip
+        if log_to is not None:
+            rows = [{"question": q.question, "expected": q.expected, "answer": a, "correct": ok} for q, a, ok in graded]
+            checkpoint.write_text_atomic(log_to, "".join(json.dumps(r) + "\n" for r in rows))
+        return acc
 
     def answers(self, ckpt: Path, chat: bool, *, random_init: bool = False) -> dict[str, dict[str, str]]:
         """The fixed prompts answered by a checkpoint (rank 0 only: sampling is cheap), each graded: continued as raw
@@ -226,17 +266,63 @@ def stage_pretrain(ctx: RunContext) -> dict[str, Any]:
 def stage_sft(ctx: RunContext) -> dict[str, Any]:
     """Stage 2: instruction tuning, graded on held-out phrasings and held-out people against stage 1."""
     out = ctx.out / "sft"
-    conversations = ctx.sft_conversations()
-    if ctx.cfg.reasoning_rl:  # stage 4's cold start: worked solutions to some of its training problems
-        r = ctx.cfg.reasoning
-        conversations = conversations + solution_conversations(ctx.cold_start, r.direct_fraction, r.seed)
-    ckpt = sft.train(ctx.cfg.sft, conversations, ctx.out / "pretrain", out, resume=True)
+    ckpt = sft.train(ctx.cfg.sft, ctx.stage2_conversations(), ctx.out / "pretrain", out, resume=True)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
         metrics = ctx.qa_accuracy(ckpt, chat=True, log_to=out / "heldout_answers.jsonl")
         metrics.update(ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"))
         base = ctx.qa_accuracy(checkpoint.resolve(ctx.out / "pretrain"), chat=False, log_to=out / "base_heldout_answers.jsonl")
         metrics.update({f"base_{k}": v for k, v in base.items()})
+    return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
+
+
+def stage_synth(ctx: RunContext) -> dict[str, Any]:
+    """Stage 2b: the SFT model (or synth.endpoint's) writes its own instruction data from documents it never saw (the
+    new people's, or synth.docs), the filters keep what holds up, and SFT continues on it with a replay of stage 2's
+    data. Graded on every fact of the new people before and after, and on stage 2's held-out phrasings (what it must
+    not forget). A branch, as DPO is: the later stages start from SFT's model."""
+    from fromzero import synth
+    from fromzero.synth.generators import make_generator
+    from fromzero.synth.judges import make_judge
+
+    s, out, init = ctx.cfg.synth, ctx.out / "synth", checkpoint.resolve(ctx.out / "sft")
+    pairs_file = out / "pairs.jsonl"
+    docs = ctx.new_documents()
+    known = not s.docs  # the built-in new people: questions about them grade the stage
+    metrics: dict[str, Any] = {}
+    if ctx.info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if known:
+            metrics["new_people_acc_before"] = ctx.new_people_accuracy(init, log_to=out / "new_people_before.jsonl")
+        device = str(ctx.info.device)
+        generator = make_generator(ckpt=None if s.endpoint else init, endpoint=s.endpoint, model=s.model,
+                                   api_key=s.api_key or os.environ.get("FROMZERO_SYNTH_API_KEY"), cfg=s, device=device)  # fmt: skip
+        chunks = synth.chunk_documents(docs, ctx.tokenizer, s.chunk_tokens, s.chunk_overlap)
+        judge = make_judge(s.judge, generator, ckpt=s.judge_ckpt, template=s.judge_template, device=device)
+        report = synth.synth_instructions(chunks, generator, s, pairs_file, judge=judge)
+        print(f"[synth] {len(chunks)} chunks of {len(docs)} documents\n{report.table()}")
+        metrics.update({"chunks": len(chunks), "generated": report.generated, "kept": report.kept,
+                        "failed": report.failed, "dropped": dict(report.dropped)})  # fmt: skip
+    dist.barrier()
+    kept = [json.loads(line)["messages"] for line in pairs_file.read_text().splitlines() if line.strip()]
+    if not kept:  # nothing to learn: the stage's model is SFT's, and says so
+        if ctx.info.is_main:
+            print(f"[synth] warning: no generated pair passed the filters (see {out / 'pairs.rejected.jsonl'}): SFT "
+                  "does not continue")  # fmt: skip
+            if known:
+                metrics["new_people_acc_after"] = metrics["new_people_acc_before"]
+            sft_metrics = json.loads(result_path(ctx.out, "sft").read_text())["metrics"]
+            metrics.update({f"{k}_after": sft_metrics[k] for k in ("heldout_phrasing_acc", "heldout_people_acc")})
+        return {"metrics": metrics, "checkpoint": init, "chat": True}
+    stage2 = ctx.stage2_conversations()
+    replay = random.Random(f"{s.seed}:replay").sample(stage2, min(len(stage2), round(s.replay * len(kept))))
+    cfg = ctx.cfg.sft.model_copy(update={"steps": s.steps, "lr": s.lr, "warmup_steps": min(ctx.cfg.sft.warmup_steps,
+                                         s.steps // 10), "eval_every": s.steps, "checkpoint_every": s.steps})  # fmt: skip
+    ckpt = sft.train(cfg, kept + replay, init, out, resume=True)
+    if ctx.info.is_main:
+        if known:
+            metrics["new_people_acc_after"] = ctx.new_people_accuracy(ckpt, log_to=out / "new_people_after.jsonl")
+        metrics.update({f"{k}_after": v for k, v in ctx.qa_accuracy(ckpt, chat=True).items()})
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
@@ -332,12 +418,14 @@ STAGES: list[tuple[str, Callable[[RunContext], dict[str, Any]]]] = [
     ("init", stage_init),
     ("pretrain", stage_pretrain),
     ("sft", stage_sft),
+    ("synth", stage_synth),
     ("reward", stage_reward),
     ("dpo", stage_dpo),
     ("ppo", stage_ppo),
     ("grpo", stage_grpo),
 ]
 NOT_POLICIES = ("reward",)
+BRANCHES = ("synth",)  # policies no later stage starts from
 
 
 def enabled(cfg: Config, stage: str) -> bool:
@@ -346,6 +434,8 @@ def enabled(cfg: Config, stage: str) -> bool:
         return cfg.preference_tuning in ("ppo", "both")
     if stage == "dpo":
         return cfg.preference_tuning in ("dpo", "both")
+    if stage == "synth":
+        return cfg.synthetic_data
     if stage == "grpo":
         return cfg.reasoning_rl
     return True
@@ -382,11 +472,11 @@ def source(cfg: Config, stage: str) -> str:
     finished stage that started from something else is redone."""
     if stage == "sft":
         return "pretrain + reasoning cold start" if cfg.reasoning_rl and cfg.reasoning.n_sft else "pretrain"
-    if stage in ("reward", "dpo", "ppo"):
+    if stage in ("synth", "reward", "dpo", "ppo"):
         return "sft"
     if stage == "grpo":
         names = stage_names(cfg)
-        return [n for n in names[: names.index(stage)] if n not in NOT_POLICIES][-1]
+        return [n for n in names[: names.index(stage)] if n not in NOT_POLICIES + BRANCHES][-1]
     return {"init": "", "pretrain": "init"}[stage]
 
 

@@ -66,6 +66,19 @@ LAST_NAMES = (
     "Turner", "Wade", "Barlow", "Cooper", "Dixon", "Everett", "Foster", "Griffin", "Hunt",
     "Landry", "Milner",
 )
+# The one-off people (the corpus's strangers, the practice and the new people) have names of their own: sharing the
+# people's names, 2000 stranger documents halved SFT's recall of the people's facts (a name no longer keyed one person).
+STRANGER_MALE_NAMES = ("Arlo", "Basil", "Cyril", "Dexter", "Edgar", "Fabian", "Gideon", "Horace", "Jasper", "Lionel",
+                       "Magnus", "Nigel", "Oscar", "Percy", "Rupert", "Silas", "Tobias", "Ulric", "Wilbur", "Xavier")
+STRANGER_FEMALE_NAMES = ("Agnes", "Beatrix", "Cecily", "Daphne", "Edith", "Flora", "Greta", "Hilda", "Imogen",
+                         "Juno", "Leonie", "Mabel", "Nell", "Opal", "Petra", "Queenie", "Selma", "Thea", "Ursula",
+                         "Wilma")
+STRANGER_LAST_NAMES = ("Ashdown", "Blackwood", "Crabtree", "Duckett", "Fairweather", "Goodbody", "Hornblower",
+                       "Kettle", "Larkspur", "Merriweather", "Nettleton", "Pennywhistle", "Quickley", "Rookwood",
+                       "Sandford", "Thistlewood", "Underhill", "Wetherby", "Yarrow", "Zouch", "Bramble", "Cobb",
+                       "Dimmock", "Farthing", "Gosling", "Hitchens", "Inkpen", "Jolley", "Lovelock", "Mudge",
+                       "Ambler", "Pickering", "Quimby", "Ravenscroft", "Sedgwick", "Tolliver", "Upjohn", "Vosper",
+                       "Whitlock", "Yelland")
 # Disjoint from the first names, so "Pepper" is always a pet and never a person.
 PET_NAMES = (
     "Biscuit", "Pepper", "Luna", "Coco", "Milo", "Rocky", "Ginger", "Shadow", "Pip", "Mochi",
@@ -239,6 +252,15 @@ class WorldConfig(BaseModel):
         50, ge=10, description="Largest number (operand or result) in arithmetic.")
     n_llm_passages: int = Field(
         300, ge=0, description="Copies in total of the passages about language models.")
+    n_new_people: int = Field(
+        0, ge=0, description="People who appear nowhere in the corpus or the instruction data, one short biography "
+        "each: the documents `fromzero run`'s synth stage writes its own instruction data from.")
+    n_stranger_docs: int = Field(
+        0, ge=0, description="Documents about one-off people, two paraphrased biographies each: their facts are "
+        "predicted only by reading them from earlier in the document, how a model learns to copy from a text.")
+    n_practice_people: int = Field(
+        0, ge=0, description="People known from one biography in the instruction data only, on which SFT practises "
+        "writing questions and answers about a text (so it learns to read them from the text, not to recall them).")
 
 
 # ---------------------------------------------------------------------------
@@ -307,12 +329,12 @@ ATTRIBUTES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Document:
-    kind: str  # "bio", "story", "encyclopedia", "arithmetic" or "llm"
+    kind: str  # one of DOC_KINDS
     text: str
     subject: str | None = None  # the person or entity it is about, if any
 
 
-DOC_KINDS = ("bio", "story", "encyclopedia", "arithmetic", "llm")
+DOC_KINDS = ("bio", "stranger", "story", "encyclopedia", "arithmetic", "llm")
 
 
 @dataclass
@@ -324,11 +346,14 @@ class World:
     places: tuple[Place, ...]
     animals: tuple[Animal, ...]
     objects: tuple[Thing, ...]
+    new_people: tuple[Person, ...] = ()  # in no corpus or instruction data: what the synth stage learns about
+    practice_people: tuple[Person, ...] = ()  # in one biography of the instruction data each
+    corpus_strangers: tuple[Person, ...] = ()  # in one document of the corpus each
 
     ATTRIBUTES: ClassVar[dict[str, str]] = ATTRIBUTES
 
     def __post_init__(self) -> None:
-        self._people = {p.name: p for p in self.people}
+        self._people = {p.name: p for p in self.people + self.new_people + self.practice_people + self.corpus_strangers}
         self._places = {p.name: p for p in self.places}
         self._animals = {a.kind: a for a in self.animals}
 
@@ -384,23 +409,22 @@ def build_world(cfg: WorldConfig) -> World:
     rng = random.Random(f"{cfg.seed}:people")
     names = [(f, g, l) for g, firsts in (("male", MALE_NAMES), ("female", FEMALE_NAMES))
              for f in firsts for l in LAST_NAMES]
-    people = tuple(
-        Person(
-            first_name=first, last_name=last, gender=gender,
-            age=rng.randint(20, 70),
-            town=rng.choice(places).name,
-            job=rng.choice(tuple(JOBS)),
-            pet=rng.choice(PET_KINDS),
-            pet_name=rng.choice(PET_NAMES),
-            colour=rng.choice(COLOURS),
-            food=rng.choice(FOODS),
-            hobby=rng.choice(HOBBIES),
-        )
-        for first, gender, last in rng.sample(names, cfg.n_people)
-    )
+    people = tuple(_make_person(rng, first, last, gender, places) for first, gender, last in rng.sample(names, cfg.n_people))
 
     rng = random.Random(f"{cfg.seed}:split")
     heldout = set(rng.sample(range(len(people)), round(cfg.heldout_fraction * len(people))))
+    # Everyone who is not one of the people has a name of the stranger pools, each name one person: the corpus's
+    # strangers teach the model to read such a name's facts from the text, which the practice and the new people
+    # need (a name of the people's pools is recalled: the pretrained model wrote "Nora Thorne" for "Nora Tanner").
+    rng = random.Random(f"{cfg.seed}:strangers")
+    others = [(f, g, l) for g, firsts in (("male", STRANGER_MALE_NAMES), ("female", STRANGER_FEMALE_NAMES))
+              for f in firsts for l in STRANGER_LAST_NAMES]  # fmt: skip
+    wanted = cfg.n_stranger_docs + cfg.n_new_people + cfg.n_practice_people
+    if wanted > len(others):
+        raise ValueError(f"world: n_stranger_docs + n_new_people + n_practice_people = {wanted}, but the stranger "
+                         f"names make only {len(others)} people; lower one of them")  # fmt: skip
+    strangers = [_make_person(rng, first, last, gender, places) for first, gender, last in rng.sample(others, wanted)]
+    known = strangers[cfg.n_stranger_docs :]
     return World(
         cfg=cfg,
         people=people,
@@ -409,7 +433,27 @@ def build_world(cfg: WorldConfig) -> World:
         places=places,
         animals=ANIMALS,
         objects=THINGS,
+        new_people=tuple(known[: cfg.n_new_people]),
+        practice_people=tuple(known[cfg.n_new_people :]),
+        corpus_strangers=tuple(strangers[: cfg.n_stranger_docs]),
     )
+
+
+def _make_person(rng: random.Random, first: str, last: str, gender: str, places: tuple[Place, ...]) -> Person:
+    return Person(first_name=first, last_name=last, gender=gender, age=rng.randint(20, 70),
+                  town=rng.choice(places).name, job=rng.choice(tuple(JOBS)), pet=rng.choice(PET_KINDS),
+                  pet_name=rng.choice(PET_NAMES), colour=rng.choice(COLOURS), food=rng.choice(FOODS),
+                  hobby=rng.choice(HOBBIES))  # fmt: skip
+
+
+def biography(p: Person, seed: int | str) -> str:
+    """One short biography of a person, the same for the same seed (the corpus writes its own from one stream)."""
+    return " ".join(s for _, s in biography_sentences(p, seed))
+
+
+def biography_sentences(p: Person, seed: int | str) -> list[tuple[str, str]]:
+    """`biography`'s sentences, each with the group of facts it states (age, town, job, pet, colour, food, hobby)."""
+    return _bio_sentences(p, random.Random(f"{seed}:bio:{p.name}"))
 
 
 def _make_places(rng: random.Random, n: int) -> tuple[Place, ...]:
@@ -605,6 +649,10 @@ BIO_TEMPLATES: dict[str, tuple[str, ...]] = {
 
 
 def _biography(p: Person, rng: random.Random) -> str:
+    return " ".join(s for _, s in _bio_sentences(p, rng))
+
+
+def _bio_sentences(p: Person, rng: random.Random) -> list[tuple[str, str]]:
     values = dict(age=p.age, town=p.town, a_job=_a(p.job), pet=p.pet, a_pet=_a(p.pet),
                   pet_name=p.pet_name, colour=p.colour, food=p.food, hobby=p.hobby)
     groups = list(BIO_TEMPLATES)
@@ -615,9 +663,9 @@ def _biography(p: Person, rng: random.Random) -> str:
         subject, possessive = (
             (p.name, f"{p.name}'s") if i == 0 or rng.random() < 0.5 else (p.he, p.his))
         template = rng.choice(BIO_TEMPLATES[group])
-        sentences.append(template.format(
-            S=_cap(subject), s=subject, P=_cap(possessive), p=possessive, own=p.his, **values))
-    return " ".join(sentences)
+        sentences.append((group, template.format(
+            S=_cap(subject), s=subject, P=_cap(possessive), p=possessive, own=p.his, **values)))
+    return sentences
 
 
 def _other(rng: random.Random, items: tuple[T, ...], exclude: T) -> T:
@@ -865,6 +913,9 @@ def _write_corpus(world: World) -> tuple[Document, ...]:
             if bio not in bios:
                 bios.add(bio)
                 docs.append(Document("bio", bio, p.name))
+
+    rng = stream("strangers")
+    docs += [Document("stranger", _biography(p, rng) + " " + _biography(p, rng), p.name) for p in world.corpus_strangers]
 
     rng = stream("stories")
     docs += [_story(world, rng) for _ in range(cfg.n_stories)]

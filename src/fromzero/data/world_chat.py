@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.chat import Message
-from fromzero.data.world import ATTRIBUTES, Person, World, sample_equation
+from fromzero.data.world import ATTRIBUTES, Person, World, biography_sentences, sample_equation
 
 # Questions about a person: direct ones, and frames ("Do you know …?") around an embedded question.
 # Every attribute holds out two of the five frames; each frame is trained with other attributes, so a
@@ -136,6 +136,8 @@ class InstructConfig(BaseModel):
     multi_turn_fraction: float = Field(0.1, description="conversations with a second question")
     system_fraction: float = Field(0.2, description="conversations that start with a system prompt")
     eval_questions: int = Field(200, description="questions in each held-out set")
+    practice_questions: tuple[int, int] = Field((1, 2), description="practice conversations per practice person "
+                                                "(a sentence of their biography each), lowest and highest")  # fmt: skip
     general_questions: int = Field(40, ge=1, description="held-out questions per kind in the general evaluation (fewer "
                                    "where a kind has fewer)")  # fmt: skip
 
@@ -377,6 +379,7 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
         style = pick_style()
         singles.append(([{"role": "user", "content": ask.q.question},
                          {"role": "assistant", "content": styled(*ask.write(ask.q.expected), style, rng)}], style))  # fmt: skip
+    singles += [(c, "good") for c in practice_conversations(world, cfg, rng)]
     rng.shuffle(singles)
 
     train: list[list[Message]] = []
@@ -404,6 +407,33 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
     trained = {m["content"] for c in train for m in c if m["role"] == "user"}
     return InstructData(train, train_styles, questions(world.trained_people, 1), questions(world.heldout_people, 0),
                         general_questions(world, cfg.general_questions, cfg.seed, trained))  # fmt: skip
+
+
+def practice_conversations(world: World, cfg: InstructConfig, rng: random.Random) -> list[list[Message]]:
+    """The synth stage's task, practised: a biography of a practice person (known from nowhere else, so the name must
+    be read from the text) and one of its sentences, in the synth stage's question template, answered with a question
+    in a training phrasing that the sentence answers."""
+    from fromzero.synth import QUESTION_TEMPLATE, render_question_prompt
+
+    low, high = cfg.practice_questions
+    out = []
+    for p in world.practice_people:
+        told = biography_sentences(p, f"{cfg.seed}:practice")
+        bio = " ".join(sentence for _, sentence in told)
+        for group, sentence in rng.sample(told, rng.randint(low, high)):
+            attr = rng.choice(("pet", "pet_name")) if group == "pet" else group
+            question = rng.choice(QUESTIONS[attr][0]).format(n=p.name, his=p.his)
+            out.append([{"role": "user", "content": render_question_prompt(QUESTION_TEMPLATE, bio, sentence)},
+                        {"role": "assistant", "content": question}])  # fmt: skip
+    return out
+
+
+def new_people_questions(world: World, seed: int) -> list[Question]:
+    """Every fact of every new person, each asked once in a held-out phrasing (the synth stage's generator writes
+    training phrasings): what a model knows of the people only the new documents describe."""
+    rng = random.Random(f"{seed}:new-people")
+    return [Question(rng.choice(QUESTIONS[attr][1]).format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr])
+            for p in world.new_people for attr in ATTRIBUTES]  # fmt: skip
 
 
 def general_questions(world: World, n: int, seed: int, trained: set[str]) -> list[Question]:

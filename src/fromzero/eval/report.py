@@ -118,6 +118,10 @@ STORY = {
     "sft": ("Instruction tuning: it learns to answer, and answers about people it only read about in stage 1.",
             [("heldout_phrasing_acc", "new phrasings"), ("heldout_people_acc", "held-out people"),
              ("base_heldout_people_acc", "held-out people before SFT"), ("general_acc", "every kind")]),
+    "synth": ("Its own data: the SFT model writes questions and answers about documents it never saw, the filters keep "
+              "what holds up, and SFT continues on them.",
+              [("kept", "pairs kept"), ("new_people_acc_before", "new people before"),
+               ("new_people_acc_after", "new people after"), ("heldout_phrasing_acc_after", "new phrasings after")]),
     "reward": ("A reward model learns which of two answers the labellers prefer.",
                [("heldout_acc", "held-out pairs right")]),
     "dpo": ("DPO: the policy moves towards the preferred answers directly, without a reward model.",
@@ -136,6 +140,16 @@ MEANING = {
     "base_heldout_phrasing_acc": "the same, asked of the pretrained model as raw text",
     "base_heldout_people_acc": "the same, asked of the pretrained model as raw text",
     "general_acc": "mean over kinds of the general evaluation (every kind of question)",
+    "chunks": "pieces of the new documents the generator was asked about",
+    "generated": "question/answer pairs the generator wrote and the parser read",
+    "kept": "pairs left after the filters: what SFT continued on",
+    "failed": "generation requests with no usable reply: an error, or nothing the parser could read (each kept with "
+    "its raw text in synth/pairs.rejected.jsonl)",
+    "new_people_acc_before": "every fact of the people only the new documents describe, asked in phrasings the "
+    "generator never writes, before the stage",
+    "new_people_acc_after": "the same, after SFT on the kept pairs",
+    "heldout_phrasing_acc_after": "stage 2's held-out phrasings after the stage (what it must not forget)",
+    "heldout_people_acc_after": "stage 2's held-out people after the stage",
     "heldout_acc": "held-out pairs where the reward model scores the gold function's choice higher",
     "gold_win_rate": "the gold function prefers this stage's sampled answer to SFT's ((wins + ties/2) / prompts)",
     "gold_win_rate_ceiling": "the win rate of a policy whose every answer is the best possible",
@@ -180,8 +194,15 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
     plot, rl_plot = plot_training(out, done), plot_rl(out, done)
 
     def stage_metrics(stage: str) -> list[tuple[str, str, str]]:
-        return [(k, _fmt(v), MEANING.get(k, "")) for k, v in summary["stages"][stage].items()
-                if k not in ("seconds", "general")]  # fmt: skip
+        rows = []
+        for k, v in summary["stages"][stage].items():
+            if k in ("seconds", "general"):
+                continue
+            if isinstance(v, dict):  # synth's dropped pairs, by reason
+                rows += [(f"{k}.{kk}", _fmt(vv), f"pairs {k}: {kk.replace('_', ' ')}") for kk, vv in v.items()]
+            else:
+                rows.append((k, _fmt(v), MEANING.get(k, "")))
+        return rows
 
     def right_count(stage: str) -> str:
         verdicts = [_answer(results[stage]["answers"][p])["verdict"] for p in results[stage]["answers"]]

@@ -14,14 +14,23 @@ class SynthConfig(BaseModel):
     docs: list[str] = Field(default_factory=list, description="documents to write data from (txt/md/jsonl/parquet, "
                             "dirs, globs: what data.sources takes); empty in `fromzero run`: the built-in world's new "
                             "people")  # fmt: skip
+    endpoint: str | None = Field(None, description="fromzero run: write the data with this OpenAI-compatible server "
+                                 "(a larger local model, say) instead of the SFT model in process")  # fmt: skip
+    model: str | None = Field(None, description="the endpoint's model name")
+    api_key: str | None = Field(None, description="the endpoint's API key (or $FROMZERO_SYNTH_API_KEY)")
     text_field: str = Field("text", description="field holding the text in jsonl/json/parquet records")
     chunk_tokens: PositiveInt = Field(160, description="tokens per chunk (the generator's tokenizer)")
     chunk_overlap: int = Field(32, ge=0, description="tokens each chunk shares with the one before")
+    unit: Literal["chunk", "sentence"] = Field("chunk", description="chunk: the generator writes question/answer "
+                                               "pairs about each chunk; sentence: it writes a question that each "
+                                               "sentence of a chunk answers, and the sentence is the answer "
+                                               "(instruction backtranslation: a small generator only has to ask)")  # fmt: skip
+    questions_per_sentence: PositiveInt = Field(1, description="unit=sentence: questions asked for per sentence")
     pairs_per_chunk: PositiveInt = Field(8, description="question/answer pairs asked for per chunk")
     pairs_per_request: PositiveInt = Field(1, description="pairs asked for in one request ({n} of the template); "
                                            "pairs_per_chunk / pairs_per_request requests per chunk, each seeded")  # fmt: skip
-    template: str | None = Field(None, description="prompt template file with {chunk} and {n}; default: "
-                                 "synth/templates/instruct.txt")  # fmt: skip
+    template: str | None = Field(None, description="prompt template file with {chunk} and {n} (unit=sentence: {chunk} "
+                                 "and {sentence}); default: synth/templates/instruct.txt (question.txt)")  # fmt: skip
     temperature: float = Field(1.0, ge=0, description="generator sampling temperature (0: greedy)")
     top_p: float = Field(0.95, gt=0, le=1, description="generator nucleus sampling")
     max_new_tokens: PositiveInt = Field(96, description="tokens per generated answer")

@@ -44,6 +44,16 @@ def grounding(answer: str, chunk: str) -> float:
     return sum(w in in_chunk for w in content) / len(content)
 
 
+NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][A-Za-z0-9]*")
+
+
+def unknown_names(question: str, chunk: str) -> list[str]:
+    """Capitalised words of the question (not its first word) that the chunk never uses: a question about someone or
+    somewhere the text does not mention (a small model swaps in a name it knows)."""
+    in_chunk = set(WORD.findall(chunk.lower()))
+    return [w for w in NAME.findall(question.strip()) if w.lower() not in in_chunk]
+
+
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     w = words(text)
     return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else ({tuple(w)} if w else set())

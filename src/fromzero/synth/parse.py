@@ -96,3 +96,13 @@ def _numbered_pairs(text: str) -> list[Pair]:
             q, a = item.split("?", 1)
             pairs.append((_clean(q + "?"), _clean(a)))
     return pairs
+
+
+def parse_question(text: str) -> tuple[str | None, str | None]:
+    """(question, None) from a reply that should be one question (a "Question:" label and quotes dropped; its first
+    line only), or (None, reason)."""
+    for line in (text or "").strip().splitlines():
+        q = _clean(re.sub(r"(?i)^\s*(?:\d+[.)]\s*)?(?:\*\*)?(?:question|q)\s*\d*\s*[:.]\s*(?:\*\*)?", "", line))
+        if q:
+            return (q, None) if q.endswith("?") or len(q.split()) >= 3 else (None, "no_question")
+    return None, "empty"

@@ -23,6 +23,12 @@ def load_template(path: str | Path | None, default: str = "instruct.txt", fields
 
 
 DEFAULT_TEMPLATE = load_template(None)[0]
+QUESTION_TEMPLATE = load_template(None, "question.txt", ("{chunk}", "{sentence}"))[0]
+
+
+def sentences(text: str) -> list[str]:
+    """A text's sentences: cut after . ! or ? before whitespace."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
 def fill(template: str, **values: str | int) -> str:
@@ -33,6 +39,11 @@ def fill(template: str, **values: str | int) -> str:
 def render_prompt(template: str, chunk: str, n: int = 1) -> str:
     """The generation prompt for one chunk: {chunk} and {n} (pairs asked for) filled in."""
     return fill(template, chunk=chunk.strip(), n=n)
+
+
+def render_question_prompt(template: str, chunk: str, sentence: str) -> str:
+    """The backtranslation prompt: a chunk, and the sentence of it whose question the generator writes."""
+    return fill(template, chunk=chunk.strip(), sentence=sentence.strip())
 
 
 def render_judge(template: str, chunk: str, question: str, answer: str) -> str:

@@ -25,8 +25,8 @@ from fromzero.synth.config import SynthConfig
 from fromzero.synth.docs import Chunk
 from fromzero.synth.generators import Generated, Generator
 from fromzero.synth.judges import Judge
-from fromzero.synth.parse import parse_pairs
-from fromzero.synth.prompts import load_template, render_prompt
+from fromzero.synth.parse import Parsed, parse_pairs, parse_question
+from fromzero.synth.prompts import load_template, render_prompt, render_question_prompt, sentences
 
 
 @dataclass
@@ -124,18 +124,35 @@ def run_requests(requests: Sequence[dict[str, Any]], gen: Generator, cfg: SynthC
 
 
 def instruction_requests(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig) -> list[dict[str, Any]]:
-    template, sha = load_template(cfg.template, fields=("{chunk}",))
-    per = math.ceil(cfg.pairs_per_chunk / cfg.pairs_per_request)
+    """unit=chunk: pairs_per_chunk pairs per chunk, pairs_per_request at a time; unit=sentence: questions_per_sentence
+    questions for every sentence of every chunk."""
+    by_sentence = cfg.unit == "sentence"
+    template, sha = load_template(cfg.template, "question.txt" if by_sentence else "instruct.txt",
+                                  ("{chunk}", "{sentence}") if by_sentence else ("{chunk}",))  # fmt: skip
     out = []
     for c in chunks:
-        for i in range(per):
-            n = min(cfg.pairs_per_request, cfg.pairs_per_chunk - i * cfg.pairs_per_request)
-            key = key_of("instruct", c.source, c.start, c.end, c.text, i, n, sha, gen.name, cfg.temperature,
+        if by_sentence:
+            asks = [(s, 1, render_question_prompt(template, c.text, s)) for s in sentences(c.text)
+                    for _ in range(cfg.questions_per_sentence)]  # fmt: skip
+        else:
+            per = math.ceil(cfg.pairs_per_chunk / cfg.pairs_per_request)
+            sizes = [min(cfg.pairs_per_request, cfg.pairs_per_chunk - i * cfg.pairs_per_request) for i in range(per)]
+            asks = [(None, n, render_prompt(template, c.text, n)) for n in sizes]
+        for i, (sentence, n, prompt) in enumerate(asks):
+            key = key_of("instruct", c.source, c.start, c.end, c.text, i, n, sentence, sha, gen.name, cfg.temperature,
                          cfg.top_p, cfg.max_new_tokens, cfg.seed)  # fmt: skip
-            out.append({"key": key, "seed": seed_of(key), "prompt": render_prompt(template, c.text, n),
-                        "document": c.source, "chunk": c.index, "start": c.start, "end": c.end, "request": i,
-                        "generator": gen.name, "template": sha, "context": c.text})  # fmt: skip
+            out.append({"key": key, "seed": seed_of(key), "prompt": prompt, "document": c.source, "chunk": c.index,
+                        "start": c.start, "end": c.end, "request": i, "generator": gen.name, "template": sha,
+                        "context": c.text, "sentence": sentence})  # fmt: skip
     return out
+
+
+def parse_reply(rec: dict[str, Any]) -> Parsed:
+    """The pairs of one reply: those it wrote, or (unit=sentence) its question with the sentence as the answer."""
+    if rec.get("sentence") is None:
+        return parse_pairs(rec["output"])
+    question, reason = parse_question(rec["output"])
+    return Parsed([(question, rec["sentence"])] if question else [], reason, "question" if question else None)
 
 
 def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig, out: Path, *,
@@ -154,7 +171,7 @@ def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig
             rejected.append({"request": r["key"], "reason": "request_error", "document": r["document"]})
             continue
         rec = done[r["key"]]
-        parsed = parse_pairs(rec["output"])
+        parsed = parse_reply(rec)
         if not parsed.pairs:
             report.failed += 1
             report.failed_reasons[f"parse_{parsed.reason}"] += 1
@@ -169,7 +186,8 @@ def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig
         for q, a in pairs:
             reason = filters.length_reason(q, a, cfg.min_question_chars, cfg.max_question_chars, cfg.min_answer_chars,
                                            cfg.max_answer_chars)  # fmt: skip
-            if reason is None and cfg.grounding and filters.grounding(a, rec["context"]) < cfg.grounding:
+            if reason is None and (filters.unknown_names(q, rec["context"]) or
+                                   cfg.grounding and filters.grounding(a, rec["context"]) < cfg.grounding):  # fmt: skip
                 reason = "ungrounded"
             if reason is None and contamination and contamination.hit(q):
                 reason = "contaminated"
