@@ -341,3 +341,18 @@ def test_the_synth_stage_learns_the_new_people_from_a_local_teacher(tmp_path, cl
     before, _ = accuracy(checkpoint.load_model(tok_ckpt), tok, questions, world)
     after, _ = accuracy(checkpoint.load_model(checkpoint.resolve(out / "synth")), tok, questions, world)
     assert after >= before + 0.3, (before, after)
+
+
+def test_in_process_replies_depend_on_their_own_seed_only(tmp_path):
+    """A request sampled alone (as on resume) gets the reply it got in a batch with others: rows are seeded per
+    request, not per batch."""
+    from conftest import save_tiny_policy
+
+    ckpt, _, _ = save_tiny_policy(tmp_path)
+    gen = synth.EngineGenerator.from_checkpoint(ckpt, batch_size=2)
+    opts = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 8}
+    batch = gen.complete(["count 1 2", "say the answer", "count 3"], seeds=[1, 2, 3], **opts)
+    alone = gen.complete(["say the answer"], seeds=[2], **opts)
+    assert alone[0] == batch[1] and gen.complete(["say the answer"], seeds=[9], **opts)[0].text != alone[0].text
+    too_long = gen.complete(["count " * 60], seeds=[0], **opts)[0]
+    assert too_long.finish_reason == "error" and "max_seq_len" in too_long.error

@@ -31,8 +31,8 @@ class Generator(Protocol):
 
 
 class EngineGenerator:
-    """A checkpoint in this process: prompts in its chat template, sampled in batches of `batch_size` (each batch
-    seeded by its first request's seed, so the same settings write the same data)."""
+    """A checkpoint in this process: prompts in its chat template, sampled in batches of `batch_size`, each row from
+    its request's own seed (so a request's reply does not depend on which others share its batch, as on resume)."""
 
     def __init__(self, model, tok, name: str, batch_size: int = 16):
         from fromzero.generate import Engine
@@ -65,7 +65,7 @@ class EngineGenerator:
                                f"more than the model's max_seq_len {limit}: lower chunk_tokens or max_new_tokens")  # fmt: skip
         for start in range(0, len(fits), self.batch_size):
             rows = fits[start : start + self.batch_size]
-            done = eng.generate([ids[i] for i in rows], sampling, seed=seeds[rows[0]])
+            done = eng.generate([ids[i] for i in rows], sampling, row_seeds=[seeds[i] for i in rows])
             for i, c in zip(rows, done):
                 out[i] = Generated(c.text.strip(), c.finish_reason)
         return out  # type: ignore[return-value]
