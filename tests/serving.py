@@ -18,17 +18,18 @@ import torch
 HTML_ANSWER = "<b>bold</b><script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\">"
 
 
-def make_run(root: Path) -> Path:
+def make_run(root: Path, answer: str = HTML_ANSWER, prompts: tuple[str, ...] = ()) -> Path:
     """A run directory with two language models and a reward model: `init` (random weights), `sft` (trained for a
-    few seconds to answer every prompt with HTML_ANSWER, so the pages can be checked to show it as text) and
-    `reward` (which the server must not serve)."""
+    few seconds to answer every prompt, the default ones and `prompts`, with `answer`: HTML_ANSWER, so the pages can
+    be checked to show it as text) and `reward` (which the server must not serve)."""
     from fromzero import checkpoint
     from fromzero.data.chat import render
     from fromzero.model import ModelConfig, Transformer
     from fromzero.tokenizer import Tokenizer
     from fromzero.train.reward import RewardModel
 
-    tok = Tokenizer.train([HTML_ANSWER, "Hello there! How are you? I am fine, thanks. What is an LLM?"] * 20, vocab_size=400)
+    tok = Tokenizer.train([answer, *prompts, "Hello there! How are you? I am fine, thanks. What is an LLM?"] * 20,
+                          vocab_size=400)  # fmt: skip
     tok_file = tok.save(root / "tok")
     cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
     run = root / "run"
@@ -36,8 +37,8 @@ def make_run(root: Path) -> Path:
     checkpoint.save(run / "init", 0, Transformer(cfg), tokenizer_file=tok_file, meta={"stage": "init"})
     model = Transformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    prompts = ["Hello!", "What is an LLM?", "Say something.", "hi", "How are you?"]
-    rows = [render(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": HTML_ANSWER}]) for p in prompts]
+    prompts = ["Hello!", "What is an LLM?", "Say something.", "hi", "How are you?", *prompts]
+    rows = [render(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": answer}]) for p in prompts]
     width = max(len(ids) for ids, _ in rows)
     ids = torch.tensor([i + [tok.pad_id] * (width - len(i)) for i, _ in rows])
     learn = torch.tensor([m + [False] * (width - len(m)) for _, m in rows])

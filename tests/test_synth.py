@@ -356,3 +356,32 @@ def test_in_process_replies_depend_on_their_own_seed_only(tmp_path):
     assert alone[0] == batch[1] and gen.complete(["say the answer"], seeds=[9], **opts)[0].text != alone[0].text
     too_long = gen.complete(["count " * 60], seeds=[0], **opts)[0]
     assert too_long.finish_reason == "error" and "max_seq_len" in too_long.error
+
+
+def test_fromzero_serve_is_an_endpoint(tmp_path, cli_env):
+    """`fromzero synth instruct --endpoint` against a real `fromzero serve` on loopback, several requests in flight
+    at once through its batcher: the served model's pairs are parsed, filtered, and written with its name."""
+    from serving import make_run, serving
+
+    doc = "Ann Berg is a baker in Ely. She has a dog called Rex."
+    reply = "Question: What is Ann Berg's job?\nAnswer: Ann Berg is a baker."
+    prompt = synth.render_prompt(synth.DEFAULT_TEMPLATE, doc, 1)
+    run = make_run(tmp_path / "served", answer=reply, prompts=(prompt,))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "ann.txt").write_text(doc + "\n")
+    out = tmp_path / "pairs.jsonl"
+    with serving([run], tmp_path / "votes.sqlite", "--max-tokens", "64") as base:
+        r = subprocess.run(FROMZERO + ["synth", "instruct", "--docs", str(tmp_path / "docs"), "--out", str(out),
+                                       "--endpoint", base + "/v1", "--model", "sft", "--pairs-per-chunk", "4",
+                                       "--set", "synth.temperature=0", "--set", "synth.concurrency=4",
+                                       "--set", "synth.max_new_tokens=48", "--set", "synth.near_duplicate=1.0"],
+                           env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    # four greedy requests, one reply each: one pair kept, the three copies of it dropped as duplicates (near
+    # duplicates off: a threshold of 1 is exact copies only)
+    assert report["requests"] == 4 and report["generated"] == 4 and report["dropped"] == {"duplicate": 3}
+    (kept,) = lines(out)
+    assert kept["messages"] == [{"role": "user", "content": "What is Ann Berg's job?"},
+                                {"role": "assistant", "content": "Ann Berg is a baker."}]  # fmt: skip
+    assert kept["provenance"]["generator"] == "sft" and kept["provenance"]["document"].endswith("ann.txt")

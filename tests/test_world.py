@@ -192,7 +192,7 @@ def test_unknown_config_key_rejected():
 
 def test_new_practice_and_stranger_people_are_each_in_one_place_only():
     """The new people are in no corpus document and no instruction (what the synth stage must learn from their
-    documents); the practice people are in one practice conversation each; the strangers in one corpus document each;
+    documents); the practice people are in the synth stage's practice conversations only; the strangers in one corpus document each;
     none shares a name with the people, and adding them leaves the rest of the corpus as it was."""
     from fromzero.data.world_chat import InstructConfig, build_instructions, new_people_questions
 
@@ -210,12 +210,15 @@ def test_new_practice_and_stranger_people_are_each_in_one_place_only():
     stranger_docs = [d for d in world.documents if d.kind == "stranger"]
     assert sorted(d.subject for d in stranger_docs) == sorted(p.name for p in world.corpus_strangers)
     assert all(d.text.count(d.subject) >= 2 for d in stranger_docs)  # two biographies: the second reads the first
+    import random
+
+    from fromzero.data.world_chat import practice_conversations
+
     data = build_instructions(world, InstructConfig())
     text = " ".join(m["content"] for c in data.train for m in c)
-    assert not any(p.name in text for p in world.new_people)
-    turns = [(c[i]["content"], c[i + 1]["content"]) for c in data.train for i in range(len(c) - 1)
-             if c[i]["role"] == "user" and c[i]["content"].startswith("Write a question")]  # fmt: skip
-    assert 12 <= len(turns) <= 24  # one or two sentences of each practice person's biography
+    assert not any(p.name in text for p in world.new_people + world.practice_people)  # practice is the writer's only
+    turns = [(c[0]["content"], c[1]["content"]) for c in practice_conversations(world, InstructConfig(), random.Random(0))]
+    assert 12 <= len(turns) <= 24 and all(t[0].startswith("Write a question") for t in turns)  # 1-2 sentences each
     for prompt, question in turns:  # a question about the person of the text, which the sentence answers
         person = next(p for p in world.practice_people if p.name in prompt)
         assert person.name in question and question.endswith(("?", "."))

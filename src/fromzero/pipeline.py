@@ -29,6 +29,7 @@ from fromzero.data.preference import PreferencePair
 from fromzero.data.tasks import Task, cold_start_tasks, load_tasks, solution_conversations
 from fromzero.data.world import World, biography, build_world
 from fromzero.data.world_chat import InstructData, Judge, Question, build_instructions, new_people_questions, \
+    practice_conversations, \
     recognise  # fmt: skip
 from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, preference_pairs, \
     prompts_and_gold, sampled_pairs  # fmt: skip
@@ -101,6 +102,11 @@ class RunContext:
             r = self.cfg.reasoning
             conversations = conversations + solution_conversations(self.cold_start, r.direct_fraction, r.seed)
         return conversations
+
+    def practice_conversations(self) -> list:
+        """The synth stage's question writer's data: writing a question that a sentence of a practice person's
+        biography answers."""
+        return practice_conversations(self.world, self.cfg.instruct, random.Random(f"{self.cfg.instruct.seed}:practice"))
 
     def new_documents(self) -> list[tuple[str, str]]:
         """(name, text) of the documents the synth stage writes its data from: synth.docs, or one biography of each of
@@ -294,8 +300,18 @@ def stage_synth(ctx: RunContext) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if known:
             metrics["new_people_acc_before"] = ctx.new_people_accuracy(init, log_to=out / "new_people_before.jsonl")
+    writer = init
+    if s.writer_steps and not s.endpoint:
+        practice = ctx.practice_conversations()
+        if not practice:
+            raise ValueError("synth.writer_steps needs practice conversations: set world.n_practice_people above 0, "
+                             "or synth.writer_steps to 0")  # fmt: skip
+        # the model's whole length: a practice prompt holds a whole chunk
+        writer_cfg = _short_sft(ctx.cfg.sft, s.writer_steps, s.writer_lr, seq_len=ctx.cfg.model.max_seq_len)
+        writer = sft.train(writer_cfg, practice, init, out / "writer", resume=True)
+    if ctx.info.is_main:
         device = str(ctx.info.device)
-        generator = make_generator(ckpt=None if s.endpoint else init, endpoint=s.endpoint, model=s.model,
+        generator = make_generator(ckpt=None if s.endpoint else writer, endpoint=s.endpoint, model=s.model,
                                    api_key=s.api_key or os.environ.get("FROMZERO_SYNTH_API_KEY"), cfg=s, device=device)  # fmt: skip
         chunks = synth.chunk_documents(docs, ctx.tokenizer, s.chunk_tokens, s.chunk_overlap)
         judge = make_judge(s.judge, generator, ckpt=s.judge_ckpt, template=s.judge_template, device=device)
@@ -316,14 +332,18 @@ def stage_synth(ctx: RunContext) -> dict[str, Any]:
         return {"metrics": metrics, "checkpoint": init, "chat": True}
     stage2 = ctx.stage2_conversations()
     replay = random.Random(f"{s.seed}:replay").sample(stage2, min(len(stage2), round(s.replay * len(kept))))
-    cfg = ctx.cfg.sft.model_copy(update={"steps": s.steps, "lr": s.lr, "warmup_steps": min(ctx.cfg.sft.warmup_steps,
-                                         s.steps // 10), "eval_every": s.steps, "checkpoint_every": s.steps})  # fmt: skip
-    ckpt = sft.train(cfg, kept + replay, init, out, resume=True)
+    ckpt = sft.train(_short_sft(ctx.cfg.sft, s.steps, s.lr), kept + replay, init, out, resume=True)
     if ctx.info.is_main:
         if known:
             metrics["new_people_acc_after"] = ctx.new_people_accuracy(ckpt, log_to=out / "new_people_after.jsonl")
         metrics.update({f"{k}_after": v for k, v in ctx.qa_accuracy(ckpt, chat=True).items()})
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
+
+
+def _short_sft(cfg: sft.SFTConfig, steps: int, lr: float, seq_len: int | None = None) -> sft.SFTConfig:
+    """Stage 2's settings for one of the synth stage's short SFT runs."""
+    return cfg.model_copy(update={"steps": steps, "lr": lr, "warmup_steps": min(cfg.warmup_steps, steps // 10),
+                                  "eval_every": steps, "checkpoint_every": steps, "seq_len": seq_len or cfg.seq_len})  # fmt: skip
 
 
 def stage_reward(ctx: RunContext) -> dict[str, Any]:

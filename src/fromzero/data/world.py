@@ -259,8 +259,9 @@ class WorldConfig(BaseModel):
         0, ge=0, description="Documents about one-off people, two paraphrased biographies each: their facts are "
         "predicted only by reading them from earlier in the document, how a model learns to copy from a text.")
     n_practice_people: int = Field(
-        0, ge=0, description="People known from one biography in the instruction data only, on which SFT practises "
-        "writing questions and answers about a text (so it learns to read them from the text, not to recall them).")
+        0, ge=0, description="People known from nowhere but the synth stage's practice conversations: on their "
+        "biographies its question writer learns to ask what a sentence of a text says (so it reads names from the "
+        "text, not from memory).")
 
 
 # ---------------------------------------------------------------------------
@@ -347,7 +348,7 @@ class World:
     animals: tuple[Animal, ...]
     objects: tuple[Thing, ...]
     new_people: tuple[Person, ...] = ()  # in no corpus or instruction data: what the synth stage learns about
-    practice_people: tuple[Person, ...] = ()  # in one biography of the instruction data each
+    practice_people: tuple[Person, ...] = ()  # in the synth stage's practice conversations only
     corpus_strangers: tuple[Person, ...] = ()  # in one document of the corpus each
 
     ATTRIBUTES: ClassVar[dict[str, str]] = ATTRIBUTES

@@ -379,7 +379,6 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
         style = pick_style()
         singles.append(([{"role": "user", "content": ask.q.question},
                          {"role": "assistant", "content": styled(*ask.write(ask.q.expected), style, rng)}], style))  # fmt: skip
-    singles += [(c, "good") for c in practice_conversations(world, cfg, rng)]
     rng.shuffle(singles)
 
     train: list[list[Message]] = []
@@ -410,9 +409,10 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
 
 
 def practice_conversations(world: World, cfg: InstructConfig, rng: random.Random) -> list[list[Message]]:
-    """The synth stage's task, practised: a biography of a practice person (known from nowhere else, so the name must
-    be read from the text) and one of its sentences, in the synth stage's question template, answered with a question
-    in a training phrasing that the sentence answers."""
+    """The synth stage's task, practised (what its question writer is fine-tuned on, never stage 2's data): a
+    biography of a practice person (known from nowhere else, so the name must be read from the text) and one of its
+    sentences, in the synth stage's question template, answered with a question in a training phrasing that the
+    sentence answers."""
     from fromzero.synth import QUESTION_TEMPLATE, render_question_prompt
 
     low, high = cfg.practice_questions

@@ -43,7 +43,7 @@ class SynthConfig(BaseModel):
     max_question_chars: PositiveInt = Field(300, description="longer questions are dropped (too_long)")
     max_answer_chars: PositiveInt = Field(600, description="longer answers are dropped (too_long)")
     near_duplicate: float = Field(0.8, gt=0, le=1, description="drop a pair whose question's estimated Jaccard "
-                                  "similarity (MinHash of word 3-grams) to a kept one reaches this")  # fmt: skip
+                                  "similarity (MinHash of word 3-grams) to a kept one reaches this (1: off, exact duplicates only)")  # fmt: skip
     grounding: float = Field(0.5, ge=0, le=1, description="least fraction of the answer's content words found in the "
                              "chunk (0: no check)")  # fmt: skip
     judge: Literal["none", "llm", "reward"] = Field("none", description="score every pair: the generator asked for a "
@@ -56,6 +56,11 @@ class SynthConfig(BaseModel):
                                      "format, or plain text) whose n-grams a kept question must not share")  # fmt: skip
     decontaminate_ngram: PositiveInt = Field(8, description="word n-gram length of the contamination check")
     seed: int = Field(0, description="seed of every request (with the chunk and request index)")
+    # the pipeline's question writer: the backward model of instruction backtranslation
+    writer_steps: int = Field(0, ge=0, description="fromzero run: fine-tune a copy of the SFT model this many steps on "
+                              "the practice conversations (world.n_practice_people) and write with it; 0: the SFT "
+                              "model writes as it is")  # fmt: skip
+    writer_lr: PositiveFloat = Field(5e-4, description="fromzero run: learning rate of the question writer's SFT")
     # the pipeline's continued SFT on the kept pairs
     steps: PositiveInt = Field(60, description="fromzero run: SFT steps on the kept pairs and the replay")
     lr: PositiveFloat = Field(5e-4, description="fromzero run: learning rate of that SFT")

@@ -209,13 +209,13 @@ def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig
     scores: list[float | None] = [None] * len(unique)
     if judge is not None and unique:
         scores = judge.score([(rec["context"], q, a) for rec, q, a in unique])
-    near = filters.NearDuplicates(cfg.near_duplicate)
+    near = filters.NearDuplicates(cfg.near_duplicate) if cfg.near_duplicate < 1 else None  # 1: exact ones only
     kept = []
     for (rec, q, a), score in zip(unique, scores):
         reason = None
         if judge is not None:
             reason = "judge_failed" if score is None else "judge_below_threshold" if score < cfg.judge_threshold else None
-        if reason is None and near.seen(f"{q} {a}"):
+        if reason is None and near is not None and near.seen(f"{q} {a}"):
             reason = "near_duplicate"
         if reason is not None:
             report.dropped[reason] += 1
