@@ -27,7 +27,7 @@ from fromzero.config import load_config  # noqa: E402
 from fromzero.data.build import build  # noqa: E402
 from fromzero.tokenizer import Tokenizer  # noqa: E402
 from fromzero.train import pretrain  # noqa: E402
-from fromzero.train.loop import read_metrics  # noqa: E402
+from fromzero.train.loop import native_bf16, read_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -51,10 +51,11 @@ def main() -> None:
         pretrain.train(run_cfg, data, args.out / precision, init=args.out / "init", val_batches=cfg.eval.val_batches)
         metrics = read_metrics(args.out / precision)
         train = [r for r in metrics if "loss" in r]
+        steady = train[5:] or train[1:]  # the first steps warm up
         results[precision] = {
             "seconds": time.perf_counter() - start,
-            "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in train[5:]),
-            "mfu_median": statistics.median(r["mfu"] for r in train[5:]),
+            "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in steady),
+            "mfu_median": statistics.median(r["mfu"] for r in steady),
             "final_loss_mean_last10": statistics.mean(r["loss"] for r in train[-10:]),
             "val_loss": [r for r in metrics if "val_loss" in r][-1]["val_loss"],
             "val_bpb": [r for r in metrics if "val_bpb" in r][-1]["val_bpb"],
@@ -62,7 +63,8 @@ def main() -> None:
         }
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (args.out.parent / f"precision-{stamp}.json").write_text(json.dumps({"preset": args.preset, "steps": args.steps,
-                                                                          "torch": torch.__version__, **results}, indent=2))  # fmt: skip
+                                                                          "torch": torch.__version__, "cpu": torch.cpu.get_capabilities().get("cpu_name"),
+                                                                          "native_bf16": native_bf16(torch.device("cpu")), **results}, indent=2))  # fmt: skip
     fig, ax = plt.subplots(figsize=(6, 4))
     for precision, r in results.items():
         ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{precision} ({r['tokens_per_s_median']:.0f} tok/s)")

@@ -69,7 +69,9 @@ class TrainConfig(BaseModel):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
-    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast (weights stay fp32) or fp32")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast (weights stay fp32) or fp32; auto: bf16 where the hardware has it (CUDA with "
+        "bf16, CPUs with AVX512-BF16 or AMX), else fp32 (emulated bf16 matmuls ran ~100x slower on an AVX2 CPU)")
     compile: bool = Field(False, description="torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (a whole copy per rank, gradients all-reduced) or fsdp (FSDP2 "
@@ -131,7 +133,7 @@ class RolloutConfig(TrainConfig, ABC):
     step whose batch_tokens follow from the rollout's shape (`step_shape`), never set by hand."""
 
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
-    rollout_precision: Literal["fp32", "bf16"] | None = Field(
+    rollout_precision: Literal["auto", "fp32", "bf16"] | None = Field(
         None, description="precision of sampling the answers; None: `precision`. On CPU a decode step of a few "
         "rows is all per-op overhead, to which bf16 autocast adds casts: fp32 rollouts are faster there (BENCHMARKS.md)")
     max_new_tokens: int = Field(64, ge=1, description="longest answer")
@@ -217,9 +219,34 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, s
     return _PEAK[key]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 in hardware (elsewhere torch emulates it, far slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    return True  # mps and others: as asked
+
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """fp32 or bf16: what `precision` (auto, fp32, bf16) means on this device; a bf16 asked for on a device without
+    it is kept, with a one-line warning (once), since the user chose it."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device) and device.type not in _WARNED:
+        _WARNED.add(device.type)
+        tqdm.write(f"warning: precision=bf16 on a {device.type} without native bf16 runs far slower than fp32: set "
+                   f"precision=auto or fp32")  # fmt: skip
+    return precision
+
+
+_WARNED: set[str] = set()
+
+
 def autocast(cfg: TrainConfig, device: torch.device, precision: str | None = None):
-    """bf16 autocast when `precision` (default: the config's) is bf16, else nothing."""
-    if (precision or cfg.precision) == "bf16":
+    """bf16 autocast when `precision` (default: the config's) resolves to bf16 on this device, else nothing."""
+    if resolved_precision(precision or cfg.precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -447,7 +474,8 @@ def run(
     # a stage whose step runs more than the one model (PPO's policy and value model) says so
     flops_fn = getattr(model, "flops_per_token", None) or model.cfg.flops_per_token
     flops_per_token = flops_fn(cfg.seq_len)
-    peak = matmul_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32) * info.world_size
+    bf16 = resolved_precision(cfg.precision, device) == "bf16"
+    peak = matmul_peak_flops(device, torch.bfloat16 if bf16 else torch.float32) * info.world_size
     if info.is_main and resumed_from:
         tqdm.write(f"[{stage.name}] resuming from {resumed_from} (step {start_step}/{steps})")
     # under a time budget the schedule runs on the preset's steps until the probe fixes the real number
