@@ -187,7 +187,7 @@ def test_short_sft_run_raises_heldout_accuracy_above_the_base_model(tmp_path):
     from fromzero.train import pretrain, sft
 
     cfg = load_config("smoke", ["world.n_people=10", "instruct.questions_per_fact=8", "instruct.eval_questions=16",
-                                "sft.steps=500", "sft.lr=0.003", "sft.micro_batch_size=16", "sft.batch_tokens=2048"])  # fmt: skip
+                                "sft.steps=800", "sft.lr=0.003", "sft.micro_batch_size=16", "sft.batch_tokens=2048"])  # fmt: skip
     build(cfg, tmp_path / "data", progress=False)
     tok = Tokenizer.load(tmp_path / "data")
     model = pretrain.init_model(cfg.model, tok, cfg.seed)
