@@ -30,6 +30,8 @@ test: $(VENV)/.installed
 	    echo "no apt-get: install chromium and chromedriver yourself, or the browser tests are skipped"; \
 	  fi; \
 	fi
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

@@ -171,7 +171,11 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def interleaved(
-    runners: dict[str, Callable[[], float]], windows: int, warmup: int = 1, max_load: float = 0.25, retries: int | None = None
+    runners: dict[str, Callable[[], float]],
+    windows: int,
+    warmup: int = 1,
+    max_load: float = 0.25,
+    retries: int | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Call each runner in turn (A, B, A, B, ...) `windows` times after `warmup` untimed rounds.
 

@@ -77,8 +77,12 @@ def check_greedy_equal(ours, hf, cfg, args) -> dict:
         full = torch.cat([prompts, a], dim=1)
         diff = (ours(full) - hf(full).logits).abs().max().item()
     same_rows = int((a == b).all(1).sum())
-    return {"rows": a.size(0), "identical_rows": same_rows, "tokens_equal": bool(torch.equal(a, b)),
-            "max_abs_logit_diff": diff}  # fmt: skip
+    return {
+        "rows": a.size(0),
+        "identical_rows": same_rows,
+        "tokens_equal": bool(torch.equal(a, b)),
+        "max_abs_logit_diff": diff,
+    }
 
 
 def main() -> None:
@@ -99,19 +103,25 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     info = machine_info(args.threads)
-    print(f"{info['cpu']} · {info['logical_cpus']} CPUs · {args.threads} threads · torch {info['torch']} · "
-          f"transformers {info['transformers']}")  # fmt: skip
+    print(
+        f"{info['cpu']} · {info['logical_cpus']} CPUs · {args.threads} threads · torch {info['torch']} · "
+        f"transformers {info['transformers']}"
+    )
     warn_if_busy(info)
     cfg, ours, hf = build()
 
     check = check_greedy_equal(ours, hf, cfg, args)
-    print(f"greedy fp32, ours vs HF on the same weights: {check['identical_rows']}/{check['rows']} rows identical "
-          f"over {args.new_tokens} tokens; max |logit diff| {check['max_abs_logit_diff']:.2e}")  # fmt: skip
+    print(
+        f"greedy fp32, ours vs HF on the same weights: {check['identical_rows']}/{check['rows']} rows identical "
+        f"over {args.new_tokens} tokens; max |logit diff| {check['max_abs_logit_diff']:.2e}"
+    )
 
     cases = []
     for precision in args.precision:
         for batch in args.batch:
-            prompts = torch.randint(0, cfg.vocab_size, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch))
+            prompts = torch.randint(
+                0, cfg.vocab_size, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch)
+            )
             n_tokens = batch * args.new_tokens
 
             def timed(fn, model):
@@ -125,32 +135,56 @@ def main() -> None:
                 return run
 
             t0 = time.perf_counter()
-            tok_s, load = interleaved({"ours": timed(run_ours, ours), "hf": timed(run_hf, hf)}, windows=args.repeats, warmup=1)
-            case = {"precision": precision, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-                    "other_cpus": load["other_cpus"], "rounds_dropped_for_load": load["dropped"]}  # fmt: skip
+            tok_s, load = interleaved(
+                {"ours": timed(run_ours, ours), "hf": timed(run_hf, hf)}, windows=args.repeats, warmup=1
+            )
+            case = {
+                "precision": precision,
+                "batch": batch,
+                "prompt_len": args.prompt_len,
+                "new_tokens": args.new_tokens,
+                "other_cpus": load["other_cpus"],
+                "rounds_dropped_for_load": load["dropped"],
+            }
             for name, xs in tok_s.items():
-                case[name] = {"tokens_per_s": median(xs), "ms_per_step": 1000 * batch / median(xs), "runs_tokens_per_s": xs}
+                case[name] = {
+                    "tokens_per_s": median(xs),
+                    "ms_per_step": 1000 * batch / median(xs),
+                    "runs_tokens_per_s": xs,
+                }
             case["speedup"] = case["ours"]["tokens_per_s"] / case["hf"]["tokens_per_s"]
             cases.append(case)
-            print(f"  {precision} batch {batch:3d}: ours {fmt_k(case['ours']['tokens_per_s'])} tok/s, "
-                  f"HF {fmt_k(case['hf']['tokens_per_s'])} tok/s ({time.perf_counter() - t0:.0f}s)"
-                  + load_notes(case),
-                  flush=True)  # fmt: skip
+            print(
+                f"  {precision} batch {batch:3d}: ours {fmt_k(case['ours']['tokens_per_s'])} tok/s, "
+                f"HF {fmt_k(case['hf']['tokens_per_s'])} tok/s ({time.perf_counter() - t0:.0f}s)" + load_notes(case),
+                flush=True,
+            )
 
     print()
     headers = ["prec", "batch", "ours tok/s", "HF tok/s", "ours/HF", "ours ms/step", "HF ms/step"]
     rows = [
-        [c["precision"], c["batch"], fmt_k(c["ours"]["tokens_per_s"]), fmt_k(c["hf"]["tokens_per_s"]),
-         f"{c['speedup']:.2f}×", f"{c['ours']['ms_per_step']:.2f}", f"{c['hf']['ms_per_step']:.2f}"]
+        [
+            c["precision"],
+            c["batch"],
+            fmt_k(c["ours"]["tokens_per_s"]),
+            fmt_k(c["hf"]["tokens_per_s"]),
+            f"{c['speedup']:.2f}×",
+            f"{c['ours']['ms_per_step']:.2f}",
+            f"{c['hf']['ms_per_step']:.2f}",
+        ]
         for c in cases
-    ]  # fmt: skip
+    ]
     table = print_table(headers, rows)
-    print(f"\nmodel d{cfg.dim} L{cfg.n_layers} H{cfg.n_heads}/{cfg.n_kv_heads} V{cfg.vocab_size}; prompt "
-          f"{args.prompt_len} tokens, {args.new_tokens} new tokens, greedy; median of {args.repeats} alternating calls; "
-          "ms/step = one decoding step for the whole batch, prefill amortised")  # fmt: skip
+    print(
+        f"\nmodel d{cfg.dim} L{cfg.n_layers} H{cfg.n_heads}/{cfg.n_kv_heads} V{cfg.vocab_size}; prompt "
+        f"{args.prompt_len} tokens, {args.new_tokens} new tokens, greedy; median of {args.repeats} alternating calls; "
+        "ms/step = one decoding step for the whole batch, prefill amortised"
+    )
     if not args.no_json:
-        path = write_json("generate", {"machine": info, "args": vars(args), "model": TINY, "greedy_check": check,
-                                       "cases": cases, "table": table})  # fmt: skip
+        path = write_json(
+            "generate",
+            {"machine": info, "args": vars(args), "model": TINY, "greedy_check": check, "cases": cases, "table": table},
+        )
         print(f"wrote {path}")
 
 

@@ -45,8 +45,10 @@ from fromzero.train import grpo  # noqa: E402
 from fromzero.train.loop import read_metrics  # noqa: E402
 
 # model shapes: the tiny preset's, and a ≈1M-parameter one (the orientation figure for TRL)
-SHAPES = {"tiny": dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, max_seq_len=256),
-          "1m": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, max_seq_len=256)}  # fmt: skip
+SHAPES = {
+    "tiny": dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, max_seq_len=256),
+    "1m": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, max_seq_len=256),
+}
 MICRO_BATCH = 16
 
 
@@ -64,11 +66,23 @@ def setup(work: Path, args) -> tuple[Path, Tokenizer, list[Task]]:
 
 
 def grpo_config(args, steps: int) -> grpo.GRPOConfig:
-    return grpo.GRPOConfig(steps=steps, prompts_per_step=args.prompts, num_generations=args.generations,
-                           micro_batch_size=MICRO_BATCH, max_new_tokens=args.new_tokens, seq_len=256,
-                           lr=1e-5, warmup_steps=0, beta=args.beta, loss_type="grpo", precision=args.precision,
-                           rollout_precision=args.rollout_precision,
-                           checkpoint_every=10**6, eval_every=10**6, eval_problems=0)  # fmt: skip
+    return grpo.GRPOConfig(
+        steps=steps,
+        prompts_per_step=args.prompts,
+        num_generations=args.generations,
+        micro_batch_size=MICRO_BATCH,
+        max_new_tokens=args.new_tokens,
+        seq_len=256,
+        lr=1e-5,
+        warmup_steps=0,
+        beta=args.beta,
+        loss_type="grpo",
+        precision=args.precision,
+        rollout_precision=args.rollout_precision,
+        checkpoint_every=10**6,
+        eval_every=10**6,
+        eval_problems=0,
+    )
 
 
 def run_ours(init: Path, tasks: list[Task], work: Path, args, window: int) -> dict:
@@ -76,8 +90,11 @@ def run_ours(init: Path, tasks: list[Task], work: Path, args, window: int) -> di
     grpo.train(grpo_config(args, args.steps), tasks, [], init, out, log=lambda *_: None)
     records = read_metrics(out)
     times = [b["time"] - a["time"] for a, b in zip(records, records[1:])]  # the first step (warm-up) is dropped
-    return {"step_s": times, "rollout_s": [r["rollout_time"] for r in records[1:]],
-            "completion_tokens": median([r["response_length"] for r in records])}  # fmt: skip
+    return {
+        "step_s": times,
+        "rollout_s": [r["rollout_time"] for r in records[1:]],
+        "completion_tokens": median([r["response_length"] for r in records]),
+    }
 
 
 def trl_trainer(init: Path, tok: Tokenizer, tasks: list[Task], work: Path, args, window: int):
@@ -90,11 +107,18 @@ def trl_trainer(init: Path, tok: Tokenizer, tasks: list[Task], work: Path, args,
         hf = hf_llama(checkpoint.load_model(init).cfg)
         hf.load_state_dict(checkpoint.load_model(init).state_dict())
         hf.save_pretrained(model_dir)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(checkpoint.tokenizer_file(init)), bos_token="<|bos|>",
-                                     eos_token="<|end|>", pad_token="<|pad|>", padding_side="left")  # fmt: skip
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(checkpoint.tokenizer_file(init)),
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        padding_side="left",
+    )
     # our chat template as text: its special tokens are special tokens of the HF tokenizer too
     texts = [tok.decode(encode_prompt(tok, t)) for t in tasks]
-    assert hf_tok(texts[0], add_special_tokens=False)["input_ids"] == encode_prompt(tok, tasks[0]), "tokenizers disagree"
+    assert hf_tok(texts[0], add_special_tokens=False)["input_ids"] == encode_prompt(tok, tasks[0]), (
+        "tokenizers disagree"
+    )
     dataset = Dataset.from_list([{"prompt": x, "answer": t.answer} for x, t in zip(texts, tasks)])
 
     def correctness(prompts, completions, answer, **_) -> list[float]:
@@ -109,16 +133,39 @@ def trl_trainer(init: Path, tok: Tokenizer, tasks: list[Task], work: Path, args,
 
     timer = StepTimes()
     config = GRPOConfig(
-        output_dir=str(work / f"trl-{window}"), max_steps=args.steps, per_device_train_batch_size=MICRO_BATCH,
-        gradient_accumulation_steps=args.prompts * args.generations // MICRO_BATCH, num_generations=args.generations,
-        max_completion_length=args.new_tokens, temperature=1.0, beta=args.beta, loss_type="grpo", scale_rewards="group",
-        num_iterations=1, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        use_cpu=True, bf16=args.precision == "bf16", gradient_checkpointing=args.trl_checkpointing, logging_steps=1,
-        report_to="none", save_strategy="no",
-        disable_dropout=True, seed=0, dataloader_num_workers=0,
-    )  # fmt: skip
-    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=correctness, args=config, train_dataset=dataset,
-                          processing_class=hf_tok, callbacks=[timer])  # fmt: skip
+        output_dir=str(work / f"trl-{window}"),
+        max_steps=args.steps,
+        per_device_train_batch_size=MICRO_BATCH,
+        gradient_accumulation_steps=args.prompts * args.generations // MICRO_BATCH,
+        num_generations=args.generations,
+        max_completion_length=args.new_tokens,
+        temperature=1.0,
+        beta=args.beta,
+        loss_type="grpo",
+        scale_rewards="group",
+        num_iterations=1,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        use_cpu=True,
+        bf16=args.precision == "bf16",
+        gradient_checkpointing=args.trl_checkpointing,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_dropout=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=str(model_dir),
+        reward_funcs=correctness,
+        args=config,
+        train_dataset=dataset,
+        processing_class=hf_tok,
+        callbacks=[timer],
+    )
     return trainer, timer
 
 
@@ -143,8 +190,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both trainers (TRL's bf16 flag)")
     parser.add_argument("--trl-checkpointing", action="store_true", help="TRL with gradient checkpointing, its default")
-    parser.add_argument("--rollout-precision", choices=["fp32", "bf16"], default=None,
-                        help="fromzero's grpo.rollout_precision (default: --precision)")
+    parser.add_argument(
+        "--rollout-precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="fromzero's grpo.rollout_precision (default: --precision)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -179,8 +230,12 @@ def main() -> None:
         if not measured["step_s"]:
             continue
         step = median(measured["step_s"])
-        payload[name] = {"step_s_median": step, "completions_per_s": completions / step,
-                         "completion_tokens": median(lengths[name]), **measured}  # fmt: skip
+        payload[name] = {
+            "step_s_median": step,
+            "completions_per_s": completions / step,
+            "completion_tokens": median(lengths[name]),
+            **measured,
+        }
         rollout = f"{median(measured['rollout_s']):.2f}" if measured.get("rollout_s") else "n/a"
         rows.append([name, f"{step:.2f}", rollout, f"{completions / step:.1f}", f"{median(lengths[name]):.1f}"])
     table = print_table(["trainer", "s/step", "of which rollout s", "completions/s", "tokens/completion"], rows)
@@ -188,8 +243,9 @@ def main() -> None:
         print(f"fromzero is {payload['trl']['step_s_median'] / payload['fromzero']['step_s_median']:.2f}x TRL per step")
     if other_cpus > 0.3:
         print(f"warning: other processes kept {other_cpus:.1f} CPUs busy during a window", file=sys.stderr)
-    path = write_json("grpo", {"machine": info, "args": vars(args), "other_cpus": other_cpus, "results": payload,
-                               "table": table})  # fmt: skip
+    path = write_json(
+        "grpo", {"machine": info, "args": vars(args), "other_cpus": other_cpus, "results": payload, "table": table}
+    )
     print(f"results: {path}")
 
 

@@ -29,16 +29,31 @@ from fromzero.model import ModelConfig, RopeScaling, Transformer
 from fromzero.tokenizer import Tokenizer
 
 PROMPTS = ["Mia Landry lives in", "The quick brown fox", "What is 3 plus 4? It is", "Numbers: 12345, 678 and"]
-TEXT = ["The quick brown fox jumps over the lazy dog.", "Mia Landry lives in Oakridge and has a cat named Pip.",
-        "What is 3 plus 4? It is 7.", "Numbers: 12345, 678 and 9."] * 40  # fmt: skip
+TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Mia Landry lives in Oakridge and has a cat named Pip.",
+    "What is 3 plus 4? It is 7.",
+    "Numbers: 12345, 678 and 9.",
+] * 40
 
 
 def tiny_checkpoint(root: Path, name: str, tied: bool, scaling: RopeScaling | None = None) -> Path:
     tok = Tokenizer.train(TEXT, vocab_size=400)
     tok_file = tok.save(root / "tokenizer.json")
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=48, n_layers=3, n_heads=6, n_kv_heads=2,
-                                    hidden_dim=80, max_seq_len=128, tie_embeddings=tied, rope_scaling=scaling))  # fmt: skip
+    model = Transformer(
+        ModelConfig(
+            vocab_size=tok.vocab_size,
+            dim=48,
+            n_layers=3,
+            n_heads=6,
+            n_kv_heads=2,
+            hidden_dim=80,
+            max_seq_len=128,
+            tie_embeddings=tied,
+            rope_scaling=scaling,
+        )
+    )
     with torch.no_grad():  # weights large enough that every layer moves the logits
         for param_name, p in model.named_parameters():
             p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in param_name else 0.15 * torch.randn_like(p))
@@ -55,11 +70,19 @@ def tiny_qwen2(root: Path) -> Path | None:
     out = root / "qwen2"
     tok = Tokenizer.train(TEXT, vocab_size=400)
     tok.save(out)
-    transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), bos_token="<|bos|>",
-                                         eos_token="<|end|>", pad_token="<|pad|>").save_pretrained(out)  # fmt: skip
-    config = transformers.Qwen2Config(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
-                                      tie_word_embeddings=True)  # fmt: skip
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(out / "tokenizer.json"), bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>"
+    ).save_pretrained(out)
+    config = transformers.Qwen2Config(
+        vocab_size=tok.vocab_size,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(config)
     with torch.no_grad():
@@ -81,10 +104,20 @@ def compare(ckpt: Path, out: Path, dtype: str, new_tokens: int = 24) -> bool:
                     p.copy_(p.half().float())
     engine = Engine(model, tok)
     # an f32 KV cache: llama.cpp's default f16 one rounds keys and values (logits then differ by ~3e-3)
-    llm = Llama(model_path=str(path), n_ctx=model.cfg.max_seq_len, logits_all=True, verbose=False, n_threads=2,
-                type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)  # fmt: skip
-    chat = render(tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where does Mia live?"}],
-                  generation_prompt=True)[0]  # fmt: skip
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=model.cfg.max_seq_len,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
+    )
+    chat = render(
+        tok,
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where does Mia live?"}],
+        generation_prompt=True,
+    )[0]
     all_same = True
     for prompt, ids in [(p, engine.encode(p, chat=False)) for p in PROMPTS] + [("(chat template)", chat)]:
         same_tokens = prompt == "(chat template)" or llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids
@@ -101,8 +134,10 @@ def compare(ckpt: Path, out: Path, dtype: str, new_tokens: int = 24) -> bool:
                 break
         same = ours == theirs
         all_same &= same
-        print(f"  {prompt!r}: max |logit diff| {diff:.2e}; tokenizer {'same ids' if same_tokens else 'DIFFERENT ids'}; "
-              f"greedy {new_tokens} tokens {'identical' if same else 'DIFFER'}")  # fmt: skip
+        print(
+            f"  {prompt!r}: max |logit diff| {diff:.2e}; tokenizer {'same ids' if same_tokens else 'DIFFERENT ids'}; "
+            f"greedy {new_tokens} tokens {'identical' if same else 'DIFFER'}"
+        )
         if not same:
             print(f"    fromzero  {ours}\n    llama.cpp {theirs}")
     return all_same
@@ -116,17 +151,28 @@ def main() -> int:
     try:
         import llama_cpp
     except ModuleNotFoundError:
-        print("llama_cpp is not installed: pip install llama-cpp-python (it compiles llama.cpp: a C/C++ compiler and "
-              "cmake are needed, and a few minutes)")  # fmt: skip
+        print(
+            "llama_cpp is not installed: pip install llama-cpp-python (it compiles llama.cpp: a C/C++ compiler and "
+            "cmake are needed, and a few minutes)"
+        )
         return 1
     print(f"llama-cpp-python {llama_cpp.__version__}")
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        ckpts = [args.ckpt] if args.ckpt else [
-            tiny_checkpoint(Path(tmp), "tied", True),
-            tiny_checkpoint(Path(tmp), "untied-llama3-rope", False, RopeScaling(type="llama3", factor=4.0, original_max_position_embeddings=32)),
-            tiny_checkpoint(Path(tmp), "tied-linear-rope", True, RopeScaling(type="linear", factor=2.0)),
-        ]  # fmt: skip
+        ckpts = (
+            [args.ckpt]
+            if args.ckpt
+            else [
+                tiny_checkpoint(Path(tmp), "tied", True),
+                tiny_checkpoint(
+                    Path(tmp),
+                    "untied-llama3-rope",
+                    False,
+                    RopeScaling(type="llama3", factor=4.0, original_max_position_embeddings=32),
+                ),
+                tiny_checkpoint(Path(tmp), "tied-linear-rope", True, RopeScaling(type="linear", factor=2.0)),
+            ]
+        )
         if not args.ckpt and (qwen2 := tiny_qwen2(Path(tmp))) is not None:
             ckpts.append(f"hf:{qwen2}")
         for i, ckpt in enumerate(ckpts):

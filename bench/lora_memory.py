@@ -45,7 +45,9 @@ def child(args) -> dict:
     """One contender in this process: its peak memory above the process's baseline and its step times."""
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(precision=args.precision, micro_batch_size=args.batch, seq_len=args.seq_len, lr=1e-4)
-    data = torch.randint(0, SHAPE["vocab_size"], (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
+    data = torch.randint(
+        0, SHAPE["vocab_size"], (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(0)
+    )
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
     baseline = status_kib("VmRSS")
     torch.manual_seed(0)
@@ -78,10 +80,16 @@ def child(args) -> dict:
     moments = nbytes(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim())
     # one more step under the profiler: the most bytes its tensors held at once, above the weights and AdamW's
     # moments that live across steps (RSS also counts what the allocator keeps after a free)
-    return {"mode": args.mode, "tensor_peak_mib": (nbytes(params) + moments + step_peak_bytes(step)) / 2**20,
-            "rss_peak_mib": rss_peak, "step_s": median(times),
-            "state_mib": (nbytes(params) + nbytes(trainable) + moments) / 2**20, "params": sum(p.numel() for p in params),
-            "trainable": sum(p.numel() for p in trainable), "loss": loss}  # fmt: skip
+    return {
+        "mode": args.mode,
+        "tensor_peak_mib": (nbytes(params) + moments + step_peak_bytes(step)) / 2**20,
+        "rss_peak_mib": rss_peak,
+        "step_s": median(times),
+        "state_mib": (nbytes(params) + nbytes(trainable) + moments) / 2**20,
+        "params": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in trainable),
+        "loss": loss,
+    }
 
 
 def step_peak_bytes(step) -> int:
@@ -127,30 +135,67 @@ def main() -> None:
     for _ in range(args.rounds):
         for mode in runs:
             with OtherLoad() as load:
-                out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--mode", mode], check=True,
-                                     capture_output=True, text=True).stdout  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, __file__, *sys.argv[1:], "--mode", mode],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
             runs[mode].append(json.loads(out.splitlines()[-1]))
             worst = max(worst, load.cpus)
             print(f"{mode}: {runs[mode][-1]}", file=sys.stderr)
-    summary = {mode: {"tensor_peak_mib": median([r["tensor_peak_mib"] for r in rs]),
-                      "rss_peak_mib": median([r["rss_peak_mib"] for r in rs]), "step_s": median([r["step_s"] for r in rs]),
-                      "state_mib": rs[0]["state_mib"], "params": rs[0]["params"], "trainable": rs[0]["trainable"]}
-               for mode, rs in runs.items()}  # fmt: skip
+    summary = {
+        mode: {
+            "tensor_peak_mib": median([r["tensor_peak_mib"] for r in rs]),
+            "rss_peak_mib": median([r["rss_peak_mib"] for r in rs]),
+            "step_s": median([r["step_s"] for r in rs]),
+            "state_mib": rs[0]["state_mib"],
+            "params": rs[0]["params"],
+            "trainable": rs[0]["trainable"],
+        }
+        for mode, rs in runs.items()
+    }
     full, low = summary["full"], summary["lora"]
-    shape = (f"d{SHAPE['dim']} L{SHAPE['n_layers']} H{SHAPE['n_heads']}/{SHAPE['n_kv_heads']}, vocab "
-             f"{SHAPE['vocab_size']}, {full['params'] / 1e6:.1f}M params, batch {args.batch}×{args.seq_len}, {args.precision}")  # fmt: skip
+    shape = (
+        f"d{SHAPE['dim']} L{SHAPE['n_layers']} H{SHAPE['n_heads']}/{SHAPE['n_kv_heads']}, vocab "
+        f"{SHAPE['vocab_size']}, {full['params'] / 1e6:.1f}M params, batch {args.batch}×{args.seq_len}, {args.precision}"
+    )
     print(shape)
     rows = []
     for name, s in (("full fine-tuning", full), (f"LoRA r={args.rank}", low)):
-        rows.append([name, f"{s['trainable']:,}", f"{s['state_mib']:.0f}", f"{s['tensor_peak_mib']:.0f}",
-                     f"{s['rss_peak_mib']:.0f}", f"{s['step_s']:.3f}"])  # fmt: skip
-    rows.append(["LoRA / full"] + [f"{low[k] / full[k]:.{4 if k == 'trainable' else 2}f}"
-                                   for k in ("trainable", "state_mib", "tensor_peak_mib", "rss_peak_mib", "step_s")])  # fmt: skip
-    print_table(["", "trainable params", "weights + grads + AdamW MiB", "peak tensor MiB", "peak RSS MiB", "step s"], rows)
+        rows.append(
+            [
+                name,
+                f"{s['trainable']:,}",
+                f"{s['state_mib']:.0f}",
+                f"{s['tensor_peak_mib']:.0f}",
+                f"{s['rss_peak_mib']:.0f}",
+                f"{s['step_s']:.3f}",
+            ]
+        )
+    rows.append(
+        ["LoRA / full"]
+        + [
+            f"{low[k] / full[k]:.{4 if k == 'trainable' else 2}f}"
+            for k in ("trainable", "state_mib", "tensor_peak_mib", "rss_peak_mib", "step_s")
+        ]
+    )
+    print_table(
+        ["", "trainable params", "weights + grads + AdamW MiB", "peak tensor MiB", "peak RSS MiB", "step s"], rows
+    )
     print(f"other processes used up to {worst:.2f} CPUs during a run")
     if not args.no_json:
-        path = write_json("lora-memory", {"machine": info, "args": vars(args), "shape": SHAPE, "runs": runs,
-                                          "summary": summary, "other_cpus": worst})  # fmt: skip
+        path = write_json(
+            "lora-memory",
+            {
+                "machine": info,
+                "args": vars(args),
+                "shape": SHAPE,
+                "runs": runs,
+                "summary": summary,
+                "other_cpus": worst,
+            },
+        )
         print(f"wrote {path}")
 
 

@@ -64,9 +64,19 @@ CORPORA = {
     "shakespeare": SHARED / "tinyshakespeare" / "input.txt",
     "pride": SHARED / "gutenberg" / "pg1342.txt",  # Project Gutenberg boilerplate stripped, CRLF -> LF
 }
-NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
-                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
-                "--n_embd=128", "--dropout=0.0"]  # fmt: skip
+NANOGPT_ARGS = [
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=1",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--dropout=0.0",
+]
 ITER = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms")
 EVAL = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
@@ -76,7 +86,7 @@ def corpus_text(name: str, path: Path) -> str:
     if name == "pride":
         text = text.replace("\r\n", "\n")
         start = text.index("\n", text.index("*** START OF THE PROJECT GUTENBERG EBOOK")) + 1
-        text = text[start:text.index("*** END OF THE PROJECT GUTENBERG EBOOK")].strip() + "\n"
+        text = text[start : text.index("*** END OF THE PROJECT GUTENBERG EBOOK")].strip() + "\n"
     return text
 
 
@@ -98,8 +108,11 @@ def run_logged(cmd: list[str], log: Path, cwd: Path, env: dict) -> tuple[str, di
     if proc.returncode:
         sys.exit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}); the end of {log}:\n{out[-3000:]}")
     wall = end[0] - start[0]
-    load = {"wall_s": round(wall, 1), "cpus_ours": round((end[2] - start[2]) / wall, 2),
-            "cpus_others": round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / wall, 2)}  # fmt: skip
+    load = {
+        "wall_s": round(wall, 1),
+        "cpus_ours": round((end[2] - start[2]) / wall, 2),
+        "cpus_others": round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / wall, 2),
+    }
     return out, load
 
 
@@ -129,10 +142,23 @@ def fromzero_run(args, budget: float, data: Path, sets: list[str], out: Path, en
     val = open_split(data, "val")
     n_windows = (len(val) - 1) // cfg.seq_len
     val_batches = math.ceil(n_windows / cfg.micro_batch_size)
-    run_sets = [*sets, f"pretrain.time_budget={budget:g}", f"eval.val_batches={val_batches}",
-                "pretrain.eval_every=100000000", "pretrain.checkpoint_every=100000000"]  # fmt: skip
-    cmd = [str(REPO / ".venv/bin/fromzero"), "pretrain", "--preset", args.preset, "--data", str(data),
-           "--out", str(out)]  # fmt: skip
+    run_sets = [
+        *sets,
+        f"pretrain.time_budget={budget:g}",
+        f"eval.val_batches={val_batches}",
+        "pretrain.eval_every=100000000",
+        "pretrain.checkpoint_every=100000000",
+    ]
+    cmd = [
+        str(REPO / ".venv/bin/fromzero"),
+        "pretrain",
+        "--preset",
+        args.preset,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
     _, load = run_logged(cmd + [a for s in run_sets for a in ("--set", s)], out.parent / f"{out.name}.log", REPO, env)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     steps = [r for r in rows if "loss" in r]
@@ -144,13 +170,22 @@ def fromzero_run(args, budget: float, data: Path, sets: list[str], out: Path, en
     targets = np.concatenate([val.slice(i * cfg.seq_len + 1, cfg.seq_len) for i in range(n_windows)])
     train_tokens = len(open_split(data, "train"))
     return {
-        "system": "fromzero", "steps": steps[-1]["step"], "train_seconds": steps[-1]["time"],
-        "tokens": steps[-1]["step"] * cfg.batch_tokens, "batch_tokens": cfg.batch_tokens, "seq_len": cfg.seq_len,
+        "system": "fromzero",
+        "steps": steps[-1]["step"],
+        "train_seconds": steps[-1]["time"],
+        "tokens": steps[-1]["step"] * cfg.batch_tokens,
+        "batch_tokens": cfg.batch_tokens,
+        "seq_len": cfg.seq_len,
         "epochs": steps[-1]["step"] * cfg.batch_tokens / train_tokens,
         "final_train_loss": statistics.mean(r["loss"] for r in steps[-10:]),
-        "val_loss": final["val_loss"], "val_bpb": final["val_bpb"], "val_bytes_scored": int(token_bytes[targets].sum()),
-        "val_tokens": len(val), "train_tokens": train_tokens, "load": load, "sets": run_sets,
-    }  # fmt: skip
+        "val_loss": final["val_loss"],
+        "val_bpb": final["val_bpb"],
+        "val_bytes_scored": int(token_bytes[targets].sum()),
+        "val_tokens": len(val),
+        "train_tokens": train_tokens,
+        "load": load,
+        "sets": run_sets,
+    }
 
 
 # ---------------------------------------------------------------- nanoGPT
@@ -172,8 +207,16 @@ def nanogpt_prepare(text: str, nanogpt: Path, name: str) -> tuple[Path, dict]:
 
 
 def nanogpt_cmd(args, name: str, out_dir: Path, iters: int, eval_interval: int) -> list[str]:
-    return [sys.executable, "train.py", *NANOGPT_ARGS, f"--dataset={name}", f"--out_dir={out_dir}",
-            f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={eval_interval}"]  # fmt: skip
+    return [
+        sys.executable,
+        "train.py",
+        *NANOGPT_ARGS,
+        f"--dataset={name}",
+        f"--out_dir={out_dir}",
+        f"--max_iters={iters}",
+        f"--lr_decay_iters={iters}",
+        f"--eval_interval={eval_interval}",
+    ]
 
 
 def parse_iters(out: str) -> list[tuple[int, float, float]]:
@@ -182,8 +225,12 @@ def parse_iters(out: str) -> list[tuple[int, float, float]]:
 
 def nanogpt_run(args, budget: float, name: str, text_val: str, out: Path, env: dict) -> dict:
     # the probe: the same command for probe_iters iterations; its per-iteration time fixes max_iters
-    probe_out, _ = run_logged(nanogpt_cmd(args, name, out / "probe", args.nanogpt_probe, 10**9),
-                              out.parent / f"{out.name}-probe.log", args.nanogpt, env)  # fmt: skip
+    probe_out, _ = run_logged(
+        nanogpt_cmd(args, name, out / "probe", args.nanogpt_probe, 10**9),
+        out.parent / f"{out.name}-probe.log",
+        args.nanogpt,
+        env,
+    )
     per_iter = statistics.median(dt for i, _, dt in parse_iters(probe_out) if i > 0)
     iters = max(1, int(budget / per_iter))
     print(f"    nanoGPT probe: {per_iter * 1e3:.1f} ms an iteration -> max_iters {iters}", flush=True)
@@ -195,13 +242,21 @@ def nanogpt_run(args, budget: float, name: str, text_val: str, out: Path, env: d
     own_eval = [m for m in map(EVAL.match, text.splitlines()) if m][-1]
     val_loss, val_bpb, scored = nanogpt_score(args.nanogpt, out / "ckpt.pt", args.nanogpt / "data" / name, text_val)
     return {
-        "system": "nanoGPT", "steps": iters, "train_seconds": train_seconds, "probe_ms_per_iter": per_iter * 1e3,
-        "tokens": iters * 12 * 64, "batch_tokens": 12 * 64, "seq_len": 64,
+        "system": "nanoGPT",
+        "steps": iters,
+        "train_seconds": train_seconds,
+        "probe_ms_per_iter": per_iter * 1e3,
+        "tokens": iters * 12 * 64,
+        "batch_tokens": 12 * 64,
+        "seq_len": 64,
         "epochs": iters * 12 * 64 / (len(np.fromfile(args.nanogpt / "data" / name / "train.bin", dtype=np.uint16))),
         "final_train_loss": statistics.mean(loss for i, loss, _ in logged if iters - 10 <= i < iters),
         "own_estimate": {"step": int(own_eval[1]), "train_loss": float(own_eval[2]), "val_loss": float(own_eval[3])},
-        "val_loss": val_loss, "val_bpb": val_bpb, "val_bytes_scored": scored, "load": load,
-    }  # fmt: skip
+        "val_loss": val_loss,
+        "val_bpb": val_bpb,
+        "val_bytes_scored": scored,
+        "load": load,
+    }
 
 
 @torch.no_grad()
@@ -245,8 +300,12 @@ def main() -> None:
     p.add_argument("--nanogpt-probe", type=int, default=30, help="iterations of nanoGPT's probe run")
     p.add_argument("--max-load", type=float, default=0.25, help="run again when other processes used more CPUs")
     p.add_argument("--retries", type=int, default=1, help="runs again at most this many times (the last one is kept)")
-    p.add_argument("--wait-quiet", type=float, default=600, help="before each run, wait at most this long for other "
-                   "processes to use under --max-load CPUs")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=600,
+        help="before each run, wait at most this long for other processes to use under --max-load CPUs",
+    )
     p.add_argument("--systems", nargs="+", choices=["fromzero", "nanoGPT"], default=["fromzero", "nanoGPT"])
     args = p.parse_args()
     args.nanogpt = args.nanogpt.resolve()
@@ -261,14 +320,31 @@ def main() -> None:
     cut = int(len(text) * 0.9)  # prepare.py's split, by characters
     (text_dir / "train.txt").write_text(text[:cut], encoding="utf-8")
     (text_dir / "val.txt").write_text(text[cut:], encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}  # fmt: skip
-    info = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-            "python": sys.version.split()[0], "corpus": args.corpus, "file": str(CORPORA[args.corpus]),
-            "chars": len(text), "val_chars": len(text) - cut, "val_bytes": len(text[cut:].encode())}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONUNBUFFERED": "1",
+        "TQDM_DISABLE": "1",
+    }
+    info = {
+        "cpu": cpu_name(),
+        "logical_cpus": os.cpu_count(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "corpus": args.corpus,
+        "file": str(CORPORA[args.corpus]),
+        "chars": len(text),
+        "val_chars": len(text) - cut,
+        "val_bytes": len(text[cut:].encode()),
+    }
     print(f"{info['cpu']} · {info['logical_cpus']} CPUs · {args.threads} threads · torch {info['torch']}")
-    print(f"{args.corpus}: {len(text):,} characters, validation: the last {info['val_chars']:,} "
-          f"({info['val_bytes']:,} bytes)", flush=True)  # fmt: skip
+    print(
+        f"{args.corpus}: {len(text):,} characters, validation: the last {info['val_chars']:,} "
+        f"({info['val_bytes']:,} bytes)",
+        flush=True,
+    )
 
     ng_name = f"fzbench_{args.corpus}"
     _, info["nanogpt_data"] = nanogpt_prepare(text, args.nanogpt, ng_name)
@@ -288,19 +364,29 @@ def main() -> None:
                         r = fromzero_run(args, budget, data, sets, out, env)
                     else:
                         r = nanogpt_run(args, budget, ng_name, text[cut:], out, env)
-                    r.update(budget=budget_text, budget_s=budget, repeat=rep, attempt=attempt, waited_s=waited,
-                             wall_s=time.perf_counter() - t)  # fmt: skip
-                    print(f"  {budget_text} {system:8s}: val {r['val_bpb']:.4f} bpb ({r['val_loss']:.4f} nats/token), "
-                          f"{r['steps']} steps, {r['tokens']:,} tokens, {r['train_seconds']:.0f} s training, "
-                          f"{r['wall_s']:.0f} s wall, other processes {r['load']['cpus_others']:.2f} CPUs",
-                          flush=True)  # fmt: skip
+                    r.update(
+                        budget=budget_text,
+                        budget_s=budget,
+                        repeat=rep,
+                        attempt=attempt,
+                        waited_s=waited,
+                        wall_s=time.perf_counter() - t,
+                    )
+                    print(
+                        f"  {budget_text} {system:8s}: val {r['val_bpb']:.4f} bpb ({r['val_loss']:.4f} nats/token), "
+                        f"{r['steps']} steps, {r['tokens']:,} tokens, {r['train_seconds']:.0f} s training, "
+                        f"{r['wall_s']:.0f} s wall, other processes {r['load']['cpus_others']:.2f} CPUs",
+                        flush=True,
+                    )
                     r["kept"] = r["load"]["cpus_others"] <= args.max_load or attempt == args.retries
                     runs.append(r)
                     write(work, info, args, runs)
                     if r["kept"]:
                         break
-                    print(f"    other processes kept {r['load']['cpus_others']:.2f} CPUs busy: running it again",
-                          flush=True)
+                    print(
+                        f"    other processes kept {r['load']['cpus_others']:.2f} CPUs busy: running it again",
+                        flush=True,
+                    )
 
     rows = []
     for budget_text in args.budgets:
@@ -309,14 +395,29 @@ def main() -> None:
             if len(got) < 2:
                 continue
             fz, ng = got["fromzero"], got["nanoGPT"]
-            rows.append([budget_text, f"{fz['val_bpb']:.3f}", f"{ng['val_bpb']:.3f}",
-                         f"{fz['val_bpb'] / ng['val_bpb']:.3f}",
-                         f"{fz['steps']} × {fz['batch_tokens']}", f"{ng['steps']} × {ng['batch_tokens']}",
-                         f"{fz['train_seconds']:.0f} / {ng['train_seconds']:.0f}",
-                         f"{fz['load']['cpus_others']:.2f} / {ng['load']['cpus_others']:.2f}"])  # fmt: skip
+            rows.append(
+                [
+                    budget_text,
+                    f"{fz['val_bpb']:.3f}",
+                    f"{ng['val_bpb']:.3f}",
+                    f"{fz['val_bpb'] / ng['val_bpb']:.3f}",
+                    f"{fz['steps']} × {fz['batch_tokens']}",
+                    f"{ng['steps']} × {ng['batch_tokens']}",
+                    f"{fz['train_seconds']:.0f} / {ng['train_seconds']:.0f}",
+                    f"{fz['load']['cpus_others']:.2f} / {ng['load']['cpus_others']:.2f}",
+                ]
+            )
     print()
-    headers = ["budget", "fromzero bpb", "nanoGPT bpb", "ratio", "fromzero steps × tokens", "nanoGPT steps × chars",
-               "train s (fz / ng)", "other CPUs (fz / ng)"]  # fmt: skip
+    headers = [
+        "budget",
+        "fromzero bpb",
+        "nanoGPT bpb",
+        "ratio",
+        "fromzero steps × tokens",
+        "nanoGPT steps × chars",
+        "train s (fz / ng)",
+        "other CPUs (fz / ng)",
+    ]
     table = print_table(headers, rows) if rows else ""
     path = write(work, info, args, runs, table)
     print(f"wrote {path}")

@@ -38,8 +38,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     shutil.rmtree(args.out, ignore_errors=True)
-    cfg = load_config(args.preset, [f"pretrain.steps={args.steps}", f"pretrain.eval_every={args.steps}",
-                                    f"pretrain.checkpoint_every={args.steps}"])  # fmt: skip
+    cfg = load_config(
+        args.preset,
+        [
+            f"pretrain.steps={args.steps}",
+            f"pretrain.eval_every={args.steps}",
+            f"pretrain.checkpoint_every={args.steps}",
+        ],
+    )
     data = args.out / "data"
     build(cfg, data, progress=False)
     model = pretrain.init_model(cfg.model, Tokenizer.load(data), cfg.seed)
@@ -62,12 +68,24 @@ def main() -> None:
             "losses": [r["loss"] for r in train],
         }
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.out.parent / f"precision-{stamp}.json").write_text(json.dumps({"preset": args.preset, "steps": args.steps,
-                                                                          "torch": torch.__version__, "cpu": torch.cpu.get_capabilities().get("cpu_name"),
-                                                                          "native_bf16": native_bf16(torch.device("cpu")), **results}, indent=2))  # fmt: skip
+    (args.out.parent / f"precision-{stamp}.json").write_text(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "steps": args.steps,
+                "torch": torch.__version__,
+                "cpu": torch.cpu.get_capabilities().get("cpu_name"),
+                "native_bf16": native_bf16(torch.device("cpu")),
+                **results,
+            },
+            indent=2,
+        )
+    )
     fig, ax = plt.subplots(figsize=(6, 4))
     for precision, r in results.items():
-        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{precision} ({r['tokens_per_s_median']:.0f} tok/s)")
+        ax.plot(
+            range(1, len(r["losses"]) + 1), r["losses"], label=f"{precision} ({r['tokens_per_s_median']:.0f} tok/s)"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
     ax.set_yscale("log")
@@ -75,10 +93,14 @@ def main() -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(args.out.parent / f"precision-{stamp}.png", dpi=110)
-    print(f"{'precision':>9} {'tok/s':>8} {'MFU':>6} {'loss(last10)':>13} {'val_loss':>9} {'val_bpb':>8} {'seconds':>8}")
+    print(
+        f"{'precision':>9} {'tok/s':>8} {'MFU':>6} {'loss(last10)':>13} {'val_loss':>9} {'val_bpb':>8} {'seconds':>8}"
+    )
     for precision, r in results.items():
-        print(f"{precision:>9} {r['tokens_per_s_median']:>8.0f} {r['mfu_median']:>6.1%} {r['final_loss_mean_last10']:>13.4f} "
-              f"{r['val_loss']:>9.4f} {r['val_bpb']:>8.4f} {r['seconds']:>8.1f}")
+        print(
+            f"{precision:>9} {r['tokens_per_s_median']:>8.0f} {r['mfu_median']:>6.1%} {r['final_loss_mean_last10']:>13.4f} "
+            f"{r['val_loss']:>9.4f} {r['val_bpb']:>8.4f} {r['seconds']:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -105,12 +105,23 @@ def bench_case(shape: str, precision: str, args, peaks: dict) -> dict:
     flops_per_token = cfg.flops_per_token(seq)
     peak = peaks[precision]
     out = {
-        "shape": shape, "precision": precision, "dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-        "n_kv_heads": cfg.n_kv_heads, "ffn_dim": cfg.ffn_dim, "vocab_size": cfg.vocab_size, "batch": batch,
-        "seq_len": seq, "params": cfg.num_params(), "flops_per_token": flops_per_token,
-        "steps_per_window": n_steps, "windows": args.windows, "other_cpus": load["other_cpus"],
+        "shape": shape,
+        "precision": precision,
+        "dim": cfg.dim,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "ffn_dim": cfg.ffn_dim,
+        "vocab_size": cfg.vocab_size,
+        "batch": batch,
+        "seq_len": seq,
+        "params": cfg.num_params(),
+        "flops_per_token": flops_per_token,
+        "steps_per_window": n_steps,
+        "windows": args.windows,
+        "other_cpus": load["other_cpus"],
         "rounds_dropped_for_load": load["dropped"],
-    }  # fmt: skip
+    }
     for name, xs in tok_s.items():
         out[name] = {"tokens_per_s": median(xs), "mfu": median(xs) * flops_per_token / peak, "windows_tokens_per_s": xs}
     out["speedup"] = out["ours"]["tokens_per_s"] / out["hf"]["tokens_per_s"]
@@ -130,8 +141,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
-    print(f"{info['cpu']} · {info['logical_cpus']} CPUs · {args.threads} threads · torch {info['torch']} · "
-          f"transformers {info['transformers']}")  # fmt: skip
+    print(
+        f"{info['cpu']} · {info['logical_cpus']} CPUs · {args.threads} threads · torch {info['torch']} · "
+        f"transformers {info['transformers']}"
+    )
     warn_if_busy(info)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peak_info = {prec: matmul_peak(dtypes[prec]) for prec in args.precision}
@@ -145,27 +158,38 @@ def main() -> None:
             t = time.perf_counter()
             case = bench_case(shape, prec, args, peaks)
             cases.append(case)
-            print(f"  {shape:7s} {prec}: ours {fmt_k(case['ours']['tokens_per_s'])} tok/s, "
-                  f"HF {fmt_k(case['hf']['tokens_per_s'])} tok/s ({time.perf_counter() - t:.0f}s)"
-                  + load_notes(case),
-                  flush=True)  # fmt: skip
+            print(
+                f"  {shape:7s} {prec}: ours {fmt_k(case['ours']['tokens_per_s'])} tok/s, "
+                f"HF {fmt_k(case['hf']['tokens_per_s'])} tok/s ({time.perf_counter() - t:.0f}s)" + load_notes(case),
+                flush=True,
+            )
 
     print()
     headers = ["shape", "batch", "vocab", "params", "prec", "ours tok/s", "HF tok/s", "ours/HF", "ours MFU", "HF MFU"]
     rows = [
         [
-            f"d{c['dim']} L{c['n_layers']} H{c['n_heads']}/{c['n_kv_heads']}", f"{c['batch']}×{c['seq_len']}",
-            c["vocab_size"], f"{c['params'] / 1e6:.2f}M", c["precision"], fmt_k(c["ours"]["tokens_per_s"]),
-            fmt_k(c["hf"]["tokens_per_s"]), f"{c['speedup']:.2f}×", f"{c['ours']['mfu']:.0%}", f"{c['hf']['mfu']:.0%}",
+            f"d{c['dim']} L{c['n_layers']} H{c['n_heads']}/{c['n_kv_heads']}",
+            f"{c['batch']}×{c['seq_len']}",
+            c["vocab_size"],
+            f"{c['params'] / 1e6:.2f}M",
+            c["precision"],
+            fmt_k(c["ours"]["tokens_per_s"]),
+            fmt_k(c["hf"]["tokens_per_s"]),
+            f"{c['speedup']:.2f}×",
+            f"{c['ours']['mfu']:.0%}",
+            f"{c['hf']['mfu']:.0%}",
         ]
         for c in cases
-    ]  # fmt: skip
+    ]
     table = print_table(headers, rows)
-    print(f"\nmedian of {args.windows} alternating windows; MFU against the measured matmul peak "
-          f"(fp32 {peaks.get('fp32', 0) / 1e9:.0f}, bf16 {peaks.get('bf16', 0) / 1e9:.0f} GFLOP/s)")  # fmt: skip
+    print(
+        f"\nmedian of {args.windows} alternating windows; MFU against the measured matmul peak "
+        f"(fp32 {peaks.get('fp32', 0) / 1e9:.0f}, bf16 {peaks.get('bf16', 0) / 1e9:.0f} GFLOP/s)"
+    )
     if not args.no_json:
-        path = write_json("pretrain", {"machine": info, "args": vars(args), "matmul_peak": peak_info, "cases": cases,
-                                       "table": table})  # fmt: skip
+        path = write_json(
+            "pretrain", {"machine": info, "args": vars(args), "matmul_peak": peak_info, "cases": cases, "table": table}
+        )
         print(f"wrote {path}")
 
 

@@ -73,9 +73,16 @@ def build_checkpoint(directory: Path, seed: int) -> tuple[Path, dict]:
     cfg = ModelConfig(**preset["model"], vocab_size=tok.vocab_size)
     torch.manual_seed(seed)
     ckpt = checkpoint.save(directory / "init", 0, Transformer(cfg), tokenizer_file=tok_file, meta={"stage": "init"})
-    shape = {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
-             "ffn_dim": cfg.ffn_dim, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
-             "params": cfg.num_params()}  # fmt: skip
+    shape = {
+        "dim": cfg.dim,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "ffn_dim": cfg.ffn_dim,
+        "vocab_size": cfg.vocab_size,
+        "max_seq_len": cfg.max_seq_len,
+        "params": cfg.num_params(),
+    }
     return ckpt, shape
 
 
@@ -96,8 +103,24 @@ class Server:
     def __init__(self, ckpt: Path, workdir: Path, max_batch: int, max_tokens: int, threads: int):
         self.port = free_port()
         self.log_path = workdir / f"serve-b{max_batch}-{self.port}.log"
-        cmd = [sys.executable, "-m", "fromzero", "serve", "--ckpt", str(ckpt), "--db", str(workdir / f"votes-{self.port}.sqlite"),
-               "--port", str(self.port), "--max-batch", str(max_batch), "--max-tokens", str(max_tokens), "--device", "cpu"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "fromzero",
+            "serve",
+            "--ckpt",
+            str(ckpt),
+            "--db",
+            str(workdir / f"votes-{self.port}.sqlite"),
+            "--port",
+            str(self.port),
+            "--max-batch",
+            str(max_batch),
+            "--max-tokens",
+            str(max_tokens),
+            "--device",
+            "cpu",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         env.pop("FROMZERO_API_KEY", None)
         self.log = self.log_path.open("w")
@@ -143,16 +166,31 @@ def own_cpu() -> float:
 # ---------------------------------------------------------------------------------------------- the clients
 
 
-PROMPTS = ["Tell me a story about a dragon.", "What is the capital of France?", "Write a poem about the sea.",
-           "Explain how a bicycle works.", "List three uses of a brick.", "Why is the sky blue?",
-           "Describe your favourite meal.", "How do plants grow?"]  # fmt: skip
+PROMPTS = [
+    "Tell me a story about a dragon.",
+    "What is the capital of France?",
+    "Write a poem about the sea.",
+    "Explain how a bicycle works.",
+    "List three uses of a brick.",
+    "Why is the sky blue?",
+    "Describe your favourite meal.",
+    "How do plants grow?",
+]
 
 
 def stream_one(conn: http.client.HTTPConnection, model: str, prompt: str, max_tokens: int, seed: int) -> dict:
     """One streaming chat completion; times (from the request being sent) of its first content delta and end."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
-                       "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "temperature": 1.0,
-                       "seed": seed}).encode()  # fmt: skip
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": max_tokens,
+            "temperature": 1.0,
+            "seed": seed,
+        }
+    ).encode()
     t0 = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -183,8 +221,14 @@ def stream_one(conn: http.client.HTTPConnection, model: str, prompt: str, max_to
             tokens = event["usage"]["completion_tokens"]
     resp.read()
     end = time.perf_counter() - t0
-    return {"ttft": first if first is not None else end, "latency": end, "tokens": tokens, "chunks": chunks,
-            "finish_reason": finish, "sent": t0}  # fmt: skip
+    return {
+        "ttft": first if first is not None else end,
+        "latency": end,
+        "tokens": tokens,
+        "chunks": chunks,
+        "finish_reason": finish,
+        "sent": t0,
+    }
 
 
 def load(port: int, model: str, clients: int, requests: int, max_tokens: int, seed0: int) -> dict:
@@ -242,13 +286,15 @@ def measure(server: Server, clients: int, args, seed0: int) -> dict:
         "ttft_median_s": statistics.median(ttft),
         "ttft_p90_s": p90(ttft),
         "latency_median_s": statistics.median(r["latency"] for r in reqs),
-        "per_stream_tokens_per_s": statistics.median((r["tokens"] - 1) / (r["latency"] - r["ttft"]) for r in reqs if r["tokens"] > 1),
+        "per_stream_tokens_per_s": statistics.median(
+            (r["tokens"] - 1) / (r["latency"] - r["ttft"]) for r in reqs if r["tokens"] > 1
+        ),
         "content_chunks_per_request": sum(r["chunks"] for r in reqs) / len(reqs),
         "server_cpus": (srv1 - srv0) / wall,
         "client_cpus": (own1 - own0) / wall,
         "other_cpus": max(0.0, (busy1 - busy0) - (srv1 - srv0) - (own1 - own0)) / wall,
         "ttft_s": ttft,
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -272,7 +318,9 @@ def main() -> None:
     concurrencies = [int(c) for c in args.clients.split(",")]
 
     info = machine_info(args.threads)
-    print(f"{info['cpu']} · {info['logical_cpus']} CPUs · server OMP_NUM_THREADS={args.threads} · torch {info['torch']}")
+    print(
+        f"{info['cpu']} · {info['logical_cpus']} CPUs · server OMP_NUM_THREADS={args.threads} · torch {info['torch']}"
+    )
     warn_if_busy(info)
     servers = {"cb": args.max_batch, "one": args.baseline_batch}
     names = {"cb": f"max-batch {args.max_batch}", "one": f"max-batch {args.baseline_batch}"}
@@ -284,8 +332,10 @@ def main() -> None:
             ckpt, shape = args.ckpt, {"checkpoint": str(args.ckpt)}
         else:
             ckpt, shape = build_checkpoint(work, args.seed)
-            print(f"model: random weights, d{shape['dim']} L{shape['n_layers']} H{shape['n_heads']}/{shape['n_kv_heads']} "
-                  f"vocab {shape['vocab_size']}, {shape['params'] / 1e6:.2f}M params")  # fmt: skip
+            print(
+                f"model: random weights, d{shape['dim']} L{shape['n_layers']} H{shape['n_heads']}/{shape['n_kv_heads']} "
+                f"vocab {shape['vocab_size']}, {shape['params'] / 1e6:.2f}M params"
+            )
         for rnd in range(args.rounds):
             for key, batch in servers.items():
                 t0 = time.perf_counter()
@@ -301,11 +351,18 @@ def main() -> None:
                                 break
                             time.sleep(1.0)
                         runs[key][c].append(case)
-                        note = f"  [other processes: {case['other_cpus']:.2f} CPUs]" if case["other_cpus"] > args.max_load else ""
-                        print(f"  round {rnd + 1} {names[key]:>12}, {c:2d} clients: {fmt_k(case['tokens_per_s'])} tok/s, "
-                              f"TTFT median {1000 * case['ttft_median_s']:.0f} ms p90 {1000 * case['ttft_p90_s']:.0f} ms, "
-                              f"{case['mean_completion_tokens']:.1f} tokens/request, server {case['server_cpus']:.2f} CPUs, "
-                              f"client {case['client_cpus']:.2f}{note}", flush=True)  # fmt: skip
+                        note = (
+                            f"  [other processes: {case['other_cpus']:.2f} CPUs]"
+                            if case["other_cpus"] > args.max_load
+                            else ""
+                        )
+                        print(
+                            f"  round {rnd + 1} {names[key]:>12}, {c:2d} clients: {fmt_k(case['tokens_per_s'])} tok/s, "
+                            f"TTFT median {1000 * case['ttft_median_s']:.0f} ms p90 {1000 * case['ttft_p90_s']:.0f} ms, "
+                            f"{case['mean_completion_tokens']:.1f} tokens/request, server {case['server_cpus']:.2f} CPUs, "
+                            f"client {case['client_cpus']:.2f}{note}",
+                            flush=True,
+                        )
                 finally:
                     server.close()
                 print(f"  ({names[key]}: {time.perf_counter() - t0:.0f} s with start-up)", flush=True)
@@ -317,28 +374,62 @@ def main() -> None:
     for c in concurrencies:
         row = {"clients": c}
         for key in servers:
-            row[key] = {f: med(key, c, f) for f in ("tokens_per_s", "ttft_median_s", "ttft_p90_s", "mean_completion_tokens",
-                                                    "per_stream_tokens_per_s", "server_cpus", "other_cpus")}  # fmt: skip
+            row[key] = {
+                f: med(key, c, f)
+                for f in (
+                    "tokens_per_s",
+                    "ttft_median_s",
+                    "ttft_p90_s",
+                    "mean_completion_tokens",
+                    "per_stream_tokens_per_s",
+                    "server_cpus",
+                    "other_cpus",
+                )
+            }
         row["throughput_ratio"] = row["cb"]["tokens_per_s"] / row["one"]["tokens_per_s"]
         summary.append(row)
 
     print()
-    headers = ["clients", "CB tok/s", "CB TTFT p50 / p90 ms", "1-at-a-time tok/s", "1-at-a-time TTFT p50 / p90 ms",
-               "CB / 1-at-a-time", "tokens/request"]  # fmt: skip
-    rows = [[r["clients"], fmt_k(r["cb"]["tokens_per_s"]),
-             f"{1000 * r['cb']['ttft_median_s']:.0f} / {1000 * r['cb']['ttft_p90_s']:.0f}",
-             fmt_k(r["one"]["tokens_per_s"]),
-             f"{1000 * r['one']['ttft_median_s']:.0f} / {1000 * r['one']['ttft_p90_s']:.0f}",
-             f"{r['throughput_ratio']:.2f}×",
-             f"{r['cb']['mean_completion_tokens']:.1f} / {r['one']['mean_completion_tokens']:.1f}"] for r in summary]  # fmt: skip
+    headers = [
+        "clients",
+        "CB tok/s",
+        "CB TTFT p50 / p90 ms",
+        "1-at-a-time tok/s",
+        "1-at-a-time TTFT p50 / p90 ms",
+        "CB / 1-at-a-time",
+        "tokens/request",
+    ]
+    rows = [
+        [
+            r["clients"],
+            fmt_k(r["cb"]["tokens_per_s"]),
+            f"{1000 * r['cb']['ttft_median_s']:.0f} / {1000 * r['cb']['ttft_p90_s']:.0f}",
+            fmt_k(r["one"]["tokens_per_s"]),
+            f"{1000 * r['one']['ttft_median_s']:.0f} / {1000 * r['one']['ttft_p90_s']:.0f}",
+            f"{r['throughput_ratio']:.2f}×",
+            f"{r['cb']['mean_completion_tokens']:.1f} / {r['one']['mean_completion_tokens']:.1f}",
+        ]
+        for r in summary
+    ]
     table = print_table(headers, rows)
     worst = max(case["other_cpus"] for s in runs.values() for cs in s.values() for case in cs)
-    print(f"\nCB = --max-batch {args.max_batch}, 1-at-a-time = --max-batch {args.baseline_batch}; {args.requests_per_client} "
-          f"streaming requests per client, max_tokens {args.max_tokens}, temperature 1; median of {args.rounds} round(s); "
-          f"other processes used at most {worst:.2f} CPUs during a setting; {time.perf_counter() - t_start:.0f} s in all")  # fmt: skip
+    print(
+        f"\nCB = --max-batch {args.max_batch}, 1-at-a-time = --max-batch {args.baseline_batch}; {args.requests_per_client} "
+        f"streaming requests per client, max_tokens {args.max_tokens}, temperature 1; median of {args.rounds} round(s); "
+        f"other processes used at most {worst:.2f} CPUs during a setting; {time.perf_counter() - t_start:.0f} s in all"
+    )
     if not args.no_json:
-        path = write_json("serve", {"machine": info, "args": {**vars(args), "ckpt": str(args.ckpt) if args.ckpt else None},
-                                    "model": shape, "summary": summary, "runs": runs, "table": table})  # fmt: skip
+        path = write_json(
+            "serve",
+            {
+                "machine": info,
+                "args": {**vars(args), "ckpt": str(args.ckpt) if args.ckpt else None},
+                "model": shape,
+                "summary": summary,
+                "runs": runs,
+                "table": table,
+            },
+        )
         print(f"wrote {path}")
 
 

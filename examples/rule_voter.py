@@ -22,8 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 # rule(answer_a, answer_b) -> "a" | "b" | "tie"
 RULES = {
-    "shorter": lambda a, b: "a" if len(a.split()) < len(b.split()) else "b" if len(b.split()) < len(a.split()) else "tie",
-    "longer": lambda a, b: "a" if len(a.split()) > len(b.split()) else "b" if len(b.split()) > len(a.split()) else "tie",
+    "shorter": lambda a, b: (
+        "a" if len(a.split()) < len(b.split()) else "b" if len(b.split()) < len(a.split()) else "tie"
+    ),
+    "longer": lambda a, b: (
+        "a" if len(a.split()) > len(b.split()) else "b" if len(b.split()) > len(a.split()) else "tie"
+    ),
 }
 
 
@@ -46,15 +50,28 @@ def builtin_prompts(heldout: bool = False) -> list[str]:
     return [q.question for q in (prefs.eval_questions if heldout else prefs.train_questions)]
 
 
-def vote(url: str, prompts: list[str], battles: int, rule: str, models: list[str] | None = None, key: str | None = None,
-         concurrency: int = 4, seed: int = 0, max_tokens: int | None = None) -> Counter:  # fmt: skip
+def vote(
+    url: str,
+    prompts: list[str],
+    battles: int,
+    rule: str,
+    models: list[str] | None = None,
+    key: str | None = None,
+    concurrency: int = 4,
+    seed: int = 0,
+    max_tokens: int | None = None,
+) -> Counter:
     """Ask for `battles` battles and vote on each by `rule`; returns the count of each choice."""
     rng = random.Random(seed)
     picks = [rng.choice(prompts) for _ in range(battles)]
 
     def one(prompt: str) -> str:
-        body = {"messages": [{"role": "user", "content": prompt}], "session_id": f"rule-voter-{rule}",
-                **({"models": models} if models else {}), **({"max_tokens": max_tokens} if max_tokens else {})}  # fmt: skip
+        body = {
+            "messages": [{"role": "user", "content": prompt}],
+            "session_id": f"rule-voter-{rule}",
+            **({"models": models} if models else {}),
+            **({"max_tokens": max_tokens} if max_tokens else {}),
+        }
         battle = call(f"{url}/api/arena", body, key)
         answers = {a["side"]: a["text"] for a in battle["answers"]}
         choice = RULES[rule](answers["a"], answers["b"])
@@ -72,22 +89,40 @@ def vote(url: str, prompts: list[str], battles: int, rule: str, models: list[str
         return Counter(pool.map(one, picks))
 
 
-def judge(url: str, prompts: list[str], before: str, after: str, rule: str, key: str | None = None,
-          temperature: float = 0.7, concurrency: int = 4) -> dict:  # fmt: skip
+def judge(
+    url: str,
+    prompts: list[str],
+    before: str,
+    after: str,
+    rule: str,
+    key: str | None = None,
+    temperature: float = 0.7,
+    concurrency: int = 4,
+) -> dict:
     """How often the rule prefers `after`'s answer to `before`'s (ties count half), and each model's mean words."""
 
     def answer(model: str, i: int, prompt: str) -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": temperature, "seed": i}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": temperature,
+            "seed": i,
+        }
         return call(f"{url}/v1/chat/completions", body, key)["choices"][0]["message"]["content"]
 
     with ThreadPoolExecutor(concurrency) as pool:
         old = list(pool.map(lambda ip: answer(before, *ip), enumerate(prompts)))
         new = list(pool.map(lambda ip: answer(after, *ip), enumerate(prompts)))
     verdicts = Counter(RULES[rule](b, a) for a, b in zip(old, new))  # side a: after
-    return {"prompts": len(prompts), "after_preferred": (verdicts["a"] + verdicts["tie"] / 2) / len(prompts),
-            "wins": verdicts["a"], "ties": verdicts["tie"], "losses": verdicts["b"],
-            "words_before": sum(len(a.split()) for a in old) / len(old),
-            "words_after": sum(len(a.split()) for a in new) / len(new)}  # fmt: skip
+    return {
+        "prompts": len(prompts),
+        "after_preferred": (verdicts["a"] + verdicts["tie"] / 2) / len(prompts),
+        "wins": verdicts["a"],
+        "ties": verdicts["tie"],
+        "losses": verdicts["b"],
+        "words_before": sum(len(a.split()) for a in old) / len(old),
+        "words_after": sum(len(a.split()) for a in new) / len(new),
+    }
 
 
 def main() -> None:
@@ -113,8 +148,19 @@ def main() -> None:
         counts = vote(args.url, prompts, args.battles, args.rule, args.models, args.key, args.concurrency)
         print(json.dumps({"battles": args.battles, "choices": dict(counts)}))
     else:
-        print(json.dumps(judge(args.url, prompts[: args.judge_prompts], args.before, args.after, args.rule, args.key,
-                               concurrency=args.concurrency)))  # fmt: skip
+        print(
+            json.dumps(
+                judge(
+                    args.url,
+                    prompts[: args.judge_prompts],
+                    args.before,
+                    args.after,
+                    args.rule,
+                    args.key,
+                    concurrency=args.concurrency,
+                )
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -40,5 +40,7 @@ def save_tiny_policy(out: Path):
     tok = Tokenizer.train(["count 1 2 3 4 5 6 7 8 9 10 and say the answer"] * 10, vocab_size=300)
     tok_file = tok.save(out / "tok")
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=48))
+    model = Transformer(
+        ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=48)
+    )
     return checkpoint.save(out / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"}), tok, tok_file

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-HTML_ANSWER = "<b>bold</b><script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\">"
+HTML_ANSWER = '<b>bold</b><script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 
 
 def make_run(root: Path, answer: str = HTML_ANSWER, prompts: tuple[str, ...] = ()) -> Path:
@@ -28,8 +28,9 @@ def make_run(root: Path, answer: str = HTML_ANSWER, prompts: tuple[str, ...] = (
     from fromzero.tokenizer import Tokenizer
     from fromzero.train.reward import RewardModel
 
-    tok = Tokenizer.train([answer, *prompts, "Hello there! How are you? I am fine, thanks. What is an LLM?"] * 20,
-                          vocab_size=400)  # fmt: skip
+    tok = Tokenizer.train(
+        [answer, *prompts, "Hello there! How are you? I am fine, thanks. What is an LLM?"] * 20, vocab_size=400
+    )
     tok_file = tok.save(root / "tok")
     cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
     run = root / "run"
@@ -96,7 +97,9 @@ def serving(ckpts: list[Path], db: Path, *args: str, key: str | None = None, sta
         deadline = time.monotonic() + startup_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {db.with_suffix('.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"server exited with {proc.returncode}: {db.with_suffix('.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(base + "/chat", timeout=2):
                     break
@@ -134,8 +137,11 @@ def make_policies(root: Path, shares: dict[str, float]) -> dict[str, Path]:
         torch.manual_seed(k)
         model = Transformer(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-        rows = [render(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": a}])
-                for p in prompts for a in [SHORT] * round(10 * share) + [LONG] * (10 - round(10 * share))]  # fmt: skip
+        rows = [
+            render(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": a}])
+            for p in prompts
+            for a in [SHORT] * round(10 * share) + [LONG] * (10 - round(10 * share))
+        ]
         width = max(len(ids) for ids, _ in rows)
         ids = torch.tensor([i + [tok.pad_id] * (width - len(i)) for i, _ in rows])
         learn = torch.tensor([m + [False] * (width - len(m)) for _, m in rows])

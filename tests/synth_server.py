@@ -14,8 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ScriptedServer:
-    def __init__(self, reply: Callable[[str], str | tuple[str, str]], fail: dict[str, tuple[int, int]] | None = None,
-                 delay_s: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        reply: Callable[[str], str | tuple[str, str]],
+        fail: dict[str, tuple[int, int]] | None = None,
+        delay_s: float = 0.0,
+    ):
         self.reply, self.fail, self.delay_s = reply, fail or {}, delay_s
         self.requests: list[dict] = []
         self.failures: Counter = Counter()
@@ -31,8 +35,14 @@ class ScriptedServer:
                 prompt = body["messages"][-1]["content"]
                 with server.lock:
                     server.requests.append(body)
-                    code = next((c for key, (c, times) in server.fail.items()
-                                 if key in prompt and server.failures[key] < times), None)  # fmt: skip
+                    code = next(
+                        (
+                            c
+                            for key, (c, times) in server.fail.items()
+                            if key in prompt and server.failures[key] < times
+                        ),
+                        None,
+                    )
                     if code is not None:
                         server.failures[next(k for k in server.fail if k in prompt)] += 1
                 if server.delay_s:
@@ -44,8 +54,16 @@ class ScriptedServer:
                     return
                 out = server.reply(prompt)
                 text, finish = out if isinstance(out, tuple) else (out, "stop")
-                data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}).encode()  # fmt: skip
+                data = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                        ],
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -64,4 +82,3 @@ class ScriptedServer:
         finally:
             self.httpd.shutdown()
             self.httpd.server_close()
-

@@ -19,7 +19,9 @@ def test_text_preset_trains_on_own_text_under_a_time_budget():
 
 
 def test_overrides_are_typed():
-    cfg = load_config("smoke", ["pretrain.steps=7", "pretrain.lr=1e-4", "data.sources=[a.txt, b.txt]", "model.tie_embeddings=false"])
+    cfg = load_config(
+        "smoke", ["pretrain.steps=7", "pretrain.lr=1e-4", "data.sources=[a.txt, b.txt]", "model.tie_embeddings=false"]
+    )
     assert cfg.pretrain.steps == 7 and cfg.pretrain.lr == 1e-4
     assert cfg.data.sources == ["a.txt", "b.txt"] and cfg.model.tie_embeddings is False
 
@@ -48,9 +50,16 @@ def test_bad_override_syntax_and_unknown_preset():
         load_config("nope")
 
 
-@pytest.mark.parametrize("preset,world_size,min_params,max_params", [
-    ("smoke", 1, 5e4, 5e5), ("tiny", 1, 3e6, 2e7), ("text", 1, 5e5, 2e6), ("small", 1, 2e7, 1e8), ("gpt2", 8, 1.1e8, 1.6e8),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "preset,world_size,min_params,max_params",
+    [
+        ("smoke", 1, 5e4, 5e5),
+        ("tiny", 1, 3e6, 2e7),
+        ("text", 1, 5e5, 2e6),
+        ("small", 1, 2e7, 1e8),
+        ("gpt2", 8, 1.1e8, 1.6e8),
+    ],
+)
 def test_every_preset_builds_its_model_and_data_plan(preset, world_size, min_params, max_params):
     import torch
 

@@ -23,10 +23,16 @@ from fromzero.train import dpo, grpo, ppo, reward, sft
 from fromzero.train.loop import read_metrics
 
 WORDS = ("cat", "dog", "sun", "hat", "box", "pen", "cup", "map", "car", "bus", "fox", "owl", "bee", "ant", "elk", "yak")
-CONVERSATIONS = [[{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": f"{w} is {' '.join(w)}"}]
-                 for w in WORDS * 2]  # fmt: skip
-PAIRS = [PreferencePair([{"role": "user", "content": f"count to {i % 9 + 1}"}],
-                        " ".join(str(k) for k in range(1, i % 9 + 2)), "no") for i in range(24)]  # fmt: skip
+CONVERSATIONS = [
+    [{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": f"{w} is {' '.join(w)}"}]
+    for w in WORDS * 2
+]
+PAIRS = [
+    PreferencePair(
+        [{"role": "user", "content": f"count to {i % 9 + 1}"}], " ".join(str(k) for k in range(1, i % 9 + 2)), "no"
+    )
+    for i in range(24)
+]
 PROMPTS = [[{"role": "user", "content": f"say a number {i}"}] for i in range(16)]
 TASKS = [Task(f"say a number {i}", "7") for i in range(16)]
 COMMON = dict(precision="fp32", warmup_steps=0, eval_every=3, checkpoint_every=3)
@@ -43,24 +49,92 @@ def gold(index: int, answer: str) -> float:
 def configs(micro: int) -> dict[str, object]:
     """Each stage's config: the same global batch whatever the ranks, `micro` rows per forward pass."""
     return {
-        "sft": sft.SFTConfig(steps=3, seq_len=32, micro_batch_size=micro, batch_tokens=8 * 32, lr=1e-2,
-                             val_fraction=0.1, schedule="constant", **COMMON),  # fmt: skip
-        "reward": reward.RewardConfig(steps=3, seq_len=32, micro_batch_size=micro, batch_tokens=8 * 32, lr=1e-2,
-                                      likelihood=True, val_fraction=0.2, **COMMON),  # fmt: skip
-        "dpo": dpo.DPOConfig(steps=3, seq_len=32, micro_batch_size=micro, batch_tokens=8 * 32, lr=1e-2, rpo_alpha=0.5,
-                             val_fraction=0.2, **COMMON),  # fmt: skip
+        "sft": sft.SFTConfig(
+            steps=3,
+            seq_len=32,
+            micro_batch_size=micro,
+            batch_tokens=8 * 32,
+            lr=1e-2,
+            val_fraction=0.1,
+            schedule="constant",
+            **COMMON,
+        ),
+        "reward": reward.RewardConfig(
+            steps=3,
+            seq_len=32,
+            micro_batch_size=micro,
+            batch_tokens=8 * 32,
+            lr=1e-2,
+            likelihood=True,
+            val_fraction=0.2,
+            **COMMON,
+        ),
+        "dpo": dpo.DPOConfig(
+            steps=3,
+            seq_len=32,
+            micro_batch_size=micro,
+            batch_tokens=8 * 32,
+            lr=1e-2,
+            rpo_alpha=0.5,
+            val_fraction=0.2,
+            **COMMON,
+        ),
         # two minibatches of 4 answers per rollout: micro-batches of 2 make 2 accumulation steps on one process
-        "ppo": ppo.PPOConfig(steps=4, prompts_per_rollout=8, num_minibatches=2, ppo_epochs=1, micro_batch_size=micro,
-                             max_new_tokens=6, seq_len=32, lr=1e-2, kl_coef=0.1, adaptive_kl=True, kl_target=1.0,
-                             kl_horizon=20, missing_eos_penalty=0.5, ptx_coef=0.5, ptx_batch_size=2,
-                             **COMMON),  # fmt: skip
-        "grpo": grpo.GRPOConfig(steps=4, prompts_per_step=4, num_generations=4, micro_batch_size=micro,
-                                max_new_tokens=6, seq_len=32, lr=1e-2, beta=0.1, num_iterations=2, loss_type="dapo",
-                                reward_funcs=[f"{__name__}:digit_share"], eval_problems=4, **COMMON),  # fmt: skip
-        "sft_fsdp": sft.SFTConfig(steps=3, seq_len=32, micro_batch_size=micro, batch_tokens=8 * 32, lr=1e-2,
-                                  val_fraction=0.1, schedule="constant", parallel="fsdp", **COMMON),  # fmt: skip
-        "sft_fsdp_resume": sft.SFTConfig(steps=3, seq_len=32, micro_batch_size=micro, batch_tokens=8 * 32, lr=1e-2,
-                                         val_fraction=0.1, schedule="constant", parallel="fsdp", **COMMON),  # fmt: skip
+        "ppo": ppo.PPOConfig(
+            steps=4,
+            prompts_per_rollout=8,
+            num_minibatches=2,
+            ppo_epochs=1,
+            micro_batch_size=micro,
+            max_new_tokens=6,
+            seq_len=32,
+            lr=1e-2,
+            kl_coef=0.1,
+            adaptive_kl=True,
+            kl_target=1.0,
+            kl_horizon=20,
+            missing_eos_penalty=0.5,
+            ptx_coef=0.5,
+            ptx_batch_size=2,
+            **COMMON,
+        ),
+        "grpo": grpo.GRPOConfig(
+            steps=4,
+            prompts_per_step=4,
+            num_generations=4,
+            micro_batch_size=micro,
+            max_new_tokens=6,
+            seq_len=32,
+            lr=1e-2,
+            beta=0.1,
+            num_iterations=2,
+            loss_type="dapo",
+            reward_funcs=[f"{__name__}:digit_share"],
+            eval_problems=4,
+            **COMMON,
+        ),
+        "sft_fsdp": sft.SFTConfig(
+            steps=3,
+            seq_len=32,
+            micro_batch_size=micro,
+            batch_tokens=8 * 32,
+            lr=1e-2,
+            val_fraction=0.1,
+            schedule="constant",
+            parallel="fsdp",
+            **COMMON,
+        ),
+        "sft_fsdp_resume": sft.SFTConfig(
+            steps=3,
+            seq_len=32,
+            micro_batch_size=micro,
+            batch_tokens=8 * 32,
+            lr=1e-2,
+            val_fraction=0.1,
+            schedule="constant",
+            parallel="fsdp",
+            **COMMON,
+        ),
     }
 
 
@@ -85,13 +159,20 @@ def run_stage(name: str, cfg, inputs: dict[str, Path], out: Path) -> None:
     elif name == "ppo":
         ppo.train(cfg, PROMPTS, inputs["init"], inputs["rm"], out, gold=gold, ptx=CONVERSATIONS, **quiet)
     elif name == "grpo":
-        grpo.train(cfg, TASKS, [Task("say seven", "7"), Task("say eight", "8"), Task("nine", "9")], inputs["init"],
-                   out, **quiet)  # fmt: skip
+        grpo.train(
+            cfg,
+            TASKS,
+            [Task("say seven", "7"), Task("say eight", "8"), Task("nine", "9")],
+            inputs["init"],
+            out,
+            **quiet,
+        )
 
 
 def worker(rank: int, port: int, inputs: dict[str, Path], out: Path) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     try:
         for name in MICRO:
@@ -186,8 +267,22 @@ def test_supervised_stages_match_one_process(stage, two_ranks, one_rank):
 
 def test_ppo_matches_one_process(two_ranks, one_rank):
     one = one_rank("ppo")
-    names = ("loss", "grad_norm", "policy_loss", "value_loss", "ptx_loss", "reward/mean", "reward/rlhf", "kl",
-             "kl_coef", "gold/mean", "response_length", "entropy", "clipfrac", "approx_kl")  # fmt: skip
+    names = (
+        "loss",
+        "grad_norm",
+        "policy_loss",
+        "value_loss",
+        "ptx_loss",
+        "reward/mean",
+        "reward/rlhf",
+        "kl",
+        "kl_coef",
+        "gold/mean",
+        "response_length",
+        "entropy",
+        "clipfrac",
+        "approx_kl",
+    )
     assert_same_steps(one, two_ranks / "ppo", names)
     assert read_metrics(one)[2]["kl"] != 0.0  # the second rollout's policy has moved: KL is compared, not zeros
     assert_same_weights(one, two_ranks / "ppo")
@@ -195,8 +290,19 @@ def test_ppo_matches_one_process(two_ranks, one_rank):
 
 def test_grpo_matches_one_process(two_ranks, one_rank):
     one = one_rank("grpo")
-    names = ("loss", "grad_norm", "reward/mean", "reward/std", "accuracy", "kl", "approx_kl", "clipfrac", "entropy",
-             "response_length", "pass@1")  # fmt: skip
+    names = (
+        "loss",
+        "grad_norm",
+        "reward/mean",
+        "reward/std",
+        "accuracy",
+        "kl",
+        "approx_kl",
+        "clipfrac",
+        "entropy",
+        "response_length",
+        "pass@1",
+    )
     assert_same_steps(one, two_ranks / "grpo", names)
     assert [r for r in read_metrics(one) if "loss" in r][-1]["kl"] > 0
     assert_same_weights(one, two_ranks / "grpo")

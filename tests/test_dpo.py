@@ -27,8 +27,16 @@ def test_dpo_loss_metrics_and_gradient_by_hand():
     loss, metrics = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)
     assert loss.item() == pytest.approx(-(math.log(sigmoid(beta * z[0])) + math.log(sigmoid(beta * z[1]))) / 2)
     # implicit rewards β(log π - log π_ref): chosen [0.5, 0], rejected [-0.5, 0.5]
-    assert metrics == pytest.approx({"rewards/chosen": 0.25, "rewards/rejected": 0.0, "rewards/accuracies": 0.5,
-                                     "rewards/margins": 0.25, "logps/chosen": -1.5, "logps/rejected": -2.0})  # fmt: skip
+    assert metrics == pytest.approx(
+        {
+            "rewards/chosen": 0.25,
+            "rewards/rejected": 0.0,
+            "rewards/accuracies": 0.5,
+            "rewards/margins": 0.25,
+            "logps/chosen": -1.5,
+            "logps/rejected": -2.0,
+        }
+    )
     loss.backward()
     # d/dz of -log σ(βz) is -β σ(-βz); the mean divides by the batch
     torch.testing.assert_close(pol_c.grad, torch.tensor([-beta * sigmoid(-beta * x) / 2 for x in z]))
@@ -104,8 +112,18 @@ def test_short_dpo_run_raises_the_chosen_vs_rejected_margin(smoke_data, tmp_path
     from fromzero.train.loop import read_metrics
 
     init, prefs = smoke_init(smoke_data, tmp_path)
-    cfg = DPOConfig(steps=8, lr=3e-3, warmup_steps=2, beta=0.1, micro_batch_size=16, batch_tokens=2048, seq_len=128,
-                    precision="fp32", eval_every=8, checkpoint_every=8)  # fmt: skip
+    cfg = DPOConfig(
+        steps=8,
+        lr=3e-3,
+        warmup_steps=2,
+        beta=0.1,
+        micro_batch_size=16,
+        batch_tokens=2048,
+        seq_len=128,
+        precision="fp32",
+        eval_every=8,
+        checkpoint_every=8,
+    )
     dpo.train(cfg, prefs.train, prefs.eval_pairs, init, tmp_path / "dpo", log=lambda _: None)
     metrics = read_metrics(tmp_path / "dpo")
     first, final = metrics[0], metrics[-1]

@@ -11,8 +11,21 @@ import torch
 
 from fromzero.data.tasks import ReasoningConfig, builtin_tasks
 from fromzero.data.world import WorldConfig, build_world
-from fromzero.data.world_chat import KINDS, SMALL_TALK, STYLES, InstructConfig, Judge, Question, _arithmetic, \
-    _chat_ask, _comparison, _world_qa, build_instructions, recognise, styled  # fmt: skip
+from fromzero.data.world_chat import (
+    KINDS,
+    SMALL_TALK,
+    STYLES,
+    InstructConfig,
+    Judge,
+    Question,
+    _arithmetic,
+    _chat_ask,
+    _comparison,
+    _world_qa,
+    build_instructions,
+    recognise,
+    styled,
+)
 from fromzero.data.world_pref import GoldPreference, PreferenceConfig, build_preferences, task_ask
 from fromzero.eval import general
 from fromzero.eval.samples import complete
@@ -22,8 +35,18 @@ from fromzero.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def world():
-    return build_world(WorldConfig(n_people=40, n_places=8, bios_per_person=1, n_stories=0, encyclopedia_per_entity=0,
-                                   n_arithmetic=0, n_llm_passages=0, max_number=10))  # fmt: skip
+    return build_world(
+        WorldConfig(
+            n_people=40,
+            n_places=8,
+            bios_per_person=1,
+            n_stories=0,
+            encyclopedia_per_entity=0,
+            n_arithmetic=0,
+            n_llm_passages=0,
+            max_number=10,
+        )
+    )
 
 
 def test_every_training_answer_is_right_and_every_wrong_value_wrong(world):
@@ -54,7 +77,9 @@ def test_off_topic_and_evasive_answers_fail_with_a_reason(world):
     assert sums.expected == "7" and judge.check(sums, "3 plus 4 is 7.")[0] == "right"
     assert judge.check(sums, "He is 10.") == ("wrong", "says 10, expected 7")
     assert judge.check(sums, "Sorry, I don't know that.")[0] == "evasive"
-    task = Question("Tom had 3 cups. Then he lost 1. How many cups does Tom have now?", "", "task", "2", "word_problems")
+    task = Question(
+        "Tom had 3 cups. Then he lost 1. How many cups does Tom have now?", "", "task", "2", "word_problems"
+    )
     assert judge.check(task, "3 - 1 = 2. The answer is 2.")[0] == "right"
     assert judge.check(task, "3 - 1 = 2. The answer is 4.") == ("wrong", "answers 4, expected 2")
     bear = recognise(world, "What does a bear eat?")
@@ -86,23 +111,29 @@ def test_recognise_knows_the_worlds_questions_and_nothing_else(world):
 
 def test_preference_pairs_cover_every_kind_and_the_gold_function_judges_them(world):
     tasks = builtin_tasks(ReasoningConfig(n_train=40, n_eval=5, max_number=10), world)[0]
-    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, questions_per_kind=10, eval_questions=5),
-                             tasks)  # fmt: skip
+    data = build_preferences(
+        world, PreferenceConfig(questions_per_fact=1, questions_per_kind=10, eval_questions=5), tasks
+    )
     kinds = Counter(q.kind for q in data.train_questions)
     assert kinds["people"] == len(world.trained_people) * 8
     assert all(kinds[k] == 10 for k in KINDS[1:]), kinds
     gold = GoldPreference(world)
     assert all(gold.score(q, p.chosen) != gold.score(q, p.rejected) for q, p in zip(data.train_questions, data.train))
     ask = task_ask(tasks[0])
-    assert gold.content(ask.q, ask.write(ask.q.expected)[0]) == "right" == gold.content(ask.q, tasks[0].metadata["solution"])
+    assert (
+        gold.content(ask.q, ask.write(ask.q.expected)[0])
+        == "right"
+        == gold.content(ask.q, tasks[0].metadata["solution"])
+    )
 
 
 def test_a_random_models_answers_are_words_and_pieces_never_replacement_characters():
     texts = ["the cat sat on the mat. " * 20, "héllo wörld ünïcode ✓ " * 20, "Tom has 3 apples. " * 20]
     tok = Tokenizer.train(texts, 300)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=2,
-                                    max_seq_len=64)).eval()  # fmt: skip
+    model = Transformer(
+        ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=2, max_seq_len=64)
+    ).eval()
     assert tok.partial_ids(), "the tokenizer has byte pieces of the non-ASCII characters"
     answers = complete(model, tok, ["What is an LLM?"] * 8, max_new_tokens=24, temperature=1.0, seed=0, text_only=True)
     assert all("\ufffd" not in a and "<|" not in a for a in answers), answers

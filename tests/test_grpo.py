@@ -10,8 +10,8 @@ from conftest import save_tiny_policy
 from fromzero import checkpoint
 from fromzero.data.tasks import Task
 from fromzero.eval.reasoning import evaluate, pass_at_k
-from fromzero.tokenizer import Tokenizer
 from fromzero.model import ModelConfig, Transformer
+from fromzero.tokenizer import Tokenizer
 from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_logps, train
 from fromzero.train.loop import read_metrics
 
@@ -21,7 +21,9 @@ def test_group_advantages_by_hand():
     std = math.sqrt((4 * 0.25) / 3)  # the unbiased std of [1, 0, 0, 1]
     expected = [0.5 / (std + 1e-4) * s for s in (1, -1, -1, 1)] + [0.0] * 4
     torch.testing.assert_close(group_advantages(rewards, 4), torch.tensor(expected))
-    torch.testing.assert_close(group_advantages(rewards, 4, scale=False), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    torch.testing.assert_close(
+        group_advantages(rewards, 4, scale=False), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])
+    )
 
 
 def crafted(requires_grad: bool = True):
@@ -58,8 +60,13 @@ def test_loss_types_aggregate_tokens_differently():
     dr = grpo_loss(logp, old, None, adv, mask, loss_type="dr_grpo", max_completion_length=4)[0]
     assert dr.item() == pytest.approx(token_sum / (2 * 4))
     # a row with no completion tokens (a group left out) counts for nothing
-    padded = grpo_loss(torch.cat([logp, logp[:1]]), torch.cat([old, old[:1]]), None, torch.cat([adv, adv[:1]]),
-                       torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)]))[0]  # fmt: skip
+    padded = grpo_loss(
+        torch.cat([logp, logp[:1]]),
+        torch.cat([old, old[:1]]),
+        None,
+        torch.cat([adv, adv[:1]]),
+        torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)]),
+    )[0]
     assert padded.item() == pytest.approx(grpo_loss(logp, old, None, adv, mask)[0].item())
     with pytest.raises(ValueError, match="loss_type"):
         grpo_loss(logp, old, None, adv, mask, loss_type="ppo")
@@ -122,9 +129,22 @@ TASKS = [Task(f"say a number {i}", "7") for i in range(16)]
 
 
 def config(**overrides) -> GRPOConfig:
-    base = dict(steps=30, prompts_per_step=4, num_generations=8, micro_batch_size=16, max_new_tokens=6, seq_len=32,
-                lr=0.01, warmup_steps=0, precision="fp32", reward_funcs=[f"{__name__}:digit_share"], beta=0.0,
-                eval_every=1000, checkpoint_every=1000, eval_problems=0)  # fmt: skip
+    base = dict(
+        steps=30,
+        prompts_per_step=4,
+        num_generations=8,
+        micro_batch_size=16,
+        max_new_tokens=6,
+        seq_len=32,
+        lr=0.01,
+        warmup_steps=0,
+        precision="fp32",
+        reward_funcs=[f"{__name__}:digit_share"],
+        beta=0.0,
+        eval_every=1000,
+        checkpoint_every=1000,
+        eval_problems=0,
+    )
     return GRPOConfig(**{**base, **overrides})
 
 
@@ -140,15 +160,40 @@ def test_every_option_runs_and_resume_is_exact(tiny_init, tmp_path):
     """KL to a reference, two updates per rollout (a resume lands between them), clip-higher, token-level loss,
     dynamic sampling, two weighted rewards, the overlong penalty, rollouts in another precision than training and
     pass@1 on held-out tasks."""
-    cfg = config(steps=4, checkpoint_every=3, eval_every=2, eval_problems=4, beta=0.1, num_iterations=2,
-                 rollout_precision="bf16",  # training stays in config()'s fp32
-                 clip_eps_high=0.28, loss_type="dapo", filter_zero_std=True, micro_batch_size=8, overlong_buffer=2,
-                 reward_funcs=[f"{__name__}:digit_share", "accuracy"], reward_weights=[1.0, 0.5])  # fmt: skip
+    cfg = config(
+        steps=4,
+        checkpoint_every=3,
+        eval_every=2,
+        eval_problems=4,
+        beta=0.1,
+        num_iterations=2,
+        rollout_precision="bf16",  # training stays in config()'s fp32
+        clip_eps_high=0.28,
+        loss_type="dapo",
+        filter_zero_std=True,
+        micro_batch_size=8,
+        overlong_buffer=2,
+        reward_funcs=[f"{__name__}:digit_share", "accuracy"],
+        reward_weights=[1.0, 0.5],
+    )
     heldout = [Task("say seven", "7"), Task("say eight", "8")]
     train(cfg, TASKS, heldout, tiny_init, tmp_path / "full", log=lambda *_: None)
     full = [m for m in read_metrics(tmp_path / "full") if "loss" in m]
-    for name in ("reward/mean", "reward/digit_share", "reward/accuracy", "reward/overlong", "accuracy", "kl", "clipfrac",
-                 "approx_kl", "entropy", "response_length", "clipped_ratio", "frac_zero_std", "reward/failures"):  # fmt: skip
+    for name in (
+        "reward/mean",
+        "reward/digit_share",
+        "reward/accuracy",
+        "reward/overlong",
+        "accuracy",
+        "kl",
+        "clipfrac",
+        "approx_kl",
+        "entropy",
+        "response_length",
+        "clipped_ratio",
+        "frac_zero_std",
+        "reward/failures",
+    ):
         assert all(math.isfinite(m[name]) for m in full), name
     assert full[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
     assert full[1]["approx_kl"] > 0  # the second update on the same rollout sees a changed policy

@@ -26,47 +26,96 @@ from fromzero.train.loop import read_metrics
 
 transformers = pytest.importorskip("transformers")
 
-TEXT = ["The quick brown fox jumps over the lazy dog.", "Hello there, how are you today? I am fine, thanks!",
-        "Mia lives in Oakridge and has a cat named Pip.", "Numbers: 12345, 678 and 9."] * 40  # fmt: skip
-CONVERSATION = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"},
-                {"role": "assistant", "content": "I am fine, thanks!"}, {"role": "user", "content": "Where does Mia live?"},
-                {"role": "assistant", "content": "In Oakridge."}, {"role": "user", "content": "And the cat?"}]  # fmt: skip
+TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello there, how are you today? I am fine, thanks!",
+    "Mia lives in Oakridge and has a cat named Pip.",
+    "Numbers: 12345, 678 and 9.",
+] * 40
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Hello there"},
+    {"role": "assistant", "content": "I am fine, thanks!"},
+    {"role": "user", "content": "Where does Mia live?"},
+    {"role": "assistant", "content": "In Oakridge."},
+    {"role": "user", "content": "And the cat?"},
+]
 VOCAB = 2100  # embedding rows: more than the tokenizer's tokens, as in Qwen2
 
 # each family's chat template shape, its special tokens and what its transformers config adds
-CHATML = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-          "{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}"
-          "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")  # fmt: skip
-LLAMA3 = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-          "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")  # fmt: skip
-MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
-           "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-           "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}")  # fmt: skip
+CHATML = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+MISTRAL = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
 FAMILIES = {
-    "qwen2": dict(specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], template=CHATML,
-                  tokens=dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"), end="<|im_end|>",
-                  config=dict(tie_word_embeddings=True)),
-    "llama": dict(specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                            "<|eot_id|>"], template=LLAMA3,
-                  tokens=dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"), end="<|eot_id|>",
-                  config=dict(tie_word_embeddings=False, rope_scaling={"rope_type": "llama3", "factor": 4.0,
-                              "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
-    "mistral": dict(specials=["<unk>", "<s>", "</s>"], template=MISTRAL,
-                    tokens=dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>"), end="</s>",
-                    config=dict(tie_word_embeddings=False, head_dim=12, sliding_window=None,
-                                rope_scaling={"rope_type": "linear", "factor": 2.0})),
-}  # fmt: skip
+    "qwen2": dict(
+        specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        template=CHATML,
+        tokens=dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"),
+        end="<|im_end|>",
+        config=dict(tie_word_embeddings=True),
+    ),
+    "llama": dict(
+        specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        template=LLAMA3,
+        tokens=dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"),
+        end="<|eot_id|>",
+        config=dict(
+            tie_word_embeddings=False,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 4.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        ),
+    ),
+    "mistral": dict(
+        specials=["<unk>", "<s>", "</s>"],
+        template=MISTRAL,
+        tokens=dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>"),
+        end="</s>",
+        config=dict(
+            tie_word_embeddings=False,
+            head_dim=12,
+            sliding_window=None,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
+        ),
+    ),
+}
 
 
 def byte_level_bpe(specials: list[str]) -> HFTokenizer:
     tok = HFTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # fmt: skip
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tok.train_from_iterator(
+        TEXT,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     return tok
 
 
@@ -89,14 +138,28 @@ def hf_model(tmp_path_factory):
         if family not in made:
             spec = FAMILIES[family]
             out = tmp_path_factory.mktemp(family) / "model"
-            tok = transformers.PreTrainedTokenizerFast(tokenizer_object=byte_level_bpe(spec["specials"]), **spec["tokens"])
+            tok = transformers.PreTrainedTokenizerFast(
+                tokenizer_object=byte_level_bpe(spec["specials"]), **spec["tokens"]
+            )
             tok.chat_template = spec["template"]
             tok.save_pretrained(out)
-            config_class = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig,
-                            "mistral": transformers.MistralConfig}[family]  # fmt: skip
-            config = config_class(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=96,
-                                  rope_theta=5000.0, rms_norm_eps=1e-6, **spec["config"])  # fmt: skip
+            config_class = {
+                "qwen2": transformers.Qwen2Config,
+                "llama": transformers.LlamaConfig,
+                "mistral": transformers.MistralConfig,
+            }[family]
+            config = config_class(
+                vocab_size=VOCAB,
+                hidden_size=48,
+                intermediate_size=80,
+                num_hidden_layers=3,
+                num_attention_heads=6,
+                num_key_value_heads=2,
+                max_position_embeddings=96,
+                rope_theta=5000.0,
+                rms_norm_eps=1e-6,
+                **spec["config"],
+            )
             torch.manual_seed(0)
             model = transformers.AutoModelForCausalLM.from_config(config)
             randomise(model, 1)
@@ -133,8 +196,14 @@ def test_import_gives_the_same_logits(hf_dir):
     model = checkpoint.load_model(path).eval()
     cfg = model.cfg
     assert (cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.qkv_bias) == (3, 6, 2, family == "qwen2")
-    assert cfg.tie_embeddings == (family == "qwen2") and (cfg.head_dim == 12 if family == "mistral" else cfg.head_size is None)
-    assert cfg.rope_scaling is None if family == "qwen2" else cfg.rope_scaling.type == {"llama": "llama3", "mistral": "linear"}[family]
+    assert cfg.tie_embeddings == (family == "qwen2") and (
+        cfg.head_dim == 12 if family == "mistral" else cfg.head_size is None
+    )
+    assert (
+        cfg.rope_scaling is None
+        if family == "qwen2"
+        else cfg.rope_scaling.type == {"llama": "llama3", "mistral": "linear"}[family]
+    )
     ids = random_ids(VOCAB)
     with torch.no_grad():
         diff = (model(ids) - hf_logits(path, ids)).abs().max().item()
@@ -148,8 +217,9 @@ def test_import_export_round_trip_gives_the_same_logits(hf_dir, tmp_path):
     assert config["architectures"] == ["Qwen2ForCausalLM" if family == "qwen2" else "LlamaForCausalLM"]
     ids = random_ids(VOCAB, 1)
     assert (hf_logits(out, ids) - hf_logits(path, ids)).abs().max().item() <= 1e-4
-    assert chat_ids(transformers.AutoTokenizer.from_pretrained(out), CONVERSATION, True) == \
-        chat_ids(transformers.AutoTokenizer.from_pretrained(path), CONVERSATION, True)  # fmt: skip
+    assert chat_ids(transformers.AutoTokenizer.from_pretrained(out), CONVERSATION, True) == chat_ids(
+        transformers.AutoTokenizer.from_pretrained(path), CONVERSATION, True
+    )
 
 
 def test_imported_chat_template_and_loss_mask(hf_dir):
@@ -175,8 +245,17 @@ def save_fromzero_checkpoint(root, tied: bool):
     tok = Tokenizer.train(TEXT, vocab_size=400)
     tok_file = tok.save(root / "tokenizer.json")
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=48, n_layers=3, n_heads=6, n_kv_heads=2, hidden_dim=80,
-                      max_seq_len=96, rope_theta=5000.0, tie_embeddings=tied)  # fmt: skip
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size,
+        dim=48,
+        n_layers=3,
+        n_heads=6,
+        n_kv_heads=2,
+        hidden_dim=80,
+        max_seq_len=96,
+        rope_theta=5000.0,
+        tie_embeddings=tied,
+    )
     model = Transformer(cfg)
     randomise(model, 2)
     return checkpoint.save(root / "sft", 5, model, tokenizer_file=tok_file, meta={"stage": "sft"})
@@ -200,13 +279,18 @@ def test_export_fromzero_to_transformers(fromzero_ckpt, tmp_path):
     for messages in (CONVERSATION, CONVERSATION[1:], CONVERSATION[:5]):
         prompt = messages[-1]["role"] == "user"
         assert chat_ids(reference_tok, messages, prompt) == render(tok, messages, generation_prompt=prompt)[0]
-    assert (reference_tok.bos_token, reference_tok.eos_token, reference_tok.pad_token) == ("<|bos|>", "<|end|>", "<|pad|>")
+    assert (reference_tok.bos_token, reference_tok.eos_token, reference_tok.pad_token) == (
+        "<|bos|>",
+        "<|end|>",
+        "<|pad|>",
+    )
     assert reference.generation_config.eos_token_id == tok.end_id
     # greedy generation: token for token what fromzero's engine writes
     prompt = render(tok, CONVERSATION, generation_prompt=True)[0]
     ours = Engine(model, tok).generate([prompt], SamplingConfig(max_new_tokens=20, temperature=0))[0].tokens
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None,
-                                pad_token_id=tok.pad_id)[0, len(prompt) :].tolist()  # fmt: skip
+    theirs = reference.generate(
+        torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_id
+    )[0, len(prompt) :].tolist()
     assert ours == theirs
 
 
@@ -222,31 +306,46 @@ def test_gguf_export_reads_back(fromzero_ckpt, tmp_path):
     reader = gguf.GGUFReader(out)
     fields = gguf_fields(reader)
     assert fields["general.architecture"] == "llama"
-    assert (fields["llama.block_count"], fields["llama.embedding_length"], fields["llama.attention.head_count"],
-            fields["llama.attention.head_count_kv"], fields["llama.feed_forward_length"], fields["llama.context_length"]) \
-        == (3, 48, 6, 2, 80, 96)  # fmt: skip
+    assert (
+        fields["llama.block_count"],
+        fields["llama.embedding_length"],
+        fields["llama.attention.head_count"],
+        fields["llama.attention.head_count_kv"],
+        fields["llama.feed_forward_length"],
+        fields["llama.context_length"],
+    ) == (3, 48, 6, 2, 80, 96)
     assert fields["llama.rope.freq_base"] == pytest.approx(5000.0)
     assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "llama-bpe"
     vocab = {i: t for t, i in tokenizer_json["model"]["vocab"].items()}
     assert fields["tokenizer.ggml.tokens"] == [vocab[i] for i in range(cfg.vocab_size)]
-    assert fields["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]]
+    assert fields["tokenizer.ggml.merges"] == [
+        m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]
+    ]
     assert fields["tokenizer.ggml.token_type"][:7] == [3, 3, 3, 3, 3, 3, 1]  # the six specials are control tokens
     assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (0, 5)
     assert fields["tokenizer.chat_template"] == hf.BUILTIN_CHAT_TEMPLATE
     state = model.state_dict()
-    expected = {"token_embd.weight": state["model.embed_tokens.weight"], "output_norm.weight": state["model.norm.weight"]}
+    expected = {
+        "token_embd.weight": state["model.embed_tokens.weight"],
+        "output_norm.weight": state["model.norm.weight"],
+    }
     if not cfg.tie_embeddings:
         expected["output.weight"] = state["lm_head.weight"]
     for i in range(cfg.n_layers):
         layer = lambda name: state[f"model.layers.{i}.{name}"]  # noqa: E731
-        expected.update({
-            f"blk.{i}.attn_q.weight": gguf_export.permute(layer("self_attn.q_proj.weight"), 6),
-            f"blk.{i}.attn_k.weight": gguf_export.permute(layer("self_attn.k_proj.weight"), 2),
-            f"blk.{i}.attn_v.weight": layer("self_attn.v_proj.weight"), f"blk.{i}.attn_output.weight": layer("self_attn.o_proj.weight"),
-            f"blk.{i}.attn_norm.weight": layer("input_layernorm.weight"), f"blk.{i}.ffn_norm.weight": layer("post_attention_layernorm.weight"),
-            f"blk.{i}.ffn_gate.weight": layer("mlp.gate_proj.weight"), f"blk.{i}.ffn_up.weight": layer("mlp.up_proj.weight"),
-            f"blk.{i}.ffn_down.weight": layer("mlp.down_proj.weight"),
-        })  # fmt: skip
+        expected.update(
+            {
+                f"blk.{i}.attn_q.weight": gguf_export.permute(layer("self_attn.q_proj.weight"), 6),
+                f"blk.{i}.attn_k.weight": gguf_export.permute(layer("self_attn.k_proj.weight"), 2),
+                f"blk.{i}.attn_v.weight": layer("self_attn.v_proj.weight"),
+                f"blk.{i}.attn_output.weight": layer("self_attn.o_proj.weight"),
+                f"blk.{i}.attn_norm.weight": layer("input_layernorm.weight"),
+                f"blk.{i}.ffn_norm.weight": layer("post_attention_layernorm.weight"),
+                f"blk.{i}.ffn_gate.weight": layer("mlp.gate_proj.weight"),
+                f"blk.{i}.ffn_up.weight": layer("mlp.up_proj.weight"),
+                f"blk.{i}.ffn_down.weight": layer("mlp.down_proj.weight"),
+            }
+        )
     tensors = {t.name: t for t in reader.tensors}
     assert sorted(tensors) == sorted(expected)
     for name, want in expected.items():
@@ -266,12 +365,17 @@ def test_gguf_of_an_imported_model(hf_model, tmp_path):
     fields, tensors = gguf_fields(reader), {t.name: t for t in reader.tensors}
     assert fields["general.architecture"] == "qwen2" and fields["tokenizer.ggml.pre"] == "llama-bpe"
     assert "blk.0.attn_q.bias" in tensors and "output.weight" not in tensors
-    assert tensors["blk.0.attn_q.weight"].data.dtype == np.float16 and tensors["blk.0.attn_norm.weight"].data.dtype == np.float32
+    assert (
+        tensors["blk.0.attn_q.weight"].data.dtype == np.float16
+        and tensors["blk.0.attn_norm.weight"].data.dtype == np.float32
+    )
     tokens = fields["tokenizer.ggml.tokens"]
     assert len(tokens) == VOCAB and tokens[-1] == f"[PAD{VOCAB - 1}]"
     assert fields["tokenizer.chat_template"] == CHATML
     q = checkpoint.load_model(path).state_dict()["model.layers.0.self_attn.q_proj.weight"]
-    np.testing.assert_allclose(tensors["blk.0.attn_q.weight"].data.astype(np.float32), q.numpy(), atol=1e-3)  # qwen2: no permute
+    np.testing.assert_allclose(
+        tensors["blk.0.attn_q.weight"].data.astype(np.float32), q.numpy(), atol=1e-3
+    )  # qwen2: no permute
 
 
 def invoke(*args):
@@ -293,19 +397,27 @@ def test_bad_inputs_are_one_line_errors(hf_model, tmp_path):
     one_line_error(invoke("export", "--ckpt", f"hf:{tmp_path / 'notes'}", "--out", tmp_path / "x"), "no config.json")
     one_line_error(invoke("sft", "--init", tmp_path / "notes", "--out", tmp_path / "s"), "no checkpoint at")
     gpt2 = shutil.copytree(path, tmp_path / "gpt2")
-    (gpt2 / "config.json").write_text(json.dumps({**json.loads((path / "config.json").read_text()), "model_type": "gpt2"}))
+    (gpt2 / "config.json").write_text(
+        json.dumps({**json.loads((path / "config.json").read_text()), "model_type": "gpt2"})
+    )
     one_line_error(invoke("sft", "--init", gpt2, "--out", tmp_path / "s"), "model_type 'gpt2' is not supported")
     yarn = shutil.copytree(path, tmp_path / "yarn")
     config = json.loads((path / "config.json").read_text())
     config.pop("rope_parameters", None)
     (yarn / "config.json").write_text(json.dumps({**config, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}))
-    one_line_error(invoke("dpo", "--init", f"hf:{yarn}", "--out", tmp_path / "d"), "rope_scaling type 'yarn' is not supported")
-    one_line_error(invoke("export", "--ckpt", fromzero_ckpt, "--out", tmp_path / "m.bin", "--format", "gguf"), "NAME.gguf")
+    one_line_error(
+        invoke("dpo", "--init", f"hf:{yarn}", "--out", tmp_path / "d"), "rope_scaling type 'yarn' is not supported"
+    )
+    one_line_error(
+        invoke("export", "--ckpt", fromzero_ckpt, "--out", tmp_path / "m.bin", "--format", "gguf"), "NAME.gguf"
+    )
     one_line_error(invoke("export", "--ckpt", fromzero_ckpt, "--out", path), "exists")
     from fromzero.train.reward import RewardModel
 
     reward = RewardModel.from_lm(checkpoint.load_model(fromzero_ckpt))
-    rm = checkpoint.save(tmp_path / "rm", 1, reward, tokenizer_file=checkpoint.tokenizer_file(fromzero_ckpt), meta={"stage": "reward"})
+    rm = checkpoint.save(
+        tmp_path / "rm", 1, reward, tokenizer_file=checkpoint.tokenizer_file(fromzero_ckpt), meta={"stage": "reward"}
+    )
     one_line_error(invoke("export", "--ckpt", rm, "--out", tmp_path / "rm-hf"), "is a reward model")
 
 
@@ -314,26 +426,69 @@ def write_jsonl(path, records):
     return path
 
 
-SMOKE = ["--preset", "smoke", "--set", "sft.steps=3", "--set", "sft.micro_batch_size=4", "--set", "sft.batch_tokens=384",
-         "--set", "sft.seq_len=96", "--set", "sft.eval_every=3", "--set", "sft.checkpoint_every=3",
-         "--set", "dpo.steps=2", "--set", "dpo.micro_batch_size=4", "--set", "dpo.batch_tokens=384",
-         "--set", "dpo.seq_len=96", "--set", "dpo.eval_every=2", "--set", "dpo.checkpoint_every=2",
-         "--set", "preference.sampled_questions=0"]  # fmt: skip
+SMOKE = [
+    "--preset",
+    "smoke",
+    "--set",
+    "sft.steps=3",
+    "--set",
+    "sft.micro_batch_size=4",
+    "--set",
+    "sft.batch_tokens=384",
+    "--set",
+    "sft.seq_len=96",
+    "--set",
+    "sft.eval_every=3",
+    "--set",
+    "sft.checkpoint_every=3",
+    "--set",
+    "dpo.steps=2",
+    "--set",
+    "dpo.micro_batch_size=4",
+    "--set",
+    "dpo.batch_tokens=384",
+    "--set",
+    "dpo.seq_len=96",
+    "--set",
+    "dpo.eval_every=2",
+    "--set",
+    "dpo.checkpoint_every=2",
+    "--set",
+    "preference.sampled_questions=0",
+]
 
 
 def test_stages_run_on_an_imported_model(hf_model, tmp_path):
     """SFT from an imported Qwen2 model, DPO from that SFT checkpoint: the tokenizer and template travel along."""
     path = hf_model("qwen2")
-    chats = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                           {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(24)]  # fmt: skip
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"It is {2 * i}."},
+            ]
+        }
+        for i in range(24)
+    ]
     data = write_jsonl(tmp_path / "chat.jsonl", chats)
     result = invoke("sft", "--init", f"hf:{path}", "--out", tmp_path / "sft", "--data", data, *SMOKE)
     assert result.exit_code == 0, result.output
     sft = checkpoint.resolve(tmp_path / "sft")
     assert (sft / "tokenizer_config.json").is_file() and (sft / "chat_template.jinja").is_file()
     assert checkpoint.load_model(sft).cfg.qkv_bias
-    pairs = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(24)]
-    result = invoke("dpo", "--init", tmp_path / "sft", "--out", tmp_path / "dpo", "--data", write_jsonl(tmp_path / "p.jsonl", pairs), *SMOKE)
+    pairs = [
+        {"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(24)
+    ]
+    result = invoke(
+        "dpo",
+        "--init",
+        tmp_path / "sft",
+        "--out",
+        tmp_path / "dpo",
+        "--data",
+        write_jsonl(tmp_path / "p.jsonl", pairs),
+        *SMOKE,
+    )
     assert result.exit_code == 0, result.output
     out = hf.export(tmp_path / "dpo", tmp_path / "hf")
     tok = Tokenizer.load(checkpoint.tokenizer_file(tmp_path / "dpo"))
@@ -349,10 +504,14 @@ def test_reward_gate_finds_the_answer_in_an_imported_template(hf_dir):
     family, path = hf_dir
     tok = Tokenizer.load(checkpoint.tokenizer_file(path))
     marker = answer_marker(tok)
-    assert len(marker) > 1 and tok.decode(marker).endswith({"qwen2": "assistant\n", "llama": "<|end_header_id|>\n\n",
-                                                            "mistral": "[/INST]"}[family])  # fmt: skip
-    for messages in (CONVERSATION[:5], CONVERSATION[1:3], [{"role": "user", "content": "Hi [/INST] <|im_start|>"},
-                                                           {"role": "assistant", "content": "Yes"}]):  # fmt: skip
+    assert len(marker) > 1 and tok.decode(marker).endswith(
+        {"qwen2": "assistant\n", "llama": "<|end_header_id|>\n\n", "mistral": "[/INST]"}[family]
+    )
+    for messages in (
+        CONVERSATION[:5],
+        CONVERSATION[1:3],
+        [{"role": "user", "content": "Hi [/INST] <|im_start|>"}, {"role": "assistant", "content": "Yes"}],
+    ):
         ids = render(tok, messages)[0]
         answer = (marker_ends(torch.tensor([ids]), marker).flip(1).cumsum(1).flip(1) == 0)[0]
         assert answer.int().argmax().item() == len(template_ids(tok, messages[:-1], True))
@@ -360,16 +519,62 @@ def test_reward_gate_finds_the_answer_in_an_imported_template(hf_dir):
 
 
 PAIRS = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(24)]
-RL = ["--preset", "smoke", "--set", "preference.sampled_questions=0",
-      "--set", "reward.steps=2", "--set", "reward.micro_batch_size=4", "--set", "reward.batch_tokens=384",
-      "--set", "reward.seq_len=96", "--set", "reward.eval_every=2", "--set", "reward.checkpoint_every=2",
-      "--set", "ppo.steps=2", "--set", "ppo.prompts_per_rollout=4", "--set", "ppo.num_minibatches=1",
-      "--set", "ppo.ppo_epochs=2", "--set", "ppo.micro_batch_size=4", "--set", "ppo.max_new_tokens=8",
-      "--set", "ppo.seq_len=64", "--set", "ppo.eval_every=2", "--set", "ppo.checkpoint_every=2",
-      "--set", "grpo.steps=2", "--set", "grpo.prompts_per_step=2", "--set", "grpo.num_generations=2",
-      "--set", "grpo.micro_batch_size=4", "--set", "grpo.max_new_tokens=8", "--set", "grpo.seq_len=64",
-      "--set", "grpo.eval_every=2", "--set", "grpo.checkpoint_every=2", "--set", "grpo.eval_problems=0",
-      "--set", "eval.pass_k=1"]  # fmt: skip
+RL = [
+    "--preset",
+    "smoke",
+    "--set",
+    "preference.sampled_questions=0",
+    "--set",
+    "reward.steps=2",
+    "--set",
+    "reward.micro_batch_size=4",
+    "--set",
+    "reward.batch_tokens=384",
+    "--set",
+    "reward.seq_len=96",
+    "--set",
+    "reward.eval_every=2",
+    "--set",
+    "reward.checkpoint_every=2",
+    "--set",
+    "ppo.steps=2",
+    "--set",
+    "ppo.prompts_per_rollout=4",
+    "--set",
+    "ppo.num_minibatches=1",
+    "--set",
+    "ppo.ppo_epochs=2",
+    "--set",
+    "ppo.micro_batch_size=4",
+    "--set",
+    "ppo.max_new_tokens=8",
+    "--set",
+    "ppo.seq_len=64",
+    "--set",
+    "ppo.eval_every=2",
+    "--set",
+    "ppo.checkpoint_every=2",
+    "--set",
+    "grpo.steps=2",
+    "--set",
+    "grpo.prompts_per_step=2",
+    "--set",
+    "grpo.num_generations=2",
+    "--set",
+    "grpo.micro_batch_size=4",
+    "--set",
+    "grpo.max_new_tokens=8",
+    "--set",
+    "grpo.seq_len=64",
+    "--set",
+    "grpo.eval_every=2",
+    "--set",
+    "grpo.checkpoint_every=2",
+    "--set",
+    "grpo.eval_problems=0",
+    "--set",
+    "eval.pass_k=1",
+]
 
 
 def test_reward_ppo_and_grpo_run_on_an_imported_model(hf_model, tmp_path):
@@ -384,20 +589,40 @@ def test_reward_ppo_and_grpo_run_on_an_imported_model(hf_model, tmp_path):
     rm = load_reward_model(tmp_path / "rm")
     tok = Tokenizer.load(checkpoint.tokenizer_file(tmp_path / "rm"))
     assert rm.gate is not None and rm.answer_marker == answer_marker(tok) and rm.cfg.qkv_bias
-    result = invoke("ppo", "--init", f"hf:{qwen}", "--reward-model", tmp_path / "rm", "--out", tmp_path / "ppo",
-                    "--data", pairs, *RL)  # fmt: skip
+    result = invoke(
+        "ppo",
+        "--init",
+        f"hf:{qwen}",
+        "--reward-model",
+        tmp_path / "rm",
+        "--out",
+        tmp_path / "ppo",
+        "--data",
+        pairs,
+        *RL,
+    )
     assert result.exit_code == 0, result.output
     out = hf.export(tmp_path / "ppo", tmp_path / "ppo-hf")
-    assert chat_ids(transformers.AutoTokenizer.from_pretrained(out), CONVERSATION, True) == \
-        render(tok, CONVERSATION, generation_prompt=True)[0]  # fmt: skip
+    assert (
+        chat_ids(transformers.AutoTokenizer.from_pretrained(out), CONVERSATION, True)
+        == render(tok, CONVERSATION, generation_prompt=True)[0]
+    )
     ids = random_ids(VOCAB, 3)
     with torch.no_grad():
         ours = checkpoint.load_model(tmp_path / "ppo").eval()(ids)
     assert (ours - hf_logits(out, ids)).abs().max().item() <= 1e-4
 
     tasks = [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(24)]
-    result = invoke("grpo", "--init", f"hf:{llama}", "--out", tmp_path / "grpo", "--data",
-                    write_jsonl(tmp_path / "tasks.jsonl", tasks), *RL)  # fmt: skip
+    result = invoke(
+        "grpo",
+        "--init",
+        f"hf:{llama}",
+        "--out",
+        tmp_path / "grpo",
+        "--data",
+        write_jsonl(tmp_path / "tasks.jsonl", tasks),
+        *RL,
+    )
     assert result.exit_code == 0, result.output
     assert '"before"' in result.output  # pass@1 of the imported model and of the tuned one on the held-out tasks
     grpo = checkpoint.resolve(tmp_path / "grpo")

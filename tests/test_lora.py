@@ -39,8 +39,9 @@ def test_zero_b_starts_as_the_base_and_only_adapters_train():
     assert torch.equal(base(ids), expected)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(base(ids), expected_bf16)
-    assert sorted(lora.layers(base)) == sorted(f"model.layers.{i}.{m}" for i in range(2)
-                                               for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"))  # fmt: skip
+    assert sorted(lora.layers(base)) == sorted(
+        f"model.layers.{i}.{m}" for i in range(2) for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+    )
     trainable = [n for n, p in base.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     # the base weight keeps its name: the state dict still reads as the plain model's plus the adapters
@@ -50,8 +51,9 @@ def test_zero_b_starts_as_the_base_and_only_adapters_train():
 def test_merge_equals_the_unmerged_forward():
     torch.manual_seed(0)
     # with q/k/v biases (an imported Qwen2): the frozen bias stays in the adapted and the merged layer
-    model = lora.inject(Transformer(SHAPE.model_copy(update={"qkv_bias": True})).eval(), LoRAConfig(r=4, alpha=8),
-                        base="init")  # fmt: skip
+    model = lora.inject(
+        Transformer(SHAPE.model_copy(update={"qkv_bias": True})).eval(), LoRAConfig(r=4, alpha=8), base="init"
+    )
     random_adapters(model)
     ids = torch.randint(0, 300, (2, 16))
     adapted = model(ids)
@@ -76,14 +78,27 @@ def save_init(tmp_path):
     return checkpoint.save(tmp_path / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"})
 
 
-CONVERSATIONS = [[{"role": "user", "content": f"count {i % 7}"}, {"role": "assistant", "content": f"{i % 7} {i % 7 + 1}"}]
-                 for i in range(24)]  # fmt: skip
+CONVERSATIONS = [
+    [{"role": "user", "content": f"count {i % 7}"}, {"role": "assistant", "content": f"{i % 7} {i % 7 + 1}"}]
+    for i in range(24)
+]
 
 
 def sft_config(**overrides) -> sft.SFTConfig:
-    base = dict(steps=4, micro_batch_size=4, seq_len=32, batch_tokens=128, lr=1e-2, warmup_steps=0, schedule="constant",
-                precision="fp32", eval_every=2, checkpoint_every=2, val_fraction=0.1,
-                lora=LoRAConfig(r=4, alpha=8, dropout=0.1))  # fmt: skip
+    base = dict(
+        steps=4,
+        micro_batch_size=4,
+        seq_len=32,
+        batch_tokens=128,
+        lr=1e-2,
+        warmup_steps=0,
+        schedule="constant",
+        precision="fp32",
+        eval_every=2,
+        checkpoint_every=2,
+        val_fraction=0.1,
+        lora=LoRAConfig(r=4, alpha=8, dropout=0.1),
+    )
     return sft.SFTConfig(**{**base, **overrides})
 
 
@@ -111,7 +126,9 @@ def test_sft_trains_only_the_adapters_and_saves_a_merged_checkpoint(sft_run):
         assert torch.equal(merged[name], value), name
     for name in ("model.norm.weight", "model.layers.0.input_layernorm.weight"):
         assert torch.equal(saved[name], start[name]), name
-    assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        saved["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"]
+    )
     # the next stage reads it as any checkpoint
     assert not lora.is_lora(checkpoint.load_model(out))
 
@@ -119,9 +136,12 @@ def test_sft_trains_only_the_adapters_and_saves_a_merged_checkpoint(sft_run):
 def test_resume_with_lora_is_exact(sft_run, tmp_path):
     init, _, full = sft_run
     cut = tmp_path / "cut"
-    sft.train(sft_config(steps=2), CONVERSATIONS, init, cut, log=lambda _: None)  # constant lr: steps moves nothing else
+    sft.train(
+        sft_config(steps=2), CONVERSATIONS, init, cut, log=lambda _: None
+    )  # constant lr: steps moves nothing else
     (cut / "DONE").unlink()
     sft.train(sft_config(), CONVERSATIONS, init, cut, resume=True, log=lambda _: None)
+
     def losses(stage):  # dropout draws from the global RNG: its state travels in the checkpoint too
         return [(m["step"], m.get("loss"), m.get("val_loss"), m.get("grad_norm")) for m in read_metrics(stage)]
 
@@ -154,14 +174,25 @@ def test_peft_loads_the_adapter_onto_the_base_with_the_same_logits(sft_run):
         assert (tuned(input_ids=ids).logits - start(ids)).abs().max() > 1e-3  # and the adapter is not a no-op
 
 
-PAIRS = [PreferencePair([{"role": "user", "content": f"count {i}"}], f"{i} {i + 1}", "say the answer")
-         for i in range(16)]  # fmt: skip
+PAIRS = [
+    PreferencePair([{"role": "user", "content": f"count {i}"}], f"{i} {i + 1}", "say the answer") for i in range(16)
+]
 
 
 def test_reward_model_trains_its_heads_beside_the_adapters(tmp_path):
     init = save_init(tmp_path)
-    cfg = reward.RewardConfig(steps=3, lr=1e-2, warmup_steps=0, micro_batch_size=8, batch_tokens=256, seq_len=32,
-                              precision="fp32", eval_every=3, checkpoint_every=3, lora=LoRAConfig(r=2))  # fmt: skip
+    cfg = reward.RewardConfig(
+        steps=3,
+        lr=1e-2,
+        warmup_steps=0,
+        micro_batch_size=8,
+        batch_tokens=256,
+        seq_len=32,
+        precision="fp32",
+        eval_every=3,
+        checkpoint_every=3,
+        lora=LoRAConfig(r=2),
+    )
     ckpt = reward.train(cfg, PAIRS, PAIRS[:8], init, tmp_path / "rm", log=lambda _: None)
     trained = torch.load(ckpt / "trainer_state.pt", weights_only=False)["lora"]
     assert {"score.weight", "gate.weight", "gate.bias"} <= set(trained)
@@ -174,8 +205,18 @@ def test_reward_model_trains_its_heads_beside_the_adapters(tmp_path):
 
 def test_dpo_starts_at_ln2_with_adapters(tmp_path):
     init = save_init(tmp_path)
-    cfg = dpo.DPOConfig(steps=2, lr=1e-2, warmup_steps=0, micro_batch_size=8, batch_tokens=256, seq_len=32,
-                        precision="fp32", eval_every=2, checkpoint_every=2, lora=LoRAConfig(r=2))  # fmt: skip
+    cfg = dpo.DPOConfig(
+        steps=2,
+        lr=1e-2,
+        warmup_steps=0,
+        micro_batch_size=8,
+        batch_tokens=256,
+        seq_len=32,
+        precision="fp32",
+        eval_every=2,
+        checkpoint_every=2,
+        lora=LoRAConfig(r=2),
+    )
     dpo.train(cfg, PAIRS, [], init, tmp_path / "dpo", log=lambda _: None)
     first, second = read_metrics(tmp_path / "dpo")
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6) and second["loss"] != first["loss"]
@@ -187,10 +228,24 @@ def digit_share(completion: str, task: Task) -> float:
 
 def test_grpo_with_adapters_keeps_the_base_as_its_kl_reference(tmp_path):
     init = save_init(tmp_path)
-    cfg = grpo.GRPOConfig(steps=2, prompts_per_step=2, num_generations=4, micro_batch_size=8, max_new_tokens=6,
-                          seq_len=32, lr=0.05, warmup_steps=0, precision="fp32", reward_funcs=[f"{__name__}:digit_share"], beta=0.1,
-                          num_iterations=2, eval_every=1000, checkpoint_every=1000, eval_problems=0,
-                          lora=LoRAConfig(r=2))  # fmt: skip
+    cfg = grpo.GRPOConfig(
+        steps=2,
+        prompts_per_step=2,
+        num_generations=4,
+        micro_batch_size=8,
+        max_new_tokens=6,
+        seq_len=32,
+        lr=0.05,
+        warmup_steps=0,
+        precision="fp32",
+        reward_funcs=[f"{__name__}:digit_share"],
+        beta=0.1,
+        num_iterations=2,
+        eval_every=1000,
+        checkpoint_every=1000,
+        eval_problems=0,
+        lora=LoRAConfig(r=2),
+    )
     grpo.train(cfg, [Task(f"say {i}", str(i)) for i in range(4)], [], init, tmp_path / "grpo", log=lambda *_: None)
     first, second = read_metrics(tmp_path / "grpo")
     assert first["kl"] == pytest.approx(0.0, abs=1e-7)  # the first step's adapters are zero: policy = base

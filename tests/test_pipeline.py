@@ -9,8 +9,12 @@ from conftest import FROMZERO
 
 def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     out = tmp_path / "run"
-    first = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
-                           env=cli_env, capture_output=True, text=True)  # fmt: skip
+    first = subprocess.run(
+        FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["preset"] == "smoke"
@@ -48,8 +52,17 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert reward_result["answers"] == {}  # the reward model does not answer the fixed prompts
     for stage in ("sft", "dpo", "ppo", "grpo"):  # the general evaluation: every kind, each stage from SFT on
         per_kind = summary["stages"][stage]["general"]
-        assert set(per_kind) == {"people", "towns", "animals", "objects", "comparisons", "arithmetic",
-                                 "language_models", "small_talk", "word_problems"}, per_kind  # fmt: skip
+        assert set(per_kind) == {
+            "people",
+            "towns",
+            "animals",
+            "objects",
+            "comparisons",
+            "arithmetic",
+            "language_models",
+            "small_talk",
+            "word_problems",
+        }, per_kind
         assert summary["stages"][stage]["general_acc"] == sum(per_kind.values()) / len(per_kind)
         graded = [json.loads(line) for line in (out / stage / "general_answers.jsonl").read_text().splitlines()]
         assert {g["verdict"] for g in graded} <= {"right", "wrong", "evasive"} and all(g["why"] for g in graded)
@@ -60,48 +73,90 @@ def test_run_writes_summary_report_and_skips_finished_stages(tmp_path, cli_env):
     assert all(a["verdict"] in ("right", "wrong", "evasive") and a["why"] for a in sft_answers.values()), sft_answers
     assert "✓" in report or "✗" in report
 
-    chat = subprocess.run(FROMZERO + ["chat", "--ckpt", str(out / "sft"), "--max-new-tokens", "8"], env=cli_env,
-                          input="Hello!\nWhere does Tom live?\n/system Be brief.\nHi\n/reset\n/quit\n",
-                          capture_output=True, text=True)  # fmt: skip
+    chat = subprocess.run(
+        FROMZERO + ["chat", "--ckpt", str(out / "sft"), "--max-new-tokens", "8"],
+        env=cli_env,
+        input="Hello!\nWhere does Tom live?\n/system Be brief.\nHi\n/reset\n/quit\n",
+        capture_output=True,
+        text=True,
+    )
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert chat.stdout.count("bot> ") == 3
     assert "(system prompt: 'Be brief.'; history cleared)" in chat.stdout and "(history cleared)" in chat.stdout
 
     # the stage commands on the run's checkpoints
-    ppo_cli = subprocess.run(FROMZERO + ["ppo", "--preset", "smoke", "--init", str(out / "sft"), "--reward-model",
-                                         str(out / "reward"), "--out", str(tmp_path / "ppo")],
-                             env=cli_env, capture_output=True, text=True)  # fmt: skip
+    ppo_cli = subprocess.run(
+        FROMZERO
+        + [
+            "ppo",
+            "--preset",
+            "smoke",
+            "--init",
+            str(out / "sft"),
+            "--reward-model",
+            str(out / "reward"),
+            "--out",
+            str(tmp_path / "ppo"),
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert ppo_cli.returncode == 0 and "checkpoint:" in ppo_cli.stdout, ppo_cli.stderr[-2000:]
-    grpo_cli = subprocess.run(FROMZERO + ["grpo", "--preset", "smoke", "--init", str(tmp_path / "ppo"), "--out",
-                                          str(tmp_path / "grpo")], env=cli_env, capture_output=True, text=True)  # fmt: skip
+    grpo_cli = subprocess.run(
+        FROMZERO + ["grpo", "--preset", "smoke", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "grpo")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert grpo_cli.returncode == 0, grpo_cli.stderr[-2000:]
     assert '"before"' in grpo_cli.stdout and '"pass@1"' in grpo_cli.stdout and '"pass@2"' in grpo_cli.stdout
 
-    again = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
-                           env=cli_env, capture_output=True, text=True)  # fmt: skip
+    again = subprocess.run(
+        FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0 and "[pretrain] finished earlier, skipped" in again.stdout
     assert json.loads((out / "summary.json").read_text())["stages"]["pretrain"] == pre
 
     # DPO added to a run whose PPO and GRPO finished: they read neither DPO's model nor anything redone, so they stay
     shutil.rmtree(out / "dpo")
-    add_dpo = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
-                             env=cli_env, capture_output=True, text=True)  # fmt: skip
+    add_dpo = subprocess.run(
+        FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "both"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert add_dpo.returncode == 0, add_dpo.stderr[-3000:]
     assert "[dpo] finished earlier" not in add_dpo.stdout and "[dpo] gold_win_rate=" in add_dpo.stdout
     assert "[ppo] finished earlier" in add_dpo.stdout and "[grpo] finished earlier" in add_dpo.stdout
 
     # GRPO started from PPO's model; with DPO alone it starts from DPO's, so it is redone (and nothing else)
-    dpo_only = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "dpo"],
-                              env=cli_env, capture_output=True, text=True)  # fmt: skip
+    dpo_only = subprocess.run(
+        FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "dpo"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert dpo_only.returncode == 0, dpo_only.stderr[-3000:]
     assert "[dpo] finished earlier" in dpo_only.stdout and "[grpo] redone: it now starts from dpo" in dpo_only.stdout
     assert json.loads((out / "grpo" / "result.json").read_text())["from"] == "dpo"
-    off = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "dpo", "--redo", "ppo"],
-                         env=cli_env, capture_output=True, text=True)  # fmt: skip
+    off = subprocess.run(
+        FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "dpo", "--redo", "ppo"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert off.returncode == 2 and "stage 'ppo' is off under preference_tuning=dpo" in off.stderr
 
-    redo = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--redo", "pretrain",
-                                      "--set", "pretrain.steps=10"], env=cli_env, capture_output=True, text=True)  # fmt: skip
+    redo = subprocess.run(
+        FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--redo", "pretrain", "--set", "pretrain.steps=10"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert redo.returncode == 0 and "[init] finished earlier" in redo.stdout
     assert "[pretrain] finished earlier" not in redo.stdout
 
@@ -113,13 +168,23 @@ def test_stage_choice_follows_the_config():
     assert stage_names(load_config("smoke")) == ["init", "pretrain", "sft", "synth", "reward", "ppo", "grpo"]
     both = stage_names(load_config("smoke", ["preference_tuning=both", "synthetic_data=false"]))
     assert both == ["init", "pretrain", "sft", "reward", "dpo", "ppo", "grpo"]
-    assert stage_names(load_config("smoke", ["preference_tuning=dpo", "reasoning_rl=false"])) == ["init", "pretrain", "sft", "synth", "dpo"]
+    assert stage_names(load_config("smoke", ["preference_tuning=dpo", "reasoning_rl=false"])) == [
+        "init",
+        "pretrain",
+        "sft",
+        "synth",
+        "dpo",
+    ]
     assert "synth" not in stage_names(load_config("tiny"))
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path, cli_env):
-    bad = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(tmp_path), "--set", "pretrain.lrr=1"],
-                         env=cli_env, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        FROMZERO + ["run", "--preset", "smoke", "--out", str(tmp_path), "--set", "pretrain.lrr=1"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: unknown config key 'pretrain.lrr'; valid keys in 'pretrain': steps,")
     assert "Traceback" not in bad.stderr
@@ -128,8 +193,12 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, cli_env):
 def test_cli_reports_malformed_data_file_with_line(tmp_path, cli_env):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "one fine line"}\n{"text": "another"}\n{"text": broken}\n')
-    bad = subprocess.run(FROMZERO + ["data", "--preset", "smoke", "--out", str(tmp_path / "d"),
-                                     "--set", f"data.sources=[{corpus}]"], env=cli_env, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        FROMZERO + ["data", "--preset", "smoke", "--out", str(tmp_path / "d"), "--set", f"data.sources=[{corpus}]"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert f"{corpus}:3" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -144,9 +213,24 @@ def test_skipped_records_are_counted_in_the_log(tmp_path, cli_env):
     corpus = tmp_path / "corpus.jsonl"
     good = '{"text": "The cat sat on the mat and looked at the dog."}\n'
     corpus.write_text(good * 30 + '{"text": broken}\n' + good * 30)
-    done = subprocess.run(FROMZERO + ["data", "--preset", "smoke", "--out", str(tmp_path / "d"), "--set",
-                                      f"data.sources=[{corpus}]", "--set", "data.on_error=skip",
-                                      "--set", "data.val_fraction=0.2"],  # 5 % of 60 lines is less than one sequence
-                          env=cli_env, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        FROMZERO
+        + [
+            "data",
+            "--preset",
+            "smoke",
+            "--out",
+            str(tmp_path / "d"),
+            "--set",
+            f"data.sources=[{corpus}]",
+            "--set",
+            "data.on_error=skip",
+            "--set",
+            "data.val_fraction=0.2",
+        ],  # 5 % of 60 lines is less than one sequence
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"[data] data.sources: skipped 1 malformed records of 61, e.g. {corpus}:31: invalid JSON" in done.stdout

@@ -13,8 +13,16 @@ from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train.loop import read_metrics
 from fromzero.train.ppo import (
-    AdaptiveKLController, PPOConfig, gae, kl_penalty, ppo_policy_loss, reward_evaluator, train, value_loss, whiten,
-)  # fmt: skip
+    AdaptiveKLController,
+    PPOConfig,
+    gae,
+    kl_penalty,
+    ppo_policy_loss,
+    reward_evaluator,
+    train,
+    value_loss,
+    whiten,
+)
 from fromzero.train.reward import RewardModel, answer_rewards, load_reward_model
 from fromzero.train.sft import collate, tokenize
 
@@ -161,8 +169,10 @@ def digit_share(text: str) -> float:
 
 PROMPTS = [[{"role": "user", "content": f"say a number {i}"}] for i in range(16)]
 # instruction conversations for PPO-ptx's SFT loss
-PTX = [[{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": f"{w} is spelt {' '.join(w)}"}]
-       for w in ("cat", "dog", "sun", "hat", "box", "pen", "cup", "map")]  # fmt: skip
+PTX = [
+    [{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": f"{w} is spelt {' '.join(w)}"}]
+    for w in ("cat", "dog", "sun", "hat", "box", "pen", "cup", "map")
+]
 
 
 def gold(index: int, answer: str) -> float:
@@ -177,15 +187,28 @@ def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo")
     init, tok, tok_file = save_tiny_policy(out)
     feature = torch.tensor([float(any(c.isdigit() for c in tok.decode([i]))) for i in range(tok.vocab_size)])
-    rm = checkpoint.save(out / "rm", 0, mean_feature_reward_model(feature), tokenizer_file=tok_file,
-                         meta={"stage": "reward"})  # fmt: skip
+    rm = checkpoint.save(
+        out / "rm", 0, mean_feature_reward_model(feature), tokenizer_file=tok_file, meta={"stage": "reward"}
+    )
     return init, rm, tok
 
 
 def config(**overrides) -> PPOConfig:
-    base = dict(steps=30, prompts_per_rollout=32, num_minibatches=1, ppo_epochs=2, micro_batch_size=16,
-                max_new_tokens=6, seq_len=32, lr=0.01, warmup_steps=0, kl_coef=0.01, precision="fp32",
-                eval_every=1000, checkpoint_every=1000)  # fmt: skip
+    base = dict(
+        steps=30,
+        prompts_per_rollout=32,
+        num_minibatches=1,
+        ppo_epochs=2,
+        micro_batch_size=16,
+        max_new_tokens=6,
+        seq_len=32,
+        lr=0.01,
+        warmup_steps=0,
+        kl_coef=0.01,
+        precision="fp32",
+        eval_every=1000,
+        checkpoint_every=1000,
+    )
     return PPOConfig(**{**base, **overrides})
 
 
@@ -229,9 +252,23 @@ def test_every_option_runs_and_resume_is_exact(tiny, tmp_path):
     PPO-ptx, gold and held-out evaluation; the run is cut after step 3 (the first step of the second rollout) and
     resumed."""
     init, rm_path, tok = tiny
-    cfg = config(steps=6, prompts_per_rollout=16, num_minibatches=2, ppo_epochs=1, micro_batch_size=4, adaptive_kl=True,
-                 kl_coef=0.1, kl_target=1.0, kl_horizon=20, kl_estimator="k3", missing_eos_penalty=0.5,
-                 ptx_coef=0.5, ptx_batch_size=3, checkpoint_every=3, eval_every=2)  # fmt: skip
+    cfg = config(
+        steps=6,
+        prompts_per_rollout=16,
+        num_minibatches=2,
+        ppo_epochs=1,
+        micro_batch_size=4,
+        adaptive_kl=True,
+        kl_coef=0.1,
+        kl_target=1.0,
+        kl_horizon=20,
+        kl_estimator="k3",
+        missing_eos_penalty=0.5,
+        ptx_coef=0.5,
+        ptx_batch_size=3,
+        checkpoint_every=3,
+        eval_every=2,
+    )
     evaluate = reward_evaluator(load_reward_model(rm_path).eval(), tok, PROMPTS[:4], max_new_tokens=6, gold=gold)
 
     def run(cfg, out, resume=False):
@@ -240,9 +277,23 @@ def test_every_option_runs_and_resume_is_exact(tiny, tmp_path):
     final = run(cfg, tmp_path / "full")
     records = read_metrics(tmp_path / "full")
     full = [m for m in records if "loss" in m]
-    for name in ("reward/mean", "reward/std", "reward/rlhf", "gold/mean", "kl", "kl_coef", "entropy", "clipfrac",
-                 "approx_kl", "value_loss", "policy_loss", "value_clipfrac", "response_length", "clipped_ratio",
-                 "ptx_loss"):  # fmt: skip
+    for name in (
+        "reward/mean",
+        "reward/std",
+        "reward/rlhf",
+        "gold/mean",
+        "kl",
+        "kl_coef",
+        "entropy",
+        "clipfrac",
+        "approx_kl",
+        "value_loss",
+        "policy_loss",
+        "value_clipfrac",
+        "response_length",
+        "clipped_ratio",
+        "ptx_loss",
+    ):
         assert all(math.isfinite(m[name]) for m in full), name
     assert sum("val_reward" in m and "val_gold" in m for m in records) == 3  # steps 2, 4, 6
     assert full[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first rollout's policy is the reference
@@ -259,8 +310,17 @@ def test_every_option_runs_and_resume_is_exact(tiny, tmp_path):
     resumed = [m for m in read_metrics(tmp_path / "cut") if "loss" in m]
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
     for step in (3, 4, 5):  # step 5 samples a new rollout with the restored value model, β and RNG
-        for name in ("loss", "policy_loss", "value_loss", "reward/mean", "kl", "kl_coef", "approx_kl", "grad_norm",
-                     "ptx_loss"):  # fmt: skip
+        for name in (
+            "loss",
+            "policy_loss",
+            "value_loss",
+            "reward/mean",
+            "kl",
+            "kl_coef",
+            "approx_kl",
+            "grad_norm",
+            "ptx_loss",
+        ):
             assert resumed[step][name] == pytest.approx(full[step][name], rel=1e-5, abs=1e-7), (step, name)
     expected = policy.state_dict()
     for k, v in checkpoint.load_model(resumed_final).state_dict().items():
@@ -304,9 +364,15 @@ def test_micro_batch_size_only_changes_memory(tiny, tmp_path):
 def test_mismatched_tokenizer_is_refused(tiny, tmp_path):
     init, rm_path, _ = tiny
     other = Tokenizer.train(["something else entirely"] * 10, vocab_size=280)
-    rm = checkpoint.save(tmp_path / "rm", 0, RewardModel(ModelConfig(vocab_size=other.vocab_size, dim=8, n_layers=1,
-                         n_heads=1, n_kv_heads=1, max_seq_len=48)), tokenizer_file=other.save(tmp_path / "tok"),
-                         meta={})  # fmt: skip
+    rm = checkpoint.save(
+        tmp_path / "rm",
+        0,
+        RewardModel(
+            ModelConfig(vocab_size=other.vocab_size, dim=8, n_layers=1, n_heads=1, n_kv_heads=1, max_seq_len=48)
+        ),
+        tokenizer_file=other.save(tmp_path / "tok"),
+        meta={},
+    )
     with pytest.raises(ValueError, match="tokenizer"):
         train(config(), PROMPTS, init, rm, tmp_path / "ppo", log=quiet)
     assert rm_path.exists()

@@ -10,13 +10,33 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fromzero.data.preference import PairBatches, PreferencePair, PreferenceStats, VoteConflict, add_battle, \
-    add_vote, collate_pairs, connect, create_schema, encode_pairs, iter_preference_pairs, split_pairs  # fmt: skip
+from fromzero.data.preference import (
+    PairBatches,
+    PreferencePair,
+    PreferenceStats,
+    VoteConflict,
+    add_battle,
+    add_vote,
+    collate_pairs,
+    connect,
+    create_schema,
+    encode_pairs,
+    iter_preference_pairs,
+    split_pairs,
+)
 from fromzero.data.sources import DataError
 from fromzero.data.world import ATTRIBUTES, WorldConfig, build_world
 from fromzero.data.world_chat import STYLES, Question, fact_sentence, styled
-from fromzero.data.world_pref import CONTENTS, GoldPreference, PreferenceConfig, answer_style, build_preferences, \
-    candidate, prompts_and_gold, sampled_pairs  # fmt: skip
+from fromzero.data.world_pref import (
+    CONTENTS,
+    GoldPreference,
+    PreferenceConfig,
+    answer_style,
+    build_preferences,
+    candidate,
+    prompts_and_gold,
+    sampled_pairs,
+)
 
 USER = [{"role": "user", "content": "Hi?"}]
 HELLO = PreferencePair(USER, "Hello.", "Go away.")
@@ -31,19 +51,34 @@ def pairs_of(path, **kwargs):
     return list(iter_preference_pairs(path, **kwargs))
 
 
-@pytest.mark.parametrize("record", [
-    {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."},
-    {"prompt": USER, "chosen": [{"role": "assistant", "content": "Hello."}],
-     "rejected": [{"role": "assistant", "content": "Go away."}]},
-    # UltraFeedback-binarized: each answer repeats the prompt
-    {"prompt": "Hi?", "chosen": [*USER, {"role": "assistant", "content": "Hello."}],
-     "rejected": [*USER, {"role": "assistant", "content": "Go away."}], "score_chosen": 8.0, "score_rejected": 2.0},
-    {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."},
-    {"chosen": [*USER, {"role": "assistant", "content": "Hello."}],
-     "rejected": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Go away."}]},
-    {"instruction": "Hi?", "completions": [{"response": "Go away.", "overall_score": 1.5},
-                                           {"response": "Hello.", "overall_score": 9}]},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."},
+        {
+            "prompt": USER,
+            "chosen": [{"role": "assistant", "content": "Hello."}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        },
+        # UltraFeedback-binarized: each answer repeats the prompt
+        {
+            "prompt": "Hi?",
+            "chosen": [*USER, {"role": "assistant", "content": "Hello."}],
+            "rejected": [*USER, {"role": "assistant", "content": "Go away."}],
+            "score_chosen": 8.0,
+            "score_rejected": 2.0,
+        },
+        {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."},
+        {
+            "chosen": [*USER, {"role": "assistant", "content": "Hello."}],
+            "rejected": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Go away."}],
+        },
+        {
+            "instruction": "Hi?",
+            "completions": [{"response": "Go away.", "overall_score": 1.5}, {"response": "Hello.", "overall_score": 9}],
+        },
+    ],
+)
 def test_every_format_is_detected(tmp_path, record):
     assert pairs_of(write_jsonl(tmp_path / "p.jsonl", [record, record])) == [HELLO, HELLO]
 
@@ -56,13 +91,23 @@ def test_hh_multi_turn_keeps_the_shared_conversation(tmp_path):
     assert pair.messages[-1]["content"] == "Where is Tom?" and (pair.chosen, pair.rejected) == ("At home.", "No idea.")
 
 
-@pytest.mark.parametrize("pairing, expected, ties", [
-    ("best_vs_worst", [("A", "D")], 1),
-    ("best_vs_each", [("A", "C"), ("A", "D")], 2),  # B ties with the best: dropped
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "pairing, expected, ties",
+    [
+        ("best_vs_worst", [("A", "D")], 1),
+        ("best_vs_each", [("A", "C"), ("A", "D")], 2),  # B ties with the best: dropped
+    ],
+)
 def test_rated_completions_pair_the_best_and_drop_ties(tmp_path, pairing, expected, ties):
-    record = {"prompt": "Hi?", "completions": [{"text": "A", "score": 5}, {"text": "B", "score": 5},
-                                               {"text": "C", "score": 3}, {"text": "D", "score": 1}]}  # fmt: skip
+    record = {
+        "prompt": "Hi?",
+        "completions": [
+            {"text": "A", "score": 5},
+            {"text": "B", "score": 5},
+            {"text": "C", "score": 3},
+            {"text": "D", "score": 1},
+        ],
+    }
     all_equal = {"prompt": "Hi?", "completions": [{"text": "A", "rating": 2}, {"text": "B", "rating": 2}]}
     stats = PreferenceStats()
     pairs = pairs_of(write_jsonl(tmp_path / "r.jsonl", [record, all_equal]), stats=stats, pairing=pairing)
@@ -72,7 +117,10 @@ def test_rated_completions_pair_the_best_and_drop_ties(tmp_path, pairing, expect
 
 def test_identical_answers_are_ties(tmp_path):
     stats = PreferenceStats()
-    assert pairs_of(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Hi?", "chosen": "x", "rejected": "x"}]), stats=stats) == []
+    assert (
+        pairs_of(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Hi?", "chosen": "x", "rejected": "x"}]), stats=stats)
+        == []
+    )
     assert stats.ties == 1 and stats.skipped == 0
 
 
@@ -89,38 +137,71 @@ def test_json_parquet_and_saved_dataset_sources(tmp_path):
 
 def test_formats_are_detected_per_file(tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}])
-    b = write_jsonl(tmp_path / "b.jsonl", [{"chosen": "Human: Hi?\n\nAssistant: Hello.",
-                                            "rejected": "Human: Hi?\n\nAssistant: Go away."}])  # fmt: skip
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"chosen": "Human: Hi?\n\nAssistant: Hello.", "rejected": "Human: Hi?\n\nAssistant: Go away."}],
+    )
     assert pairs_of([a, b]) == [HELLO, HELLO]
 
 
 GOOD = {
     "explicit": {"prompt": "Hi?", "chosen": "a", "rejected": "b"},
     "hh": {"chosen": "Human: Hi?\n\nAssistant: a", "rejected": "Human: Hi?\n\nAssistant: b"},
-    "implicit": {"chosen": [*USER, {"role": "assistant", "content": "a"}],
-                 "rejected": [*USER, {"role": "assistant", "content": "b"}]},
+    "implicit": {
+        "chosen": [*USER, {"role": "assistant", "content": "a"}],
+        "rejected": [*USER, {"role": "assistant", "content": "b"}],
+    },
     "rated": {"prompt": "Hi?", "completions": [{"text": "a", "score": 2}, {"text": "b", "score": 1}]},
-}  # fmt: skip
+}
 
 
-@pytest.mark.parametrize("fmt, bad, error", [
-    ("explicit", {"prompt": "Hi?", "chosen": "Hello."}, "missing field 'rejected'"),
-    ("explicit", {"prompt": "Hi?", "chosen": 3, "rejected": "x"}, "'chosen' must be a string, got int"),
-    ("explicit", {"prompt": [{"role": "assistant", "content": "Hi?"}], "chosen": "a", "rejected": "b"},
-     "turn 0 should be from the user"),
-    ("explicit", {"prompt": "Hi?", "chosen": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "a"}],
-                  "rejected": "b"}, "the conversation in 'chosen' does not start with the prompt"),
-    ("hh", {"chosen": "Human: Hi?\n\nAssistant: a", "rejected": "Human: Bye?\n\nAssistant: b"},
-     "'chosen' and 'rejected' differ before their last assistant turn"),
-    ("hh", {"chosen": "Hello there", "rejected": "Human: Hi?\n\nAssistant: b"}, "not an HH transcript"),
-    ("hh", {"chosen": "Human: Hi?", "rejected": "Human: Hi?\n\nAssistant: b"},
-     "the 'chosen' conversation must end with an assistant turn"),
-    ("implicit", {"chosen": [*USER], "rejected": [*USER, {"role": "assistant", "content": "b"}]},
-     "the 'chosen' conversation must end with an assistant turn"),
-    ("rated", {"prompt": "Hi?", "completions": [{"text": "a", "score": "high"}, {"text": "b", "score": 1}]},
-     r"completion 0 needs a text \(response/text/content\) and a number"),
-    ("rated", {"prompt": "Hi?", "completions": [{"text": "a", "score": 1}]}, "'completions' must be a list of at least two"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "fmt, bad, error",
+    [
+        ("explicit", {"prompt": "Hi?", "chosen": "Hello."}, "missing field 'rejected'"),
+        ("explicit", {"prompt": "Hi?", "chosen": 3, "rejected": "x"}, "'chosen' must be a string, got int"),
+        (
+            "explicit",
+            {"prompt": [{"role": "assistant", "content": "Hi?"}], "chosen": "a", "rejected": "b"},
+            "turn 0 should be from the user",
+        ),
+        (
+            "explicit",
+            {
+                "prompt": "Hi?",
+                "chosen": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "a"}],
+                "rejected": "b",
+            },
+            "the conversation in 'chosen' does not start with the prompt",
+        ),
+        (
+            "hh",
+            {"chosen": "Human: Hi?\n\nAssistant: a", "rejected": "Human: Bye?\n\nAssistant: b"},
+            "'chosen' and 'rejected' differ before their last assistant turn",
+        ),
+        ("hh", {"chosen": "Hello there", "rejected": "Human: Hi?\n\nAssistant: b"}, "not an HH transcript"),
+        (
+            "hh",
+            {"chosen": "Human: Hi?", "rejected": "Human: Hi?\n\nAssistant: b"},
+            "the 'chosen' conversation must end with an assistant turn",
+        ),
+        (
+            "implicit",
+            {"chosen": [*USER], "rejected": [*USER, {"role": "assistant", "content": "b"}]},
+            "the 'chosen' conversation must end with an assistant turn",
+        ),
+        (
+            "rated",
+            {"prompt": "Hi?", "completions": [{"text": "a", "score": "high"}, {"text": "b", "score": 1}]},
+            r"completion 0 needs a text \(response/text/content\) and a number",
+        ),
+        (
+            "rated",
+            {"prompt": "Hi?", "completions": [{"text": "a", "score": 1}]},
+            "'completions' must be a list of at least two",
+        ),
+    ],
+)
 def test_malformed_records_name_file_and_line(tmp_path, fmt, bad, error):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD[fmt], GOOD[fmt], bad])
     with pytest.raises(DataError, match=rf"{path}:3: bad {fmt} record: {error}"):
@@ -148,10 +229,12 @@ def test_votes_round_trip_through_sqlite(tmp_path):
     conn = connect(db)
     create_schema(conn)  # idempotent: the server calls it on every start
     conversation = [{"role": "system", "content": "Be kind."}, *USER]
-    ids = [_voted(conn, conversation, "Hello.", "Go away.", "a", seed_a=1, seed_b=2),
-           _voted(conn, USER, "Go away.", "Hello.", "b"),
-           _voted(conn, USER, "Hi.", "Hey.", "tie"),
-           _voted(conn, USER, "Meh.", "Hmm.", "both_bad")]  # fmt: skip
+    ids = [
+        _voted(conn, conversation, "Hello.", "Go away.", "a", seed_a=1, seed_b=2),
+        _voted(conn, USER, "Go away.", "Hello.", "b"),
+        _voted(conn, USER, "Hi.", "Hey.", "tie"),
+        _voted(conn, USER, "Meh.", "Hmm.", "both_bad"),
+    ]
     assert ids == [1, 2, 3, 4]
     battle = add_battle(conn, USER, "x", "y", response_a="Hi.", response_b="Yo.")
     with pytest.raises(ValueError, match="choice must be"):
@@ -168,14 +251,19 @@ def test_votes_round_trip_through_sqlite(tmp_path):
     assert add_vote(conn, battle, "tie", better="Hello there!", idempotency_key="k1") == (5, True)  # retried
     with pytest.raises(VoteConflict, match="already has a vote"):
         add_vote(conn, battle, "a")
-    row = conn.execute("SELECT v.created_at, b.model_a, b.model_b, b.seed_a FROM votes v JOIN battles b "
-                       "ON b.id = v.battle_id WHERE v.id = 1").fetchone()  # fmt: skip
+    row = conn.execute(
+        "SELECT v.created_at, b.model_a, b.model_b, b.seed_a FROM votes v JOIN battles b "
+        "ON b.id = v.battle_id WHERE v.id = 1"
+    ).fetchone()
     assert row[0].startswith("20") and tuple(row[1:]) == ("x", "y", 1)
     conn.close()
     stats = PreferenceStats()
-    assert pairs_of(str(db), stats=stats) == [PreferencePair(conversation, "Hello.", "Go away."), HELLO,
-                                              PreferencePair(USER, "Hello there!", "Hi."),
-                                              PreferencePair(USER, "Hello there!", "Yo.")]  # fmt: skip
+    assert pairs_of(str(db), stats=stats) == [
+        PreferencePair(conversation, "Hello.", "Go away."),
+        HELLO,
+        PreferencePair(USER, "Hello there!", "Hi."),
+        PreferencePair(USER, "Hello there!", "Yo."),
+    ]
     assert (stats.pairs, stats.ties, stats.both_bad) == (4, 2, 1)
 
 
@@ -184,8 +272,10 @@ def test_malformed_votes_name_the_database_and_vote(tmp_path):
     conn = connect(db)
     _voted(conn, USER, "a", "b", "a")
     with conn:
-        conn.execute("INSERT INTO battles (id, messages, model_a, model_b, response_a, response_b) "
-                     "VALUES ('bad', '[oops', 'x', 'y', 'a', 'b')")  # fmt: skip
+        conn.execute(
+            "INSERT INTO battles (id, messages, model_a, model_b, response_a, response_b) "
+            "VALUES ('bad', '[oops', 'x', 'y', 'a', 'b')"
+        )
     add_vote(conn, "bad", "a")
     conn.close()
     with pytest.raises(DataError, match=rf"{db}: vote 2: bad votes record: messages is not valid JSON"):
@@ -243,12 +333,15 @@ def test_world_preferences_use_trained_people_and_hold_out_phrasings(world):
     train_prompts = {p.messages[0]["content"] for p in data.train}
     assert not train_prompts & {q.question for q in data.eval_questions}
     gold = GoldPreference(world)
-    assert all(gold.score(q, p.chosen) > gold.score(q, p.rejected) for q, p in zip(data.eval_questions, data.eval_pairs))
+    assert all(
+        gold.score(q, p.chosen) > gold.score(q, p.rejected) for q, p in zip(data.eval_questions, data.eval_pairs)
+    )
 
 
 def test_more_pairs_per_phrasing_and_a_clear_error_past_the_phrasings(world):
-    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=3, eval_questions=10,
-                                                   questions_per_kind=0))
+    data = build_preferences(
+        world, PreferenceConfig(questions_per_fact=1, pairs_per_question=3, eval_questions=10, questions_per_kind=0)
+    )
     assert len(data.train) == len(world.trained_people) * 8 * 3
     assert len({p.messages[0]["content"] for p in data.train}) == len(world.trained_people) * 8
     with pytest.raises(ValueError, match="only 10 training phrasings; raise preference.pairs_per_question"):
@@ -256,8 +349,9 @@ def test_more_pairs_per_phrasing_and_a_clear_error_past_the_phrasings(world):
 
 
 def test_ppo_prompts_are_distinct_questions_with_their_gold_score(world):
-    data = build_preferences(world, PreferenceConfig(questions_per_fact=1, pairs_per_question=2, eval_questions=5,
-                                                   questions_per_kind=0))
+    data = build_preferences(
+        world, PreferenceConfig(questions_per_fact=1, pairs_per_question=2, eval_questions=5, questions_per_kind=0)
+    )
     prompts, gold = prompts_and_gold(world, data.train_questions)
     assert len(prompts) == len(data.train_questions) // 2  # two pairs per question, one prompt
     q = next(q for q in data.train_questions if q.question == prompts[3][0]["content"])
@@ -269,8 +363,9 @@ def test_sampled_answers_are_labelled_like_written_pairs_and_ties_dropped(world)
     """Pairs of a model's own answers: each sampled question answered twice (two seeds), the labellers' choice
     kept, a pair the gold function cannot tell apart dropped. The 'model' answers from the world: with one seed
     right, with the other right or evasive by the question's parity, so half the pairs are ties."""
-    cfg = PreferenceConfig(questions_per_fact=2, eval_questions=5, temperature=0.0, sampled_questions=30,
-                           questions_per_kind=0)
+    cfg = PreferenceConfig(
+        questions_per_fact=2, eval_questions=5, temperature=0.0, sampled_questions=30, questions_per_kind=0
+    )
     data, by_text = build_preferences(world, cfg), {}
     for q in data.train_questions:
         by_text[q.question] = q
@@ -279,8 +374,10 @@ def test_sampled_answers_are_labelled_like_written_pairs_and_ties_dropped(world)
     def sample(questions: list[str], seed: int) -> list[str]:
         calls.append(seed)
         first = seed == calls[0]
-        return [f"It is {by_text[t].expected}." if first or i % 2 else "Sorry, I don't know that."
-                for i, t in enumerate(questions)]  # fmt: skip
+        return [
+            f"It is {by_text[t].expected}." if first or i % 2 else "Sorry, I don't know that."
+            for i, t in enumerate(questions)
+        ]
 
     pairs = sampled_pairs(world, data, cfg, sample)
     assert len(calls) == 2 and calls[0] != calls[1]
@@ -313,7 +410,10 @@ def test_gold_function_orders_content_then_style(world):
     right = f"He works as a {p.job}."
     assert gold.win_rate([q, q, q], [right, "No idea.", "x"], ["No idea.", "No idea.", right]) == 0.5  # win, tie, loss
     # the best a policy can do against these references: win against the two evasive ones, tie with the right one
-    assert gold.score(q, right) == gold.best and gold.win_rate_ceiling([q, q, q], ["No idea.", "No idea.", right]) == 2.5 / 3
+    assert (
+        gold.score(q, right) == gold.best
+        and gold.win_rate_ceiling([q, q, q], ["No idea.", "No idea.", right]) == 2.5 / 3
+    )
 
 
 def test_off_topic_answers_state_another_fact_and_count_as_evasive(world):
@@ -325,11 +425,19 @@ def test_off_topic_answers_state_another_fact_and_count_as_evasive(world):
     answers = [candidate(world, gold, p, "job", "off_topic", "good", rng) for _ in range(40)]
     facts = {fact_sentence(p, attr) for attr in ATTRIBUTES if attr != "job"}
     assert set(answers) <= facts and len(set(answers)) > 3
-    assert all(gold.content(q, x) == "evasive" and gold.score(q, x) == gold.score(q, "Sorry, I don't know that.")
-               for x in answers)  # fmt: skip
-    data = build_preferences(world, PreferenceConfig(questions_per_fact=2, eval_questions=50,
-                                                     content_weights={"right": 0.5, "off_topic": 0.5},
-                                                     style_weights={"good": 1.0}))  # fmt: skip
+    assert all(
+        gold.content(q, x) == "evasive" and gold.score(q, x) == gold.score(q, "Sorry, I don't know that.")
+        for x in answers
+    )
+    data = build_preferences(
+        world,
+        PreferenceConfig(
+            questions_per_fact=2,
+            eval_questions=50,
+            content_weights={"right": 0.5, "off_topic": 0.5},
+            style_weights={"good": 1.0},
+        ),
+    )
     # right or off-topic, said well: every pair the gold function tells apart is right over off-topic
     for q, pair in zip(data.eval_questions, data.eval_pairs):
         assert gold.content(q, pair.chosen) == "right" and gold.content(q, pair.rejected) == "evasive"
@@ -339,8 +447,9 @@ def test_off_topic_answers_state_another_fact_and_count_as_evasive(world):
 
 @pytest.mark.parametrize("temperature, noise", [(0.0, 0.0), (0.0, 0.2), (1.0, 0.0), (1.0, 0.1)])
 def test_labels_follow_bradley_terry_with_noise(world, temperature, noise):
-    data = build_preferences(world, PreferenceConfig(questions_per_fact=6, temperature=temperature, label_noise=noise,
-                                                     eval_questions=1))  # fmt: skip
+    data = build_preferences(
+        world, PreferenceConfig(questions_per_fact=6, temperature=temperature, label_noise=noise, eval_questions=1)
+    )
     gold = GoldPreference(world)
     flipped, expected = 0, 0.0
     for q, pair in zip(data.train_questions, data.train):

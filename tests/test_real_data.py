@@ -9,8 +9,13 @@ import pytest
 from fromzero.config import load_config
 from fromzero.data import build as data_build
 from fromzero.data.chat import render
-from fromzero.data.preference import PreferencePair, PreferenceStats, describe_encoding, encode_pairs, \
-    iter_preference_pairs  # fmt: skip
+from fromzero.data.preference import (
+    PreferencePair,
+    PreferenceStats,
+    describe_encoding,
+    encode_pairs,
+    iter_preference_pairs,
+)
 from fromzero.data.shards import CHUNK_CHARS, _is_val, assign_splits, cut_document
 from fromzero.data.tasks import iter_tasks
 from fromzero.data.world import build_world
@@ -62,7 +67,9 @@ def test_the_built_in_world_splits_as_before():
 
 def test_a_single_document_gives_validation_its_tail_and_train_the_rest():
     assert list(assign_splits(["First line.\nSecond line.\nThird one."], 0.3, seed=0)) == [
-        ("First line.\nSecond line.\n", False), ("Third one.", True)]
+        ("First line.\nSecond line.\n", False),
+        ("Third one.", True),
+    ]
     assert list(assign_splits(["x"], 0.5, seed=0)) == [("x", False)]  # nothing to cut: train comes first
     assert list(assign_splits(["no split wanted"], 0.0, seed=0)) == [("no split wanted", False)]
 
@@ -89,29 +96,45 @@ def write_jsonl(path, records):
 
 def test_hh_transcripts_with_two_assistant_turns_in_a_row_are_merged_and_counted(tmp_path):
     shared = "\n\nHuman: Hi?\n\nAssistant: Hello.\n\nAssistant: Anything else?\n\nHuman: A joke?\n\nAssistant:"
-    records = [{"chosen": shared + " Knock knock.", "rejected": shared + " No."},
-               {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hey.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go."}]
+    records = [
+        {"chosen": shared + " Knock knock.", "rejected": shared + " No."},
+        {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hey.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go."},
+    ]
     stats = PreferenceStats()
     pairs = list(iter_preference_pairs(write_jsonl(tmp_path / "hh.jsonl", records), stats=stats))
-    assert pairs[0].messages == [{"role": "user", "content": "Hi?"},
-                                 {"role": "assistant", "content": "Hello.\n\nAnything else?"},
-                                 {"role": "user", "content": "A joke?"}]  # fmt: skip
+    assert pairs[0].messages == [
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello.\n\nAnything else?"},
+        {"role": "user", "content": "A joke?"},
+    ]
     assert (pairs[0].chosen, pairs[0].rejected) == ("Knock knock.", "No.")
     assert (stats.pairs, stats.merged, stats.skipped) == (2, 1, 0)
-    assert stats.describe() == ("2 preference records: 2 pairs, 0 ties and 0 'both bad' votes dropped, 0 malformed "
-                                "records skipped, 1 with consecutive same-speaker turns merged")  # fmt: skip
+    assert stats.describe() == (
+        "2 preference records: 2 pairs, 0 ties and 0 'both bad' votes dropped, 0 malformed "
+        "records skipped, 1 with consecutive same-speaker turns merged"
+    )
 
 
 def test_alpaca_preference_records_are_their_own_format(tmp_path):
-    records = [{"instruction": "Fix the spelling.", "input": "freind", "output": "friend", "chosen": "friend",
-                "rejected": "Get it together: friend."},
-               {"instruction": "Say hi.", "input": "", "chosen": "Hi!", "rejected": "Hi!"}]  # fmt: skip
+    records = [
+        {
+            "instruction": "Fix the spelling.",
+            "input": "freind",
+            "output": "friend",
+            "chosen": "friend",
+            "rejected": "Get it together: friend.",
+        },
+        {"instruction": "Say hi.", "input": "", "chosen": "Hi!", "rejected": "Hi!"},
+    ]
     path = tmp_path / "prefs.json"
     path.write_text(json.dumps(records))
     stats = PreferenceStats()
     pairs = list(iter_preference_pairs(str(path), stats=stats))
-    assert pairs == [PreferencePair([{"role": "user", "content": "Fix the spelling.\n\nfreind"}], "friend",
-                                    "Get it together: friend.")]  # fmt: skip
+    assert pairs == [
+        PreferencePair(
+            [{"role": "user", "content": "Fix the spelling.\n\nfreind"}], "friend", "Get it together: friend."
+        )
+    ]
     assert (stats.pairs, stats.ties) == (1, 1)
 
 
@@ -121,8 +144,11 @@ def tok():
 
 
 def test_long_pairs_are_cut_as_trl_cuts_them(tok):
-    history = [{"role": "user", "content": book(30, seed=1)}, {"role": "assistant", "content": "Sure."},
-               {"role": "user", "content": "And the end of the story?"}]  # fmt: skip
+    history = [
+        {"role": "user", "content": book(30, seed=1)},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": "And the end of the story?"},
+    ]
     long_pair = PreferencePair(history, book(20, seed=2), book(20, seed=3))
     short_pair = PreferencePair([{"role": "user", "content": "Hi?"}], "Hello.", "No.")
     (cut, short), counts = encode_pairs(tok, [long_pair, short_pair], seq_len=64)
@@ -135,7 +161,9 @@ def test_long_pairs_are_cut_as_trl_cuts_them(tok):
     assert short.chosen == render(tok, [*short_pair.messages, {"role": "assistant", "content": "Hello."}])[0]
     # a short answer after a long prompt: the prompt keeps all that the answer leaves
     (only_prompt,), _ = encode_pairs(tok, [PreferencePair(history, "Yes.", "No.")], seq_len=64)
-    assert len(only_prompt.chosen) == 64 and only_prompt.chosen[only_prompt.prompt_len :] == tok.encode("Yes.") + [tok.end_id]
+    assert len(only_prompt.chosen) == 64 and only_prompt.chosen[only_prompt.prompt_len :] == tok.encode("Yes.") + [
+        tok.end_id
+    ]
     (kept,), _ = encode_pairs(tok, [long_pair], seq_len=64, max_prompt_len=48)
     assert kept.prompt_len == 48
     # answers that differ only past the cut teach nothing
@@ -147,10 +175,13 @@ def test_long_pairs_are_cut_as_trl_cuts_them(tok):
 
 
 def test_the_pair_counts_name_every_cut_and_drop_of_both_splits():
-    line = describe_encoding("reward", {"pairs": 2196, "truncated": 1600, "dropped": 1},
-                             {"pairs": 115, "truncated": 80, "dropped": 0}, 128)  # fmt: skip
-    assert line == ("[reward] pairs: training 2196 (1600 cut to 128 tokens, 1 dropped as identical once cut), "
-                    "validation 115 (80 cut to 128 tokens, 0 dropped as identical once cut)")
+    line = describe_encoding(
+        "reward", {"pairs": 2196, "truncated": 1600, "dropped": 1}, {"pairs": 115, "truncated": 80, "dropped": 0}, 128
+    )
+    assert line == (
+        "[reward] pairs: training 2196 (1600 cut to 128 tokens, 1 dropped as identical once cut), "
+        "validation 115 (80 cut to 128 tokens, 0 dropped as identical once cut)"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -158,9 +189,13 @@ def test_the_pair_counts_name_every_cut_and_drop_of_both_splits():
 
 
 def test_countdown_input_output_records(tmp_path):
-    path = write_jsonl(tmp_path / "cd3.jsonl", [{"input": "30,100,93", "output": "23"}, {"input": "1,2", "output": "x"}])
+    path = write_jsonl(
+        tmp_path / "cd3.jsonl", [{"input": "30,100,93", "output": "23"}, {"input": "1,2", "output": "x"}]
+    )
     with pytest.raises(ValueError, match=r"cd3.jsonl:2: bad countdown_text record: expected input like"):
         list(iter_tasks(path))
     (task,) = iter_tasks(path, on_error="skip")
     assert task.kind == "countdown" and task.metadata == {"numbers": [30, 100, 93], "target": 23}
-    assert accuracy("<answer>30 - (100 - 93)</answer>", task) == 1.0 and accuracy("<answer>30 - 7</answer>", task) == 0.0
+    assert (
+        accuracy("<answer>30 - (100 - 93)</answer>", task) == 1.0 and accuracy("<answer>30 - 7</answer>", task) == 0.0
+    )

@@ -3,18 +3,21 @@
 import importlib.util
 
 import pytest
+from test_lora import CONVERSATIONS, save_init
 
 from fromzero.config import ConfigError, load_config
 from fromzero.train import sft
 from fromzero.train.loop import MetricsLog, read_metrics
 
-from test_lora import CONVERSATIONS, save_init
-
 
 def scalars(records):
     """{(tag, step): value} of every number the loop logged."""
-    return {(k, r["step"]): v for r in records for k, v in r.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+    return {
+        (k, r["step"]): v
+        for r in records
+        for k, v in r.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def test_tensorboard_gets_the_jsonl_metrics(tmp_path):
@@ -22,8 +25,19 @@ def test_tensorboard_gets_the_jsonl_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     init = save_init(tmp_path)
-    cfg = sft.SFTConfig(steps=4, micro_batch_size=4, seq_len=32, batch_tokens=128, lr=1e-2, warmup_steps=0,
-                        precision="fp32", eval_every=2, checkpoint_every=4, val_fraction=0.1, report_to="tensorboard")  # fmt: skip
+    cfg = sft.SFTConfig(
+        steps=4,
+        micro_batch_size=4,
+        seq_len=32,
+        batch_tokens=128,
+        lr=1e-2,
+        warmup_steps=0,
+        precision="fp32",
+        eval_every=2,
+        checkpoint_every=4,
+        val_fraction=0.1,
+        report_to="tensorboard",
+    )
     sft.train(cfg, CONVERSATIONS, init, tmp_path / "sft", log=lambda _: None)
     events = EventAccumulator(str(tmp_path / "sft" / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
@@ -46,8 +60,9 @@ def test_only_the_main_rank_writes(tmp_path):
 def test_wandb_offline_writes_a_run_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True, resume_step=0, report_to="wandb", name="sft",
-                     config={"lr": 0.01})  # fmt: skip
+    log = MetricsLog(
+        tmp_path / "metrics.jsonl", enabled=True, resume_step=0, report_to="wandb", name="sft", config={"lr": 0.01}
+    )
     for step in (1, 2):
         log.write({"step": step, "loss": 2.0 / step, "reward/mean": 0.5 * step})
     assert log.wandb.summary["loss"] == 2.0  # W&B holds a step's row until a later step or the end
@@ -59,10 +74,16 @@ def test_wandb_offline_writes_a_run_without_network(tmp_path, monkeypatch):
 
 def test_report_to_for_every_stage_and_a_missing_package_in_one_line(monkeypatch):
     cfg = load_config("smoke", ["report_to=tensorboard", "sft.report_to=none"])
-    assert (cfg.pretrain.report_to, cfg.sft.report_to, cfg.grpo.report_to, cfg.ppo.report_to) == \
-        ("tensorboard", "none", "tensorboard", "tensorboard")  # fmt: skip
+    assert (cfg.pretrain.report_to, cfg.sft.report_to, cfg.grpo.report_to, cfg.ppo.report_to) == (
+        "tensorboard",
+        "none",
+        "tensorboard",
+        "tensorboard",
+    )
     assert load_config("smoke").dpo.report_to == "none"
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"^config key 'dpo\.report_to': wandb is not installed \(pip install wandb\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^config key 'dpo\.report_to': wandb is not installed \(pip install wandb\)$"
+    ):
         load_config("smoke", ["dpo.report_to=wandb"])

@@ -24,13 +24,15 @@ def test_bradley_terry_loss_and_gradient_match_closed_form():
     assert bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=1.0).item() == pytest.approx(math.log(2))
     margins = torch.tensor([0.0, 2.0])
     assert bradley_terry_loss(torch.tensor([2.0, 2.0]), torch.tensor([0.0, 0.0]), margins).item() == pytest.approx(
-        (math.log(1 + math.exp(-2)) + math.log(2)) / 2)
+        (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    )
 
 
 def tiny_lm(tie: bool = True) -> Transformer:
     torch.manual_seed(0)
-    return Transformer(ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
-                                   tie_embeddings=tie))  # fmt: skip
+    return Transformer(
+        ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, tie_embeddings=tie)
+    )
 
 
 def test_reward_model_starts_from_the_lm_and_reads_the_last_real_token(tmp_path):
@@ -108,8 +110,9 @@ def smoke_init(smoke_data, out):
     cfg = load_config("smoke")
     model = pretrain.init_model(cfg.model, Tokenizer.load(smoke_data), seed=0)
     checkpoint.save(out / "init", 0, model, tokenizer_file=smoke_data / "tokenizer.json", meta={"stage": "init"})
-    prefs = build_preferences(build_world(cfg.world), PreferenceConfig(content_weights={"right": 1.0}, temperature=0,
-                                                                       eval_questions=48))  # fmt: skip
+    prefs = build_preferences(
+        build_world(cfg.world), PreferenceConfig(content_weights={"right": 1.0}, temperature=0, eval_questions=48)
+    )
     return out / "init", prefs
 
 
@@ -120,8 +123,17 @@ def test_short_reward_training_raises_heldout_pairwise_accuracy(smoke_data, tmp_
     from fromzero.train.loop import read_metrics
 
     init, prefs = smoke_init(smoke_data, tmp_path)
-    cfg = RewardConfig(steps=20, lr=5e-3, warmup_steps=2, micro_batch_size=16, batch_tokens=2048, seq_len=128,
-                       precision="fp32", eval_every=20, checkpoint_every=20)  # fmt: skip
+    cfg = RewardConfig(
+        steps=20,
+        lr=5e-3,
+        warmup_steps=2,
+        micro_batch_size=16,
+        batch_tokens=2048,
+        seq_len=128,
+        precision="fp32",
+        eval_every=20,
+        checkpoint_every=20,
+    )
     ckpt = reward.train(cfg, prefs.train, prefs.eval_pairs, init, tmp_path / "rm", log=lambda _: None)
     metrics = read_metrics(tmp_path / "rm")
     first, final = metrics[0], metrics[-1]

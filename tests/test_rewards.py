@@ -55,21 +55,54 @@ def test_extract_answer_prefers_the_explicit_forms():
         assert extract_answer(nothing) is None
 
 
-@pytest.mark.parametrize("predicted, reference", [
-    ("1,000", "1000"), ("1,234,567", "1234567"), ("-5", "-5"), ("- 5", "-5"), ("3/4", "0.75"),
-    (r"\frac{3}{4}", "0.75"), (r"\dfrac{3}{4}", "3/4"), (r"-\frac{1}{2}", "-0.5"), ("3.0", "3"), ("$12", "12"),
-    (r"\$1,000", "1000"), ("12 dollars", "12"), (r"12\text{ cm}", "12"), ("50%", "50"), (r"50\%", "0.5"),
-    ("x = 3", "3"), (r"\boxed{7}", "7"), ("42.", "42"), ("therefore 7", "7"), (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\pi/2)"),
-    (r"\sqrt{2}/2", r"\frac{1}{\sqrt{2}}"), ("x^2+2x+1", "(x+1)^2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "predicted, reference",
+    [
+        ("1,000", "1000"),
+        ("1,234,567", "1234567"),
+        ("-5", "-5"),
+        ("- 5", "-5"),
+        ("3/4", "0.75"),
+        (r"\frac{3}{4}", "0.75"),
+        (r"\dfrac{3}{4}", "3/4"),
+        (r"-\frac{1}{2}", "-0.5"),
+        ("3.0", "3"),
+        ("$12", "12"),
+        (r"\$1,000", "1000"),
+        ("12 dollars", "12"),
+        (r"12\text{ cm}", "12"),
+        ("50%", "50"),
+        (r"50\%", "0.5"),
+        ("x = 3", "3"),
+        (r"\boxed{7}", "7"),
+        ("42.", "42"),
+        ("therefore 7", "7"),
+        (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\pi/2)"),
+        (r"\sqrt{2}/2", r"\frac{1}{\sqrt{2}}"),
+        ("x^2+2x+1", "(x+1)^2"),
+    ],
+)
 def test_equivalent(predicted, reference):
     assert is_equivalent(predicted, reference)
 
 
-@pytest.mark.parametrize("predicted, reference", [
-    ("5", "-5"), ("0.3333", "1/3"), ("1,001", "1000"), ("3/4", "4/3"), ("12", "120"), ("x + 1", "x - 1"),
-    ("banana", "12"), ("", "3"), ("9" * 500, "9"), ("3 + 4", "7"), ("2^3", "8"), ("36 + 6 - 36 - 5", "1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "predicted, reference",
+    [
+        ("5", "-5"),
+        ("0.3333", "1/3"),
+        ("1,001", "1000"),
+        ("3/4", "4/3"),
+        ("12", "120"),
+        ("x + 1", "x - 1"),
+        ("banana", "12"),
+        ("", "3"),
+        ("9" * 500, "9"),
+        ("3 + 4", "7"),
+        ("2^3", "8"),
+        ("36 + 6 - 36 - 5", "1"),
+    ],
+)
 def test_not_equivalent(predicted, reference):
     assert not is_equivalent(predicted, reference)
 
@@ -95,8 +128,16 @@ def test_countdown():
     assert not countdown_correct("25 * 4 - 25", [25, 4], 75)  # 25 given once, used twice
     assert not countdown_correct("25 + 4", [25, 4], 30)  # wrong result
     assert countdown_correct("6 / 4 * 2", [6, 4, 2], 3)  # exact fractions on the way
-    for odd in ("1 / 0", "__import__('os').system('echo hi')", "2 ** 99999", "(" * 300 + "1", "1e9 + 1", "-3 + 4",
-                "abs(-3)", "3 % 2"):  # fmt: skip
+    for odd in (
+        "1 / 0",
+        "__import__('os').system('echo hi')",
+        "2 ** 99999",
+        "(" * 300 + "1",
+        "1e9 + 1",
+        "-3 + 4",
+        "abs(-3)",
+        "3 % 2",
+    ):
         assert not countdown_correct(f"<answer>{odd}</answer>", [1, 0, 2, 3, 4, 99999], 1)
     task = Task("Using the numbers ...", "80", "countdown", {"numbers": [25, 5, 4], "target": 80})
     assert accuracy("<answer>4 * (25 - 5)</answer>", task) == 1.0 and accuracy("80", task) == 0.0
@@ -151,6 +192,11 @@ def test_weighted_sum_and_rewards_by_import_path():
     total, scores = weighted_rewards(completions, [Task("?", "12")] * 3, funcs, {"accuracy": 1.0, "format": 0.5}, stats)
     assert scores == {"accuracy": [1.0, 1.0, 0.0], "format": [1.0, 0.0, 0.0]}
     assert total == [1.5, 1.0, 0.0] and stats.calls == 6
-    for bad in ("no_such_reward", "fromzero.rewards:nothing_here", "no.such.module:fn", "fromzero.rewards:MAX_ANSWER_CHARS"):
+    for bad in (
+        "no_such_reward",
+        "fromzero.rewards:nothing_here",
+        "no.such.module:fn",
+        "fromzero.rewards:MAX_ANSWER_CHARS",
+    ):
         with pytest.raises(ValueError, match="reward"):
             load_reward(bad)

@@ -57,18 +57,26 @@ def test_chat_completions_with_the_openai_client(client, server):
     choice = greedy.choices[0]
     assert choice.message.role == "assistant" and choice.message.content == HTML_ANSWER
     assert choice.finish_reason == "stop" and greedy.model == "sft"
-    assert greedy.usage.prompt_tokens > 0 and greedy.usage.total_tokens == greedy.usage.prompt_tokens + greedy.usage.completion_tokens
+    assert (
+        greedy.usage.prompt_tokens > 0
+        and greedy.usage.total_tokens == greedy.usage.prompt_tokens + greedy.usage.completion_tokens
+    )
 
-    chunks = list(client.chat.completions.create(model="sft", messages=HELLO, temperature=0, stream=True,
-                                                 stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        client.chat.completions.create(
+            model="sft", messages=HELLO, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == HTML_ANSWER
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == greedy.usage.completion_tokens
 
-    raw = sse_lines(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "stream": True, "max_tokens": 5,
-                                                                 "temperature": 0})
+    raw = sse_lines(
+        server[0] + "/v1/chat/completions",
+        {"model": "sft", "messages": HELLO, "stream": True, "max_tokens": 5, "temperature": 0},
+    )
     assert raw.count("[DONE]") == 1 and raw[-1] == "[DONE]"
     assert json.loads(raw[-2])["choices"][0]["finish_reason"] == "length"
 
@@ -81,7 +89,9 @@ def test_chat_completions_with_the_openai_client(client, server):
     assert other.choices[0].message.content != three.choices[0].message.content
     cut = client.chat.completions.create(model="sft", messages=HELLO, temperature=0, stop=["</b>", "never"])
     assert cut.choices[0].message.content == "<b>bold" and cut.choices[0].finish_reason == "stop"
-    streamed_cut = client.chat.completions.create(model="sft", messages=HELLO, temperature=0, stop="script", stream=True)
+    streamed_cut = client.chat.completions.create(
+        model="sft", messages=HELLO, temperature=0, stop="script", stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in streamed_cut if c.choices) == "<b>bold</b><"
     short = client.chat.completions.create(model="sft", messages=HELLO, temperature=0, max_completion_tokens=3)
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
@@ -120,12 +130,17 @@ def test_bad_requests_get_openai_errors(client, server):
     for body, param in cases:
         status, error = post(server[0] + "/v1/chat/completions", body)
         assert status == 400 and error["error"]["param"] == param, (body, error)
-        assert set(error["error"]) == {"message", "type", "param", "code"} and error["error"]["type"] == "invalid_request_error"
+        assert (
+            set(error["error"]) == {"message", "type", "param", "code"}
+            and error["error"]["type"] == "invalid_request_error"
+        )
     status, error = post(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "junk": "x" * 300_000})
     assert status == 413 and "limit" in error["error"]["message"]
     # fields the server does not know are ignored, as OpenAI's own server does
-    status, ok = post(server[0] + "/v1/chat/completions", {"model": "sft", "messages": HELLO, "max_tokens": 2, "temperature": 0,
-                                                           "frequency_penalty": 0.5, "user": "me"})  # fmt: skip
+    status, ok = post(
+        server[0] + "/v1/chat/completions",
+        {"model": "sft", "messages": HELLO, "max_tokens": 2, "temperature": 0, "frequency_penalty": 0.5, "user": "me"},
+    )
     assert status == 200 and ok["choices"][0]["finish_reason"] == "length"
     status, error = post(server[0] + "/api/vote", {"id": "no-such-battle", "choice": "a"})
     assert status == 404 and error["error"]["param"] == "id"
@@ -137,8 +152,10 @@ def test_arena_votes_are_stored_once_under_concurrent_retries(server):
     base, db = server
     battles = []
     for i in range(50):
-        status, battle = post(base + "/api/arena", {"messages": [{"role": "user", "content": f"Question {i}?"}],
-                                                    "max_tokens": 4, "session_id": "s1"})  # fmt: skip
+        status, battle = post(
+            base + "/api/arena",
+            {"messages": [{"role": "user", "content": f"Question {i}?"}], "max_tokens": 4, "session_id": "s1"},
+        )
         assert status == 200 and [a["side"] for a in battle["answers"]] == ["a", "b"], battle
         battles.append(battle)
     assert "sft" not in json.dumps(battles) and "init" not in json.dumps(battles)  # names hidden until the vote
@@ -164,8 +181,10 @@ def test_arena_votes_are_stored_once_under_concurrent_retries(server):
     assert sum(r["duplicate"] for _, r in results) == 50
     assert all(set(r["models"].values()) <= {"init", "sft"} for _, r in results)  # the reveal
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT v.battle_id, v.choice, b.response_a, b.response_b, b.session_id FROM votes v "
-                            "JOIN battles b ON b.id = v.battle_id").fetchall()  # fmt: skip
+        rows = conn.execute(
+            "SELECT v.battle_id, v.choice, b.response_a, b.response_b, b.session_id FROM votes v "
+            "JOIN battles b ON b.id = v.battle_id"
+        ).fetchall()
     assert sorted(r[0] for r in rows) == sorted(b["id"] for b in battles)  # every vote once, none lost
     assert all(r[2] is not None and r[3] is not None and r[4] == "s1" for r in rows)
     status, changed = post(base + "/api/vote", {"id": battles[1]["id"], "choice": "tie"})
@@ -180,8 +199,9 @@ def test_arena_votes_are_stored_once_under_concurrent_retries(server):
 
 def test_arena_streams_both_answers_and_a_vote_can_come_before_they_end(server):
     base, db = server
-    raw = sse_lines(base + "/api/arena", {"messages": HELLO, "models": ["sft", "sft"], "temperature": 0,
-                                          "stream": True})  # fmt: skip
+    raw = sse_lines(
+        base + "/api/arena", {"messages": HELLO, "models": ["sft", "sft"], "temperature": 0, "stream": True}
+    )
     assert raw[-1] == "[DONE]"
     events = [json.loads(x) for x in raw[:-1]]
     battle = events[0]["id"]
@@ -191,43 +211,62 @@ def test_arena_streams_both_answers_and_a_vote_can_come_before_they_end(server):
     status, vote = post(base + "/api/vote", {"id": battle, "choice": "b", "better": "Hi! How can I help?"})
     assert status == 200 and vote["models"] == {"a": "sft", "b": "sft"}
     # a vote sent while the answers are still being written waits for them
-    request = urllib.request.Request(base + "/api/arena", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"messages": HELLO, "max_tokens": 96, "stream": True}).encode())  # fmt: skip
+    request = urllib.request.Request(
+        base + "/api/arena",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"messages": HELLO, "max_tokens": 96, "stream": True}).encode(),
+    )
     with urllib.request.urlopen(request, timeout=60) as r:
         first = json.loads(r.readline().decode()[len("data: ") :])
         status, early = post(base + "/api/vote", {"id": first["id"], "choice": "a"})
     assert status == 200
     with sqlite3.connect(db) as conn:
-        a, b, sampling = conn.execute("SELECT response_a, response_b, sampling FROM battles WHERE id = ?",
-                                      (first["id"],)).fetchone()  # fmt: skip
+        a, b, sampling = conn.execute(
+            "SELECT response_a, response_b, sampling FROM battles WHERE id = ?", (first["id"],)
+        ).fetchone()
     assert HTML_ANSWER in (a, b) and json.loads(sampling)["max_tokens"] == 96
 
 
 def test_vote_database_trains_and_exports(server, tmp_path, cli_env):
     base, db = server
     out = tmp_path / "prefs.jsonl"
-    done = subprocess.run(FROMZERO + ["votes", "--db", str(db), "--out", str(out)], env=cli_env, capture_output=True, text=True)
+    done = subprocess.run(
+        FROMZERO + ["votes", "--db", str(db), "--out", str(out)], env=cli_env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     # JSONL lines end at "\n" only: str.splitlines would also cut at the \x1c or \u2028 a random model writes
     records = [json.loads(line) for line in out.read_text().split("\n") if line]
     assert records and all(r["prompt"][-1]["role"] == "user" and r["chosen"][0]["role"] == "assistant" for r in records)
     assert any(r["chosen"][0]["content"] == "Hi! How can I help?" for r in records)  # the written better answer
     battles = tmp_path / "battles.jsonl"
-    done = subprocess.run(FROMZERO + ["votes", "--db", str(db), "--out", str(battles), "--format", "battles"],
-                          env=cli_env, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        FROMZERO + ["votes", "--db", str(db), "--out", str(battles), "--format", "battles"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     log = [json.loads(line) for line in battles.read_text().split("\n") if line]
     assert {r["winner"] for r in log} <= {"model_a", "model_b", "tie", "tie (bothbad)"} and len(log) >= 52
     with urllib.request.urlopen(base + "/api/export/preferences.jsonl", timeout=30) as r:
         assert r.read().decode() == out.read_text()
-    bad = subprocess.run(FROMZERO + ["votes", "--db", str(tmp_path / "none.sqlite"), "--out", str(out)],
-                         env=cli_env, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        FROMZERO + ["votes", "--db", str(tmp_path / "none.sqlite"), "--out", str(out)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such vote database" in bad.stderr
 
 
 def test_api_key_guards_the_api_and_off_loopback_needs_one(run, tmp_path, cli_env):
-    refused = subprocess.run(FROMZERO + ["serve", "--ckpt", str(run), "--host", "0.0.0.0", "--db", str(tmp_path / "v.db")],
-                             env={**cli_env, "FROMZERO_API_KEY": ""}, capture_output=True, text=True, timeout=60)  # fmt: skip
+    refused = subprocess.run(
+        FROMZERO + ["serve", "--ckpt", str(run), "--host", "0.0.0.0", "--db", str(tmp_path / "v.db")],
+        env={**cli_env, "FROMZERO_API_KEY": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--api-key" in refused.stderr
     with serving([run / "sft"], tmp_path / "votes.sqlite", key="s3cret") as base:
         assert get(base + "/v1/models")[0] == 401
@@ -238,7 +277,12 @@ def test_api_key_guards_the_api_and_off_loopback_needs_one(run, tmp_path, cli_en
         with urllib.request.urlopen(base + "/chat", timeout=10) as page:  # the page itself is public
             assert page.status == 200
         keyed = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0)
-        assert keyed.chat.completions.create(model="sft", messages=HELLO, max_tokens=2, temperature=0).choices[0].finish_reason == "length"
+        assert (
+            keyed.chat.completions.create(model="sft", messages=HELLO, max_tokens=2, temperature=0)
+            .choices[0]
+            .finish_reason
+            == "length"
+        )
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).models.list()
 
@@ -250,7 +294,9 @@ def test_api_key_guards_the_api_and_off_loopback_needs_one(run, tmp_path, cli_en
 def tiny_engine() -> Engine:
     tok = Tokenizer.train(["count 1 2 3 4 5 6 7 8 9 10 and say the answer hello world"] * 10, vocab_size=300)
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=48, init_std=0.5)
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=48, init_std=0.5
+    )
     return Engine(Transformer(cfg).eval(), tok)
 
 

@@ -20,8 +20,10 @@ from serving import HTML_ANSWER, get, make_run, post, serving
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromedriver "
-                                "(`make test` installs them: apt-get install chromium chromium-driver)")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs chromium and chromedriver (`make test` installs them: apt-get install chromium chromium-driver)",
+)
 
 KEY = "browser-test-key"
 WAIT_S = 60  # generous: the CI machine has two cores and the model runs on them
@@ -70,11 +72,19 @@ def driver(downloads):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
-                "--disable-gpu", "--no-first-run", "--disable-extensions"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})  # fmt: skip
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
@@ -107,8 +117,9 @@ def screenshot(driver, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
     clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                              "clip": clip})  # fmt: skip
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
     path = SHOTS / name
     path.write_bytes(base64.b64decode(shot["data"]))
     return path
@@ -180,9 +191,15 @@ def test_chat(server, driver):
     assert [e.text for e in css(driver, "#messages .msg.user .content")] == ["Hello!"]
     first = sent(driver, "/v1/chat/completions")[-1]
     assert first["auth"] == f"Bearer {KEY}"
-    assert first["body"] == {"model": "sft", "messages": [{"role": "user", "content": "Hello!"}], "stream": True,
-                             "stream_options": {"include_usage": True}, "temperature": 0, "top_p": 1,
-                             "max_tokens": 48}  # fmt: skip
+    assert first["body"] == {
+        "model": "sft",
+        "messages": [{"role": "user", "content": "Hello!"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+        "top_p": 1,
+        "max_tokens": 48,
+    }
 
     # a second turn, with a system prompt: the whole conversation goes with it
     by_id(driver, "system").send_keys("Answer in HTML.")
@@ -193,8 +210,12 @@ def test_chat(server, driver):
     assert not css(driver, "#messages .msg.error")
     assert_inert(driver, "#messages")
     second = sent(driver, "/v1/chat/completions")[-1]["body"]["messages"]
-    assert second == [{"role": "system", "content": "Answer in HTML."}, {"role": "user", "content": "Hello!"},
-                      {"role": "assistant", "content": HTML_ANSWER}, {"role": "user", "content": "What is an LLM?"}]
+    assert second == [
+        {"role": "system", "content": "Answer in HTML."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": HTML_ANSWER},
+        {"role": "user", "content": "What is an LLM?"},
+    ]
     assert "error" not in by_id(driver, "status").get_attribute("class")
     screenshot(driver, "chat.png")
 
@@ -204,7 +225,9 @@ def test_chat(server, driver):
     by_id(driver, "message").send_keys("hi", Keys.ENTER)
     wait(driver, lambda d: len(css(d, "#messages .msg.assistant.done")) == 1, "the answer after Reset finishes")
     assert sent(driver, "/v1/chat/completions")[-1]["body"]["messages"] == [
-        {"role": "system", "content": "Answer in HTML."}, {"role": "user", "content": "hi"}]
+        {"role": "system", "content": "Answer in HTML."},
+        {"role": "user", "content": "hi"},
+    ]
     no_page_errors(driver)
 
 
@@ -212,10 +235,12 @@ def battle_row(db: Path, battle_id: str) -> dict:
     """The vote on a battle, joined with the battle; there must be exactly one."""
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT v.*, b.messages, b.response_a, b.response_b, b.model_a, b.model_b, b.ckpt_a, "
-                            "b.ckpt_b, b.sampling, b.seed_a, b.seed_b, b.session_id AS battle_session "
-                            "FROM votes v JOIN battles b ON b.id = v.battle_id WHERE v.battle_id = ?",
-                            (battle_id,)).fetchall()  # fmt: skip
+        rows = conn.execute(
+            "SELECT v.*, b.messages, b.response_a, b.response_b, b.model_a, b.model_b, b.ckpt_a, "
+            "b.ckpt_b, b.sampling, b.seed_a, b.seed_b, b.session_id AS battle_session "
+            "FROM votes v JOIN battles b ON b.id = v.battle_id WHERE v.battle_id = ?",
+            (battle_id,),
+        ).fetchall()
     conn.close()
     assert len(rows) == 1, f"battle {battle_id} has {len(rows)} votes"
     return dict(rows[0])
@@ -226,8 +251,11 @@ def play_round(driver, prompt: str) -> None:
     from selenium.webdriver.common.keys import Keys
 
     by_id(driver, "prompt").send_keys(prompt, Keys.ENTER)
-    wait(driver, lambda d: all(by_id(d, f"vote-{c}").is_enabled() for c in ("a", "b", "tie", "both-bad")),
-         "the vote buttons open once both answers have started")  # fmt: skip
+    wait(
+        driver,
+        lambda d: all(by_id(d, f"vote-{c}").is_enabled() for c in ("a", "b", "tie", "both-bad")),
+        "the vote buttons open once both answers have started",
+    )
     for s in "ab":
         assert "waiting" not in by_id(driver, f"answer-{s}").get_attribute("class")
 
@@ -328,9 +356,14 @@ def test_leaderboard(server, driver, downloads):
     assert {r.get_attribute("data-model") for r in rows} == {"init", "sft"}
     for r, m in zip(rows, board["models"]):
         cells = [c.text for c in r.find_elements("css selector", "td")]
-        assert cells == [str(board["models"].index(m) + 1), m["model"], f"{m['rating']:.1f}",
-                         f"{m['ci'][0]:.1f} – {m['ci'][1]:.1f}", str(m["votes"]),
-                         f"{m['wins']} / {m['losses']} / {m['ties']}"]  # fmt: skip
+        assert cells == [
+            str(board["models"].index(m) + 1),
+            m["model"],
+            f"{m['rating']:.1f}",
+            f"{m['ci'][0]:.1f} – {m['ci'][1]:.1f}",
+            str(m["votes"]),
+            f"{m['wins']} / {m['losses']} / {m['ties']}",
+        ]
         assert m["votes"] == 2 and m["ties"] == 1
 
     pairs = css(driver, "#pairs tbody tr")
@@ -338,7 +371,14 @@ def test_leaderboard(server, driver, downloads):
     (pair,) = votes["pairs"]
     x, y = pair["models"]
     assert [c.text for c in pairs[0].find_elements("css selector", "td")] == [
-        x, y, "2", str(pair["wins"][x]), str(pair["wins"][y]), "1", "0"]
+        x,
+        y,
+        "2",
+        str(pair["wins"][x]),
+        str(pair["wins"][y]),
+        "1",
+        "0",
+    ]
     screenshot(driver, "leaderboard.png")
 
     # the downloads: fetched with the key, saved as files, the same bytes the API exports

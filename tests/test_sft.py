@@ -23,15 +23,18 @@ def write_jsonl(path, records):
     return path
 
 
-@pytest.mark.parametrize("record", [
-    {"messages": EXPECTED},
-    {"conversations": EXPECTED},
-    {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
-    {"instruction": "Hi?", "input": "", "output": "Hello."},
-    {"instruction": "Hi?", "context": "", "response": "Hello."},
-    {"prompt": "Hi?", "response": "Hello."},
-    {"prompt": "Hi?", "completion": "Hello."},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"messages": EXPECTED},
+        {"conversations": EXPECTED},
+        {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+        {"instruction": "Hi?", "input": "", "output": "Hello."},
+        {"instruction": "Hi?", "context": "", "response": "Hello."},
+        {"prompt": "Hi?", "response": "Hello."},
+        {"prompt": "Hi?", "completion": "Hello."},
+    ],
+)
 def test_every_format_is_detected(tmp_path, record):
     path = write_jsonl(tmp_path / "d.jsonl", [record, record])
     assert list(iter_conversations(str(path))) == [EXPECTED, EXPECTED]
@@ -45,8 +48,13 @@ def test_alpaca_input_and_dolly_context_join_the_instruction(tmp_path):
 
 
 def test_system_and_multi_turn_sharegpt(tmp_path):
-    turns = [{"from": "system", "value": "Be nice."}, {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
-             {"from": "human", "value": "c"}, {"from": "gpt", "value": "d"}]  # fmt: skip
+    turns = [
+        {"from": "system", "value": "Be nice."},
+        {"from": "human", "value": "a"},
+        {"from": "gpt", "value": "b"},
+        {"from": "human", "value": "c"},
+        {"from": "gpt", "value": "d"},
+    ]
     (conv,) = iter_conversations(str(write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns}])))
     assert [m["role"] for m in conv] == ["system", "user", "assistant", "user", "assistant"]
 
@@ -70,7 +78,9 @@ def test_formats_are_detected_per_file(tmp_path):
 
 def test_unknown_format_names_file_line_and_formats(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "Hi?", "answer": "Hello."}])
-    with pytest.raises(DataError, match=rf"{path}:1: no instruction format fits the keys \['answer', 'question'\].*Alpaca"):
+    with pytest.raises(
+        DataError, match=rf"{path}:1: no instruction format fits the keys \['answer', 'question'\].*Alpaca"
+    ):
         list(iter_conversations(str(path)))
 
 
@@ -101,20 +111,38 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(smoke_data):
     from fromzero.tokenizer import Tokenizer
 
     tok = Tokenizer.load(smoke_data)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Tom?"},
-                {"role": "assistant", "content": "At home."}, {"role": "user", "content": "Why?"},
-                {"role": "assistant", "content": "He is ill."}]  # fmt: skip
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is Tom?"},
+        {"role": "assistant", "content": "At home."},
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "He is ill."},
+    ]
     ids, mask = render(tok, messages)
     enc = tok.encode
-    expected = ([(tok.bos_id, False), (tok.system_id, False)] + [(t, False) for t in enc("Be brief.")] + [(tok.end_id, False)]
-                + [(tok.user_id, False)] + [(t, False) for t in enc("Where is Tom?")] + [(tok.end_id, False)]
-                + [(tok.assistant_id, False)] + [(t, True) for t in enc("At home.")] + [(tok.end_id, True)]
-                + [(tok.user_id, False)] + [(t, False) for t in enc("Why?")] + [(tok.end_id, False)]
-                + [(tok.assistant_id, False)] + [(t, True) for t in enc("He is ill.")] + [(tok.end_id, True)])  # fmt: skip
+    expected = (
+        [(tok.bos_id, False), (tok.system_id, False)]
+        + [(t, False) for t in enc("Be brief.")]
+        + [(tok.end_id, False)]
+        + [(tok.user_id, False)]
+        + [(t, False) for t in enc("Where is Tom?")]
+        + [(tok.end_id, False)]
+        + [(tok.assistant_id, False)]
+        + [(t, True) for t in enc("At home.")]
+        + [(tok.end_id, True)]
+        + [(tok.user_id, False)]
+        + [(t, False) for t in enc("Why?")]
+        + [(tok.end_id, False)]
+        + [(tok.assistant_id, False)]
+        + [(t, True) for t in enc("He is ill.")]
+        + [(tok.end_id, True)]
+    )
     assert list(zip(ids, mask)) == expected
     assert prompt_ids(tok, "Why?") == [tok.bos_id, tok.user_id, *enc("Why?"), tok.end_id, tok.assistant_id]
-    assert tok.decode(ids) == "<|bos|><|system|>Be brief.<|end|><|user|>Where is Tom?<|end|><|assistant|>At home.<|end|>" \
+    assert (
+        tok.decode(ids) == "<|bos|><|system|>Be brief.<|end|><|user|>Where is Tom?<|end|><|assistant|>At home.<|end|>"
         "<|user|>Why?<|end|><|assistant|>He is ill.<|end|>"
+    )
 
 
 def test_truncation_is_counted_and_empty_examples_dropped(smoke_data):
@@ -163,7 +191,12 @@ def test_world_instructions_hold_out_people_and_phrasings():
     train_questions = {m["content"] for c in data.train for m in c if m["role"] == "user"}
     assert not any(q.question in train_questions for q in data.heldout_phrasing)
     assert {"good", "curt", "rambling", "rude"} == set(data.styles)
-    assert data.styles.count("rude") > data.styles.count("good") > data.styles.count("rambling") > data.styles.count("curt")
+    assert (
+        data.styles.count("rude")
+        > data.styles.count("good")
+        > data.styles.count("rambling")
+        > data.styles.count("curt")
+    )
 
 
 def test_grading_wants_the_right_fact_and_only_it():
@@ -186,8 +219,18 @@ def test_short_sft_run_raises_heldout_accuracy_above_the_base_model(tmp_path):
     from fromzero.tokenizer import Tokenizer
     from fromzero.train import pretrain, sft
 
-    cfg = load_config("smoke", ["world.n_people=10", "instruct.questions_per_fact=8", "instruct.eval_questions=16",
-                                "sft.steps=800", "sft.lr=0.003", "sft.micro_batch_size=16", "sft.batch_tokens=2048"])  # fmt: skip
+    cfg = load_config(
+        "smoke",
+        [
+            "world.n_people=10",
+            "instruct.questions_per_fact=8",
+            "instruct.eval_questions=16",
+            "sft.steps=800",
+            "sft.lr=0.003",
+            "sft.micro_batch_size=16",
+            "sft.batch_tokens=2048",
+        ],
+    )
     build(cfg, tmp_path / "data", progress=False)
     tok = Tokenizer.load(tmp_path / "data")
     model = pretrain.init_model(cfg.model, tok, cfg.seed)
@@ -196,7 +239,9 @@ def test_short_sft_run_raises_heldout_accuracy_above_the_base_model(tmp_path):
     world = build_world(cfg.world)
     data = build_instructions(world, cfg.instruct)
     tuned = sft.train(cfg.sft, data.train, tmp_path / "pretrain", tmp_path / "sft", log=lambda _: None)
-    base_acc, _ = qa.accuracy(checkpoint.load_model(base), tok, data.heldout_phrasing, world, chat=False, max_new_tokens=16)
+    base_acc, _ = qa.accuracy(
+        checkpoint.load_model(base), tok, data.heldout_phrasing, world, chat=False, max_new_tokens=16
+    )
     acc, graded = qa.accuracy(checkpoint.load_model(tuned), tok, data.heldout_phrasing, world, max_new_tokens=16)
     assert acc >= base_acc + 0.5, graded
     losses = [r["loss"] for r in read_metrics(tmp_path / "sft") if "loss" in r]

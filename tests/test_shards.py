@@ -54,7 +54,7 @@ def test_seed_determines_split(tok_path, tmp_path):
     docs = make_docs(300)
     a = build(docs, tok_path, tmp_path / "a", seed=1, val_fraction=0.2)
     b = build(docs, tok_path, tmp_path / "b", seed=1, val_fraction=0.2)
-    c = build(docs, tok_path, tmp_path / "c", seed=2, val_fraction=0.2)
+    build(docs, tok_path, tmp_path / "c", seed=2, val_fraction=0.2)
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
     assert a == b
     assert shard_bytes(tmp_path / "a") != shard_bytes(tmp_path / "c")

@@ -19,13 +19,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = [pytest.mark.shared_data, pytest.mark.skipif(not SHARED.is_dir(), reason=f"no {SHARED}")]
 
 
-@pytest.mark.parametrize("path, documents, chars", [
-    ("tinystories/tinystories_sample.txt", 2317, 2_058_546),  # 2,316 stories and the one the 2 MiB cut ends in
-    ("tinystories/tinystories_val.txt", 1, 793_449),  # no separators: one document
-    ("tinystories/cs336-fixture/tinystories_sample.txt", 5, 3709),
-    ("gutenberg/pg1342.txt", 1, 748_147),  # BOM dropped, CRLF read as LF
-    ("tinyshakespeare/input.txt", 1, 1_115_393),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "path, documents, chars",
+    [
+        ("tinystories/tinystories_sample.txt", 2317, 2_058_546),  # 2,316 stories and the one the 2 MiB cut ends in
+        ("tinystories/tinystories_val.txt", 1, 793_449),  # no separators: one document
+        ("tinystories/cs336-fixture/tinystories_sample.txt", 5, 3709),
+        ("gutenberg/pg1342.txt", 1, 748_147),  # BOM dropped, CRLF read as LF
+        ("tinyshakespeare/input.txt", 1, 1_115_393),
+    ],
+)
 def test_pretraining_text(path, documents, chars):
     docs = list(iter_documents(SHARED / path))
     assert (len(docs), sum(map(len, docs))) == (documents, chars)
@@ -46,18 +49,34 @@ def test_tinyshakespeare_keeps_its_tail_for_validation(tmp_path):
 
 def test_alpaca_instructions():
     stats = SourceStats()
-    assert len(list(iter_conversations(SHARED / "llms-from-scratch-ch07" / "instruction-data.json", stats=stats))) == 1100
+    assert (
+        len(list(iter_conversations(SHARED / "llms-from-scratch-ch07" / "instruction-data.json", stats=stats))) == 1100
+    )
     assert (stats.documents, stats.skipped) == (1100, 0)
 
 
-@pytest.mark.parametrize("path, pairs, ties, merged", [
-    ("hh-rlhf/harmless-base/test.jsonl.gz", 2312, 0, 9),  # 4 transcripts with two assistant turns in a row, and 5 more
-    ("llms-from-scratch-ch07/instruction-data-with-preference.json", 1094, 6, 0),  # 6 with chosen == rejected
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "path, pairs, ties, merged",
+    [
+        (
+            "hh-rlhf/harmless-base/test.jsonl.gz",
+            2312,
+            0,
+            9,
+        ),  # 4 transcripts with two assistant turns in a row, and 5 more
+        ("llms-from-scratch-ch07/instruction-data-with-preference.json", 1094, 6, 0),  # 6 with chosen == rejected
+    ],
+)
 def test_preference_pairs(path, pairs, ties, merged):
     stats = PreferenceStats()
     assert len(list(iter_preference_pairs(str(SHARED / path), stats=stats))) == pairs
-    assert (stats.pairs, stats.ties, stats.merged, stats.skipped, stats.documents) == (pairs, ties, merged, 0, pairs + ties)
+    assert (stats.pairs, stats.ties, stats.merged, stats.skipped, stats.documents) == (
+        pairs,
+        ties,
+        merged,
+        0,
+        pairs + ties,
+    )
 
 
 def test_hh_pairs_are_cut_not_dropped_for_a_128_token_reward_model():
@@ -70,15 +89,18 @@ def test_hh_pairs_are_cut_not_dropped_for_a_128_token_reward_model():
     assert max(len(e.chosen) for e in encoded + val_encoded) == 128
 
 
-@pytest.mark.parametrize("path, tasks, kind", [
-    ("gsm8k/test.jsonl", 1319, "math"),
-    ("gsm8k/train.jsonl.gz", 7473, "math"),
-    ("svamp/SVAMP.json", 1000, "math"),
-    ("math500/test.jsonl", 500, "math"),
-    ("countdown/countdown_cd3_test.jsonl", 256, "countdown"),
-    ("countdown/tinyzero-pr93/train.parquet", 8001, "countdown"),
-    ("countdown/tinyzero-pr93/test.parquet", 2001, "countdown"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "path, tasks, kind",
+    [
+        ("gsm8k/test.jsonl", 1319, "math"),
+        ("gsm8k/train.jsonl.gz", 7473, "math"),
+        ("svamp/SVAMP.json", 1000, "math"),
+        ("math500/test.jsonl", 500, "math"),
+        ("countdown/countdown_cd3_test.jsonl", 256, "countdown"),
+        ("countdown/tinyzero-pr93/train.parquet", 8001, "countdown"),
+        ("countdown/tinyzero-pr93/test.parquet", 2001, "countdown"),
+    ],
+)
 def test_reasoning_tasks(path, tasks, kind):
     stats = SourceStats()
     loaded = list(iter_tasks(SHARED / path, stats=stats))

@@ -52,8 +52,11 @@ def test_read_documents_names_each_file_and_record(tmp_path):
     (tmp_path / "a.txt").write_text("First doc.<|endoftext|>Second doc.")
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "A record."}) + "\n")
     docs = synth.read_documents([str(tmp_path)])
-    assert docs == [(f"{tmp_path}/a.txt#0", "First doc."), (f"{tmp_path}/a.txt#1", "Second doc."),
-                    (f"{tmp_path}/b.jsonl", "A record.")]  # fmt: skip
+    assert docs == [
+        (f"{tmp_path}/a.txt#0", "First doc."),
+        (f"{tmp_path}/a.txt#1", "Second doc."),
+        (f"{tmp_path}/b.jsonl", "A record."),
+    ]
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "blank.txt").write_text("  \n")
     with pytest.raises(ValueError, match="no documents"):
@@ -63,21 +66,48 @@ def test_read_documents_names_each_file_and_record(tmp_path):
 # --------------------------------------------------------------------------- parsing
 
 
-@pytest.mark.parametrize("text, pairs, style", [
-    ('[{"question": "Who?", "answer": "Ann."}, {"q": "Where?", "a": "Oslo."}]', [("Who?", "Ann."), ("Where?", "Oslo.")], "json"),
-    ('Sure! ```json\n{"pairs": [{"instruction": "Why?", "output": "Because."}]}\n```', [("Why?", "Because.")], "json"),
-    ("<question>How old?</question>\n<answer>41</answer>", [("How old?", "41")], "tagged"),
-    ("Question: Who is Ann?\nAnswer: A pilot.\nQuestion: Where?\nAnswer: Oslo.", [("Who is Ann?", "A pilot."), ("Where?", "Oslo.")], "labelled"),
-    ("**Q1:** What?\n**A1:** That.", [("What?", "That.")], "labelled"),
-    ("1. What does Ann do? She flies planes.\n2. Where? In Oslo.", [("What does Ann do?", "She flies planes."), ("Where?", "In Oslo.")], "numbered"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, pairs, style",
+    [
+        (
+            '[{"question": "Who?", "answer": "Ann."}, {"q": "Where?", "a": "Oslo."}]',
+            [("Who?", "Ann."), ("Where?", "Oslo.")],
+            "json",
+        ),
+        (
+            'Sure! ```json\n{"pairs": [{"instruction": "Why?", "output": "Because."}]}\n```',
+            [("Why?", "Because.")],
+            "json",
+        ),
+        ("<question>How old?</question>\n<answer>41</answer>", [("How old?", "41")], "tagged"),
+        (
+            "Question: Who is Ann?\nAnswer: A pilot.\nQuestion: Where?\nAnswer: Oslo.",
+            [("Who is Ann?", "A pilot."), ("Where?", "Oslo.")],
+            "labelled",
+        ),
+        ("**Q1:** What?\n**A1:** That.", [("What?", "That.")], "labelled"),
+        (
+            "1. What does Ann do? She flies planes.\n2. Where? In Oslo.",
+            [("What does Ann do?", "She flies planes."), ("Where?", "In Oslo.")],
+            "numbered",
+        ),
+    ],
+)
 def test_parse_pairs_reads_what_small_models_write(text, pairs, style):
     parsed = parse_pairs(text)
     assert parsed.pairs == pairs and parsed.style == style and parsed.reason is None
 
 
-@pytest.mark.parametrize("text, reason", [("", "empty"), ("   ", "empty"), ("I cannot help with that.", "no_pairs"),
-                                          ("Question: Who is Ann?", "unfinished"), ('[{"question": "x"', "no_pairs")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("I cannot help with that.", "no_pairs"),
+        ("Question: Who is Ann?", "unfinished"),
+        ('[{"question": "x"', "no_pairs"),
+    ],
+)
 def test_parse_pairs_says_why_nothing_was_read(text, reason):
     parsed = parse_pairs(text)
     assert parsed.pairs == [] and parsed.reason == reason
@@ -100,19 +130,22 @@ DOCS = {
 }
 REPLIES = {
     "Ann Berg": "Question: What is the job of Ann Berg?\nAnswer: Ann Berg is a pilot.\n"
-                "Question: What is the name of Ann Berg's dog?\nAnswer: The dog is called Rex.",
+    "Question: What is the name of Ann Berg's dog?\nAnswer: The dog is called Rex.",
     "Carl Dunn": "Question: Where does Carl Dunn work?\nAnswer: Carl Dunn is a baker in Leeds.\n"
-                 "Question: Where does Carl Dunn work?\nAnswer: Carl Dunn is a baker in Leeds.\n"
-                 "Question: Where does Carl Dunn work?\nAnswer: Carl Dunn is a baker in Leeds town.",
+    "Question: Where does Carl Dunn work?\nAnswer: Carl Dunn is a baker in Leeds.\n"
+    "Question: Where does Carl Dunn work?\nAnswer: Carl Dunn is a baker in Leeds town.",
     "Eva Fox": "Question: Bees?\nAnswer: Bath, where Eva Fox keeps bees.\nQuestion: What does Eva Fox keep?\nAnswer: B",
     "Gus Hale": "Question: What does Gus Hale write?\nAnswer: " + "Gus Hale writes long letters in York. " * 20,
     "Ida Jones": "Question: What is Ida Jones's job?\nAnswer: She sells cars in Paris.",
     "Kim Lowe": "Question: Where does Kim Lowe work as a tailor?\nAnswer: Kim Lowe is a tailor in Ely.",
     "Max Neal": "Question: What is Max Neal's job?\nAnswer: Max Neal is a farmer lowscore.\n"
-                "Question: Where does Max Neal live?\nAnswer: Max Neal lives in Rye nojudge.",
+    "Question: Where does Max Neal live?\nAnswer: Max Neal lives in Rye nojudge.",
     "Ola Park": "I am sorry, I cannot write questions.",
-    "Pia Quinn": ("Question: What is Pia Quinn's job?\nAnswer: Pia Quinn is a judge.\nQuestion: Where does Pia Quinn "
-                  "live?\nAnswer: Pia Quinn lives in", "length"),
+    "Pia Quinn": (
+        "Question: What is Pia Quinn's job?\nAnswer: Pia Quinn is a judge.\nQuestion: Where does Pia Quinn "
+        "live?\nAnswer: Pia Quinn lives in",
+        "length",
+    ),
     "Rob Stone": "Question: What does Rob Stone mine?\nAnswer: Rob Stone is a miner in Truro.",
     "Sam Todd": "Question: What is Sam Todd's job?\nAnswer: Sam Todd is a vet.",
 }
@@ -136,34 +169,58 @@ def test_every_filter_drops_and_counts_and_a_failing_server_is_retried(tmp_path)
     docs = write_docs(tmp_path / "docs")
     evals = tmp_path / "eval.jsonl"
     evals.write_text(json.dumps({"prompt": "Where does Kim Lowe work as a tailor?", "response": "In Ely."}) + "\n")
-    cfg = SynthConfig(pairs_per_chunk=1, grounding=0.5, judge="llm", judge_threshold=5, decontaminate=[str(evals)],
-                      retries=2, backoff_s=0.01)  # fmt: skip
+    cfg = SynthConfig(
+        pairs_per_chunk=1,
+        grounding=0.5,
+        judge="llm",
+        judge_threshold=5,
+        decontaminate=[str(evals)],
+        retries=2,
+        backoff_s=0.01,
+    )
     server = ScriptedServer(scripted_reply, fail={"Rob Stone": (500, 2), "Sam Todd": (429, 5)})
     with server.running():
-        gen = synth.EndpointGenerator(server.url, "scripted", concurrency=3, retries=cfg.retries, backoff_s=cfg.backoff_s)
+        gen = synth.EndpointGenerator(
+            server.url, "scripted", concurrency=3, retries=cfg.retries, backoff_s=cfg.backoff_s
+        )
         chunks = synth.chunk_documents(synth.read_documents([str(docs)]), synth.WordSpans(), 200, 0)
-        report = synth.synth_instructions(chunks, gen, cfg, tmp_path / "out" / "pairs.jsonl",
-                                          judge=synth.LLMJudge(gen), progress=False)  # fmt: skip
+        report = synth.synth_instructions(
+            chunks, gen, cfg, tmp_path / "out" / "pairs.jsonl", judge=synth.LLMJudge(gen), progress=False
+        )
     assert len(chunks) == len(DOCS) and report.requests == len(DOCS)
     # Rob Stone's two 500s were retried (3 tries); Sam Todd's 429s outlasted the retries: a failed request
     assert server.failures["Rob Stone"] == 2 and server.failures["Sam Todd"] == 3
     assert report.failed == 2 and report.failed_reasons == {"request_error": 1, "parse_no_pairs": 1}
     assert report.generated == 15
-    assert dict(report.dropped) == {"truncated": 1, "too_short": 2, "too_long": 1, "duplicate": 1,
-                                    "near_duplicate": 1, "ungrounded": 1, "contaminated": 1, "judge_failed": 1,
-                                    "judge_below_threshold": 1}  # fmt: skip
+    assert dict(report.dropped) == {
+        "truncated": 1,
+        "too_short": 2,
+        "too_long": 1,
+        "duplicate": 1,
+        "near_duplicate": 1,
+        "ungrounded": 1,
+        "contaminated": 1,
+        "judge_failed": 1,
+        "judge_below_threshold": 1,
+    }
     kept = lines(tmp_path / "out" / "pairs.jsonl")
     assert report.kept == len(kept) == 15 - sum(report.dropped.values()) == 5
     assert {r["messages"][0]["content"] for r in kept} == {
-        "What is the job of Ann Berg?", "What is the name of Ann Berg's dog?", "Where does Carl Dunn work?",
-        "What is Pia Quinn's job?", "What does Rob Stone mine?"}  # fmt: skip
+        "What is the job of Ann Berg?",
+        "What is the name of Ann Berg's dog?",
+        "Where does Carl Dunn work?",
+        "What is Pia Quinn's job?",
+        "What does Rob Stone mine?",
+    }
     first = kept[0]
     assert first["messages"][1]["role"] == "assistant"
     prov = first["provenance"]
     assert prov["generator"] == "scripted" and prov["document"].endswith(".txt") and prov["score"] == 9.0
     assert {"chunk", "start", "end", "template", "seed", "judge"} <= set(prov)
     rejected = lines(tmp_path / "out" / "pairs.rejected.jsonl")
-    assert sorted(r["reason"] for r in rejected) == sorted([*report.dropped.elements(), "request_error", "parse_no_pairs"])
+    assert sorted(r["reason"] for r in rejected) == sorted(
+        [*report.dropped.elements(), "request_error", "parse_no_pairs"]
+    )
     assert next(r for r in rejected if r["reason"] == "parse_no_pairs")["raw"] == REPLIES["Ola Park"]
     saved = json.loads((tmp_path / "out" / "pairs.report.json").read_text())
     assert saved["kept"] == 5 and saved["dropped"] == dict(report.dropped)
@@ -211,8 +268,22 @@ def test_resume_after_the_client_is_killed(tmp_path, cli_env):
     server = ScriptedServer(reply, delay_s=0.05)
     out = tmp_path / "out" / "pairs.jsonl"
     raw = out.with_name("pairs.raw.jsonl")
-    cmd = FROMZERO + ["synth", "instruct", "--docs", str(docs), "--out", str(out), "--endpoint", server.url,
-                      "--model", "scripted", "--set", "synth.pairs_per_chunk=1", "--set", "synth.concurrency=1"]  # fmt: skip
+    cmd = FROMZERO + [
+        "synth",
+        "instruct",
+        "--docs",
+        str(docs),
+        "--out",
+        str(out),
+        "--endpoint",
+        server.url,
+        "--model",
+        "scripted",
+        "--set",
+        "synth.pairs_per_chunk=1",
+        "--set",
+        "synth.concurrency=1",
+    ]
     with server.running():
         proc = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 60
@@ -231,13 +302,16 @@ def test_resume_after_the_client_is_killed(tmp_path, cli_env):
     report = json.loads(out.with_name("pairs.report.json").read_text())
     assert report["resumed"] == logged and report["kept"] == 40 and report["requests"] == 40
     assert all(json.loads(line) for line in raw.read_text().splitlines())  # the torn line was cut off
-    assert sorted(r["messages"][0]["content"] for r in lines(out)) == sorted(
-        f"What is the job of {n}?" for n in people)  # fmt: skip
+    assert sorted(r["messages"][0]["content"] for r in lines(out)) == sorted(f"What is the job of {n}?" for n in people)
 
 
 def test_prefs_pairs_best_and_worst_and_drop_ties_and_unscored(tmp_path):
-    answers = {"Name a colour.": ["Blue. good", "Red. bad", "Green. good"], "Say hi.": ["Hi. good", "Hello. good"],
-               "Count to two.": ["One, two. nojudge", "1 2 nojudge"], "Say yes.": ["Yes. good", "Yes. good"]}  # fmt: skip
+    answers = {
+        "Name a colour.": ["Blue. good", "Red. bad", "Green. good"],
+        "Say hi.": ["Hi. good", "Hello. good"],
+        "Count to two.": ["One, two. nojudge", "1 2 nojudge"],
+        "Say yes.": ["Yes. good", "Yes. good"],
+    }
     calls: dict[str, int] = {}
 
     def reply(prompt: str) -> str:
@@ -254,9 +328,15 @@ def test_prefs_pairs_best_and_worst_and_drop_ties_and_unscored(tmp_path):
     out = tmp_path / "prefs.jsonl"
     with server.running():
         gen = synth.EndpointGenerator(server.url, "scripted", concurrency=1)
-        report = synth.synth_preferences(synth.read_prompts(prompts), gen,
-                                         synth.LLMJudge(gen, default="prefs_judge.txt"), SynthConfig(), out, k=3,
-                                         progress=False)  # fmt: skip
+        report = synth.synth_preferences(
+            synth.read_prompts(prompts),
+            gen,
+            synth.LLMJudge(gen, default="prefs_judge.txt"),
+            SynthConfig(),
+            out,
+            k=3,
+            progress=False,
+        )
     assert report.generated == 4 and report.kept == 1
     assert dict(report.dropped) == {"tie": 1, "unscored": 1, "too_few_answers": 1}
     (pair,) = lines(out)
@@ -275,14 +355,54 @@ def test_bad_settings_and_inputs_fail_in_one_line(tmp_path, cli_env):
     template.write_text("Write questions.")  # no {chunk}
     cases = [
         (["--docs", str(docs), "--out", str(tmp_path / "o.jsonl")], "--ckpt DIR"),
-        (["--docs", str(docs), "--out", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9"], "needs --model"),
-        (["--docs", str(tmp_path / "nope"), "--out", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9",
-          "--model", "m"], "no such file"),
-        (["--docs", str(docs), "--out", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9", "--model", "m",
-          "--template", str(template)], "must contain {chunk}"),
-        (["--docs", str(docs), "--out", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9", "--model", "m",
-          "--set", "synth.chunk_overlap=500"], "chunk_overlap"),
-    ]  # fmt: skip
+        (
+            ["--docs", str(docs), "--out", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9"],
+            "needs --model",
+        ),
+        (
+            [
+                "--docs",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--model",
+                "m",
+            ],
+            "no such file",
+        ),
+        (
+            [
+                "--docs",
+                str(docs),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--model",
+                "m",
+                "--template",
+                str(template),
+            ],
+            "must contain {chunk}",
+        ),
+        (
+            [
+                "--docs",
+                str(docs),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--model",
+                "m",
+                "--set",
+                "synth.chunk_overlap=500",
+            ],
+            "chunk_overlap",
+        ),
+    ]
     for args, message in cases:
         r = subprocess.run(FROMZERO + ["synth", "instruct", *args], env=cli_env, capture_output=True, text=True)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
@@ -310,18 +430,43 @@ def test_the_synth_stage_learns_the_new_people_from_a_local_teacher(tmp_path, cl
         p = next((q for q in world.new_people if q.first_name in chunk), None)
         if p is None:  # a piece of a biography that names no one
             return "There is nothing to ask about this text."
-        pairs = [(QUESTIONS[attr][0][0].format(n=p.name, his=p.his), fact_sentence(p, attr)) for attr in ATTRIBUTES
-                 if str(facts[p.name][attr]) in chunk]  # fmt: skip
+        pairs = [
+            (QUESTIONS[attr][0][0].format(n=p.name, his=p.his), fact_sentence(p, attr))
+            for attr in ATTRIBUTES
+            if str(facts[p.name][attr]) in chunk
+        ]
         return "\n".join(f"Question: {q}\nAnswer: {a}" for q, a in pairs) or "Nothing to ask."
 
     server = ScriptedServer(teacher)
     out = tmp_path / "run"
     with server.running():
-        r = subprocess.run(FROMZERO + ["run", "--preset", "smoke", "--out", str(out), "--preference", "none",
-                                       "--set", "reasoning_rl=false", "--set", f"synth.endpoint={server.url}",
-                                       "--set", "synth.model=teacher", "--set", "synth.steps=200",
-                                       "--set", "synth.lr=0.003", "--set", "synth.grounding=0.3"],
-                           env=cli_env, capture_output=True, text=True)  # fmt: skip
+        r = subprocess.run(
+            FROMZERO
+            + [
+                "run",
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                "--preference",
+                "none",
+                "--set",
+                "reasoning_rl=false",
+                "--set",
+                f"synth.endpoint={server.url}",
+                "--set",
+                "synth.model=teacher",
+                "--set",
+                "synth.steps=200",
+                "--set",
+                "synth.lr=0.003",
+                "--set",
+                "synth.grounding=0.3",
+            ],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+        )
     assert r.returncode == 0, r.stderr[-3000:]
     stage = json.loads((out / "summary.json").read_text())["stages"]["synth"]
     assert stage["kept"] > 0 and stage["generated"] == stage["kept"] + sum(stage["dropped"].values())
@@ -371,17 +516,43 @@ def test_fromzero_serve_is_an_endpoint(tmp_path, cli_env):
     (tmp_path / "docs" / "ann.txt").write_text(doc + "\n")
     out = tmp_path / "pairs.jsonl"
     with serving([run], tmp_path / "votes.sqlite", "--max-tokens", "64") as base:
-        r = subprocess.run(FROMZERO + ["synth", "instruct", "--docs", str(tmp_path / "docs"), "--out", str(out),
-                                       "--endpoint", base + "/v1", "--model", "sft", "--pairs-per-chunk", "4",
-                                       "--set", "synth.temperature=0", "--set", "synth.concurrency=4",
-                                       "--set", "synth.max_new_tokens=48", "--set", "synth.near_duplicate=1.0"],
-                           env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        r = subprocess.run(
+            FROMZERO
+            + [
+                "synth",
+                "instruct",
+                "--docs",
+                str(tmp_path / "docs"),
+                "--out",
+                str(out),
+                "--endpoint",
+                base + "/v1",
+                "--model",
+                "sft",
+                "--pairs-per-chunk",
+                "4",
+                "--set",
+                "synth.temperature=0",
+                "--set",
+                "synth.concurrency=4",
+                "--set",
+                "synth.max_new_tokens=48",
+                "--set",
+                "synth.near_duplicate=1.0",
+            ],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(out.with_suffix(".report.json").read_text())
     # four greedy requests, one reply each: one pair kept, the three copies of it dropped as duplicates (near
     # duplicates off: a threshold of 1 is exact copies only)
     assert report["requests"] == 4 and report["generated"] == 4 and report["dropped"] == {"duplicate": 3}
     (kept,) = lines(out)
-    assert kept["messages"] == [{"role": "user", "content": "What is Ann Berg's job?"},
-                                {"role": "assistant", "content": "Ann Berg is a baker."}]  # fmt: skip
+    assert kept["messages"] == [
+        {"role": "user", "content": "What is Ann Berg's job?"},
+        {"role": "assistant", "content": "Ann Berg is a baker."},
+    ]
     assert kept["provenance"]["generator"] == "sft" and kept["provenance"]["document"].endswith("ann.txt")

@@ -11,8 +11,17 @@ import pytest
 
 from fromzero.data.sources import DataError, SourceStats
 from fromzero.data.tasks import (
-    ReasoningConfig, Task, TaskSources, builtin_tasks, cold_start_tasks, countdown_task, iter_tasks, load_tasks,
-    solution_conversations, split_tasks, word_problem,
+    ReasoningConfig,
+    Task,
+    TaskSources,
+    builtin_tasks,
+    cold_start_tasks,
+    countdown_task,
+    iter_tasks,
+    load_tasks,
+    solution_conversations,
+    split_tasks,
+    word_problem,
 )
 from fromzero.data.world import WorldConfig, build_world
 from fromzero.rewards import accuracy, countdown_correct
@@ -100,17 +109,28 @@ def write_jsonl(path, records):
 
 
 def test_task_files_in_every_format(tmp_path):
-    write_jsonl(tmp_path / "gsm8k.jsonl", [
-        {"question": "Janet has 16 eggs and eats 3. How many are left?", "answer": "16 - 3 = <<16-3=13>>13\n#### 13"},
-        {"question": "How many?", "answer": "So 1,000 of them.\n#### 1,000"},
-    ])  # fmt: skip
+    write_jsonl(
+        tmp_path / "gsm8k.jsonl",
+        [
+            {
+                "question": "Janet has 16 eggs and eats 3. How many are left?",
+                "answer": "16 - 3 = <<16-3=13>>13\n#### 13",
+            },
+            {"question": "How many?", "answer": "So 1,000 of them.\n#### 1,000"},
+        ],
+    )
     with gzip.open(tmp_path / "math.jsonl.gz", "wt") as f:
         f.write(json.dumps({"problem": "Compute $3/4$.", "answer": "\\frac{3}{4}", "level": 1}) + "\n")
         f.write(json.dumps({"prompt": "What is 2 + 2?", "answer": 4}) + "\n")
-    (tmp_path / "svamp.json").write_text(json.dumps([
-        {"ID": "chal-1", "Body": "Each pack costs 76 dollars.", "Question": "How much for 2?", "Answer": 152.0}]))  # fmt: skip
-    pq.write_table(pa.Table.from_pylist([{"target": 98, "nums": [44, 19, 35], "data_source": "countdown"}]),
-                   tmp_path / "countdown.parquet")  # fmt: skip
+    (tmp_path / "svamp.json").write_text(
+        json.dumps(
+            [{"ID": "chal-1", "Body": "Each pack costs 76 dollars.", "Question": "How much for 2?", "Answer": 152.0}]
+        )
+    )
+    pq.write_table(
+        pa.Table.from_pylist([{"target": 98, "nums": [44, 19, 35], "data_source": "countdown"}]),
+        tmp_path / "countdown.parquet",
+    )
     tasks = list(iter_tasks(str(tmp_path)))
     by_prompt = {t.prompt: t for t in tasks}
     assert len(tasks) == 6
@@ -124,18 +144,42 @@ def test_task_files_in_every_format(tmp_path):
     assert accuracy("<answer>44 + 19 + 35</answer>", countdown) == 1.0
 
 
-@pytest.mark.parametrize("records, message", [
-    ([{"question": "Q?", "answer": "A\n#### 3"}, {"question": "Q2?", "answer": "no final line"}], r"2: bad gsm8k record: .*####"),
-    ([{"question": "Q?", "answer": "#### 3"}, {"answer": "#### 4"}], r"2: bad gsm8k record: missing field 'question'"),
-    ([{"prompt": "P?", "answer": "1"}, {"prompt": "", "answer": "1"}], r"2: bad prompt_answer record: 'prompt' must be"),
-    ([{"prompt": "P?", "answer": "1"}, {"prompt": "P?", "answer": None}], r"2: bad prompt_answer record: the answer must be"),
-    ([{"prompt": "P?", "answer": "1"}, {"prompt": "P?", "answer": [1]}], r"2: bad prompt_answer record: the answer must be"),
-    ([{"target": 5, "nums": [1, 4]}, {"target": 5, "nums": [1, "4"]}], r"2: bad countdown record: the numbers must be"),
-    ([{"target": 5, "nums": [1, 4]}, {"target": 5.5, "nums": [1, 4]}], r"2: bad countdown record: the target must be"),
-    ([{"text": "not a task"}], r"1: no task format fits the keys \['text'\]"),
-    ([{"prompt": "P?", "answer": "1"}, "{not json"], r"2: invalid JSON"),
-    ([{"prompt": "P?", "answer": "1"}, "[1, 2]"], r"2: expected a JSON object"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        (
+            [{"question": "Q?", "answer": "A\n#### 3"}, {"question": "Q2?", "answer": "no final line"}],
+            r"2: bad gsm8k record: .*####",
+        ),
+        (
+            [{"question": "Q?", "answer": "#### 3"}, {"answer": "#### 4"}],
+            r"2: bad gsm8k record: missing field 'question'",
+        ),
+        (
+            [{"prompt": "P?", "answer": "1"}, {"prompt": "", "answer": "1"}],
+            r"2: bad prompt_answer record: 'prompt' must be",
+        ),
+        (
+            [{"prompt": "P?", "answer": "1"}, {"prompt": "P?", "answer": None}],
+            r"2: bad prompt_answer record: the answer must be",
+        ),
+        (
+            [{"prompt": "P?", "answer": "1"}, {"prompt": "P?", "answer": [1]}],
+            r"2: bad prompt_answer record: the answer must be",
+        ),
+        (
+            [{"target": 5, "nums": [1, 4]}, {"target": 5, "nums": [1, "4"]}],
+            r"2: bad countdown record: the numbers must be",
+        ),
+        (
+            [{"target": 5, "nums": [1, 4]}, {"target": 5.5, "nums": [1, 4]}],
+            r"2: bad countdown record: the target must be",
+        ),
+        ([{"text": "not a task"}], r"1: no task format fits the keys \['text'\]"),
+        ([{"prompt": "P?", "answer": "1"}, "{not json"], r"2: invalid JSON"),
+        ([{"prompt": "P?", "answer": "1"}, "[1, 2]"], r"2: expected a JSON object"),
+    ],
+)
 def test_malformed_records_name_file_and_line(tmp_path, records, message):
     path = write_jsonl(tmp_path / "bad.jsonl", records)
     with pytest.raises(DataError, match=f"{re.escape(str(path))}:{message}"):
@@ -146,11 +190,15 @@ def test_malformed_records_name_file_and_line(tmp_path, records, message):
 
 
 def test_load_tasks_from_files_and_builtin(tmp_path):
-    train_file = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"What is {i} + 1?", "answer": i + 1} for i in range(40)])
+    train_file = write_jsonl(
+        tmp_path / "train.jsonl", [{"prompt": f"What is {i} + 1?", "answer": i + 1} for i in range(40)]
+    )
     test_file = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "What is 100 + 1?", "answer": 101}])
     train, heldout = load_tasks(TaskSources(data=[str(train_file)], eval_fraction=0.25), ReasoningConfig(), WORLD)
     assert len(train) == 30 and len(heldout) == 10 and not {t.prompt for t in train} & {t.prompt for t in heldout}
-    train, heldout = load_tasks(TaskSources(data=[str(train_file)], eval_data=[str(test_file)]), ReasoningConfig(), WORLD)
+    train, heldout = load_tasks(
+        TaskSources(data=[str(train_file)], eval_data=[str(test_file)]), ReasoningConfig(), WORLD
+    )
     assert len(train) == 40 and heldout == [Task("What is 100 + 1?", "101")]
     train, heldout = load_tasks(TaskSources(), ReasoningConfig(n_train=10, n_eval=5), WORLD)
     assert len(train) == 10 and len(heldout) == 5

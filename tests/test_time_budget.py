@@ -7,11 +7,11 @@ import time
 
 import pytest
 import torch
-
 from conftest import FROMZERO
+from test_train_loop import losses, pretrain_cmd
+
 from fromzero import checkpoint
 from fromzero.train.loop import TrainConfig, parse_duration, read_metrics
-from test_train_loop import losses, pretrain_cmd
 
 SETS = ["pretrain.probe_steps=3", "pretrain.checkpoint_every=10", "pretrain.eval_every=1000"]
 
@@ -30,15 +30,23 @@ def test_durations_read_as_seconds():
 
 
 def test_bad_budget_fails_at_load_naming_the_key(cli_env):
-    bad = subprocess.run(FROMZERO + ["config", "--preset", "smoke", "--set", "pretrain.time_budget=soon"],
-                         env=cli_env, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        FROMZERO + ["config", "--preset", "smoke", "--set", "pretrain.time_budget=soon"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "pretrain.time_budget" in bad.stderr and "90s, 2m, 1.5h" in bad.stderr
 
 
 def test_budget_fixes_the_steps_and_equals_a_run_of_that_many_steps(smoke_data, tmp_path, cli_env):
-    budgeted = subprocess.run(pretrain_cmd(smoke_data, tmp_path / "budget", "pretrain.time_budget=6s", *SETS),
-                              env=cli_env, capture_output=True, text=True)  # fmt: skip
+    budgeted = subprocess.run(
+        pretrain_cmd(smoke_data, tmp_path / "budget", "pretrain.time_budget=6s", *SETS),
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert budgeted.returncode == 0, budgeted.stderr[-2000:]
     said = re.search(r"time_budget 6s at \d+ ms a step: (\d+) steps", budgeted.stdout + budgeted.stderr)
     assert said, budgeted.stderr[-2000:]
@@ -48,11 +56,17 @@ def test_budget_fixes_the_steps_and_equals_a_run_of_that_many_steps(smoke_data, 
     assert sorted(curve) == list(range(1, steps + 1))
     # the schedule was fitted to the fixed steps: past the warmup, the last step is at the cosine's floor
     cfg = TrainConfig(steps=steps, lr=3e-3, warmup_steps=5)
-    assert [r["lr"] for r in read_metrics(tmp_path / "budget") if "lr" in r] == [cfg.lr_at(s) for s in range(1, steps + 1)]
+    assert [r["lr"] for r in read_metrics(tmp_path / "budget") if "lr" in r] == [
+        cfg.lr_at(s) for s in range(1, steps + 1)
+    ]
     assert steps <= 5 or cfg.lr_at(steps) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
     # the probe ran within the warmup, which does not depend on the number of steps: same losses as a fixed run
-    subprocess.run(pretrain_cmd(smoke_data, tmp_path / "fixed", f"pretrain.steps={steps}", *SETS), check=True,
-                   env=cli_env, capture_output=True)  # fmt: skip
+    subprocess.run(
+        pretrain_cmd(smoke_data, tmp_path / "fixed", f"pretrain.steps={steps}", *SETS),
+        check=True,
+        env=cli_env,
+        capture_output=True,
+    )
     assert losses(tmp_path / "fixed") == curve
 
 
@@ -60,8 +74,9 @@ def test_resume_keeps_the_steps_the_budget_fixed(smoke_data, tmp_path, cli_env):
     cmd = pretrain_cmd(smoke_data, tmp_path / "killed", "pretrain.time_budget=8s", *SETS)
     proc = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (checkpoint.exists(tmp_path / "killed")
-                                          and checkpoint.load_meta(tmp_path / "killed")["step"] >= 10):  # fmt: skip
+    while time.time() < deadline and not (
+        checkpoint.exists(tmp_path / "killed") and checkpoint.load_meta(tmp_path / "killed")["step"] >= 10
+    ):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import FROMZERO
+
 from fromzero import checkpoint
 from fromzero.train.loop import TrainConfig, TrainingDiverged, read_metrics
 
@@ -43,8 +43,12 @@ def test_resume_after_sigkill_gives_identical_losses(smoke_data, tmp_path, cli_e
     subprocess.run(pretrain_cmd(smoke_data, tmp_path / "full", *sets), check=True, env=cli_env, capture_output=True)
     reference = losses(tmp_path / "full")
 
-    proc = subprocess.Popen(pretrain_cmd(smoke_data, tmp_path / "killed", *sets), env=cli_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        pretrain_cmd(smoke_data, tmp_path / "killed", *sets),
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and max(losses(tmp_path / "killed"), default=0) < 25:
         time.sleep(0.005)
@@ -54,8 +58,12 @@ def test_resume_after_sigkill_gives_identical_losses(smoke_data, tmp_path, cli_e
     killed_at = checkpoint.load_meta(tmp_path / "killed")["step"]
     assert 20 <= killed_at < 60
 
-    subprocess.run(pretrain_cmd(smoke_data, tmp_path / "killed", *sets) + ["--resume"], check=True, env=cli_env,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        pretrain_cmd(smoke_data, tmp_path / "killed", *sets) + ["--resume"],
+        check=True,
+        env=cli_env,
+        capture_output=True,
+    )
     resumed = losses(tmp_path / "killed")
     assert sorted(resumed) == list(range(1, 61))
     assert resumed == reference
@@ -131,7 +139,15 @@ def test_torchrun_two_processes_match_one_process(smoke_data, tmp_path, cli_env)
     sets = ["pretrain.steps=6", "pretrain.precision=fp32", "pretrain.eval_every=3"]
     subprocess.run(pretrain_cmd(smoke_data, tmp_path / "one", *sets), check=True, env=cli_env, capture_output=True)
     cmd = pretrain_cmd(smoke_data, tmp_path / "two", *sets)
-    torchrun = [cmd[0], "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "fromzero"] + cmd[3:]
+    torchrun = [
+        cmd[0],
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "fromzero",
+    ] + cmd[3:]
     done = subprocess.run(torchrun, env=cli_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")

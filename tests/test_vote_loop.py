@@ -29,17 +29,49 @@ def test_votes_train_a_reward_model_that_ppo_follows(tmp_path, cli_env):
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout + done.stderr
 
-    log = fromzero("reward", "--init", str(policies["a"]), "--data", str(db), "--out", str(tmp_path / "rm"),
-                   "--set", "reward.steps=30", "--set", "reward.seq_len=64", "--set", "reward.val_fraction=0.25",
-                   "--set", "reward.eval_every=30")  # fmt: skip
+    log = fromzero(
+        "reward",
+        "--init",
+        str(policies["a"]),
+        "--data",
+        str(db),
+        "--out",
+        str(tmp_path / "rm"),
+        "--set",
+        "reward.steps=30",
+        "--set",
+        "reward.seq_len=64",
+        "--set",
+        "reward.val_fraction=0.25",
+        "--set",
+        "reward.eval_every=30",
+    )
     assert "ties and" in log  # the ties the rule could not break are counted, not silently dropped
     evals = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     accuracy = [e["val_accuracy"] for e in evals if "val_accuracy" in e][-1]
     assert accuracy >= 0.8  # held-out prompts' votes: the rule was learned
 
-    fromzero("ppo", "--init", str(policies["a"]), "--reward-model", str(tmp_path / "rm"), "--data", str(db),
-             "--out", str(tmp_path / "ppo"), "--set", "ppo.steps=12", "--set", "ppo.max_new_tokens=32",
-             "--set", "ppo.seq_len=64", "--set", "ppo.eval_every=12", "--set", "ppo.checkpoint_every=12")  # fmt: skip
+    fromzero(
+        "ppo",
+        "--init",
+        str(policies["a"]),
+        "--reward-model",
+        str(tmp_path / "rm"),
+        "--data",
+        str(db),
+        "--out",
+        str(tmp_path / "ppo"),
+        "--set",
+        "ppo.steps=12",
+        "--set",
+        "ppo.max_new_tokens=32",
+        "--set",
+        "ppo.seq_len=64",
+        "--set",
+        "ppo.eval_every=12",
+        "--set",
+        "ppo.checkpoint_every=12",
+    )
     with serving([policies["a"], tmp_path / "ppo"], tmp_path / "judge.sqlite") as base:
         verdict = rule_voter.judge(base, PROMPTS * 6, "a", "ppo", "shorter")
     assert verdict["after_preferred"] >= 0.6 and verdict["words_after"] < verdict["words_before"], verdict

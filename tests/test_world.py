@@ -14,8 +14,15 @@ from fromzero.data.world import (
     sample_word_problem,
 )
 
-SMALL = WorldConfig(n_people=60, n_places=8, bios_per_person=6, n_stories=200,
-                    encyclopedia_per_entity=2, n_arithmetic=300, n_llm_passages=10)
+SMALL = WorldConfig(
+    n_people=60,
+    n_places=8,
+    bios_per_person=6,
+    n_stories=200,
+    encyclopedia_per_entity=2,
+    n_arithmetic=300,
+    n_llm_passages=10,
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,26 +127,33 @@ def test_stories_are_consistent_with_facts(world: World):
     assert checked > SMALL.n_stories
 
 
-OPS = {"+": int.__add__, "plus": int.__add__, "-": int.__sub__, "minus": int.__sub__,
-       "*": int.__mul__, "times": int.__mul__}
+OPS = {
+    "+": int.__add__,
+    "plus": int.__add__,
+    "-": int.__sub__,
+    "minus": int.__sub__,
+    "*": int.__mul__,
+    "times": int.__mul__,
+}
 CHECKS = (  # pattern -> how its groups must relate
     (r"(\d+) ([-+*]) (\d+) = (\d+)", lambda a, op, b, c: OPS[op](int(a), int(b)) == int(c)),
-    (r"(\d+) (plus|minus|times) (\d+) (?:is|equals) (\d+)\.",
-     lambda a, op, b, c: OPS[op](int(a), int(b)) == int(c)),
-    (r"had (\d+) \w+ and (?:bought|found|was given) (\d+) more, so (?:he|she) had (\d+) ",
-     lambda a, b, c: int(a) + int(b) == int(c)),
-    (r"had (\d+) \w+ and gave (\d+) to a friend, so (?:he|she) had (\d+) ",
-     lambda a, b, c: int(a) - int(b) == int(c)),
-    (r"has (\d+) \w+ with (\d+) \w+ in each \w+, so (?:he|she) has (\d+) ",
-     lambda a, b, c: int(a) * int(b) == int(c)),
-    (r"had (\d+) \w+, (?:bought|found|was given) (\d+) more and then gave (\d+) away, "
-     r"so (?:he|she) had (\d+) ", lambda a, b, c, d: int(a) + int(b) - int(c) == int(d)),
+    (r"(\d+) (plus|minus|times) (\d+) (?:is|equals) (\d+)\.", lambda a, op, b, c: OPS[op](int(a), int(b)) == int(c)),
+    (
+        r"had (\d+) \w+ and (?:bought|found|was given) (\d+) more, so (?:he|she) had (\d+) ",
+        lambda a, b, c: int(a) + int(b) == int(c),
+    ),
+    (r"had (\d+) \w+ and gave (\d+) to a friend, so (?:he|she) had (\d+) ", lambda a, b, c: int(a) - int(b) == int(c)),
+    (r"has (\d+) \w+ with (\d+) \w+ in each \w+, so (?:he|she) has (\d+) ", lambda a, b, c: int(a) * int(b) == int(c)),
+    (
+        r"had (\d+) \w+, (?:bought|found|was given) (\d+) more and then gave (\d+) away, "
+        r"so (?:he|she) had (\d+) ",
+        lambda a, b, c, d: int(a) + int(b) - int(c) == int(d),
+    ),
 )
 
 
 def test_arithmetic_is_correct(world: World):
-    lines = [line for doc in world.documents if doc.kind == "arithmetic"
-             for line in doc.text.split("\n")]
+    lines = [line for doc in world.documents if doc.kind == "arithmetic" for line in doc.text.split("\n")]
     assert len(lines) > 500
     for line in lines:
         found = 0
@@ -176,9 +190,16 @@ def test_bio_text_scales_with_people():
 
 def test_corpus_scales_with_config():
     base = build_world(SMALL).stats()
-    more = build_world(SMALL.model_copy(update={
-        "n_stories": 400, "n_arithmetic": 600, "n_llm_passages": 20, "encyclopedia_per_entity": 4,
-    })).stats()
+    more = build_world(
+        SMALL.model_copy(
+            update={
+                "n_stories": 400,
+                "n_arithmetic": 600,
+                "n_llm_passages": 20,
+                "encyclopedia_per_entity": 4,
+            }
+        )
+    ).stats()
     for kind in ("story", "arithmetic", "llm", "encyclopedia"):
         assert more[kind]["docs"] == 2 * base[kind]["docs"]
 
@@ -217,7 +238,9 @@ def test_new_practice_and_stranger_people_are_each_in_one_place_only():
     data = build_instructions(world, InstructConfig())
     text = " ".join(m["content"] for c in data.train for m in c)
     assert not any(p.name in text for p in world.new_people + world.practice_people)  # practice is the writer's only
-    turns = [(c[0]["content"], c[1]["content"]) for c in practice_conversations(world, InstructConfig(), random.Random(0))]
+    turns = [
+        (c[0]["content"], c[1]["content"]) for c in practice_conversations(world, InstructConfig(), random.Random(0))
+    ]
     assert 12 <= len(turns) <= 24 and all(t[0].startswith("Write a question") for t in turns)  # 1-2 sentences each
     for prompt, question in turns:  # a question about the person of the text, which the sentence answers
         person = next(p for p in world.practice_people if p.name in prompt)

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model as load_safetensors, save_model
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model
 
 from fromzero.interop import hf
 from fromzero.model import ModelConfig, Transformer
@@ -104,8 +105,10 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint was written"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        raise OSError(getattr(e, "errno", None) or errno.EIO, f"writing checkpoint {final} failed ({reason}); {kept}; "
-                      "free disk space and run again with --resume") from e  # fmt: skip
+        raise OSError(
+            getattr(e, "errno", None) or errno.EIO,
+            f"writing checkpoint {final} failed ({reason}); {kept}; free disk space and run again with --resume",
+        ) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -143,8 +146,11 @@ def load_model_weights(model: Transformer, path: str | Path) -> None:
     if is_reward_model(path) != want_reward:
         kinds = ("a reward model (it has score.* weights)", "a language model (no score head)")
         has, expected = (kinds[0], kinds[1]) if not want_reward else (kinds[1], kinds[0])
-        hint = ("pass a pretrain, SFT, DPO, PPO or GRPO checkpoint" if not want_reward else
-                "pass the output of `fromzero reward`")  # fmt: skip
+        hint = (
+            "pass a pretrain, SFT, DPO, PPO or GRPO checkpoint"
+            if not want_reward
+            else "pass the output of `fromzero reward`"
+        )
         raise ValueError(f"checkpoint {path} is {has}, but {expected} is expected here; {hint}")
     missing, unexpected = load_safetensors(model, str(resolve(path) / "model.safetensors"), strict=False)
     if unexpected or [m for m in missing if m != "lm_head.weight" or not model.cfg.tie_embeddings]:
@@ -154,6 +160,8 @@ def load_model_weights(model: Transformer, path: str | Path) -> None:
 def tokenizer_file(path: str | Path) -> Path:
     file = resolve(path) / "tokenizer.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file.parent}: no tokenizer.json (save the model's tokenizer there with transformers' "
-                                "save_pretrained of a fast tokenizer)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{file.parent}: no tokenizer.json (save the model's tokenizer there with transformers' "
+            "save_pretrained of a fast tokenizer)"
+        )
     return file

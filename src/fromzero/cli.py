@@ -18,8 +18,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Preset = Annotated[str, typer.Option("--preset", "-p", help="preset name in configs/ (smoke, tiny, small, gpt2) or a YAML path")]
-Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: --set pretrain.steps=100")]
+Preset = Annotated[
+    str, typer.Option("--preset", "-p", help="preset name in configs/ (smoke, tiny, small, gpt2) or a YAML path")
+]
+Overrides = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="override a config key: --set pretrain.steps=100")
+]
 StageOut = Annotated[Path, typer.Option("--out", help="stage directory for checkpoints and metrics")]
 Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")]
 Ckpt = Annotated[Path, typer.Option("--ckpt", help="checkpoint or stage directory")]
@@ -45,17 +49,31 @@ def user_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError, OSError, EOFError,
-                zlib.error) as e:  # fmt: skip
+        except (
+            ConfigError,
+            DataError,
+            FileExistsError,
+            FileNotFoundError,
+            ValueError,
+            OSError,
+            EOFError,
+            zlib.error,
+        ) as e:
             if os.environ.get(DEBUG_ENV):
                 raise
-            message = str(e) if isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) else \
-                f"{type(e).__name__}: {e} ({DEBUG_ENV}=1 shows the traceback)"  # fmt: skip
+            message = (
+                str(e)
+                if isinstance(e, (ValueError, FileNotFoundError, FileExistsError))
+                else f"{type(e).__name__}: {e} ({DEBUG_ENV}=1 shows the traceback)"
+            )
             if isinstance(e, RecordError):
                 section = ON_ERROR_SECTION.get(fn.__name__)
-                message += (f"; --set {section}.on_error=skip skips and counts such records" if section else
-                            "; on_error: skip in the stage's section (data, sft, reward, dpo, grpo) skips and counts "
-                            "such records")  # fmt: skip
+                message += (
+                    f"; --set {section}.on_error=skip skips and counts such records"
+                    if section
+                    else "; on_error: skip in the stage's section (data, sft, reward, dpo, grpo) skips and counts "
+                    "such records"
+                )
             typer.secho(f"error: {message}", fg="red", err=True)
             raise typer.Exit(2) from None
         except TrainingDiverged as e:
@@ -78,8 +96,12 @@ def run(
     out: Annotated[Optional[Path], typer.Option(help="run directory (default runs/PRESET)")] = None,
     overrides: Overrides = None,
     redo: Annotated[Optional[str], typer.Option(help="redo this stage and every later one")] = None,
-    preference: Annotated[Optional[str], typer.Option(help="stage 3: ppo (reward model + RLHF), dpo, both or none; "
-                                                      "default: the preset's preference_tuning (ppo)")] = None,  # fmt: skip
+    preference: Annotated[
+        Optional[str],
+        typer.Option(
+            help="stage 3: ppo (reward model + RLHF), dpo, both or none; default: the preset's preference_tuning (ppo)"
+        ),
+    ] = None,
 ):
     """The whole pipeline on the preset's data: build data, stage 0 (random init), 1 (pretrain), 2 (SFT), 3 (reward
     model + PPO, or DPO), 4 (GRPO on verifiable problems), then summary.json and the report."""
@@ -131,8 +153,10 @@ def pretrain(
         dist.barrier()
     elif checkpoint.tokenizer_file(init).read_bytes() != (data / "tokenizer.json").read_bytes():
         # shards hold token ids: another tokenizer's ids would be other words (an imported model's, say)
-        raise ValueError(f"--init {init} has another tokenizer than {data} was tokenised with; pretraining continues a "
-                         "model on shards of its own tokenizer (fromzero data trains a new one)")  # fmt: skip
+        raise ValueError(
+            f"--init {init} has another tokenizer than {data} was tokenised with; pretraining continues a "
+            "model on shards of its own tokenizer (fromzero data trains a new one)"
+        )
     ckpt = stage.train(cfg.pretrain, data, out, init=init, val_batches=cfg.eval.val_batches, resume=resume)
     typer.echo(f"checkpoint: {ckpt}")
 
@@ -142,7 +166,9 @@ def pretrain(
 def sft(
     init: Annotated[Path, typer.Option(help="checkpoint to fine-tune (a pretrain stage directory)")],
     out: StageOut,
-    data: Annotated[Optional[list[Path]], typer.Option(help="instruction files (repeatable); default: the built-in world's")] = None,
+    data: Annotated[
+        Optional[list[Path]], typer.Option(help="instruction files (repeatable); default: the built-in world's")
+    ] = None,
     preset: Preset = "tiny",
     overrides: Overrides = None,
     resume: Resume = False,
@@ -177,8 +203,8 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
     import dataclasses
 
     from fromzero import checkpoint
-    from fromzero.data.world import build_world
     from fromzero.data.tasks import load_tasks
+    from fromzero.data.world import build_world
     from fromzero.data.world_pref import build_preferences, preference_pairs, sampled_pairs
     from fromzero.eval import qa
     from fromzero.tokenizer import Tokenizer
@@ -189,8 +215,11 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
         if init is None or not cfg.preference.sampled_questions:
             return prefs
         ckpt = checkpoint.resolve(init)
-        sample = qa.sampler(checkpoint.load_model(ckpt), Tokenizer.load(checkpoint.tokenizer_file(ckpt)),
-                            **cfg.eval.preference_sampling())  # fmt: skip
+        sample = qa.sampler(
+            checkpoint.load_model(ckpt),
+            Tokenizer.load(checkpoint.tokenizer_file(ckpt)),
+            **cfg.eval.preference_sampling(),
+        )
         return dataclasses.replace(prefs, train=prefs.train + sampled_pairs(world, prefs, cfg.preference, sample))
 
     if data:
@@ -203,8 +232,10 @@ def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None =
     return train, val
 
 
-PreferenceData = Annotated[Optional[list[Path]], typer.Option(
-    help="preference files or .sqlite/.db vote databases (repeatable); default: the built-in world's")]  # fmt: skip
+PreferenceData = Annotated[
+    Optional[list[Path]],
+    typer.Option(help="preference files or .sqlite/.db vote databases (repeatable); default: the built-in world's"),
+]
 
 
 @app.command()
@@ -251,8 +282,14 @@ def ppo(
     reward_model: Annotated[Path, typer.Option("--reward-model", help="reward model checkpoint (`fromzero reward`)")],
     out: StageOut,
     data: PreferenceData = None,
-    ptx_data: Annotated[Optional[list[Path]], typer.Option("--ptx-data", help="instruction files for ppo.ptx_coef's "
-                        "SFT loss (repeatable); default: sft.data, else the built-in world's")] = None,  # fmt: skip
+    ptx_data: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--ptx-data",
+            help="instruction files for ppo.ptx_coef's "
+            "SFT loss (repeatable); default: sft.data, else the built-in world's",
+        ),
+    ] = None,
     preset: Preset = "tiny",
     overrides: Overrides = None,
     resume: Resume = False,
@@ -260,8 +297,8 @@ def ppo(
     """Stage 3 (RLHF): PPO against a reward model, on the prompts of the preference data (default: the built-in
     world's); the gold preference function's mean score is logged for the built-in prompts. With ppo.ptx_coef > 0,
     SFT's loss on instruction conversations is mixed in (PPO-ptx)."""
-    from fromzero.data.world import build_world
     from fromzero.data.tasks import load_tasks
+    from fromzero.data.world import build_world
     from fromzero.data.world_pref import build_preferences, prompts_and_gold
     from fromzero.train import ppo as stage
 
@@ -282,10 +319,17 @@ def ppo(
 @app.command()
 @user_errors
 def grpo(
-    init: Annotated[Path, typer.Option(help="checkpoint to tune (an SFT, PPO or DPO stage directory); also the reference")],
+    init: Annotated[
+        Path, typer.Option(help="checkpoint to tune (an SFT, PPO or DPO stage directory); also the reference")
+    ],
     out: StageOut,
-    data: Annotated[Optional[list[Path]], typer.Option(help="task files (repeatable): GSM8K, SVAMP, Countdown or "
-                                                       "prompt/answer records; default: the built-in word problems")] = None,  # fmt: skip
+    data: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="task files (repeatable): GSM8K, SVAMP, Countdown or "
+            "prompt/answer records; default: the built-in word problems"
+        ),
+    ] = None,
     preset: Preset = "tiny",
     overrides: Overrides = None,
     resume: Resume = False,
@@ -295,9 +339,9 @@ def grpo(
     from fromzero import checkpoint, dist
     from fromzero.data.sources import SourceStats
     from fromzero.data.tasks import load_tasks
-    from fromzero.tokenizer import Tokenizer
     from fromzero.data.world import build_world
     from fromzero.eval import reasoning
+    from fromzero.tokenizer import Tokenizer
     from fromzero.train import grpo as stage
 
     cfg = _config(preset, overrides)
@@ -338,8 +382,9 @@ def chat(
     model = checkpoint.load_model(ckpt).eval()
     tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
     engine = Engine(model, tok)
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              stop_tokens=(tok.end_id,))  # fmt: skip
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=(tok.end_id,)
+    )
     generator = seeded_generator(model, seed)
     history: list = []
     typer.echo("fromzero chat — /reset, /system TEXT, /quit")
@@ -398,13 +443,25 @@ def is_loopback(host: str) -> bool:
 @app.command()
 @user_errors
 def serve(
-    ckpt: Annotated[list[Path], typer.Option(help="checkpoint, stage or run directory (repeatable); a run directory "
-                                            "serves every stage with a language model in it")],  # fmt: skip
-    db: Annotated[Path, typer.Option(help="SQLite file the arena's votes go to (created if missing)")] = Path("votes.sqlite"),
+    ckpt: Annotated[
+        list[Path],
+        typer.Option(
+            help="checkpoint, stage or run directory (repeatable); a run directory "
+            "serves every stage with a language model in it"
+        ),
+    ],
+    db: Annotated[Path, typer.Option(help="SQLite file the arena's votes go to (created if missing)")] = Path(
+        "votes.sqlite"
+    ),
     host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs an API key")] = "127.0.0.1",
     port: int = 8000,
-    api_key: Annotated[Optional[str], typer.Option(envvar="FROMZERO_API_KEY", help="require 'Authorization: Bearer "
-                                                   "KEY' on the API (default: $FROMZERO_API_KEY)")] = None,  # fmt: skip
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="FROMZERO_API_KEY",
+            help="require 'Authorization: Bearer KEY' on the API (default: $FROMZERO_API_KEY)",
+        ),
+    ] = None,
     max_batch: Annotated[int, typer.Option(help="requests sharing one decode step (1: one at a time)")] = 16,
     max_tokens: Annotated[int, typer.Option(help="the most new tokens a request may ask for")] = 512,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
@@ -418,8 +475,9 @@ def serve(
     from fromzero.serve.app import Limits, create_app
 
     if not is_loopback(host) and not api_key:
-        raise ValueError(f"--host {host} is reachable from other machines: set --api-key or FROMZERO_API_KEY "
-                         "(or bind 127.0.0.1)")  # fmt: skip
+        raise ValueError(
+            f"--host {host} is reachable from other machines: set --api-key or FROMZERO_API_KEY (or bind 127.0.0.1)"
+        )
     if max_batch < 1 or max_tokens < 1:
         raise ValueError("--max-batch and --max-tokens must be at least 1")
     import torch
@@ -441,7 +499,9 @@ def serve(
 def votes(
     db: Annotated[Path, typer.Option(help="vote database written by `fromzero serve`")],
     out: Annotated[Path, typer.Option(help="JSONL file to write")],
-    format: Annotated[str, typer.Option(help="trl (prompt/chosen/rejected) or battles (model_a, model_b, winner)")] = "trl",
+    format: Annotated[
+        str, typer.Option(help="trl (prompt/chosen/rejected) or battles (model_a, model_b, winner)")
+    ] = "trl",
 ):
     """Export the arena's votes: TRL preference JSONL (what `fromzero reward|dpo --data` trains on, also read
     straight from the .sqlite file) or a battle log for rankings."""
@@ -505,7 +565,9 @@ def sample(
 
     model = checkpoint.load_model(ckpt)
     tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
-    typer.echo(prompt + complete(model, tok, [prompt], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0])
+    typer.echo(
+        prompt + complete(model, tok, [prompt], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0]
+    )
 
 
 @app.command()
@@ -513,10 +575,13 @@ def sample(
 def export(
     ckpt: Annotated[Path, typer.Option(help="checkpoint or stage directory of a language model (or hf:DIR)")],
     out: Annotated[Path, typer.Option(help="directory (hf) or .gguf file (gguf) to write; must not exist")],
-    format: Annotated[str, typer.Option(help="hf (transformers: AutoModelForCausalLM, AutoTokenizer) or gguf "
-                                        "(llama.cpp, Ollama)")] = "hf",  # fmt: skip
-    dtype: Annotated[Optional[str], typer.Option(help="hf: float32, bfloat16 or float16 (default float32); gguf: f32 "
-                                                 "or f16 (default f16)")] = None,  # fmt: skip
+    format: Annotated[
+        str, typer.Option(help="hf (transformers: AutoModelForCausalLM, AutoTokenizer) or gguf (llama.cpp, Ollama)")
+    ] = "hf",
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(help="hf: float32, bfloat16 or float16 (default float32); gguf: f32 or f16 (default f16)"),
+    ] = None,
 ):
     """Write a checkpoint as a transformers model directory or a GGUF file, tokenizer and chat template included."""
     if format == "hf":
@@ -543,18 +608,30 @@ def config(preset: Preset = "tiny", overrides: Overrides = None):
     typer.echo(yaml.safe_dump({"plan": describe(cfg)}, sort_keys=False))
 
 
-
-synth_app = typer.Typer(help="Write your own fine-tuning data, locally: instruction pairs from documents, preference "
-                        "pairs from prompts.", no_args_is_help=True)  # fmt: skip
+synth_app = typer.Typer(
+    help="Write your own fine-tuning data, locally: instruction pairs from documents, preference pairs from prompts.",
+    no_args_is_help=True,
+)
 app.add_typer(synth_app, name="synth")
-GenCkpt = Annotated[Optional[Path], typer.Option("--ckpt", help="generator: a fromzero or hf:DIR checkpoint, run in "
-                                                 "this process")]  # fmt: skip
-Endpoint = Annotated[Optional[str], typer.Option(help="generator: an OpenAI-compatible server (fromzero serve, "
-                                                 "Ollama, llama.cpp, vLLM), e.g. http://127.0.0.1:8000/v1")]  # fmt: skip
+GenCkpt = Annotated[
+    Optional[Path], typer.Option("--ckpt", help="generator: a fromzero or hf:DIR checkpoint, run in this process")
+]
+Endpoint = Annotated[
+    Optional[str],
+    typer.Option(
+        help="generator: an OpenAI-compatible server (fromzero serve, "
+        "Ollama, llama.cpp, vLLM), e.g. http://127.0.0.1:8000/v1"
+    ),
+]
 ModelName = Annotated[Optional[str], typer.Option("--model", help="the endpoint's model name")]
 ApiKey = Annotated[Optional[str], typer.Option(envvar="FROMZERO_SYNTH_API_KEY", help="the endpoint's API key")]
-Judge = Annotated[Optional[str], typer.Option(help="none, llm (the generator rates each pair 1-10) or reward "
-                                              "(--judge-ckpt's reward model); default synth.judge")]  # fmt: skip
+Judge = Annotated[
+    Optional[str],
+    typer.Option(
+        help="none, llm (the generator rates each pair 1-10) or reward "
+        "(--judge-ckpt's reward model); default synth.judge"
+    ),
+]
 JudgeCkpt = Annotated[Optional[Path], typer.Option(help="reward model checkpoint for --judge reward")]
 
 
@@ -565,25 +642,36 @@ def _synth_setup(preset, overrides, ckpt, endpoint, model, api_key, device, **se
     extra = [f"synth.{k}={json.dumps(v)}" for k, v in settings.items() if v is not None]
     cfg = _config(preset, list(overrides or []) + extra)
     dev = str(pick_device(device))
-    return cfg, make_generator(ckpt=ckpt, endpoint=endpoint, model=model, api_key=api_key, cfg=cfg.synth, device=dev), dev
+    return (
+        cfg,
+        make_generator(ckpt=ckpt, endpoint=endpoint, model=model, api_key=api_key, cfg=cfg.synth, device=dev),
+        dev,
+    )
 
 
 @synth_app.command("instruct")
 @user_errors
 def synth_instruct(
-    docs: Annotated[list[str], typer.Option(help="documents (txt/md/jsonl/json/parquet files, dirs, globs; repeatable)")],
-    out: Annotated[Path, typer.Option(help="SFT JSONL to write (messages format; beside it .raw, .rejected and "
-                                      ".report files)")],  # fmt: skip
+    docs: Annotated[
+        list[str], typer.Option(help="documents (txt/md/jsonl/json/parquet files, dirs, globs; repeatable)")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="SFT JSONL to write (messages format; beside it .raw, .rejected and .report files)")
+    ],
     ckpt: GenCkpt = None,
     endpoint: Endpoint = None,
     model: ModelName = None,
     api_key: ApiKey = None,
-    pairs_per_chunk: Annotated[Optional[int], typer.Option(help="pairs asked for per chunk (synth.pairs_per_chunk)")] = None,
+    pairs_per_chunk: Annotated[
+        Optional[int], typer.Option(help="pairs asked for per chunk (synth.pairs_per_chunk)")
+    ] = None,
     template: Annotated[Optional[Path], typer.Option(help="prompt template with {chunk} and {n}")] = None,
     judge: Judge = None,
     judge_ckpt: JudgeCkpt = None,
-    decontaminate: Annotated[Optional[list[str]], typer.Option(help="evaluation file whose n-grams kept questions "
-                                                               "must not share (repeatable)")] = None,  # fmt: skip
+    decontaminate: Annotated[
+        Optional[list[str]],
+        typer.Option(help="evaluation file whose n-grams kept questions must not share (repeatable)"),
+    ] = None,
     preset: Preset = "tiny",
     overrides: Overrides = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (for --ckpt and a reward judge)")] = "auto",
@@ -593,25 +681,42 @@ def synth_instruct(
     from fromzero import synth
     from fromzero.synth.judges import make_judge
 
-    cfg, gen, dev = _synth_setup(preset, overrides, ckpt, endpoint, model, api_key, device, docs=docs,
-                                 pairs_per_chunk=pairs_per_chunk, template=str(template) if template else None,
-                                 judge=judge, judge_ckpt=str(judge_ckpt) if judge_ckpt else None,
-                                 decontaminate=decontaminate)  # fmt: skip
+    cfg, gen, dev = _synth_setup(
+        preset,
+        overrides,
+        ckpt,
+        endpoint,
+        model,
+        api_key,
+        device,
+        docs=docs,
+        pairs_per_chunk=pairs_per_chunk,
+        template=str(template) if template else None,
+        judge=judge,
+        judge_ckpt=str(judge_ckpt) if judge_ckpt else None,
+        decontaminate=decontaminate,
+    )
     s = cfg.synth
     # chunks are counted in the generator's tokens, or for an endpoint in words (its tokenizer is the server's)
     tok = gen.engine.tok if isinstance(gen, synth.EngineGenerator) else synth.WordSpans()
     chunks = synth.chunk_documents(synth.read_documents(s.docs, s.text_field), tok, s.chunk_tokens, s.chunk_overlap)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = synth.synth_instructions(chunks, gen, s, out, judge=make_judge(s.judge, gen, ckpt=s.judge_ckpt,
-                                                                          template=s.judge_template, device=dev))  # fmt: skip
+    report = synth.synth_instructions(
+        chunks, gen, s, out, judge=make_judge(s.judge, gen, ckpt=s.judge_ckpt, template=s.judge_template, device=dev)
+    )
     typer.echo(f"{len(chunks)} chunks\n{report.table()}\nkept pairs: {out} (train on them: fromzero sft --data {out})")
 
 
 @synth_app.command("prefs")
 @user_errors
 def synth_prefs(
-    prompts: Annotated[Path, typer.Option(help="prompts: instruction JSONL (e.g. what synth instruct wrote), records "
-                                          "with prompt/question, or one per line of a .txt")],  # fmt: skip
+    prompts: Annotated[
+        Path,
+        typer.Option(
+            help="prompts: instruction JSONL (e.g. what synth instruct wrote), records "
+            "with prompt/question, or one per line of a .txt"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="preference JSONL to write (prompt/chosen/rejected)")],
     ckpt: GenCkpt = None,
     endpoint: Endpoint = None,
@@ -629,10 +734,21 @@ def synth_prefs(
     from fromzero import synth
     from fromzero.synth.judges import make_judge
 
-    cfg, gen, dev = _synth_setup(preset, overrides, ckpt, endpoint, model, api_key, device, judge=judge,
-                                 judge_ckpt=str(judge_ckpt) if judge_ckpt else None)  # fmt: skip
+    cfg, gen, dev = _synth_setup(
+        preset,
+        overrides,
+        ckpt,
+        endpoint,
+        model,
+        api_key,
+        device,
+        judge=judge,
+        judge_ckpt=str(judge_ckpt) if judge_ckpt else None,
+    )
     s = cfg.synth
-    scorer = make_judge(s.judge, gen, ckpt=s.judge_ckpt, template=s.judge_template, device=dev, default="prefs_judge.txt")
+    scorer = make_judge(
+        s.judge, gen, ckpt=s.judge_ckpt, template=s.judge_template, device=dev, default="prefs_judge.txt"
+    )
     if scorer is None:
         raise ValueError("synth prefs needs a judge: --judge llm or --judge reward --judge-ckpt DIR")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,20 +41,34 @@ class DataConfig(BaseModel):
         description="pretraining sources (.txt/.jsonl/.json/.parquet files, dirs, globs, saved HF datasets, "
         "hf:owner/name[:config][@split]); empty: the built-in world",
     )
-    val_sources: list[str] = Field(default_factory=list, description="separate validation text, any kind of source "
-                                   "`sources` takes, all of it scored; then nothing of `sources` is held out and "
-                                   "val_fraction is not used")  # fmt: skip
+    val_sources: list[str] = Field(
+        default_factory=list,
+        description="separate validation text, any kind of source "
+        "`sources` takes, all of it scored; then nothing of `sources` is held out and "
+        "val_fraction is not used",
+    )
     text_field: str = Field("text", description="field holding the text in jsonl/json/parquet/HF records")
-    on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop with an error, or skip and count")
-    vocab_size: int = Field(4096, ge=len(SPECIAL_TOKENS) + 256, description="BPE vocabulary size, special tokens and "
-                            "the 256 bytes included")  # fmt: skip
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="malformed records: stop with an error, or skip and count"
+    )
+    vocab_size: int = Field(
+        4096, ge=len(SPECIAL_TOKENS) + 256, description="BPE vocabulary size, special tokens and the 256 bytes included"
+    )
     tokenizer_docs: int | None = Field(None, ge=1, description="train the tokenizer on at most this many documents")
     tokenizer_chars: int = Field(1_000_000_000, ge=1, description="train the tokenizer on at most this many characters")
-    val_fraction: float = Field(0.02, ge=0, lt=1, description="fraction of documents held out for validation (of a "
-                                "document longer than chunk_chars, its tail)")  # fmt: skip
-    chunk_chars: int = Field(CHUNK_CHARS, ge=1000, description="documents longer than this are cut at line breaks into "
-                             "pieces of at most this many characters, packed as documents of their own, and their "
-                             "last val_fraction held out (a one-file corpus gets a validation tail)")  # fmt: skip
+    val_fraction: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="fraction of documents held out for validation (of a document longer than chunk_chars, its tail)",
+    )
+    chunk_chars: int = Field(
+        CHUNK_CHARS,
+        ge=1000,
+        description="documents longer than this are cut at line breaks into "
+        "pieces of at most this many characters, packed as documents of their own, and their "
+        "last val_fraction held out (a one-file corpus gets a validation tail)",
+    )
     num_workers: int = Field(2, ge=0, description="tokenisation worker processes (0 or 1: in this process)")
 
 
@@ -77,10 +91,17 @@ class EvalConfig(BaseModel):
     temperature: float = Field(0.0, ge=0, description="0: greedy, so the report is reproducible")
     val_batches: int = Field(16, ge=1, description="micro-batches of validation data for val loss / bits per byte")
     qa_max_new_tokens: int = Field(40, ge=1, description="tokens sampled per held-out question")
-    preference_temperature: float = Field(1.0, gt=0, description="sampling temperature of the answers judged for the "
-                                          "gold win rate (one answer per model and prompt)")  # fmt: skip
-    pass_k: int = Field(8, ge=1, description="reasoning: pass@k from this many sampled answers per held-out problem "
-                        "(1: greedy pass@1 only)")  # fmt: skip
+    preference_temperature: float = Field(
+        1.0,
+        gt=0,
+        description="sampling temperature of the answers judged for the "
+        "gold win rate (one answer per model and prompt)",
+    )
+    pass_k: int = Field(
+        8,
+        ge=1,
+        description="reasoning: pass@k from this many sampled answers per held-out problem (1: greedy pass@1 only)",
+    )
 
     def preference_sampling(self) -> dict[str, Any]:
         """How answers to preference prompts are sampled, for the gold win rate and for labelled pairs of a model's
@@ -100,23 +121,30 @@ class Config(BaseModel):
     instruct: InstructConfig = Field(default_factory=InstructConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
-    synthetic_data: bool = Field(False, description="run the synth stage in `fromzero run`: the SFT model writes "
-                                 "question/answer pairs from synth.docs (or the built-in world's new people) and SFT "
-                                 "continues on the kept ones")  # fmt: skip
+    synthetic_data: bool = Field(
+        False,
+        description="run the synth stage in `fromzero run`: the SFT model writes "
+        "question/answer pairs from synth.docs (or the built-in world's new people) and SFT "
+        "continues on the kept ones",
+    )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     preference_tuning: Literal["ppo", "dpo", "both", "none"] = Field(
-        "ppo", description="stage 3 of `fromzero run`: RLHF with PPO against the reward model, DPO, both (the "
-        "reasoning stage then starts from PPO's model), or none")
+        "ppo",
+        description="stage 3 of `fromzero run`: RLHF with PPO against the reward model, DPO, both (the "
+        "reasoning stage then starts from PPO's model), or none",
+    )
     reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     reasoning_rl: bool = Field(True, description="run stage 4 (GRPO on the reasoning tasks) in `fromzero run`")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report_to: Literal["none", "tensorboard", "wandb"] | None = Field(
-        None, description="every training stage's report_to, unless the stage sets its own: also log the metrics to "
-        "TensorBoard or Weights & Biases")
+        None,
+        description="every training stage's report_to, unless the stage sets its own: also log the metrics to "
+        "TensorBoard or Weights & Biases",
+    )
 
     @model_validator(mode="after")
     def _report_to_every_stage(self) -> Config:
@@ -129,8 +157,11 @@ class Config(BaseModel):
 
 def training_sections() -> list[str]:
     """The sections that configure a run of the shared training loop."""
-    return [name for name, field in Config.model_fields.items()
-            if isinstance(field.annotation, type) and issubclass(field.annotation, TrainConfig)]  # fmt: skip
+    return [
+        name
+        for name, field in Config.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, TrainConfig)
+    ]
 
 
 def presets_dir() -> Path:
@@ -181,9 +212,15 @@ def _explain(err: ValidationError) -> str:
             valid = ", ".join(section.model_fields) if section else "?"
             where = f"'{'.'.join(map(str, loc[:-1]))}'" if loc[:-1] else "the top level"
             # a key of another section (ppo.lora): say where it does belong
-            elsewhere = [name for name, field in Config.model_fields.items() if len(loc) == 2 and name != loc[0]
-                         and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-                         and loc[1] in field.annotation.model_fields]  # fmt: skip
+            elsewhere = [
+                name
+                for name, field in Config.model_fields.items()
+                if len(loc) == 2
+                and name != loc[0]
+                and isinstance(field.annotation, type)
+                and issubclass(field.annotation, BaseModel)
+                and loc[1] in field.annotation.model_fields
+            ]
             hint = f"; '{loc[1]}' is a key of {', '.join(elsewhere)} only" if elsewhere else ""
             lines.append(f"unknown config key '{key}'; valid keys in {where}: {valid}{hint}")
         else:

@@ -90,8 +90,9 @@ def row_seed(*parts: int) -> int:
     return int(x.item()) & (2**63 - 1)
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig,
-                generator: torch.Generator | RowSeeds | None) -> torch.Tensor:  # fmt: skip
+def sample_next(
+    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | RowSeeds | None
+) -> torch.Tensor:
     if cfg.banned_tokens:
         banned = torch.tensor(cfg.banned_tokens, dtype=torch.long, device=logits.device)
         logits = logits.index_fill(-1, banned, float("-inf"))
@@ -188,10 +189,16 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int = 0) -> 
     return chosen, [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
 
 
-def sample_rows(model: Transformer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, pad_id: int = 0,
-                generator: torch.Generator | RowSeeds | None = None, logprobs: int | None = None,
-                on_token: Callable[[int, int], None] | None = None,
-                ) -> list[tuple[list[int], list[float] | None, list[TopLogprobs] | None]]:  # fmt: skip
+def sample_rows(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    *,
+    pad_id: int = 0,
+    generator: torch.Generator | RowSeeds | None = None,
+    logprobs: int | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[tuple[list[int], list[float] | None, list[TopLogprobs] | None]]:
     """(new tokens, their log-probs, top alternatives) per prompt, the tokens up to and including the first stop
     token; the log-probs only when `logprobs` is not None (it is then the number of alternatives per token)."""
     rows: list[list[int]] = [[] for _ in prompts]
@@ -214,8 +221,14 @@ def sample_rows(model: Transformer, prompts: Sequence[Sequence[int]], cfg: Sampl
     return list(zip(rows, lps, tops))
 
 
-def generate(model: Transformer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, pad_id: int = 0,
-             generator: torch.Generator | None = None) -> list[list[int]]:
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    *,
+    pad_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
     """New tokens for each prompt, up to and including its first stop token (`Engine.generate` adds text)."""
     return [tokens for tokens, _, _ in sample_rows(model, prompts, cfg, pad_id=pad_id, generator=generator)]
 
@@ -261,10 +274,18 @@ class Engine:
         return self.tok.decode([t for t in tokens if t not in stop_tokens], skip_special=True)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *, seed: int | None = None,
-                 generator: torch.Generator | None = None, batch_size: int | None = None, logprobs: int | None = None,
-                 on_token: Callable[[int, int], None] | None = None,
-                 row_seeds: Sequence[int] | None = None) -> list[Completion]:  # fmt: skip
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        logprobs: int | None = None,
+        on_token: Callable[[int, int], None] | None = None,
+        row_seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
         """One completion per prompt. logprobs: None for none, else the number of top alternatives per token.
         row_seeds: a seed per prompt (`RowSeeds`): each row's tokens then depend on its seed alone, not its batch."""
         if row_seeds is not None and len(row_seeds) != len(prompts):
@@ -278,15 +299,26 @@ class Engine:
         stops = set(sampling.stop_tokens)
         try:
             for start in range(0, len(prompts), size):
+
                 def row_token(row: int, token: int, start: int = start) -> None:
                     on_token(start + row, token)  # type: ignore[misc]
 
                 draws = generator if row_seeds is None else RowSeeds(row_seeds[start : start + size], self.device)
-                rows = sample_rows(self.model, prompts[start : start + size], sampling, pad_id=self.tok.pad_id,
-                                   generator=draws, logprobs=logprobs,
-                                   on_token=row_token if on_token else None)  # fmt: skip
-                out += [Completion(r, self.decode(r, sampling.stop_tokens), "stop" if r and r[-1] in stops else "length",
-                                   lp, top) for r, lp, top in rows]  # fmt: skip
+                rows = sample_rows(
+                    self.model,
+                    prompts[start : start + size],
+                    sampling,
+                    pad_id=self.tok.pad_id,
+                    generator=draws,
+                    logprobs=logprobs,
+                    on_token=row_token if on_token else None,
+                )
+                out += [
+                    Completion(
+                        r, self.decode(r, sampling.stop_tokens), "stop" if r and r[-1] in stops else "length", lp, top
+                    )
+                    for r, lp, top in rows
+                ]
         finally:
             self.model.train(was_training)
         return out
@@ -299,8 +331,10 @@ class Engine:
     def prefill(self, prompt: Sequence[int]) -> tuple[torch.Tensor, KVCache]:
         """The next-token logits [vocab] after one prompt, and the KV cache it filled (for continuous batching)."""
         if not 0 < len(prompt) < self.model.cfg.max_seq_len:
-            raise ValueError(f"a prompt of {len(prompt)} tokens must be between 1 and model.max_seq_len - 1 "
-                             f"= {self.model.cfg.max_seq_len - 1} tokens")  # fmt: skip
+            raise ValueError(
+                f"a prompt of {len(prompt)} tokens must be between 1 and model.max_seq_len - 1 "
+                f"= {self.model.cfg.max_seq_len - 1} tokens"
+            )
         ids = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
         cache = KVCache(self.model.cfg, 1, len(prompt), next(self.model.parameters()).dtype, self.device)
         h = self.model.hidden_states(ids, cache=cache)

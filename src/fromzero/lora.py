@@ -43,8 +43,9 @@ class LoRAConfig(BaseModel):
     r: NonNegativeInt = Field(0, description="rank of the update; 0: LoRA off (full fine-tuning)")
     alpha: PositiveFloat = Field(16.0, description="the update is scaled by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input of the update")
-    target_modules: list[str] = Field(default_factory=lambda: list(TARGETS), description="projections that get an "
-                                      f"adapter, of {', '.join(TARGETS)}")  # fmt: skip
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(TARGETS), description=f"projections that get an adapter, of {', '.join(TARGETS)}"
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -98,15 +99,19 @@ class Adapter:
         self.cfg, self.base, self.modules_to_save = cfg, base, list(modules_to_save)
 
 
-def inject(model: nn.Module, cfg: LoRAConfig, *, base: str | Path, seed: int = 0,
-           modules_to_save: Sequence[str] = ()) -> nn.Module:  # fmt: skip
+def inject(
+    model: nn.Module, cfg: LoRAConfig, *, base: str | Path, seed: int = 0, modules_to_save: Sequence[str] = ()
+) -> nn.Module:
     """Freeze `model` and give every targeted projection an adapter, in place; the modules named in
     `modules_to_save` (direct children, e.g. a reward model's `score`) stay trainable. Returns `model`."""
     # a private generator: every rank draws the same A, and the global RNG (data order, dropout) does not move
     generator = torch.Generator().manual_seed(seed)
     model.requires_grad_(False)
-    targets = [(name, module) for name, module in model.named_modules()
-               if name.rsplit(".", 1)[-1] in cfg.target_modules and isinstance(module, nn.Linear)]  # fmt: skip
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] in cfg.target_modules and isinstance(module, nn.Linear)
+    ]
     if not targets:
         raise ValueError(f"lora.target_modules {cfg.target_modules} match no linear layer of the model")
     for name, module in targets:
@@ -131,8 +136,10 @@ def describe(model: nn.Module) -> str:
     adapter: Adapter = model.lora_adapter
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return (f"LoRA r={adapter.cfg.r} alpha={adapter.cfg.alpha:g} on {', '.join(adapter.cfg.target_modules)}: "
-            f"{trainable:,} of {total:,} parameters train ({trainable / total:.2%})")  # fmt: skip
+    return (
+        f"LoRA r={adapter.cfg.r} alpha={adapter.cfg.alpha:g} on {', '.join(adapter.cfg.target_modules)}: "
+        f"{trainable:,} of {total:,} parameters train ({trainable / total:.2%})"
+    )
 
 
 @torch.no_grad()
@@ -185,7 +192,9 @@ def merged_copy(model: nn.Module) -> nn.Module:
     plain = copy.deepcopy(model, memo=shared)
     for name, layer in layers(plain).items():
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
-        linear.weight = nn.Parameter(layer.weight if layer.merged else layer.weight + layer.delta(), requires_grad=False)
+        linear.weight = nn.Parameter(
+            layer.weight if layer.merged else layer.weight + layer.delta(), requires_grad=False
+        )
         if layer.bias is not None:
             linear.bias = layer.bias
         parent_name, _, child = name.rpartition(".")
@@ -203,8 +212,10 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if sorted(params) != sorted(state) or any(params[k].shape != v.shape for k, v in state.items()):
-        raise ValueError("the checkpoint's adapters do not match this LoRA config (r, target_modules); resume "
-                         "with the settings it was trained with")  # fmt: skip
+        raise ValueError(
+            "the checkpoint's adapters do not match this LoRA config (r, target_modules); resume "
+            "with the settings it was trained with"
+        )
     for name, value in state.items():
         params[name].copy_(value)
 

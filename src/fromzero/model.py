@@ -21,11 +21,17 @@ class RopeScaling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["linear", "llama3"] = Field(description="linear: every frequency divided by factor (positions "
-                                              "interpolated); llama3: low frequencies divided, high ones kept, smooth between")  # fmt: skip
+    type: Literal["linear", "llama3"] = Field(
+        description="linear: every frequency divided by factor (positions "
+        "interpolated); llama3: low frequencies divided, high ones kept, smooth between"
+    )
     factor: float = Field(gt=0, description="how much longer the context is than the one trained on")
-    low_freq_factor: float = Field(1.0, gt=0, description="llama3: wavelengths above original/low_freq_factor are scaled")
-    high_freq_factor: float = Field(4.0, gt=0, description="llama3: wavelengths below original/high_freq_factor are kept")
+    low_freq_factor: float = Field(
+        1.0, gt=0, description="llama3: wavelengths above original/low_freq_factor are scaled"
+    )
+    high_freq_factor: float = Field(
+        4.0, gt=0, description="llama3: wavelengths below original/high_freq_factor are kept"
+    )
     original_max_position_embeddings: int = Field(8192, ge=1, description="llama3: the context trained on")
 
 
@@ -61,7 +67,9 @@ class ModelConfig(BaseModel):
         if self.head_size is None and self.dim % self.n_heads:
             raise ValueError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})")
+            raise ValueError(
+                f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head dim {self.head_dim} must be even for rotary embeddings")
         if not self.vocab_size:
@@ -167,7 +175,9 @@ class SlotCache:
 def rotary_tables(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables [max_seq_len, head_dim] in HF's "rotate half" layout (exported weights give identical
     logits), the sign of rotate-half folded into sin: its first half is negated (see apply_rotary)."""
-    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim)
+    inv_freq = 1.0 / cfg.rope_theta ** (
+        torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim
+    )
     if cfg.rope_scaling is not None:
         inv_freq = scaled_frequencies(inv_freq, cfg.rope_scaling)
     freqs = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32, device=device), inv_freq)

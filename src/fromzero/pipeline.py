@@ -28,11 +28,23 @@ from fromzero.data import build as data_build
 from fromzero.data.preference import PreferencePair
 from fromzero.data.tasks import Task, cold_start_tasks, load_tasks, solution_conversations
 from fromzero.data.world import World, biography, build_world
-from fromzero.data.world_chat import InstructData, Judge, Question, build_instructions, new_people_questions, \
-    practice_conversations, \
-    recognise  # fmt: skip
-from fromzero.data.world_pref import GoldPreference, WorldPreferences, build_preferences, preference_pairs, \
-    prompts_and_gold, sampled_pairs  # fmt: skip
+from fromzero.data.world_chat import (
+    InstructData,
+    Judge,
+    Question,
+    build_instructions,
+    new_people_questions,
+    practice_conversations,
+    recognise,
+)
+from fromzero.data.world_pref import (
+    GoldPreference,
+    WorldPreferences,
+    build_preferences,
+    preference_pairs,
+    prompts_and_gold,
+    sampled_pairs,
+)
 from fromzero.eval import general, qa, reasoning
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
@@ -62,8 +74,12 @@ class RunContext:
         grades it)."""
         person = self.world.trained_people[0]
         tasks = general.task_questions(self.reasoning_tasks[1], 1)
-        fill = {"trained_person": person.name, "heldout_person": self.world.heldout_people[0].name,
-                "town": person.town, "word_problem": tasks[0].question if tasks else "What is 3 plus 4?"}  # fmt: skip
+        fill = {
+            "trained_person": person.name,
+            "heldout_person": self.world.heldout_people[0].name,
+            "town": person.town,
+            "word_problem": tasks[0].question if tasks else "What is 3 plus 4?",
+        }
         out = []
         for p in self.cfg.eval.prompts:
             text = p.format(**fill)
@@ -80,8 +96,13 @@ class RunContext:
     def general_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, Any]:
         """{"general": {kind: accuracy}, "general_acc": the mean over kinds}; graded answers go to log_to."""
         model = checkpoint.load_model(ckpt, self.info.device)
-        per_kind, graded = general.evaluate(model, self.tokenizer, self.general_questions, Judge(self.world),
-                                            max_new_tokens=self.cfg.eval.max_new_tokens)  # fmt: skip
+        per_kind, graded = general.evaluate(
+            model,
+            self.tokenizer,
+            self.general_questions,
+            Judge(self.world),
+            max_new_tokens=self.cfg.eval.max_new_tokens,
+        )
         if log_to is not None:
             checkpoint.write_text_atomic(log_to, "".join(json.dumps(g) + "\n" for g in graded))
         return {"general": per_kind, "general_acc": general.mean(per_kind)}
@@ -106,7 +127,9 @@ class RunContext:
     def practice_conversations(self) -> list:
         """The synth stage's question writer's data: writing a question that a sentence of a practice person's
         biography answers."""
-        return practice_conversations(self.world, self.cfg.instruct, random.Random(f"{self.cfg.instruct.seed}:practice"))
+        return practice_conversations(
+            self.world, self.cfg.instruct, random.Random(f"{self.cfg.instruct.seed}:practice")
+        )
 
     def new_documents(self) -> list[tuple[str, str]]:
         """(name, text) of the documents the synth stage writes its data from: synth.docs, or one biography of each of
@@ -129,8 +152,13 @@ class RunContext:
     def new_people_accuracy(self, ckpt: Path, log_to: Path | None = None) -> float:
         """Accuracy on every fact of the new people, asked in phrasings the synth stage's generator never writes."""
         model = checkpoint.load_model(ckpt, self.info.device)
-        acc, graded = qa.accuracy(model, self.tokenizer, new_people_questions(self.world, self.cfg.seed), self.world,
-                                  max_new_tokens=self.cfg.eval.qa_max_new_tokens)  # fmt: skip
+        acc, graded = qa.accuracy(
+            model,
+            self.tokenizer,
+            new_people_questions(self.world, self.cfg.seed),
+            self.world,
+            max_new_tokens=self.cfg.eval.qa_max_new_tokens,
+        )
         if log_to is not None:
             rows = [{"question": q.question, "expected": q.expected, "answer": a, "correct": ok} for q, a, ok in graded]
             checkpoint.write_text_atomic(log_to, "".join(json.dumps(r) + "\n" for r in rows))
@@ -144,11 +172,24 @@ class RunContext:
         asked, e = self.prompts(), self.cfg.eval
         prompts = [text for text, _ in asked]
         if chat:
-            texts = qa.answer(model, self.tokenizer, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                              seed=self.cfg.seed)  # fmt: skip
+            texts = qa.answer(
+                model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=e.max_new_tokens,
+                temperature=e.temperature,
+                seed=self.cfg.seed,
+            )
         else:
-            texts = complete(model, self.tokenizer, prompts, max_new_tokens=e.max_new_tokens, seed=self.cfg.seed,
-                             temperature=1.0 if random_init else e.temperature, text_only=random_init)  # fmt: skip
+            texts = complete(
+                model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=e.max_new_tokens,
+                seed=self.cfg.seed,
+                temperature=1.0 if random_init else e.temperature,
+                text_only=random_init,
+            )
         judge = Judge(self.world)
         out = {}
         for (prompt, q), text in zip(asked, texts):
@@ -161,11 +202,17 @@ class RunContext:
         model = checkpoint.load_model(ckpt, self.info.device)
         data, out = self.instructions, {}
         graded_all = []
-        for name, questions in (("heldout_phrasing_acc", data.heldout_phrasing), ("heldout_people_acc", data.heldout_people)):
-            out[name], graded = qa.accuracy(model, self.tokenizer, questions, self.world, chat=chat,
-                                            max_new_tokens=self.cfg.eval.qa_max_new_tokens)  # fmt: skip
-            graded_all += [{"set": name, "question": q.question, "expected": q.expected, "answer": a, "correct": ok}
-                           for q, a, ok in graded]  # fmt: skip
+        for name, questions in (
+            ("heldout_phrasing_acc", data.heldout_phrasing),
+            ("heldout_people_acc", data.heldout_people),
+        ):
+            out[name], graded = qa.accuracy(
+                model, self.tokenizer, questions, self.world, chat=chat, max_new_tokens=self.cfg.eval.qa_max_new_tokens
+            )
+            graded_all += [
+                {"set": name, "question": q.question, "expected": q.expected, "answer": a, "correct": ok}
+                for q, a, ok in graded
+            ]
         if log_to is not None:
             log_to.write_text("".join(json.dumps(g) + "\n" for g in graded_all))
         return out
@@ -183,8 +230,10 @@ class RunContext:
             sample = qa.sampler(model, self.tokenizer, **self.cfg.eval.preference_sampling())
             self._sampled[ckpt] = sampled_pairs(self.world, self.preferences, self.cfg.preference, sample)
             if self.info.is_main:
-                print(f"{len(self._sampled[ckpt])} labelled pairs of {ckpt.parent.name}'s sampled answers to "
-                      f"{self.cfg.preference.sampled_questions} questions (pairs the labellers would call a tie dropped)")
+                print(
+                    f"{len(self._sampled[ckpt])} labelled pairs of {ckpt.parent.name}'s sampled answers to "
+                    f"{self.cfg.preference.sampled_questions} questions (pairs the labellers would call a tie dropped)"
+                )
         return self._sampled[ckpt]
 
     def preference_pairs(self, sources: Any, policy: Path) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -207,17 +256,25 @@ class RunContext:
         questions, gold = self.preferences.eval_questions, GoldPreference(self.world)
         answers = {"policy": self.judged_answers(ckpt), "reference": self.judged_answers(reference)}
         mean = {k: sum(gold.score(q, x) for q, x in zip(questions, v)) / len(questions) for k, v in answers.items()}
-        return {"gold_win_rate": gold.win_rate(questions, answers["policy"], answers["reference"]),
-                "gold_win_rate_ceiling": gold.win_rate_ceiling(questions, answers["reference"]),
-                "gold_score": mean["policy"], "gold_score_before": mean["reference"]}  # fmt: skip
+        return {
+            "gold_win_rate": gold.win_rate(questions, answers["policy"], answers["reference"]),
+            "gold_win_rate_ceiling": gold.win_rate_ceiling(questions, answers["reference"]),
+            "gold_score": mean["policy"],
+            "gold_score_before": mean["reference"],
+        }
 
     def judged_answers(self, ckpt: Path) -> list[str]:
         """A checkpoint's sampled answers to the held-out preference prompts; SFT's, which PPO and DPO are both
         judged against, are sampled once."""
         if ckpt not in self._judged:
             model = checkpoint.load_model(ckpt, self.info.device)
-            self._judged[ckpt] = qa.answer(model, self.tokenizer, [q.question for q in self.preferences.eval_questions],
-                                           seed=self.cfg.seed + 1, **self.cfg.eval.preference_sampling())  # fmt: skip
+            self._judged[ckpt] = qa.answer(
+                model,
+                self.tokenizer,
+                [q.question for q in self.preferences.eval_questions],
+                seed=self.cfg.seed + 1,
+                **self.cfg.eval.preference_sampling(),
+            )
         return self._judged[ckpt]
 
     @functools.cached_property
@@ -236,15 +293,23 @@ class RunContext:
     def reasoning_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, float]:
         """Greedy pass@1 (overall and per step count) and sampled pass@k on the held-out reasoning tasks."""
         model = checkpoint.load_model(ckpt, self.info.device)
-        metrics, graded = reasoning.evaluate(model, self.tokenizer, self.reasoning_tasks[1], **reasoning.options(self.cfg))
+        metrics, graded = reasoning.evaluate(
+            model, self.tokenizer, self.reasoning_tasks[1], **reasoning.options(self.cfg)
+        )
         if log_to is not None:
             log_to.write_text("".join(json.dumps(g) + "\n" for g in graded))
         return metrics
 
     def lm_metrics(self, ckpt: Path) -> dict[str, float]:
         model = checkpoint.load_model(ckpt, self.info.device)
-        evaluate = pretrain.lm_evaluator(self.data_dir, self.tokenizer, self.cfg.pretrain, self.cfg.eval.val_batches,
-                                         self.info.rank, self.info.world_size)  # fmt: skip
+        evaluate = pretrain.lm_evaluator(
+            self.data_dir,
+            self.tokenizer,
+            self.cfg.pretrain,
+            self.cfg.eval.val_batches,
+            self.info.rank,
+            self.info.world_size,
+        )
         with torch.no_grad():
             return evaluate(model.eval())
 
@@ -264,8 +329,9 @@ def stage_init(ctx: RunContext) -> dict[str, Any]:
 def stage_pretrain(ctx: RunContext) -> dict[str, Any]:
     """Stage 1: next-token prediction on the corpus."""
     out = ctx.out / "pretrain"
-    ckpt = pretrain.train(ctx.cfg.pretrain, ctx.data_dir, out, init=ctx.out / "init",
-                          val_batches=ctx.cfg.eval.val_batches, resume=True)  # fmt: skip
+    ckpt = pretrain.train(
+        ctx.cfg.pretrain, ctx.data_dir, out, init=ctx.out / "init", val_batches=ctx.cfg.eval.val_batches, resume=True
+    )
     return {"metrics": ctx.lm_metrics(ckpt), "checkpoint": ckpt}
 
 
@@ -277,7 +343,9 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
     if ctx.info.is_main:
         metrics = ctx.qa_accuracy(ckpt, chat=True, log_to=out / "heldout_answers.jsonl")
         metrics.update(ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"))
-        base = ctx.qa_accuracy(checkpoint.resolve(ctx.out / "pretrain"), chat=False, log_to=out / "base_heldout_answers.jsonl")
+        base = ctx.qa_accuracy(
+            checkpoint.resolve(ctx.out / "pretrain"), chat=False, log_to=out / "base_heldout_answers.jsonl"
+        )
         metrics.update({f"base_{k}": v for k, v in base.items()})
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
@@ -304,27 +372,44 @@ def stage_synth(ctx: RunContext) -> dict[str, Any]:
     if s.writer_steps and not s.endpoint:
         practice = ctx.practice_conversations()
         if not practice:
-            raise ValueError("synth.writer_steps needs practice conversations: set world.n_practice_people above 0, "
-                             "or synth.writer_steps to 0")  # fmt: skip
+            raise ValueError(
+                "synth.writer_steps needs practice conversations: set world.n_practice_people above 0, "
+                "or synth.writer_steps to 0"
+            )
         # the model's whole length: a practice prompt holds a whole chunk
         writer_cfg = _short_sft(ctx.cfg.sft, s.writer_steps, s.writer_lr, seq_len=ctx.cfg.model.max_seq_len)
         writer = sft.train(writer_cfg, practice, init, out / "writer", resume=True)
     if ctx.info.is_main:
         device = str(ctx.info.device)
-        generator = make_generator(ckpt=None if s.endpoint else writer, endpoint=s.endpoint, model=s.model,
-                                   api_key=s.api_key or os.environ.get("FROMZERO_SYNTH_API_KEY"), cfg=s, device=device)  # fmt: skip
+        generator = make_generator(
+            ckpt=None if s.endpoint else writer,
+            endpoint=s.endpoint,
+            model=s.model,
+            api_key=s.api_key or os.environ.get("FROMZERO_SYNTH_API_KEY"),
+            cfg=s,
+            device=device,
+        )
         chunks = synth.chunk_documents(docs, ctx.tokenizer, s.chunk_tokens, s.chunk_overlap)
         judge = make_judge(s.judge, generator, ckpt=s.judge_ckpt, template=s.judge_template, device=device)
         report = synth.synth_instructions(chunks, generator, s, pairs_file, judge=judge)
         print(f"[synth] {len(chunks)} chunks of {len(docs)} documents\n{report.table()}")
-        metrics.update({"chunks": len(chunks), "generated": report.generated, "kept": report.kept,
-                        "failed": report.failed, "dropped": dict(report.dropped)})  # fmt: skip
+        metrics.update(
+            {
+                "chunks": len(chunks),
+                "generated": report.generated,
+                "kept": report.kept,
+                "failed": report.failed,
+                "dropped": dict(report.dropped),
+            }
+        )
     dist.barrier()
     kept = [json.loads(line)["messages"] for line in pairs_file.read_text().splitlines() if line.strip()]
     if not kept:  # nothing to learn: the stage's model is SFT's, and says so
         if ctx.info.is_main:
-            print(f"[synth] warning: no generated pair passed the filters (see {out / 'pairs.rejected.jsonl'}): SFT "
-                  "does not continue")  # fmt: skip
+            print(
+                f"[synth] warning: no generated pair passed the filters (see {out / 'pairs.rejected.jsonl'}): SFT "
+                "does not continue"
+            )
             if known:
                 metrics["new_people_acc_after"] = metrics["new_people_acc_before"]
             sft_metrics = json.loads(result_path(ctx.out, "sft").read_text())["metrics"]
@@ -342,8 +427,16 @@ def stage_synth(ctx: RunContext) -> dict[str, Any]:
 
 def _short_sft(cfg: sft.SFTConfig, steps: int, lr: float, seq_len: int | None = None) -> sft.SFTConfig:
     """Stage 2's settings for one of the synth stage's short SFT runs."""
-    return cfg.model_copy(update={"steps": steps, "lr": lr, "warmup_steps": min(cfg.warmup_steps, steps // 10),
-                                  "eval_every": steps, "checkpoint_every": steps, "seq_len": seq_len or cfg.seq_len})  # fmt: skip
+    return cfg.model_copy(
+        update={
+            "steps": steps,
+            "lr": lr,
+            "warmup_steps": min(cfg.warmup_steps, steps // 10),
+            "eval_every": steps,
+            "checkpoint_every": steps,
+            "seq_len": seq_len or cfg.seq_len,
+        }
+    )
 
 
 def stage_reward(ctx: RunContext) -> dict[str, Any]:
@@ -375,17 +468,28 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
     gold function against SFT, with the reward model's mean score on held-out prompts before and after."""
     out, init, rm = ctx.out / "ppo", checkpoint.resolve(ctx.out / "sft"), checkpoint.resolve(ctx.out / "reward")
     if ctx.cfg.reward.data:  # the prompts of the reward model's preference files; no gold function knows them
-        prompts = list({json.dumps(p.messages): p.messages for p in ctx.preference_pairs(ctx.cfg.reward, init)[0]}.values())
+        prompts = list(
+            {json.dumps(p.messages): p.messages for p in ctx.preference_pairs(ctx.cfg.reward, init)[0]}.values()
+        )
         gold = heldout_gold = None
         heldout: list = []
     else:
-        prompts, gold = prompts_and_gold(ctx.world, ctx.preferences.train_questions, ctx.cfg.preference.ppo_people_share)
+        prompts, gold = prompts_and_gold(
+            ctx.world, ctx.preferences.train_questions, ctx.cfg.preference.ppo_people_share
+        )
         heldout, heldout_gold = prompts_and_gold(ctx.world, ctx.preferences.eval_questions)
     scorer = reward.load_reward_model(rm, ctx.info.device)
     evaluate = None
     if heldout:
-        evaluate = ppo.reward_evaluator(scorer, ctx.tokenizer, heldout, max_new_tokens=ctx.cfg.ppo.max_new_tokens,
-                                        gold=heldout_gold, rank=ctx.info.rank, world_size=ctx.info.world_size)  # fmt: skip
+        evaluate = ppo.reward_evaluator(
+            scorer,
+            ctx.tokenizer,
+            heldout,
+            max_new_tokens=ctx.cfg.ppo.max_new_tokens,
+            gold=heldout_gold,
+            rank=ctx.info.rank,
+            world_size=ctx.info.world_size,
+        )
 
     def held_out(path: Path) -> dict[str, float]:  # as the loop evaluates: no grad, the stage's autocast; every rank
         with torch.no_grad(), loop.autocast(ctx.cfg.ppo, ctx.info.device):
@@ -400,11 +504,14 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
         # KL per answer over the last tenth of the steps: one rollout's is noisy
         kls = [r["kl"] for r in loop.read_metrics(out) if "kl" in r][-max(1, ctx.cfg.ppo.steps // 10) :]
         kl = sum(kls) / len(kls) if kls else float("nan")
-        metrics = {**ctx.gold_win_rate(ckpt, init), "kl": kl,
-                   "rm_reward_before": before.get("val_reward", float("nan")),
-                   "rm_reward_after": after.get("val_reward", float("nan")),
-                   **ctx.qa_accuracy(ckpt, chat=True),
-                   **ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl")}  # fmt: skip
+        metrics = {
+            **ctx.gold_win_rate(ckpt, init),
+            "kl": kl,
+            "rm_reward_before": before.get("val_reward", float("nan")),
+            "rm_reward_after": after.get("val_reward", float("nan")),
+            **ctx.qa_accuracy(ckpt, chat=True),
+            **ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"),
+        }
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
@@ -424,11 +531,14 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     if ctx.info.is_main:
         after = ctx.reasoning_accuracy(ckpt, log_to=out / "heldout_answers.jsonl")
         qa_after = ctx.qa_accuracy(ckpt, chat=True)
-        metrics = {"pass1_before": before["pass@1"], "pass1_after": after["pass@1"],
-                   **{f"{k}_before": v for k, v in before.items() if k != "pass@1"},
-                   **{f"{k}_after": v for k, v in after.items() if k != "pass@1"},
-                   **{f"sft_{k}_after": v for k, v in qa_after.items()},
-                   **ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl")}  # fmt: skip
+        metrics = {
+            "pass1_before": before["pass@1"],
+            "pass1_after": after["pass@1"],
+            **{f"{k}_before": v for k, v in before.items() if k != "pass@1"},
+            **{f"{k}_after": v for k, v in after.items() if k != "pass@1"},
+            **{f"sft_{k}_after": v for k, v in qa_after.items()},
+            **ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"),
+        }
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
 
@@ -513,8 +623,10 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
     names, every = stage_names(cfg), [name for name, _ in STAGES]
     if redo is not None and redo not in names:
         if redo in every:
-            raise ValueError(f"stage '{redo}' is off under preference_tuning={cfg.preference_tuning}, reasoning_rl="
-                             f"{cfg.reasoning_rl}; stages: {', '.join(names)}")  # fmt: skip
+            raise ValueError(
+                f"stage '{redo}' is off under preference_tuning={cfg.preference_tuning}, reasoning_rl="
+                f"{cfg.reasoning_rl}; stages: {', '.join(names)}"
+            )
         raise ValueError(f"unknown stage '{redo}'; stages: {', '.join(names)}")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -550,8 +662,13 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
             answers = {}
             if name not in NOT_POLICIES:
                 answers = ctx.answers(result["checkpoint"], chat=result.get("chat", False), random_init=name == "init")
-            record = {"metrics": result["metrics"], "seconds": time.perf_counter() - start, "from": source(cfg, name),
-                      "checkpoint": str(result["checkpoint"]), "answers": answers}  # fmt: skip
+            record = {
+                "metrics": result["metrics"],
+                "seconds": time.perf_counter() - start,
+                "from": source(cfg, name),
+                "checkpoint": str(result["checkpoint"]),
+                "answers": answers,
+            }
             checkpoint.write_text_atomic(path, json.dumps(record, indent=2))
             print(f"[{name}] " + "  ".join(f"{k}={v:.4g}" for k, v in flat(result["metrics"]).items()))
         dist.barrier()

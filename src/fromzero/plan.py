@@ -16,8 +16,10 @@ def describe(cfg: Config, world_size: int = 1) -> dict[str, Any]:
     if t.time_budget is not None:  # the steps are measured, not set: no token count to promise
         budget = {"pretrain_time_budget_s": t.time_budget, "pretrain_steps": "fixed after the first probe_steps"}
     else:
-        budget = {"pretrain_tokens": t.batch_tokens * t.steps,
-                  "pretrain_flops": model.flops_per_token(t.seq_len) * t.batch_tokens * t.steps}  # fmt: skip
+        budget = {
+            "pretrain_tokens": t.batch_tokens * t.steps,
+            "pretrain_flops": model.flops_per_token(t.seq_len) * t.batch_tokens * t.steps,
+        }
     return {
         "params": model.num_params(),
         "params_non_embedding": model.num_params(embeddings=False),

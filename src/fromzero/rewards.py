@@ -100,7 +100,20 @@ def extract_answer(text: str) -> str | None:
 # ---------------------------------------------------------------------------
 # Equivalence
 
-LATEX_NOISE = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "^\\circ", "^{\\circ}", "°", "\\$", "$")
+LATEX_NOISE = (
+    "\\left",
+    "\\right",
+    "\\!",
+    "\\,",
+    "\\;",
+    "\\:",
+    "\\displaystyle",
+    "^\\circ",
+    "^{\\circ}",
+    "°",
+    "\\$",
+    "$",
+)
 FRAC = re.compile(r"^(-?)\\frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}$")
 DECIMAL = re.compile(r"^-?(?:\d+\.?\d*|\.\d+)$")
 SLASH_FRACTION = re.compile(r"^-?\d+/\d+$")
@@ -192,8 +205,11 @@ def _symbolic_equal(predicted: str, reference: str) -> bool:
 # Countdown: an arithmetic expression over the given numbers that makes the target
 
 OPERATORS: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-}  # fmt: skip
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
 EXPRESSION = re.compile(r"[\d(][\d\s+\-*/()]*")
 
 
@@ -342,9 +358,16 @@ def safe_reward(name: str, fn: RewardFn, completion: str, task: Task, stats: Rew
     return value
 
 
-def weighted_rewards(completions: Sequence[str], tasks: Sequence[Task], funcs: Mapping[str, RewardFn],
-                     weights: Mapping[str, float], stats: RewardStats) -> tuple[list[float], dict[str, list[float]]]:  # fmt: skip
+def weighted_rewards(
+    completions: Sequence[str],
+    tasks: Sequence[Task],
+    funcs: Mapping[str, RewardFn],
+    weights: Mapping[str, float],
+    stats: RewardStats,
+) -> tuple[list[float], dict[str, list[float]]]:
     """The weighted sum of the reward functions for each completion, and each function's own scores."""
-    scores = {name: [safe_reward(name, fn, c, t, stats) for c, t in zip(completions, tasks)] for name, fn in funcs.items()}
+    scores = {
+        name: [safe_reward(name, fn, c, t, stats) for c, t in zip(completions, tasks)] for name, fn in funcs.items()
+    }
     total = [sum(weights[name] * scores[name][i] for name in funcs) for i in range(len(completions))]
     return total, scores

@@ -133,8 +133,10 @@ class Tokenizer:
         ids = {n: i for n, t in self.template_vars.items() if (i := self._hf.token_to_id(t)) is not None}
         eos = ids.get("eos_token")
         if eos is None:
-            raise ValueError("the imported tokenizer names no eos_token in tokenizer_config.json (or it is not in "
-                             "its vocabulary): fromzero needs one to end answers")  # fmt: skip
+            raise ValueError(
+                "the imported tokenizer names no eos_token in tokenizer_config.json (or it is not in "
+                "its vocabulary): fromzero needs one to end answers"
+            )
         self.bos_id = ids.get("bos_token", eos)
         self.pad_id = ids.get("pad_token", eos)
         self.system_id = self.user_id = self.assistant_id = None
@@ -187,8 +189,10 @@ class Tokenizer:
             return cls(hf)
         config, template = read_sidecars(file.parent)
         if not config:
-            raise ValueError(f"{file}: not a fromzero tokenizer (its first tokens are not {', '.join(SPECIAL_TOKENS)}) "
-                             f"and no {SIDECAR_FILES[0]} beside it names its special tokens")  # fmt: skip
+            raise ValueError(
+                f"{file}: not a fromzero tokenizer (its first tokens are not {', '.join(SPECIAL_TOKENS)}) "
+                f"and no {SIDECAR_FILES[0]} beside it names its special tokens"
+            )
         return cls(hf, config, template)
 
     def save(self, path: str | Path) -> Path:

@@ -59,8 +59,10 @@ def is_built(data_dir: Path) -> bool:
 
 def _no_text(sources: list[str], key: str, stats: SourceStats) -> DataError:
     skipped = f" ({stats.skipped} malformed records skipped, e.g. {stats.errors[0]})" if stats.skipped else ""
-    return DataError(f"{', '.join(sources)}: no text: empty, whitespace only or nothing readable{skipped}; put text "
-                     f"in it or point {key} at another corpus")  # fmt: skip
+    return DataError(
+        f"{', '.join(sources)}: no text: empty, whitespace only or nothing readable{skipped}; put text "
+        f"in it or point {key} at another corpus"
+    )
 
 
 def _check_has_text(cfg: Config) -> None:
@@ -79,13 +81,20 @@ def _check_validation(cfg: Config, meta: ShardsMeta) -> None:
     if have >= need:
         return
     if not cfg.data.val_sources and cfg.data.val_fraction == 0:
-        raise DataError("data.val_fraction is 0 and data.val_sources is empty: there is no validation text; set "
-                        "data.val_fraction (e.g. 0.05) or name held-out text in data.val_sources")  # fmt: skip
+        raise DataError(
+            "data.val_fraction is 0 and data.val_sources is empty: there is no validation text; set "
+            "data.val_fraction (e.g. 0.05) or name held-out text in data.val_sources"
+        )
     names = ", ".join(cfg.data.val_sources or cfg.data.sources) or "the built-in world"
-    fix = "name more text in data.val_sources" if cfg.data.val_sources else \
-        f"raise data.val_fraction (now {cfg.data.val_fraction}) or name held-out text in data.val_sources"  # fmt: skip
-    raise DataError(f"{names}: the validation split has {have} tokens, fewer than one sequence of pretrain.seq_len + 1 "
-                    f"= {need}; {fix}")  # fmt: skip
+    fix = (
+        "name more text in data.val_sources"
+        if cfg.data.val_sources
+        else f"raise data.val_fraction (now {cfg.data.val_fraction}) or name held-out text in data.val_sources"
+    )
+    raise DataError(
+        f"{names}: the validation split has {have} tokens, fewer than one sequence of pretrain.seq_len + 1 "
+        f"= {need}; {fix}"
+    )
 
 
 def build(cfg: Config, data_dir: Path, *, progress: bool = True) -> ShardsMeta:
@@ -102,13 +111,23 @@ def build(cfg: Config, data_dir: Path, *, progress: bool = True) -> ShardsMeta:
     if not (shards / "meta.json").exists():
         stats, val_stats = SourceStats(), SourceStats()
         separate = val_documents(cfg, val_stats) if cfg.data.val_sources else None
-        meta = build_shards(documents(cfg, stats), tok_file, shards, val_documents=separate,
-                            val_fraction=0.0 if separate else cfg.data.val_fraction, seed=cfg.seed,
-                            num_workers=cfg.data.num_workers, chunk_chars=cfg.data.chunk_chars, progress=progress)  # fmt: skip
+        meta = build_shards(
+            documents(cfg, stats),
+            tok_file,
+            shards,
+            val_documents=separate,
+            val_fraction=0.0 if separate else cfg.data.val_fraction,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+            chunk_chars=cfg.data.chunk_chars,
+            progress=progress,
+        )
         for name, s in (("data.sources", stats), ("data.val_sources", val_stats)):
             if s.skipped:
-                print(f"[data] {name}: skipped {s.skipped} malformed records of {s.documents + s.skipped}, e.g. "
-                      + "; ".join(s.errors))  # fmt: skip
+                print(
+                    f"[data] {name}: skipped {s.skipped} malformed records of {s.documents + s.skipped}, e.g. "
+                    + "; ".join(s.errors)
+                )
         try:
             _check_validation(cfg, meta)
         except DataError:

@@ -43,10 +43,14 @@ def check_messages(messages: Sequence[Message]) -> None:
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise ValueError(f"turn {i} should be from the {expected}, got {m['role']} (turns must alternate, user first)")
+            raise ValueError(
+                f"turn {i} should be from the {expected}, got {m['role']} (turns must alternate, user first)"
+            )
 
 
-def render(tok: Tokenizer, messages: Sequence[Message], *, generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
+def render(
+    tok: Tokenizer, messages: Sequence[Message], *, generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
     """Token ids and the per-token loss mask (True on assistant tokens to learn)."""
     check_messages(messages)
     if tok.system_id is None:
@@ -108,13 +112,20 @@ PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
 def template_ids(tok: Tokenizer, messages: Sequence[Message], generation_prompt: bool) -> list[int]:
     """The ids of an imported chat template rendered on messages (transformers' apply_chat_template's ids)."""
     if tok.chat_template is None:
-        raise ValueError("this tokenizer has no chat template (tokenizer_config.json's chat_template or "
-                         "chat_template.jinja): add one to use it for conversations")  # fmt: skip
+        raise ValueError(
+            "this tokenizer has no chat template (tokenizer_config.json's chat_template or "
+            "chat_template.jinja): add one to use it for conversations"
+        )
     template = compiled_template(tok.chat_template)
 
     def text(msgs) -> str:
-        return template.render(messages=[dict(m) for m in msgs], tools=None, documents=None,
-                               add_generation_prompt=generation_prompt, **tok.template_vars)  # fmt: skip
+        return template.render(
+            messages=[dict(m) for m in msgs],
+            tools=None,
+            documents=None,
+            add_generation_prompt=generation_prompt,
+            **tok.template_vars,
+        )
 
     if not any(s in m["content"] for m in messages for s in tok.special_strings):
         return tok.encode_template(text(messages))
@@ -126,7 +137,9 @@ def template_ids(tok: Tokenizer, messages: Sequence[Message], generation_prompt:
     return ids
 
 
-def render_template(tok: Tokenizer, messages: Sequence[Message], *, generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
+def render_template(
+    tok: Tokenizer, messages: Sequence[Message], *, generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
     """render() with an imported chat template: every assistant turn is learned from the end of the generation
     prompt before it through the first end_id after it (the rest of its turn, or all of it without one)."""
     ids = template_ids(tok, messages, generation_prompt)
@@ -136,8 +149,10 @@ def render_template(tok: Tokenizer, messages: Sequence[Message], *, generation_p
             continue
         start = len(before := template_ids(tok, messages[:i], True))
         if ids[:start] != before:
-            raise ValueError("the chat template renders a conversation's start differently once it goes on, so its "
-                             "assistant turns cannot be found for the loss mask")  # fmt: skip
+            raise ValueError(
+                "the chat template renders a conversation's start differently once it goes on, so its "
+                "assistant turns cannot be found for the loss mask"
+            )
         end = len(template_ids(tok, messages[: i + 1], False))
         stop = next((k + 1 for k in range(start, min(end, len(ids))) if ids[k] == tok.end_id), end)
         mask[start:stop] = [True] * (stop - start)

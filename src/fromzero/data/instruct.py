@@ -17,8 +17,15 @@ from typing import Any, Literal
 from fromzero.data.chat import Message, check_messages
 from fromzero.data.sources import Source, SourceStats, iter_detected, iter_records
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-                  "bot": "assistant", "system": "system"}  # fmt: skip
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 
 
 def join_input(instruction: str, extra: str | None) -> str:
@@ -45,11 +52,17 @@ def _from_messages(r: dict[str, Any]) -> list[Message]:
 
 
 def _from_alpaca(r: dict[str, Any]) -> list[Message]:
-    return [{"role": "user", "content": join_input(r["instruction"], r.get("input"))}, {"role": "assistant", "content": r["output"]}]
+    return [
+        {"role": "user", "content": join_input(r["instruction"], r.get("input"))},
+        {"role": "assistant", "content": r["output"]},
+    ]
 
 
 def _from_dolly(r: dict[str, Any]) -> list[Message]:
-    return [{"role": "user", "content": join_input(r["instruction"], r.get("context"))}, {"role": "assistant", "content": r["response"]}]
+    return [
+        {"role": "user", "content": join_input(r["instruction"], r.get("context"))},
+        {"role": "assistant", "content": r["response"]},
+    ]
 
 
 def _from_prompt_response(r: dict[str, Any]) -> list[Message]:
@@ -65,8 +78,10 @@ FORMATS: list[tuple[Format, Callable[[dict[str, Any]], bool], Callable[[dict[str
     ("dolly", lambda r: "instruction" in r and "response" in r, _from_dolly),
     ("prompt_response", lambda r: "prompt" in r and ("response" in r or "completion" in r), _from_prompt_response),
 ]
-EXPECTED = ("messages (or conversations), instruction+input+output (Alpaca), instruction+context+response (Dolly), "
-            "prompt+response")  # fmt: skip
+EXPECTED = (
+    "messages (or conversations), instruction+input+output (Alpaca), instruction+context+response (Dolly), "
+    "prompt+response"
+)
 
 
 def detect_format(record: dict[str, Any]) -> Format | None:
@@ -82,9 +97,17 @@ def to_messages(record: dict[str, Any], fmt: Format) -> list[Message]:
     return messages
 
 
-def iter_conversations(source: Source, on_error: Literal["raise", "skip"] = "raise",
-                       stats: SourceStats | None = None) -> Iterator[list[Message]]:  # fmt: skip
+def iter_conversations(
+    source: Source, on_error: Literal["raise", "skip"] = "raise", stats: SourceStats | None = None
+) -> Iterator[list[Message]]:
     """Conversations from instruction files, the format detected per file."""
     stats = stats if stats is not None else SourceStats()
-    yield from iter_detected(iter_records(source, on_error, stats), lambda _, r: detect_format(r), to_messages,
-                             "instruction", EXPECTED, on_error, stats)  # fmt: skip
+    yield from iter_detected(
+        iter_records(source, on_error, stats),
+        lambda _, r: detect_format(r),
+        to_messages,
+        "instruction",
+        EXPECTED,
+        on_error,
+        stats,
+    )

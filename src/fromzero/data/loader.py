@@ -51,8 +51,16 @@ class GlobalOrder:
 
 
 class PackedBatches:
-    def __init__(self, shards: TokenShards, seq_len: int, micro_batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        shards: TokenShards,
+        seq_len: int,
+        micro_batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.shards, self.seq_len = shards, seq_len
         n_samples = (len(shards) - 1) // seq_len
         if n_samples < micro_batch_size * world_size:
@@ -74,8 +82,9 @@ class PackedBatches:
         self.order.load_state_dict(state)
 
 
-def eval_batches(shards: TokenShards, seq_len: int, micro_batch_size: int, max_batches: int, *,
-                 rank: int = 0, world_size: int = 1):  # fmt: skip
+def eval_batches(
+    shards: TokenShards, seq_len: int, micro_batch_size: int, max_batches: int, *, rank: int = 0, world_size: int = 1
+):
     """The first max_batches global micro-batches of a split, in order; this rank's slice of each."""
     n_samples = (len(shards) - 1) // seq_len
     for j in range(max_batches):

@@ -67,9 +67,11 @@ class PreferenceStats(SourceStats):
 
     def describe(self) -> str:
         """One line of what the records gave: every record read is a pair source, a tie, or skipped."""
-        return (f"{self.documents + self.skipped} preference records: {self.pairs} pairs, {self.ties} ties and "
-                f"{self.both_bad} 'both bad' votes dropped, {self.skipped} malformed records skipped"
-                + (f", {self.merged} with consecutive same-speaker turns merged" if self.merged else ""))  # fmt: skip
+        return (
+            f"{self.documents + self.skipped} preference records: {self.pairs} pairs, {self.ties} ties and "
+            f"{self.both_bad} 'both bad' votes dropped, {self.skipped} malformed records skipped"
+            + (f", {self.merged} with consecutive same-speaker turns merged" if self.merged else "")
+        )
 
 
 class PreferenceSources(BaseModel):
@@ -77,14 +79,21 @@ class PreferenceSources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: list[str] = Field(default_factory=list, description="preference files (jsonl/json/parquet/datasets) or "
-                            "vote databases (.sqlite/.db); empty: the built-in world's preferences")  # fmt: skip
+    data: list[str] = Field(
+        default_factory=list,
+        description="preference files (jsonl/json/parquet/datasets) or "
+        "vote databases (.sqlite/.db); empty: the built-in world's preferences",
+    )
     on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
     pairing: Pairing = Field("best_vs_worst", description="rated completions: best vs worst, or best vs each worse one")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="prompts held out (with all their pairs) for validation")
-    max_prompt_len: int | None = Field(None, ge=2, description="a pair longer than seq_len keeps at least this much of "
-                                       "its prompt (its end), the answers cut to the rest (TRL's max_prompt_length); "
-                                       "None: half of seq_len")  # fmt: skip
+    max_prompt_len: int | None = Field(
+        None,
+        ge=2,
+        description="a pair longer than seq_len keeps at least this much of "
+        "its prompt (its end), the answers cut to the rest (TRL's max_prompt_length); "
+        "None: half of seq_len",
+    )
 
 
 def _pair(messages: list[Message], chosen: Any, rejected: Any) -> PreferencePair:
@@ -103,8 +112,12 @@ def _messages(value: Any, name: str) -> list[Message]:
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
         raise ValueError(f"'{name}' must be a string or a list of messages, got {type(value).__name__}")
-    return [{"role": SHAREGPT_ROLES.get(str(m["from"]).lower(), m["from"]), "content": m.get("value")} if "from" in m
-            else {"role": m.get("role"), "content": m.get("content")} for m in value]  # fmt: skip
+    return [
+        {"role": SHAREGPT_ROLES.get(str(m["from"]).lower(), m["from"]), "content": m.get("value")}
+        if "from" in m
+        else {"role": m.get("role"), "content": m.get("content")}
+        for m in value
+    ]
 
 
 def _answer(value: Any, name: str, prompt: list[Message]) -> Any:
@@ -161,7 +174,9 @@ def _from_hh(r: dict[str, Any]) -> tuple[PreferencePair, bool]:
 
 
 def _from_alpaca(r: dict[str, Any]) -> PreferencePair:
-    return _pair([{"role": "user", "content": join_input(r["instruction"], r.get("input"))}], r["chosen"], r["rejected"])
+    return _pair(
+        [{"role": "user", "content": join_input(r["instruction"], r.get("input"))}], r["chosen"], r["rejected"]
+    )
 
 
 def _from_implicit(r: dict[str, Any]) -> PreferencePair:
@@ -182,8 +197,9 @@ def _from_rated(r: dict[str, Any], pairing: Pairing) -> tuple[list[PreferencePai
         text = next((c[k] for k in TEXT_KEYS if k in c), None) if isinstance(c, dict) else None
         score = next((c[k] for k in SCORE_KEYS if k in c), None) if isinstance(c, dict) else None
         if not isinstance(text, str) or not isinstance(score, (int, float)) or isinstance(score, bool):
-            raise ValueError(f"completion {i} needs a text ({'/'.join(TEXT_KEYS)}) and a number "
-                             f"({'/'.join(SCORE_KEYS)}), got {c!r}")  # fmt: skip
+            raise ValueError(
+                f"completion {i} needs a text ({'/'.join(TEXT_KEYS)}) and a number ({'/'.join(SCORE_KEYS)}), got {c!r}"
+            )
         rated.append((float(score), text))
     best = max(rated, key=lambda sc: sc[0])  # the first of equally good answers
     others = [sc for sc in rated if sc is not best]
@@ -201,16 +217,19 @@ FORMATS: list[tuple[Format, Any]] = [
     ("hh", lambda r: {"chosen", "rejected"} <= r.keys() and isinstance(r["chosen"], str)),
     ("implicit", lambda r: {"chosen", "rejected"} <= r.keys()),
 ]
-EXPECTED = ("prompt+chosen+rejected, instruction+input+chosen+rejected (Alpaca), chosen+rejected (HH transcripts or "
-            "message lists), prompt+completions with scores (rated), or a .sqlite/.db vote database")  # fmt: skip
+EXPECTED = (
+    "prompt+chosen+rejected, instruction+input+chosen+rejected (Alpaca), chosen+rejected (HH transcripts or "
+    "message lists), prompt+completions with scores (rated), or a .sqlite/.db vote database"
+)
 
 
 def detect_format(record: dict[str, Any]) -> Format | None:
     return next((name for name, matches in FORMATS if matches(record)), None)
 
 
-def to_pairs(record: dict[str, Any], fmt: Format,
-             pairing: Pairing = "best_vs_worst") -> tuple[list[PreferencePair], int, bool]:  # fmt: skip
+def to_pairs(
+    record: dict[str, Any], fmt: Format, pairing: Pairing = "best_vs_worst"
+) -> tuple[list[PreferencePair], int, bool]:
     """The pairs a record holds, how many of its comparisons were ties, and whether turns were merged (HH)."""
     if fmt == "rated":
         return *_from_rated(record, pairing), False
@@ -277,39 +296,75 @@ def connect(path: str | Path) -> sqlite3.Connection:
 def create_schema(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(votes)")}
     if columns and "battle_id" not in columns:
-        raise DataError("the vote database has a `votes` table of an older fromzero (no battles); "
-                        "start a new database file")  # fmt: skip
+        raise DataError(
+            "the vote database has a `votes` table of an older fromzero (no battles); start a new database file"
+        )
     conn.executescript(SCHEMA)
 
 
-def add_battle(conn: sqlite3.Connection, messages: list[Message], model_a: str, model_b: str, *,
-               battle_id: str | None = None, ckpt_a: str | None = None, ckpt_b: str | None = None,
-               response_a: str | None = None, response_b: str | None = None, sampling: dict[str, Any] | None = None,
-               seed_a: int | None = None, seed_b: int | None = None, session_id: str | None = None) -> str:  # fmt: skip
+def add_battle(
+    conn: sqlite3.Connection,
+    messages: list[Message],
+    model_a: str,
+    model_b: str,
+    *,
+    battle_id: str | None = None,
+    ckpt_a: str | None = None,
+    ckpt_b: str | None = None,
+    response_a: str | None = None,
+    response_b: str | None = None,
+    sampling: dict[str, Any] | None = None,
+    seed_a: int | None = None,
+    seed_b: int | None = None,
+    session_id: str | None = None,
+) -> str:
     """Store a battle (its answers may follow with `set_responses`); returns its id."""
     check_messages(messages)
     if messages[-1]["role"] != "user":
         raise ValueError("the conversation must end with a user message (the answers reply to it)")
     battle_id = battle_id or uuid.uuid4().hex
     with conn:
-        conn.execute("INSERT INTO battles (id, messages, model_a, model_b, ckpt_a, ckpt_b, response_a, response_b, "
-                     "sampling, seed_a, seed_b, session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (battle_id, json.dumps(messages), model_a, model_b, ckpt_a, ckpt_b, response_a, response_b,
-                      json.dumps(sampling or {}), seed_a, seed_b, session_id))  # fmt: skip
+        conn.execute(
+            "INSERT INTO battles (id, messages, model_a, model_b, ckpt_a, ckpt_b, response_a, response_b, "
+            "sampling, seed_a, seed_b, session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                battle_id,
+                json.dumps(messages),
+                model_a,
+                model_b,
+                ckpt_a,
+                ckpt_b,
+                response_a,
+                response_b,
+                json.dumps(sampling or {}),
+                seed_a,
+                seed_b,
+                session_id,
+            ),
+        )
     return battle_id
 
 
 def set_responses(conn: sqlite3.Connection, battle_id: str, response_a: str, response_b: str) -> None:
     with conn:
-        conn.execute("UPDATE battles SET response_a = ?, response_b = ? WHERE id = ?", (response_a, response_b, battle_id))
+        conn.execute(
+            "UPDATE battles SET response_a = ?, response_b = ? WHERE id = ?", (response_a, response_b, battle_id)
+        )
 
 
 class VoteConflict(ValueError):
     """The battle already has another vote, or the idempotency key was used for another one."""
 
 
-def add_vote(conn: sqlite3.Connection, battle_id: str, choice: Choice, *, better: str | None = None,
-             session_id: str | None = None, idempotency_key: str | None = None) -> tuple[int, bool]:  # fmt: skip
+def add_vote(
+    conn: sqlite3.Connection,
+    battle_id: str,
+    choice: Choice,
+    *,
+    better: str | None = None,
+    session_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[int, bool]:
     """Store one vote on a battle whose answers are written; returns (vote id, whether it was stored before).
 
     Storing is idempotent: the same vote again (same idempotency key, or the same battle and choice) returns the
@@ -325,15 +380,24 @@ def add_vote(conn: sqlite3.Connection, battle_id: str, choice: Choice, *, better
         raise ValueError(f"battle {battle_id} has no answers yet")
     try:
         with conn:
-            cursor = conn.execute("INSERT INTO votes (battle_id, choice, better, session_id, idempotency_key) "
-                                  "VALUES (?, ?, ?, ?, ?)", (battle_id, choice, better, session_id, idempotency_key))  # fmt: skip
+            cursor = conn.execute(
+                "INSERT INTO votes (battle_id, choice, better, session_id, idempotency_key) VALUES (?, ?, ?, ?, ?)",
+                (battle_id, choice, better, session_id, idempotency_key),
+            )
         return int(cursor.lastrowid), False
     except sqlite3.IntegrityError:
         pass
-    by_key = (conn.execute("SELECT id, battle_id, choice, better FROM votes WHERE idempotency_key = ?",
-                           (idempotency_key,)).fetchone() if idempotency_key else None)  # fmt: skip
-    stored = by_key or conn.execute("SELECT id, battle_id, choice, better FROM votes WHERE battle_id = ?",
-                                    (battle_id,)).fetchone()  # fmt: skip
+    by_key = (
+        conn.execute(
+            "SELECT id, battle_id, choice, better FROM votes WHERE idempotency_key = ?", (idempotency_key,)
+        ).fetchone()
+        if idempotency_key
+        else None
+    )
+    stored = (
+        by_key
+        or conn.execute("SELECT id, battle_id, choice, better FROM votes WHERE battle_id = ?", (battle_id,)).fetchone()
+    )
     if stored is not None and tuple(stored[1:]) == (battle_id, choice, better):
         return int(stored[0]), True
     if by_key is not None:
@@ -341,8 +405,10 @@ def add_vote(conn: sqlite3.Connection, battle_id: str, choice: Choice, *, better
     raise VoteConflict(f"battle {battle_id} already has a vote ({stored[2] if stored else '?'})")
 
 
-VOTES_QUERY = ("SELECT v.id, b.messages, b.response_a, b.response_b, v.choice, v.better, b.model_a, b.model_b, "
-               "v.created_at, v.session_id, b.id FROM votes v JOIN battles b ON b.id = v.battle_id ORDER BY v.id")  # fmt: skip
+VOTES_QUERY = (
+    "SELECT v.id, b.messages, b.response_a, b.response_b, v.choice, v.better, b.model_a, b.model_b, "
+    "v.created_at, v.session_id, b.id FROM votes v JOIN battles b ON b.id = v.battle_id ORDER BY v.id"
+)
 
 
 def _vote_records(path: Path, stats: SourceStats) -> Iterator[tuple[str, str, Any]]:
@@ -356,8 +422,10 @@ def _vote_records(path: Path, stats: SourceStats) -> Iterator[tuple[str, str, An
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
-        raise DataError(f"{path}: not a vote database ({e}); expected the tables `battles` and `votes` of "
-                        f"fromzero.data.preference.create_schema") from None  # fmt: skip
+        raise DataError(
+            f"{path}: not a vote database ({e}); expected the tables `battles` and `votes` of "
+            f"fromzero.data.preference.create_schema"
+        ) from None
     for row in rows:
         stats.documents += 1
         yield str(path), f"{path}: vote {row[0]}", row
@@ -391,8 +459,11 @@ def export_preferences(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
     its own."""
     for row in conn.execute(VOTES_QUERY):
         for pair in vote_pairs(tuple(row))[0]:
-            yield {"prompt": pair.messages, "chosen": [{"role": "assistant", "content": pair.chosen}],
-                   "rejected": [{"role": "assistant", "content": pair.rejected}]}  # fmt: skip
+            yield {
+                "prompt": pair.messages,
+                "chosen": [{"role": "assistant", "content": pair.chosen}],
+                "rejected": [{"role": "assistant", "content": pair.rejected}],
+            }
 
 
 def export_battles(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
@@ -400,9 +471,16 @@ def export_battles(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
     winner = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie (bothbad)"}
     for row in conn.execute(VOTES_QUERY):
         vote_id, messages, _, _, choice, _, model_a, model_b, created_at, session_id, battle_id = tuple(row)
-        yield {"vote_id": vote_id, "battle_id": battle_id, "model_a": model_a, "model_b": model_b,
-               "winner": winner[choice], "tstamp": created_at, "session_id": session_id,
-               "turns": sum(m["role"] == "user" for m in json.loads(messages))}  # fmt: skip
+        yield {
+            "vote_id": vote_id,
+            "battle_id": battle_id,
+            "model_a": model_a,
+            "model_b": model_b,
+            "winner": winner[choice],
+            "tstamp": created_at,
+            "session_id": session_id,
+            "turns": sum(m["role"] == "user" for m in json.loads(messages)),
+        }
 
 
 # ---------------------------------------------------------------------------
@@ -413,8 +491,12 @@ def _is_sqlite(source: str | Path) -> bool:
     return str(source).lower().endswith(SQLITE_SUFFIXES)
 
 
-def iter_preference_pairs(source: Source, on_error: Literal["raise", "skip"] = "raise", stats: PreferenceStats | None = None,
-                          pairing: Pairing = "best_vs_worst") -> Iterator[PreferencePair]:  # fmt: skip
+def iter_preference_pairs(
+    source: Source,
+    on_error: Literal["raise", "skip"] = "raise",
+    stats: PreferenceStats | None = None,
+    pairing: Pairing = "best_vs_worst",
+) -> Iterator[PreferencePair]:
     """Preference pairs from files and vote databases, the format detected per file."""
     stats = stats if stats is not None else PreferenceStats()
     for item in [source] if isinstance(source, (str, Path)) else source:
@@ -422,8 +504,12 @@ def iter_preference_pairs(source: Source, on_error: Literal["raise", "skip"] = "
         yield from _convert(records, on_error, stats, pairing)
 
 
-def _convert(records: Iterator[tuple[str, str, Any]], on_error: Literal["raise", "skip"], stats: PreferenceStats,
-             pairing: Pairing) -> Iterator[PreferencePair]:  # fmt: skip
+def _convert(
+    records: Iterator[tuple[str, str, Any]],
+    on_error: Literal["raise", "skip"],
+    stats: PreferenceStats,
+    pairing: Pairing,
+) -> Iterator[PreferencePair]:
     def detect(file: str, record: dict[str, Any]) -> str | None:
         return "votes" if _is_sqlite(file) else detect_format(record)
 
@@ -446,14 +532,17 @@ def load_pairs(sources: PreferenceSources) -> tuple[list[PreferencePair], Prefer
     return list(iter_preference_pairs(sources.data, sources.on_error, stats, sources.pairing)), stats
 
 
-def split_pairs(pairs: list[PreferencePair], val_fraction: float,
-                seed: int = 0) -> tuple[list[PreferencePair], list[PreferencePair]]:  # fmt: skip
+def split_pairs(
+    pairs: list[PreferencePair], val_fraction: float, seed: int = 0
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(train, val) split by prompt, so no prompt of the validation pairs is trained on."""
     prompts = list(dict.fromkeys(json.dumps(p.messages) for p in pairs))
     random.Random(seed).shuffle(prompts)
     n_val = max(1, int(val_fraction * len(prompts))) if val_fraction > 0 else 0
     held = set(prompts[:n_val])
-    return [p for p in pairs if json.dumps(p.messages) not in held], [p for p in pairs if json.dumps(p.messages) in held]
+    return [p for p in pairs if json.dumps(p.messages) not in held], [
+        p for p in pairs if json.dumps(p.messages) in held
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -467,8 +556,9 @@ class EncodedPair:
     prompt_len: int  # tokens before the answer, the same in both
 
 
-def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int,
-                 max_prompt_len: int | None = None) -> tuple[list[EncodedPair], dict[str, int]]:  # fmt: skip
+def encode_pairs(
+    tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int, max_prompt_len: int | None = None
+) -> tuple[list[EncodedPair], dict[str, int]]:
     """Pairs rendered in the chat template, each cut to seq_len tokens as TRL's DPO trainer cuts them.
 
     The prompt loses its start (its <|bos|> stays): only as much as the longer answer needs, and never below
@@ -483,8 +573,10 @@ def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int,
     encoded, truncated, dropped = [], 0, 0
     for p in pairs:
         prompt = render(tok, p.messages, generation_prompt=True)[0]
-        chosen, rejected = (render(tok, [*p.messages, {"role": "assistant", "content": answer}])[0][len(prompt) :]
-                            for answer in (p.chosen, p.rejected))  # fmt: skip
+        chosen, rejected = (
+            render(tok, [*p.messages, {"role": "assistant", "content": answer}])[0][len(prompt) :]
+            for answer in (p.chosen, p.rejected)
+        )
         longer = max(len(chosen), len(rejected))
         if len(prompt) + longer > seq_len:
             truncated += 1
@@ -500,9 +592,12 @@ def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], seq_len: int,
 
 def describe_encoding(stage: str, train: dict[str, int], val: dict[str, int], seq_len: int) -> str:
     """The one line a preference stage logs about its pairs, every cut and drop counted for both splits."""
+
     def part(counts: dict[str, int]) -> str:
-        return f"{counts['pairs']} ({counts['truncated']} cut to {seq_len} tokens, {counts['dropped']} dropped as " \
-               "identical once cut)"  # fmt: skip
+        return (
+            f"{counts['pairs']} ({counts['truncated']} cut to {seq_len} tokens, {counts['dropped']} dropped as "
+            "identical once cut)"
+        )
 
     return f"[{stage}] pairs: training {part(train)}, validation {part(val)}"
 
@@ -533,11 +628,20 @@ class PairBatches:
     micro_batch_size pairs), visited in a new seeded order every epoch, each rank taking its own groups.
     """
 
-    def __init__(self, encoded: list[EncodedPair], micro_batch_size: int, pad_id: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        encoded: list[EncodedPair],
+        micro_batch_size: int,
+        pad_id: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(encoded) < micro_batch_size * world_size:
-            raise ValueError(f"{len(encoded)} preference pairs are fewer than one batch of "
-                             f"{micro_batch_size} × {world_size} ranks")  # fmt: skip
+            raise ValueError(
+                f"{len(encoded)} preference pairs are fewer than one batch of {micro_batch_size} × {world_size} ranks"
+            )
         self.encoded, self.pad_id = encoded, pad_id
         by_length = list(range(len(encoded)))
         random.Random(seed).shuffle(by_length)
@@ -556,8 +660,9 @@ class PairBatches:
         self.order.load_state_dict(state)
 
 
-def eval_batches(encoded: list[EncodedPair], micro_batch_size: int, pad_id: int, rank: int = 0,
-                 world_size: int = 1) -> Iterator[PairBatch]:  # fmt: skip
+def eval_batches(
+    encoded: list[EncodedPair], micro_batch_size: int, pad_id: int, rank: int = 0, world_size: int = 1
+) -> Iterator[PairBatch]:
     """This rank's share of the validation pairs, in order, in micro-batches."""
     mine = list(range(rank, len(encoded), world_size))
     for i in range(0, len(mine), micro_batch_size):

@@ -127,11 +127,14 @@ def build_shards(
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1 or chunk_docs < 1 or chunk_chars < 1:
-        raise ValueError(f"shard_tokens, chunk_docs and chunk_chars must be positive, got {shard_tokens}, {chunk_docs} "
-                         f"and {chunk_chars}")  # fmt: skip
+        raise ValueError(
+            f"shard_tokens, chunk_docs and chunk_chars must be positive, got {shard_tokens}, {chunk_docs} "
+            f"and {chunk_chars}"
+        )
     if val_documents is not None and val_fraction:
-        raise ValueError(f"separate validation documents hold nothing out of the others: val_fraction must be 0, "
-                         f"got {val_fraction}")  # fmt: skip
+        raise ValueError(
+            f"separate validation documents hold nothing out of the others: val_fraction must be 0, got {val_fraction}"
+        )
     tokenizer_path = tokenizer_file(tokenizer_path)
     tokenizer = Tokenizer.load(tokenizer_path)
     dtype_name = "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"
@@ -200,8 +203,9 @@ def split_tail(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:at], text[at:]
 
 
-def assign_splits(documents: Iterable[str], val_fraction: float, seed: int,
-                  chunk_chars: int = CHUNK_CHARS) -> Iterator[tuple[str, bool]]:  # fmt: skip
+def assign_splits(
+    documents: Iterable[str], val_fraction: float, seed: int, chunk_chars: int = CHUNK_CHARS
+) -> Iterator[tuple[str, bool]]:
     """(piece, whether it goes to val) for every piece of every document, in order (see the module docstring)."""
     counts = {False: 0, True: 0}
     held: tuple[str, bool] | None = None  # the last short document, which may still fill an empty split

@@ -90,8 +90,12 @@ def iter_documents(
     return _raise_or_skip(_records(source, text_field), on_error, stats)
 
 
-def iter_named_documents(source: Source, text_field: str = "text", on_error: Literal["raise", "skip"] = "raise",
-                         stats: SourceStats | None = None) -> Iterator[tuple[str, str]]:  # fmt: skip
+def iter_named_documents(
+    source: Source,
+    text_field: str = "text",
+    on_error: Literal["raise", "skip"] = "raise",
+    stats: SourceStats | None = None,
+) -> Iterator[tuple[str, str]]:
     """(name, document) for every document of `source`: the file (or dataset) it came from, with #i for the i-th
     (0-based) of a file holding several."""
     for spec in source if isinstance(source, (list, tuple)) else [source]:
@@ -134,15 +138,22 @@ def iter_records(
     """
     objects = (
         DataError(f"{item.where}: expected a JSON object, got {type(item.record).__name__}")
-        if isinstance(item, RecordAt) and not isinstance(item.record, dict) else item
+        if isinstance(item, RecordAt) and not isinstance(item.record, dict)
+        else item
         for item in _structured(source)
-    )  # fmt: skip
+    )
     return _raise_or_skip(objects, on_error, stats)
 
 
-def iter_detected(records: Iterable[tuple[str, str, dict[str, Any]]], detect: Callable[[str, dict[str, Any]], str | None],
-                  convert: Callable[[dict[str, Any], str], T], kind: str, expected: str,
-                  on_error: Literal["raise", "skip"], stats: SourceStats) -> Iterator[T]:  # fmt: skip
+def iter_detected(
+    records: Iterable[tuple[str, str, dict[str, Any]]],
+    detect: Callable[[str, dict[str, Any]], str | None],
+    convert: Callable[[dict[str, Any], str], T],
+    kind: str,
+    expected: str,
+    on_error: Literal["raise", "skip"],
+    stats: SourceStats,
+) -> Iterator[T]:
     """Records of many formats, each file's format detected from its first record: convert(record, format) for
     every record. A record that fits no format, or breaks its file's, is a DataError naming file:line and what is
     wrong, raised or skipped and counted (the records come counted as read: `stats.reject` moves one to the skipped).
@@ -302,8 +313,9 @@ def _gzip_error(path: Path, e: BaseException, lineno: int | None) -> DataError:
     if isinstance(e, gzip.BadGzipFile) and str(e).startswith("Not a gzipped file"):
         return DataError(f"{path}: not gzip data ({e}); rename the file without .gz, or compress it with gzip")
     what = "ends early (truncated)" if isinstance(e, EOFError) else f"is corrupt ({e})"
-    return DataError(f"{path}: the gzip stream {what}{read}; copy or download the file again "
-                     f"(`gzip -t {path}` checks a file)")  # fmt: skip
+    return DataError(
+        f"{path}: the gzip stream {what}{read}; copy or download the file again (`gzip -t {path}` checks a file)"
+    )
 
 
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
@@ -318,8 +330,12 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield lineno, DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start}); "
-                                            "save the file as UTF-8")  # fmt: skip
+                    yield (
+                        lineno,
+                        DataError(
+                            f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8"
+                        ),
+                    )
                     continue
                 if lineno == 1:
                     line = line.removeprefix("\ufeff")
@@ -456,7 +472,9 @@ def _parquet_batches(pf: pq.ParquetFile, path: Path, columns: list[str] | None =
             yield batch
             rows += batch.num_rows
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: corrupt parquet data after row {rows} ({e}); copy or download the file again") from None
+        raise DataError(
+            f"{path}: corrupt parquet data after row {rows} ({e}); copy or download the file again"
+        ) from None
 
 
 def _rows(batches: Iterable[list[Any]], text_field: str, where: str) -> Iterator[Record]:

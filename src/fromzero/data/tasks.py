@@ -78,20 +78,30 @@ class ReasoningConfig(BaseModel):
     task: Literal["word_problems", "countdown"] = Field("word_problems", description="which built-in task")
     min_steps: int = Field(1, ge=1, description="word problems: fewest equations in a solution")
     max_steps: int = Field(3, ge=1, description="word problems: most equations in a solution")
-    max_number: int = Field(50, ge=10, description="largest number in a problem (operands and every result; "
-                            "Countdown: the numbers given)")  # fmt: skip
+    max_number: int = Field(
+        50, ge=10, description="largest number in a problem (operands and every result; Countdown: the numbers given)"
+    )
     countdown_numbers: int = Field(3, ge=2, description="Countdown: numbers given per game")
     countdown_max_target: int = Field(100, ge=2, description="Countdown: largest target")
     n_train: int = Field(5000, ge=1, description="training problems")
-    n_sft: int = Field(2000, ge=0, description="training problems (the first n_sft) whose worked solutions join the SFT "
-                       "data: the cold start that makes RL's first rewards non-zero")  # fmt: skip
-    cold_start_min_steps: int | None = Field(None, ge=1, description="built-in word problems: the cold start's "
-                                             "problems take cold_start_min_steps to max_steps steps, a wider ladder "
-                                             "than RL's; None (and tasks from files): the first n_sft training "
-                                             "problems")  # fmt: skip
+    n_sft: int = Field(
+        2000,
+        ge=0,
+        description="training problems (the first n_sft) whose worked solutions join the SFT "
+        "data: the cold start that makes RL's first rewards non-zero",
+    )
+    cold_start_min_steps: int | None = Field(
+        None,
+        ge=1,
+        description="built-in word problems: the cold start's "
+        "problems take cold_start_min_steps to max_steps steps, a wider ladder "
+        "than RL's; None (and tasks from files): the first n_sft training "
+        "problems",
+    )
     n_eval: int = Field(200, ge=1, description="held-out problems, spread evenly over the step counts")
-    direct_fraction: float = Field(0.0, ge=0, le=1, description="share of the cold-start solutions that state the "
-                                   "answer without working it out")  # fmt: skip
+    direct_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of the cold-start solutions that state the answer without working it out"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ReasoningConfig:
@@ -100,8 +110,10 @@ class ReasoningConfig(BaseModel):
         if self.cold_start_min_steps is not None and self.task != "word_problems":
             raise ValueError("cold_start_min_steps sets a ladder of word problems; the countdown task has none")
         if self.cold_start_min_steps is not None and self.cold_start_min_steps > self.min_steps:
-            raise ValueError(f"cold_start_min_steps ({self.cold_start_min_steps}) is larger than min_steps "
-                             f"({self.min_steps}): the cold start's ladder only widens RL's")  # fmt: skip
+            raise ValueError(
+                f"cold_start_min_steps ({self.cold_start_min_steps}) is larger than min_steps "
+                f"({self.min_steps}): the cold start's ladder only widens RL's"
+            )
         return self
 
 
@@ -110,10 +122,14 @@ class TaskSources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: list[str] = Field(default_factory=list, description="task files (jsonl/json/parquet/datasets: GSM8K, SVAMP, "
-                            "Countdown, prompt/answer); empty: the built-in tasks (the `reasoning` section)")  # fmt: skip
-    eval_data: list[str] = Field(default_factory=list, description="held-out task files; empty: hold out "
-                                 "eval_fraction of `data`")  # fmt: skip
+    data: list[str] = Field(
+        default_factory=list,
+        description="task files (jsonl/json/parquet/datasets: GSM8K, SVAMP, "
+        "Countdown, prompt/answer); empty: the built-in tasks (the `reasoning` section)",
+    )
+    eval_data: list[str] = Field(
+        default_factory=list, description="held-out task files; empty: hold out eval_fraction of `data`"
+    )
     on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of `data` held out when eval_data is empty")
 
@@ -151,9 +167,16 @@ def word_problem(rng: random.Random, world: World, steps: int, max_number: int) 
         sentences = [f"{name} had {n(amount)}."]
     while len(equations) < steps:
         two_left = steps - len(equations) >= 2
-        moves = [m for m, ok in (("gain", amount < max_number), ("loss", amount >= 2),
-                                 ("buy_boxes", two_left and max_number - amount >= 4),
-                                 ("share", two_left and amount >= 5)) if ok]  # fmt: skip
+        moves = [
+            m
+            for m, ok in (
+                ("gain", amount < max_number),
+                ("loss", amount >= 2),
+                ("buy_boxes", two_left and max_number - amount >= 4),
+                ("share", two_left and amount >= 5),
+            )
+            if ok
+        ]
         move = rng.choice(moves)
         if move == "buy_boxes":
             e = product(max_number - amount)
@@ -163,7 +186,9 @@ def word_problem(rng: random.Random, world: World, steps: int, max_number: int) 
             sentences.append(f"Then {he} gave {e.b} to each of {e.a} friends.")
         elif move == "gain":
             b = rng.randint(1, max_number - amount)
-            sentences.append(rng.choice((f"Then {he} {rng.choice(GAINS)} {b} more.", f"Then {other} gave {him} {b} more.")))
+            sentences.append(
+                rng.choice((f"Then {he} {rng.choice(GAINS)} {b} more.", f"Then {other} gave {him} {b} more."))
+            )
         else:
             b = rng.randint(1, amount - 1)
             sentences.append(rng.choice((f"Then {he} gave {b} to {other}.", f"Then {he} lost {b}.")))
@@ -176,8 +201,12 @@ def word_problem(rng: random.Random, world: World, steps: int, max_number: int) 
         amount = result
     sentences.append(f"How many {items} does {name} have now?")
     solution = " ".join(f"{e}." for e in equations) + f" The answer is {amount}."
-    return Task(" ".join(sentences), str(amount), "math",
-                {"steps": steps, "solution": solution, "equations": [str(e) for e in equations]})  # fmt: skip
+    return Task(
+        " ".join(sentences),
+        str(amount),
+        "math",
+        {"steps": steps, "solution": solution, "equations": [str(e) for e in equations]},
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -186,8 +215,10 @@ def word_problem(rng: random.Random, world: World, steps: int, max_number: int) 
 
 def countdown_prompt(numbers: list[int], target: int) -> str:
     listed = ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
-    return (f"Using the numbers {listed}, make {target}. You may use +, -, * and /, and each number at most once. "
-            "Write the expression.")  # fmt: skip
+    return (
+        f"Using the numbers {listed}, make {target}. You may use +, -, * and /, and each number at most once. "
+        "Write the expression."
+    )
 
 
 def countdown_task(rng: random.Random, n_numbers: int, max_number: int, max_target: int) -> Task:
@@ -206,8 +237,12 @@ def countdown_task(rng: random.Random, n_numbers: int, max_number: int, max_targ
         target, expression = int(pool[0][0]), pool[0][1][1:-1]
         if target <= max_target and target not in numbers:
             break
-    return Task(countdown_prompt(numbers, target), str(target), "countdown",
-                {"numbers": numbers, "target": target, "solution": expression})  # fmt: skip
+    return Task(
+        countdown_prompt(numbers, target),
+        str(target),
+        "countdown",
+        {"numbers": numbers, "target": target, "solution": expression},
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -248,8 +283,10 @@ def builtin_tasks(cfg: ReasoningConfig, world: World) -> tuple[list[Task], list[
         if _key(task) not in heldout:
             train.append(task)
     if len(heldout) < cfg.n_eval or len(train) < cfg.n_train:
-        raise ValueError(f"could not make {cfg.n_eval} distinct held-out and {cfg.n_train} training problems with "
-                         f"max_number={cfg.max_number}: raise max_number or ask for fewer")  # fmt: skip
+        raise ValueError(
+            f"could not make {cfg.n_eval} distinct held-out and {cfg.n_train} training problems with "
+            f"max_number={cfg.max_number}: raise max_number or ask for fewer"
+        )
     return train, list(heldout.values())
 
 
@@ -319,8 +356,10 @@ def _final_answer(text: str) -> str:
     """A reference answer, refused when it reads as a worked solution rather than the final answer."""
     if "\n" in text or "<<" in text or len(WORD.findall(re.sub(r"\\text\{[^{}]*\}", "", text))) > MAX_ANSWER_WORDS:
         shown = text if len(text) <= 60 else text[:57] + "..."
-        raise ValueError(f"the answer {json.dumps(shown)} is a worked solution, not a final answer: end a GSM8K solution "
-                         "with a line '#### N', or give the final answer alone")  # fmt: skip
+        raise ValueError(
+            f"the answer {json.dumps(shown)} is a worked solution, not a final answer: end a GSM8K solution "
+            "with a line '#### N', or give the final answer alone"
+        )
     return text
 
 
@@ -335,8 +374,10 @@ COUNTDOWN_NUMBERS = re.compile(r"\s*\d+(?:\s*,\s*\d+)+\s*")
 def _from_countdown_text(r: dict[str, Any]) -> Task:
     numbers, target = str(r["input"]), str(r["output"]).strip()
     if not COUNTDOWN_NUMBERS.fullmatch(numbers) or not target.isdigit():
-        raise ValueError(f"expected input like \"30,100,93\" and output like \"23\", got {json.dumps(numbers)[:40]} "
-                         f"and {json.dumps(target)[:20]}")  # fmt: skip
+        raise ValueError(
+            f'expected input like "30,100,93" and output like "23", got {json.dumps(numbers)[:40]} '
+            f"and {json.dumps(target)[:20]}"
+        )
     return _from_countdown({"nums": [int(x) for x in numbers.split(",")], "target": int(target)})
 
 
@@ -344,27 +385,44 @@ Format = Literal["countdown", "countdown_text", "gsm8k", "svamp", "prompt_answer
 # (name, keys that identify it, converter); checked in this order
 FORMATS: list[tuple[Format, Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], Task]]] = [
     ("countdown", lambda r: "target" in r and ("nums" in r or "numbers" in r), _from_countdown),
-    ("countdown_text", lambda r: {"input", "output"} <= r.keys() and bool(COUNTDOWN_NUMBERS.fullmatch(str(r["input"]))),
-     _from_countdown_text),
+    (
+        "countdown_text",
+        lambda r: {"input", "output"} <= r.keys() and bool(COUNTDOWN_NUMBERS.fullmatch(str(r["input"]))),
+        _from_countdown_text,
+    ),
     ("gsm8k", lambda r: "question" in r and "####" in str(r.get("answer", "")), _from_gsm8k),
     ("svamp", lambda r: {"Body", "Question", "Answer"} <= r.keys(), _from_svamp),
-    ("prompt_answer", lambda r: "answer" in r and any(k in r for k in ("prompt", "problem", "question")), _from_prompt_answer),
+    (
+        "prompt_answer",
+        lambda r: "answer" in r and any(k in r for k in ("prompt", "problem", "question")),
+        _from_prompt_answer,
+    ),
 ]
-EXPECTED = ("target + nums/numbers or input \"3,5,7\" + output (Countdown), question + answer with '#### N' (GSM8K), "
-            "Body + Question + Answer (SVAMP), prompt/problem/question + a final answer")  # fmt: skip
+EXPECTED = (
+    "target + nums/numbers or input \"3,5,7\" + output (Countdown), question + answer with '#### N' (GSM8K), "
+    "Body + Question + Answer (SVAMP), prompt/problem/question + a final answer"
+)
 
 
 def detect_format(record: dict[str, Any]) -> Format | None:
     return next((name for name, matches, _ in FORMATS if matches(record)), None)
 
 
-def iter_tasks(source: Source, on_error: Literal["raise", "skip"] = "raise",
-               stats: SourceStats | None = None) -> Iterator[Task]:  # fmt: skip
+def iter_tasks(
+    source: Source, on_error: Literal["raise", "skip"] = "raise", stats: SourceStats | None = None
+) -> Iterator[Task]:
     """Tasks from files, the format detected per file from its first record."""
     stats = stats if stats is not None else SourceStats()
     converters = {name: convert for name, _, convert in FORMATS}
-    yield from iter_detected(iter_records(source, on_error, stats), lambda _, r: detect_format(r),
-                             lambda r, fmt: converters[fmt](r), "task", EXPECTED, on_error, stats)  # fmt: skip
+    yield from iter_detected(
+        iter_records(source, on_error, stats),
+        lambda _, r: detect_format(r),
+        lambda r, fmt: converters[fmt](r),
+        "task",
+        EXPECTED,
+        on_error,
+        stats,
+    )
 
 
 def split_tasks(tasks: list[Task], eval_fraction: float, seed: int = 0) -> tuple[list[Task], list[Task]]:
@@ -376,8 +434,9 @@ def split_tasks(tasks: list[Task], eval_fraction: float, seed: int = 0) -> tuple
     return [t for t in tasks if t.prompt not in held], [t for t in tasks if t.prompt in held]
 
 
-def load_tasks(sources: TaskSources, builtin: ReasoningConfig, world: World, seed: int = 0,
-               stats: SourceStats | None = None) -> tuple[list[Task], list[Task]]:  # fmt: skip
+def load_tasks(
+    sources: TaskSources, builtin: ReasoningConfig, world: World, seed: int = 0, stats: SourceStats | None = None
+) -> tuple[list[Task], list[Task]]:
     """(train, held out): from files when `sources.data` names any, else the built-in tasks."""
     if not sources.data:
         return builtin_tasks(builtin, world)
@@ -391,6 +450,8 @@ def load_tasks(sources: TaskSources, builtin: ReasoningConfig, world: World, see
         return tasks, list(iter_tasks(sources.eval_data, sources.on_error, stats))
     train, heldout = split_tasks(tasks, sources.eval_fraction, seed)
     if not train:
-        raise ValueError(f"{files}: holding out eval_fraction={sources.eval_fraction} of {len(tasks)} tasks leaves none "
-                         "to train on; add tasks, lower grpo.eval_fraction, or name held-out files in grpo.eval_data")  # fmt: skip
+        raise ValueError(
+            f"{files}: holding out eval_fraction={sources.eval_fraction} of {len(tasks)} tasks leaves none "
+            "to train on; add tasks, lower grpo.eval_fraction, or name held-out files in grpo.eval_data"
+        )
     return train, heldout

@@ -41,63 +41,382 @@ from pydantic import BaseModel, ConfigDict, Field
 # enough by a tiny model to be learned.
 
 MALE_NAMES = (
-    "Tom", "Sam", "Ben", "Leo", "Jack", "Noah", "Adam", "Owen", "Finn", "Hugo",
-    "Theo", "Eli", "Jonah", "Luke", "Paul", "Ray", "Carl", "Dan", "Evan", "Felix",
-    "Gus", "Henry", "Ivan", "Joel", "Kurt", "Liam", "Mark", "Neil", "Omar", "Pete",
-    "Ross", "Seth", "Tim", "Victor", "Wes", "Zack", "Abe", "Bruno", "Colin", "Dean",
+    "Tom",
+    "Sam",
+    "Ben",
+    "Leo",
+    "Jack",
+    "Noah",
+    "Adam",
+    "Owen",
+    "Finn",
+    "Hugo",
+    "Theo",
+    "Eli",
+    "Jonah",
+    "Luke",
+    "Paul",
+    "Ray",
+    "Carl",
+    "Dan",
+    "Evan",
+    "Felix",
+    "Gus",
+    "Henry",
+    "Ivan",
+    "Joel",
+    "Kurt",
+    "Liam",
+    "Mark",
+    "Neil",
+    "Omar",
+    "Pete",
+    "Ross",
+    "Seth",
+    "Tim",
+    "Victor",
+    "Wes",
+    "Zack",
+    "Abe",
+    "Bruno",
+    "Colin",
+    "Dean",
 )
 FEMALE_NAMES = (
-    "Mara", "Anna", "Lucy", "Emma", "Nora", "Ruth", "Ada", "Beth", "Cara", "Dora",
-    "Eva", "Fay", "Gwen", "Hana", "Iris", "Jane", "Kate", "Lena", "Mia", "Nina",
-    "Olga", "Pam", "Rosa", "Sara", "Tess", "Una", "Vera", "Wendy", "Yara", "Zoe",
-    "Alice", "Clara", "Ellen", "Grace", "Holly", "Ivy", "Joy", "Lily", "May", "Rita",
+    "Mara",
+    "Anna",
+    "Lucy",
+    "Emma",
+    "Nora",
+    "Ruth",
+    "Ada",
+    "Beth",
+    "Cara",
+    "Dora",
+    "Eva",
+    "Fay",
+    "Gwen",
+    "Hana",
+    "Iris",
+    "Jane",
+    "Kate",
+    "Lena",
+    "Mia",
+    "Nina",
+    "Olga",
+    "Pam",
+    "Rosa",
+    "Sara",
+    "Tess",
+    "Una",
+    "Vera",
+    "Wendy",
+    "Yara",
+    "Zoe",
+    "Alice",
+    "Clara",
+    "Ellen",
+    "Grace",
+    "Holly",
+    "Ivy",
+    "Joy",
+    "Lily",
+    "May",
+    "Rita",
 )
 LAST_NAMES = (
-    "Quill", "Hale", "Thorne", "Bell", "Frost", "Moss", "Vale", "Wren", "Finch", "Lark",
-    "Reed", "Birch", "Clay", "Dale", "Ford", "Gale", "Hart", "Holt", "Kemp", "Lane",
-    "Mead", "Nash", "Oakes", "Pike", "Rowe", "Shaw", "Tate", "Vance", "Webb", "Yates",
-    "Cole", "Drake", "Fenn", "Glenn", "Hyde", "Knox", "Lowe", "Moore", "Page", "Quinn",
-    "Rhodes", "Sharp", "Todd", "Wilde", "Booth", "Carr", "Dunn", "Eddy", "Flint", "Gage",
-    "Hobbs", "Irwin", "Judd", "Keane", "Lyle", "Mills", "Noble", "Platt", "Royce", "Thorpe",
-    "Abbot", "Baker", "Chase", "Dorn", "Ellis", "Fisher", "Grant", "Hill", "Ingram", "Jarvis",
-    "Kirby", "Lloyd", "Mercer", "Nolan", "Oliver", "Parker", "Rand", "Sutton", "Tanner", "Upton",
-    "Vaughn", "Walsh", "Archer", "Bishop", "Carver", "Dawson", "Emery", "Fowler", "Gray", "Hayes",
-    "Jennings", "Kent", "Lister", "Marlow", "Norris", "Osborne", "Pruitt", "Rider", "Sloane",
-    "Turner", "Wade", "Barlow", "Cooper", "Dixon", "Everett", "Foster", "Griffin", "Hunt",
-    "Landry", "Milner",
+    "Quill",
+    "Hale",
+    "Thorne",
+    "Bell",
+    "Frost",
+    "Moss",
+    "Vale",
+    "Wren",
+    "Finch",
+    "Lark",
+    "Reed",
+    "Birch",
+    "Clay",
+    "Dale",
+    "Ford",
+    "Gale",
+    "Hart",
+    "Holt",
+    "Kemp",
+    "Lane",
+    "Mead",
+    "Nash",
+    "Oakes",
+    "Pike",
+    "Rowe",
+    "Shaw",
+    "Tate",
+    "Vance",
+    "Webb",
+    "Yates",
+    "Cole",
+    "Drake",
+    "Fenn",
+    "Glenn",
+    "Hyde",
+    "Knox",
+    "Lowe",
+    "Moore",
+    "Page",
+    "Quinn",
+    "Rhodes",
+    "Sharp",
+    "Todd",
+    "Wilde",
+    "Booth",
+    "Carr",
+    "Dunn",
+    "Eddy",
+    "Flint",
+    "Gage",
+    "Hobbs",
+    "Irwin",
+    "Judd",
+    "Keane",
+    "Lyle",
+    "Mills",
+    "Noble",
+    "Platt",
+    "Royce",
+    "Thorpe",
+    "Abbot",
+    "Baker",
+    "Chase",
+    "Dorn",
+    "Ellis",
+    "Fisher",
+    "Grant",
+    "Hill",
+    "Ingram",
+    "Jarvis",
+    "Kirby",
+    "Lloyd",
+    "Mercer",
+    "Nolan",
+    "Oliver",
+    "Parker",
+    "Rand",
+    "Sutton",
+    "Tanner",
+    "Upton",
+    "Vaughn",
+    "Walsh",
+    "Archer",
+    "Bishop",
+    "Carver",
+    "Dawson",
+    "Emery",
+    "Fowler",
+    "Gray",
+    "Hayes",
+    "Jennings",
+    "Kent",
+    "Lister",
+    "Marlow",
+    "Norris",
+    "Osborne",
+    "Pruitt",
+    "Rider",
+    "Sloane",
+    "Turner",
+    "Wade",
+    "Barlow",
+    "Cooper",
+    "Dixon",
+    "Everett",
+    "Foster",
+    "Griffin",
+    "Hunt",
+    "Landry",
+    "Milner",
 )
 # The one-off people (the corpus's strangers, the practice and the new people) have names of their own: sharing the
 # people's names, 2000 stranger documents halved SFT's recall of the people's facts (a name no longer keyed one person).
-STRANGER_MALE_NAMES = ("Arlo", "Basil", "Cyril", "Dexter", "Edgar", "Fabian", "Gideon", "Horace", "Jasper", "Lionel",
-                       "Magnus", "Nigel", "Oscar", "Percy", "Rupert", "Silas", "Tobias", "Ulric", "Wilbur", "Xavier")
-STRANGER_FEMALE_NAMES = ("Agnes", "Beatrix", "Cecily", "Daphne", "Edith", "Flora", "Greta", "Hilda", "Imogen",
-                         "Juno", "Leonie", "Mabel", "Nell", "Opal", "Petra", "Queenie", "Selma", "Thea", "Ursula",
-                         "Wilma")
-STRANGER_LAST_NAMES = ("Ashdown", "Blackwood", "Crabtree", "Duckett", "Fairweather", "Goodbody", "Hornblower",
-                       "Kettle", "Larkspur", "Merriweather", "Nettleton", "Pennywhistle", "Quickley", "Rookwood",
-                       "Sandford", "Thistlewood", "Underhill", "Wetherby", "Yarrow", "Zouch", "Bramble", "Cobb",
-                       "Dimmock", "Farthing", "Gosling", "Hitchens", "Inkpen", "Jolley", "Lovelock", "Mudge",
-                       "Ambler", "Pickering", "Quimby", "Ravenscroft", "Sedgwick", "Tolliver", "Upjohn", "Vosper",
-                       "Whitlock", "Yelland")
+STRANGER_MALE_NAMES = (
+    "Arlo",
+    "Basil",
+    "Cyril",
+    "Dexter",
+    "Edgar",
+    "Fabian",
+    "Gideon",
+    "Horace",
+    "Jasper",
+    "Lionel",
+    "Magnus",
+    "Nigel",
+    "Oscar",
+    "Percy",
+    "Rupert",
+    "Silas",
+    "Tobias",
+    "Ulric",
+    "Wilbur",
+    "Xavier",
+)
+STRANGER_FEMALE_NAMES = (
+    "Agnes",
+    "Beatrix",
+    "Cecily",
+    "Daphne",
+    "Edith",
+    "Flora",
+    "Greta",
+    "Hilda",
+    "Imogen",
+    "Juno",
+    "Leonie",
+    "Mabel",
+    "Nell",
+    "Opal",
+    "Petra",
+    "Queenie",
+    "Selma",
+    "Thea",
+    "Ursula",
+    "Wilma",
+)
+STRANGER_LAST_NAMES = (
+    "Ashdown",
+    "Blackwood",
+    "Crabtree",
+    "Duckett",
+    "Fairweather",
+    "Goodbody",
+    "Hornblower",
+    "Kettle",
+    "Larkspur",
+    "Merriweather",
+    "Nettleton",
+    "Pennywhistle",
+    "Quickley",
+    "Rookwood",
+    "Sandford",
+    "Thistlewood",
+    "Underhill",
+    "Wetherby",
+    "Yarrow",
+    "Zouch",
+    "Bramble",
+    "Cobb",
+    "Dimmock",
+    "Farthing",
+    "Gosling",
+    "Hitchens",
+    "Inkpen",
+    "Jolley",
+    "Lovelock",
+    "Mudge",
+    "Ambler",
+    "Pickering",
+    "Quimby",
+    "Ravenscroft",
+    "Sedgwick",
+    "Tolliver",
+    "Upjohn",
+    "Vosper",
+    "Whitlock",
+    "Yelland",
+)
 # Disjoint from the first names, so "Pepper" is always a pet and never a person.
 PET_NAMES = (
-    "Biscuit", "Pepper", "Luna", "Coco", "Milo", "Rocky", "Ginger", "Shadow", "Pip", "Mochi",
-    "Button", "Toffee", "Ziggy", "Nutmeg", "Pickles", "Waffles", "Bramble", "Socks", "Clover",
-    "Sunny", "Muffin", "Olive", "Bean", "Rusty", "Bubbles", "Patch", "Fudge", "Noodle",
-    "Pebble", "Snowy", "Spot", "Whiskers", "Tango", "Peanut", "Jelly", "Sparky", "Dot",
-    "Maple", "Acorn", "Pudding",
+    "Biscuit",
+    "Pepper",
+    "Luna",
+    "Coco",
+    "Milo",
+    "Rocky",
+    "Ginger",
+    "Shadow",
+    "Pip",
+    "Mochi",
+    "Button",
+    "Toffee",
+    "Ziggy",
+    "Nutmeg",
+    "Pickles",
+    "Waffles",
+    "Bramble",
+    "Socks",
+    "Clover",
+    "Sunny",
+    "Muffin",
+    "Olive",
+    "Bean",
+    "Rusty",
+    "Bubbles",
+    "Patch",
+    "Fudge",
+    "Noodle",
+    "Pebble",
+    "Snowy",
+    "Spot",
+    "Whiskers",
+    "Tango",
+    "Peanut",
+    "Jelly",
+    "Sparky",
+    "Dot",
+    "Maple",
+    "Acorn",
+    "Pudding",
 )
 COLOURS = (
-    "red", "blue", "green", "yellow", "orange", "purple", "pink", "white", "black", "brown", "grey",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "orange",
+    "purple",
+    "pink",
+    "white",
+    "black",
+    "brown",
+    "grey",
 )
 FOODS = (
-    "pizza", "soup", "apple pie", "rice", "noodles", "cheese", "pancakes", "fish", "carrots",
-    "chocolate", "honey cake", "salad", "eggs", "curry", "strawberries", "plums", "potatoes",
+    "pizza",
+    "soup",
+    "apple pie",
+    "rice",
+    "noodles",
+    "cheese",
+    "pancakes",
+    "fish",
+    "carrots",
+    "chocolate",
+    "honey cake",
+    "salad",
+    "eggs",
+    "curry",
+    "strawberries",
+    "plums",
+    "potatoes",
 )
 HOBBIES = (
-    "painting", "fishing", "reading", "gardening", "singing", "dancing", "swimming", "cooking",
-    "knitting", "running", "playing chess", "playing the piano", "climbing", "cycling",
-    "bird watching", "drawing", "camping",
+    "painting",
+    "fishing",
+    "reading",
+    "gardening",
+    "singing",
+    "dancing",
+    "swimming",
+    "cooking",
+    "knitting",
+    "running",
+    "playing chess",
+    "playing the piano",
+    "climbing",
+    "cycling",
+    "bird watching",
+    "drawing",
+    "camping",
 )
 # job -> what a person with that job does every day (used by stories).
 JOBS = {
@@ -124,25 +443,76 @@ JOBS = {
 # Invented town names: prefix + middle + suffix ("Brin" + "dle" + "moor").
 # The middle syllable keeps them from being real place names.
 TOWN_PREFIXES = (
-    "Brin", "Ash", "Thorn", "Mel", "Cal", "Dun", "Fen", "Gal", "Hol", "Kes", "Lor", "Mar",
-    "Nor", "Pel", "Quen", "Ros", "Sel", "Tam", "Vel", "Wyn", "Bar", "Cor", "El", "Har",
+    "Brin",
+    "Ash",
+    "Thorn",
+    "Mel",
+    "Cal",
+    "Dun",
+    "Fen",
+    "Gal",
+    "Hol",
+    "Kes",
+    "Lor",
+    "Mar",
+    "Nor",
+    "Pel",
+    "Quen",
+    "Ros",
+    "Sel",
+    "Tam",
+    "Vel",
+    "Wyn",
+    "Bar",
+    "Cor",
+    "El",
+    "Har",
 )
 TOWN_MIDDLES = ("dle", "a", "e", "i", "o", "ri", "ven", "wen", "ling", "ber")
 TOWN_SUFFIXES = (
-    "moor", "ford", "wick", "stead", "holm", "by", "dale", "mere", "haven", "ton", "bury",
-    "field", "wood", "brook",
+    "moor",
+    "ford",
+    "wick",
+    "stead",
+    "holm",
+    "by",
+    "dale",
+    "mere",
+    "haven",
+    "ton",
+    "bury",
+    "field",
+    "wood",
+    "brook",
 )
 COUNTRY_SUFFIXES = ("land", "mark", "ia", "ova")
 N_COUNTRIES = 4
 REGIONS = ("north", "south", "east", "west")
 LANDMARKS = ("river", "lake", "hill", "forest", "mountain", "marsh", "waterfall", "bay")
 KNOWN_FOR = (
-    "apples", "cheese", "bridges", "boats", "bells", "wool", "bread", "roses", "kites",
-    "honey", "pottery", "clocks", "lanterns", "festivals", "gardens",
+    "apples",
+    "cheese",
+    "bridges",
+    "boats",
+    "bells",
+    "wool",
+    "bread",
+    "roses",
+    "kites",
+    "honey",
+    "pottery",
+    "clocks",
+    "lanterns",
+    "festivals",
+    "gardens",
 )
 ANIMAL_GROUPS = {  # singular -> plural
-    "mammal": "mammals", "bird": "birds", "fish": "fish", "reptile": "reptiles",
-    "amphibian": "amphibians", "insect": "insects",
+    "mammal": "mammals",
+    "bird": "birds",
+    "fish": "fish",
+    "reptile": "reptiles",
+    "amphibian": "amphibians",
+    "insect": "insects",
 }
 NUMBER_WORDS = {0: "no", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
@@ -158,30 +528,33 @@ class Animal:
     food: str
 
 
-ANIMALS = tuple(Animal(*row) for row in (
-    ("cat", "cats", "mammal", "meow", 4, "in people's homes", "fish"),
-    ("dog", "dogs", "mammal", "woof", 4, "in people's homes", "meat"),
-    ("rabbit", "rabbits", "mammal", "thump", 4, "in fields", "carrots"),
-    ("hamster", "hamsters", "mammal", "squeak", 4, "in people's homes", "seeds"),
-    ("parrot", "parrots", "bird", "squawk", 2, "in the jungle", "fruit"),
-    ("goldfish", "goldfish", "fish", "blub", 0, "in ponds", "worms"),
-    ("tortoise", "tortoises", "reptile", "hiss", 4, "in gardens", "leaves"),
-    ("horse", "horses", "mammal", "neigh", 4, "on farms", "hay"),
-    ("owl", "owls", "bird", "hoot", 2, "in the forest", "mice"),
-    ("cow", "cows", "mammal", "moo", 4, "on farms", "grass"),
-    ("sheep", "sheep", "mammal", "baa", 4, "on the hills", "grass"),
-    ("pig", "pigs", "mammal", "oink", 4, "on farms", "apples"),
-    ("duck", "ducks", "bird", "quack", 2, "on ponds", "weeds"),
-    ("frog", "frogs", "amphibian", "croak", 4, "near ponds", "flies"),
-    ("bee", "bees", "insect", "buzz", 6, "in meadows", "nectar"),
-    ("wolf", "wolves", "mammal", "howl", 4, "in the forest", "meat"),
-    ("fox", "foxes", "mammal", "yip", 4, "in the woods", "rabbits"),
-    ("bear", "bears", "mammal", "growl", 4, "in the mountains", "berries and fish"),
-    ("lion", "lions", "mammal", "roar", 4, "on the grassland", "meat"),
-    ("crow", "crows", "bird", "caw", 2, "in the fields", "seeds"),
-    ("hen", "hens", "bird", "cluck", 2, "on farms", "corn"),
-    ("snake", "snakes", "reptile", "hiss", 0, "in the long grass", "eggs"),
-))
+ANIMALS = tuple(
+    Animal(*row)
+    for row in (
+        ("cat", "cats", "mammal", "meow", 4, "in people's homes", "fish"),
+        ("dog", "dogs", "mammal", "woof", 4, "in people's homes", "meat"),
+        ("rabbit", "rabbits", "mammal", "thump", 4, "in fields", "carrots"),
+        ("hamster", "hamsters", "mammal", "squeak", 4, "in people's homes", "seeds"),
+        ("parrot", "parrots", "bird", "squawk", 2, "in the jungle", "fruit"),
+        ("goldfish", "goldfish", "fish", "blub", 0, "in ponds", "worms"),
+        ("tortoise", "tortoises", "reptile", "hiss", 4, "in gardens", "leaves"),
+        ("horse", "horses", "mammal", "neigh", 4, "on farms", "hay"),
+        ("owl", "owls", "bird", "hoot", 2, "in the forest", "mice"),
+        ("cow", "cows", "mammal", "moo", 4, "on farms", "grass"),
+        ("sheep", "sheep", "mammal", "baa", 4, "on the hills", "grass"),
+        ("pig", "pigs", "mammal", "oink", 4, "on farms", "apples"),
+        ("duck", "ducks", "bird", "quack", 2, "on ponds", "weeds"),
+        ("frog", "frogs", "amphibian", "croak", 4, "near ponds", "flies"),
+        ("bee", "bees", "insect", "buzz", 6, "in meadows", "nectar"),
+        ("wolf", "wolves", "mammal", "howl", 4, "in the forest", "meat"),
+        ("fox", "foxes", "mammal", "yip", 4, "in the woods", "rabbits"),
+        ("bear", "bears", "mammal", "growl", 4, "in the mountains", "berries and fish"),
+        ("lion", "lions", "mammal", "roar", 4, "on the grassland", "meat"),
+        ("crow", "crows", "bird", "caw", 2, "in the fields", "seeds"),
+        ("hen", "hens", "bird", "cluck", 2, "on farms", "corn"),
+        ("snake", "snakes", "reptile", "hiss", 0, "in the long grass", "eggs"),
+    )
+)
 PET_KINDS = ("cat", "dog", "rabbit", "hamster", "parrot", "goldfish", "tortoise", "horse")
 
 
@@ -196,30 +569,33 @@ class Thing:
     use: str  # a phrase that follows "used for": "boiling water"
 
 
-THINGS = tuple(Thing(*row) for row in (
-    ("cup", "cups", "white", "clay", "drinking tea"),
-    ("kettle", "kettles", "grey", "metal", "boiling water"),
-    ("chair", "chairs", "brown", "wood", "sitting"),
-    ("lamp", "lamps", "yellow", "glass", "giving light"),
-    ("hammer", "hammers", "grey", "iron", "hitting nails"),
-    ("spoon", "spoons", "grey", "metal", "eating soup"),
-    ("basket", "baskets", "brown", "straw", "carrying apples"),
-    ("umbrella", "umbrellas", "black", "cloth", "staying dry in the rain"),
-    ("candle", "candles", "white", "wax", "lighting a dark room"),
-    ("rope", "ropes", "brown", "hemp", "tying things together"),
-    ("bucket", "buckets", "blue", "tin", "carrying water"),
-    ("kite", "kites", "red", "paper", "flying in the wind"),
-    ("boot", "boots", "black", "leather", "walking in the mud"),
-    ("broom", "brooms", "brown", "straw", "sweeping the floor"),
-    ("bell", "bells", "yellow", "brass", "calling people"),
-    ("clock", "clocks", "white", "wood", "telling the time"),
-    ("needle", "needles", "grey", "steel", "sewing clothes"),
-    ("pot", "pots", "black", "iron", "cooking stew"),
-    ("ladder", "ladders", "brown", "wood", "climbing up high"),
-    ("blanket", "blankets", "green", "wool", "keeping warm"),
-    ("key", "keys", "yellow", "brass", "opening doors"),
-    ("bowl", "bowls", "blue", "clay", "holding food"),
-))
+THINGS = tuple(
+    Thing(*row)
+    for row in (
+        ("cup", "cups", "white", "clay", "drinking tea"),
+        ("kettle", "kettles", "grey", "metal", "boiling water"),
+        ("chair", "chairs", "brown", "wood", "sitting"),
+        ("lamp", "lamps", "yellow", "glass", "giving light"),
+        ("hammer", "hammers", "grey", "iron", "hitting nails"),
+        ("spoon", "spoons", "grey", "metal", "eating soup"),
+        ("basket", "baskets", "brown", "straw", "carrying apples"),
+        ("umbrella", "umbrellas", "black", "cloth", "staying dry in the rain"),
+        ("candle", "candles", "white", "wax", "lighting a dark room"),
+        ("rope", "ropes", "brown", "hemp", "tying things together"),
+        ("bucket", "buckets", "blue", "tin", "carrying water"),
+        ("kite", "kites", "red", "paper", "flying in the wind"),
+        ("boot", "boots", "black", "leather", "walking in the mud"),
+        ("broom", "brooms", "brown", "straw", "sweeping the floor"),
+        ("bell", "bells", "yellow", "brass", "calling people"),
+        ("clock", "clocks", "white", "wood", "telling the time"),
+        ("needle", "needles", "grey", "steel", "sewing clothes"),
+        ("pot", "pots", "black", "iron", "cooking stew"),
+        ("ladder", "ladders", "brown", "wood", "climbing up high"),
+        ("blanket", "blankets", "green", "wool", "keeping warm"),
+        ("key", "keys", "yellow", "brass", "opening doors"),
+        ("bowl", "bowls", "blue", "clay", "holding food"),
+    )
+)
 
 # ---------------------------------------------------------------------------
 # Config
@@ -233,35 +609,47 @@ class WorldConfig(BaseModel):
 
     seed: int = Field(0, description="Seed for the world and its corpus.")
     n_people: int = Field(
-        400, ge=2, le=len(MALE_NAMES + FEMALE_NAMES) * len(LAST_NAMES),
-        description="Number of people, each with a unique full name.")
+        400,
+        ge=2,
+        le=len(MALE_NAMES + FEMALE_NAMES) * len(LAST_NAMES),
+        description="Number of people, each with a unique full name.",
+    )
     n_places: int = Field(
-        40, ge=2, le=len(TOWN_PREFIXES) * len(TOWN_MIDDLES) * len(TOWN_SUFFIXES),
-        description="Number of invented towns (people's home towns are drawn from them).")
+        40,
+        ge=2,
+        le=len(TOWN_PREFIXES) * len(TOWN_MIDDLES) * len(TOWN_SUFFIXES),
+        description="Number of invented towns (people's home towns are drawn from them).",
+    )
     heldout_fraction: float = Field(
-        0.2, ge=0.0, lt=1.0,
-        description="Fraction of people whose facts appear only in the pretraining corpus.")
-    bios_per_person: int = Field(
-        12, ge=1, description="Paraphrased biographies per person (knowledge augmentation).")
+        0.2, ge=0.0, lt=1.0, description="Fraction of people whose facts appear only in the pretraining corpus."
+    )
+    bios_per_person: int = Field(12, ge=1, description="Paraphrased biographies per person (knowledge augmentation).")
     n_stories: int = Field(6000, ge=0, description="Short stories about people, pets and towns.")
     encyclopedia_per_entity: int = Field(
-        16, ge=0, description="Paraphrased encyclopedia entries per town, animal and object.")
-    n_arithmetic: int = Field(
-        4000, ge=0, description="Arithmetic documents (a few statements or problems each).")
-    max_number: int = Field(
-        50, ge=10, description="Largest number (operand or result) in arithmetic.")
-    n_llm_passages: int = Field(
-        300, ge=0, description="Copies in total of the passages about language models.")
+        16, ge=0, description="Paraphrased encyclopedia entries per town, animal and object."
+    )
+    n_arithmetic: int = Field(4000, ge=0, description="Arithmetic documents (a few statements or problems each).")
+    max_number: int = Field(50, ge=10, description="Largest number (operand or result) in arithmetic.")
+    n_llm_passages: int = Field(300, ge=0, description="Copies in total of the passages about language models.")
     n_new_people: int = Field(
-        0, ge=0, description="People who appear nowhere in the corpus or the instruction data, one short biography "
-        "each: the documents `fromzero run`'s synth stage writes its own instruction data from.")
+        0,
+        ge=0,
+        description="People who appear nowhere in the corpus or the instruction data, one short biography "
+        "each: the documents `fromzero run`'s synth stage writes its own instruction data from.",
+    )
     n_stranger_docs: int = Field(
-        0, ge=0, description="Documents about one-off people, two paraphrased biographies each: their facts are "
-        "predicted only by reading them from earlier in the document, how a model learns to copy from a text.")
+        0,
+        ge=0,
+        description="Documents about one-off people, two paraphrased biographies each: their facts are "
+        "predicted only by reading them from earlier in the document, how a model learns to copy from a text.",
+    )
     n_practice_people: int = Field(
-        0, ge=0, description="People known from nowhere but the synth stage's practice conversations: on their "
+        0,
+        ge=0,
+        description="People known from nowhere but the synth stage's practice conversations: on their "
         "biographies its question writer learns to ask what a sentence of a text says (so it reads names from the "
-        "text, not from memory).")
+        "text, not from memory).",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -397,8 +785,7 @@ class World:
             f"{len(self.animals)} animals, {len(self.objects)} objects",
         ]
         for kind in (*DOC_KINDS, "total"):
-            lines.append(
-                f"  {kind:<12} {s[kind]['docs']:>7,} docs {s[kind]['chars'] / 1e6:>7.2f} MB")
+            lines.append(f"  {kind:<12} {s[kind]['docs']:>7,} docs {s[kind]['chars'] / 1e6:>7.2f} MB")
         return "\n".join(lines)
 
 
@@ -408,9 +795,15 @@ def build_world(cfg: WorldConfig) -> World:
     places = _make_places(rng, cfg.n_places)
 
     rng = random.Random(f"{cfg.seed}:people")
-    names = [(f, g, l) for g, firsts in (("male", MALE_NAMES), ("female", FEMALE_NAMES))
-             for f in firsts for l in LAST_NAMES]
-    people = tuple(_make_person(rng, first, last, gender, places) for first, gender, last in rng.sample(names, cfg.n_people))
+    names = [
+        (f, g, last)
+        for g, firsts in (("male", MALE_NAMES), ("female", FEMALE_NAMES))
+        for f in firsts
+        for last in LAST_NAMES
+    ]
+    people = tuple(
+        _make_person(rng, first, last, gender, places) for first, gender, last in rng.sample(names, cfg.n_people)
+    )
 
     rng = random.Random(f"{cfg.seed}:split")
     heldout = set(rng.sample(range(len(people)), round(cfg.heldout_fraction * len(people))))
@@ -418,12 +811,18 @@ def build_world(cfg: WorldConfig) -> World:
     # strangers teach the model to read such a name's facts from the text, which the practice and the new people
     # need (a name of the people's pools is recalled: the pretrained model wrote "Nora Thorne" for "Nora Tanner").
     rng = random.Random(f"{cfg.seed}:strangers")
-    others = [(f, g, l) for g, firsts in (("male", STRANGER_MALE_NAMES), ("female", STRANGER_FEMALE_NAMES))
-              for f in firsts for l in STRANGER_LAST_NAMES]  # fmt: skip
+    others = [
+        (f, g, last)
+        for g, firsts in (("male", STRANGER_MALE_NAMES), ("female", STRANGER_FEMALE_NAMES))
+        for f in firsts
+        for last in STRANGER_LAST_NAMES
+    ]
     wanted = cfg.n_stranger_docs + cfg.n_new_people + cfg.n_practice_people
     if wanted > len(others):
-        raise ValueError(f"world: n_stranger_docs + n_new_people + n_practice_people = {wanted}, but the stranger "
-                         f"names make only {len(others)} people; lower one of them")  # fmt: skip
+        raise ValueError(
+            f"world: n_stranger_docs + n_new_people + n_practice_people = {wanted}, but the stranger "
+            f"names make only {len(others)} people; lower one of them"
+        )
     strangers = [_make_person(rng, first, last, gender, places) for first, gender, last in rng.sample(others, wanted)]
     known = strangers[cfg.n_stranger_docs :]
     return World(
@@ -441,10 +840,19 @@ def build_world(cfg: WorldConfig) -> World:
 
 
 def _make_person(rng: random.Random, first: str, last: str, gender: str, places: tuple[Place, ...]) -> Person:
-    return Person(first_name=first, last_name=last, gender=gender, age=rng.randint(20, 70),
-                  town=rng.choice(places).name, job=rng.choice(tuple(JOBS)), pet=rng.choice(PET_KINDS),
-                  pet_name=rng.choice(PET_NAMES), colour=rng.choice(COLOURS), food=rng.choice(FOODS),
-                  hobby=rng.choice(HOBBIES))  # fmt: skip
+    return Person(
+        first_name=first,
+        last_name=last,
+        gender=gender,
+        age=rng.randint(20, 70),
+        town=rng.choice(places).name,
+        job=rng.choice(tuple(JOBS)),
+        pet=rng.choice(PET_KINDS),
+        pet_name=rng.choice(PET_NAMES),
+        colour=rng.choice(COLOURS),
+        food=rng.choice(FOODS),
+        hobby=rng.choice(HOBBIES),
+    )
 
 
 def biography(p: Person, seed: int | str) -> str:
@@ -524,9 +932,18 @@ class WordProblem:
 
 
 ITEMS = (
-    ("apple", "apples"), ("egg", "eggs"), ("marble", "marbles"), ("book", "books"),
-    ("coin", "coins"), ("shell", "shells"), ("stamp", "stamps"), ("pencil", "pencils"),
-    ("cookie", "cookies"), ("flower", "flowers"), ("cherry", "cherries"), ("sticker", "stickers"),
+    ("apple", "apples"),
+    ("egg", "eggs"),
+    ("marble", "marbles"),
+    ("book", "books"),
+    ("coin", "coins"),
+    ("shell", "shells"),
+    ("stamp", "stamps"),
+    ("pencil", "pencils"),
+    ("cookie", "cookies"),
+    ("flower", "flowers"),
+    ("cherry", "cherries"),
+    ("sticker", "stickers"),
 )
 CONTAINERS = (("bag", "bags"), ("box", "boxes"), ("basket", "baskets"))
 GAINS = ("bought", "found", "was given")
@@ -547,16 +964,18 @@ def sample_word_problem(rng: random.Random, max_number: int) -> WordProblem:
         verb = rng.choice(GAINS)
         return WordProblem(
             f"{name} had {n(e.a)} and {verb} {e.b} more, so {he} had {n(e.result)}.",
-            f"{name} had {n(e.a)}. Then {he} {verb} {e.b} more. "
-            f"How many {items} does {name} have now?",
-            (e,), e.result)
+            f"{name} had {n(e.a)}. Then {he} {verb} {e.b} more. How many {items} does {name} have now?",
+            (e,),
+            e.result,
+        )
     if kind == "sub":
         e = sample_equation(rng, max_number, "-")
         return WordProblem(
             f"{name} had {n(e.a)} and gave {e.b} to a friend, so {he} had {n(e.result)} left.",
-            f"{name} had {n(e.a)}. Then {he} gave {e.b} to a friend. "
-            f"How many {items} does {name} have left?",
-            (e,), e.result)
+            f"{name} had {n(e.a)}. Then {he} gave {e.b} to a friend. How many {items} does {name} have left?",
+            (e,),
+            e.result,
+        )
     if kind == "mul":
         e = sample_equation(rng, max_number, "*")
         box, boxes = rng.choice(CONTAINERS)
@@ -564,7 +983,9 @@ def sample_word_problem(rng: random.Random, max_number: int) -> WordProblem:
         return WordProblem(
             f"{setup}, so {he} has {n(e.result)} in all.",
             f"{setup}. How many {items} does {name} have in all?",
-            (e,), e.result)
+            (e,),
+            e.result,
+        )
     first = sample_equation(rng, max_number, "+")
     given = rng.randint(1, first.result - 1)
     second = Equation(first.result, "-", given, first.result - given)
@@ -574,7 +995,9 @@ def sample_word_problem(rng: random.Random, max_number: int) -> WordProblem:
         f"so {he} had {n(second.result)} at the end.",
         f"{name} had {n(first.a)}. Then {he} {verb} {first.b} more and gave {second.b} away. "
         f"How many {items} does {name} have now?",
-        (first, second), second.result)
+        (first, second),
+        second.result,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -654,18 +1077,27 @@ def _biography(p: Person, rng: random.Random) -> str:
 
 
 def _bio_sentences(p: Person, rng: random.Random) -> list[tuple[str, str]]:
-    values = dict(age=p.age, town=p.town, a_job=_a(p.job), pet=p.pet, a_pet=_a(p.pet),
-                  pet_name=p.pet_name, colour=p.colour, food=p.food, hobby=p.hobby)
+    values = dict(
+        age=p.age,
+        town=p.town,
+        a_job=_a(p.job),
+        pet=p.pet,
+        a_pet=_a(p.pet),
+        pet_name=p.pet_name,
+        colour=p.colour,
+        food=p.food,
+        hobby=p.hobby,
+    )
     groups = list(BIO_TEMPLATES)
     rng.shuffle(groups)
     sentences = []
     for i, group in enumerate(groups):
         # The first sentence introduces the full name; later ones mix name and pronoun.
-        subject, possessive = (
-            (p.name, f"{p.name}'s") if i == 0 or rng.random() < 0.5 else (p.he, p.his))
+        subject, possessive = (p.name, f"{p.name}'s") if i == 0 or rng.random() < 0.5 else (p.he, p.his)
         template = rng.choice(BIO_TEMPLATES[group])
-        sentences.append((group, template.format(
-            S=_cap(subject), s=subject, P=_cap(possessive), p=possessive, own=p.his, **values)))
+        sentences.append(
+            (group, template.format(S=_cap(subject), s=subject, P=_cap(possessive), p=possessive, own=p.his, **values))
+        )
     return sentences
 
 
@@ -677,8 +1109,14 @@ def _other(rng: random.Random, items: tuple[T, ...], exclude: T) -> T:
 
 
 OPENINGS = (
-    "One sunny morning", "On a rainy afternoon", "Last Sunday", "Early one morning",
-    "One cold winter evening", "On a warm summer day", "One quiet evening", "On a windy day",
+    "One sunny morning",
+    "On a rainy afternoon",
+    "Last Sunday",
+    "Early one morning",
+    "One cold winter evening",
+    "On a warm summer day",
+    "One quiet evening",
+    "On a windy day",
 )
 
 
@@ -687,56 +1125,91 @@ def _story(world: World, rng: random.Random) -> Document:
     place = world.place(p.town)
     pet = world.animal(p.pet)
     v = dict(
-        name=p.name, he=p.he, He=_cap(p.he), him=p.him, his=p.his, His=_cap(p.his),
-        age=p.age, town=p.town, a_job=_a(p.job), activity=JOBS[p.job], pet=p.pet,
-        pet_name=p.pet_name, pet_food=pet.food, sound=pet.sound, Sound=_cap(pet.sound),
-        colour=p.colour, food=p.food, hobby=p.hobby, landmark=place.landmark,
-        opening=rng.choice(OPENINGS), a_thing=_a(rng.choice(world.objects).name),
+        name=p.name,
+        he=p.he,
+        He=_cap(p.he),
+        him=p.him,
+        his=p.his,
+        His=_cap(p.his),
+        age=p.age,
+        town=p.town,
+        a_job=_a(p.job),
+        activity=JOBS[p.job],
+        pet=p.pet,
+        pet_name=p.pet_name,
+        pet_food=pet.food,
+        sound=pet.sound,
+        Sound=_cap(pet.sound),
+        colour=p.colour,
+        food=p.food,
+        hobby=p.hobby,
+        landmark=place.landmark,
+        opening=rng.choice(OPENINGS),
+        a_thing=_a(rng.choice(world.objects).name),
     )
     kind = rng.randrange(7)
     if kind == 0:
-        text = ("{opening}, {name} was at home in {town} with {his} {pet}, {pet_name}. "
-                "{pet_name} said \"{sound}\" because it was hungry. {He} gave {pet_name} "
-                "some {pet_food}, and the {pet} was happy again.")
+        text = (
+            "{opening}, {name} was at home in {town} with {his} {pet}, {pet_name}. "
+            '{pet_name} said "{sound}" because it was hungry. {He} gave {pet_name} '
+            "some {pet_food}, and the {pet} was happy again."
+        )
     elif kind == 1:
-        text = ("{name} is {a_job} in {town}. Every day {he} {activity}. Today was a busy "
-                "day, and by noon {he} was very hungry, so {he} had some {food}, {his} "
-                "favourite food. After work {he} went home to {his} {pet}, {pet_name}.")
+        text = (
+            "{name} is {a_job} in {town}. Every day {he} {activity}. Today was a busy "
+            "day, and by noon {he} was very hungry, so {he} had some {food}, {his} "
+            "favourite food. After work {he} went home to {his} {pet}, {pet_name}."
+        )
     elif kind == 2:
-        text = ("{opening}, {name} did not have to work. {He} spent the whole day {hobby}. "
-                "{His} {pet} {pet_name} stayed close by. In the evening {he} said, "
-                "\"I love {hobby} more than anything!\"")
+        text = (
+            "{opening}, {name} did not have to work. {He} spent the whole day {hobby}. "
+            "{His} {pet} {pet_name} stayed close by. In the evening {he} said, "
+            '"I love {hobby} more than anything!"'
+        )
     elif kind == 3:
-        text = ("{opening}, {name} could not find {his} {pet}, {pet_name}. {He} looked all "
-                "over {town}. At last {he} found {pet_name} near the {landmark}, hiding "
-                "behind {a_thing}. \"{Sound}!\" said {pet_name}, and {name} laughed and "
-                "took the {pet} home.")
+        text = (
+            "{opening}, {name} could not find {his} {pet}, {pet_name}. {He} looked all "
+            "over {town}. At last {he} found {pet_name} near the {landmark}, hiding "
+            'behind {a_thing}. "{Sound}!" said {pet_name}, and {name} laughed and '
+            "took the {pet} home."
+        )
     elif kind == 4:
-        text = ("Today {name} turned {age}. {His} friends in {town} came with {colour} "
-                "balloons, because they know that {colour} is {his} favourite colour. They "
-                "ate {food} together, and {pet_name} the {pet} got some {pet_food} too.")
+        text = (
+            "Today {name} turned {age}. {His} friends in {town} came with {colour} "
+            "balloons, because they know that {colour} is {his} favourite colour. They "
+            "ate {food} together, and {pet_name} the {pet} got some {pet_food} too."
+        )
     elif kind == 5:
         other = _other(rng, world.places, place)
-        v.update(other=other.name, region=other.region, country=other.country,
-                 known_for=other.known_for, days=NUMBER_WORDS[rng.choice((2, 3, 4, 5))])
-        text = ("{opening}, {name} left {his} home in {town} to visit {other}. {other} is a "
-                "town in the {region} of {country}, and it is famous for its {known_for}. "
-                "{He} stayed there for {days} days. While {he} was away, a friend looked "
-                "after {his} {pet}, {pet_name}. When {he} came back to {town}, {pet_name} "
-                "was very glad to see {him}.")
+        v.update(
+            other=other.name,
+            region=other.region,
+            country=other.country,
+            known_for=other.known_for,
+            days=NUMBER_WORDS[rng.choice((2, 3, 4, 5))],
+        )
+        text = (
+            "{opening}, {name} left {his} home in {town} to visit {other}. {other} is a "
+            "town in the {region} of {country}, and it is famous for its {known_for}. "
+            "{He} stayed there for {days} days. While {he} was away, a friend looked "
+            "after {his} {pet}, {pet_name}. When {he} came back to {town}, {pet_name} "
+            "was very glad to see {him}."
+        )
     else:
         friend = _other(rng, world.people, p)
-        v.update(friend=friend.name, friend_town=friend.town, friend_food=friend.food,
-                 thing=rng.choice(world.objects).name)
-        text = ("{name} and {friend} are good friends. {opening}, {name} went to see "
-                "{friend} in {friend_town} and brought a {colour} {thing} as a gift, because "
-                "{colour} is {his} favourite colour. {friend} was very happy. Together they "
-                "ate {friend_food}, which is {friend}'s favourite food, and talked until dark.")
+        v.update(
+            friend=friend.name, friend_town=friend.town, friend_food=friend.food, thing=rng.choice(world.objects).name
+        )
+        text = (
+            "{name} and {friend} are good friends. {opening}, {name} went to see "
+            "{friend} in {friend_town} and brought a {colour} {thing} as a gift, because "
+            "{colour} is {his} favourite colour. {friend} was very happy. Together they "
+            "ate {friend_food}, which is {friend}'s favourite food, and talked until dark."
+        )
     return Document("story", text.format(**v), p.name)
 
 
-def _entry(rng: random.Random, templates: tuple[tuple[str, ...], ...],
-           values: dict[str, object]) -> str:
+def _entry(rng: random.Random, templates: tuple[tuple[str, ...], ...], values: dict[str, object]) -> str:
     """One encyclopedia entry: a sentence from the first template group says what
     the entity is, then one from each other group, in a random order."""
     rest = list(templates[1:])
@@ -819,26 +1292,47 @@ THING_TEMPLATES = (
 
 
 def _place_entry(place: Place, rng: random.Random) -> Document:
-    values = dict(name=place.name, region=place.region, country=place.country,
-                  landmark=place.landmark, known_for=place.known_for,
-                  population=place.population)
+    values = dict(
+        name=place.name,
+        region=place.region,
+        country=place.country,
+        landmark=place.landmark,
+        known_for=place.known_for,
+        population=place.population,
+    )
     text = _entry(rng, PLACE_TEMPLATES, values)
     return Document("encyclopedia", text, place.name)
 
 
 def _animal_entry(animal: Animal, rng: random.Random) -> Document:
-    values = dict(kind=animal.kind, a_kind=_a(animal.kind), A_kind=_cap(_a(animal.kind)),
-                  plural=animal.plural, Plural=_cap(animal.plural), a_group=_a(animal.group),
-                  groups=ANIMAL_GROUPS[animal.group], habitat=animal.habitat,
-                  legs=NUMBER_WORDS[animal.legs], food=animal.food, sound=animal.sound)
+    values = dict(
+        kind=animal.kind,
+        a_kind=_a(animal.kind),
+        A_kind=_cap(_a(animal.kind)),
+        plural=animal.plural,
+        Plural=_cap(animal.plural),
+        a_group=_a(animal.group),
+        groups=ANIMAL_GROUPS[animal.group],
+        habitat=animal.habitat,
+        legs=NUMBER_WORDS[animal.legs],
+        food=animal.food,
+        sound=animal.sound,
+    )
     text = _entry(rng, ANIMAL_TEMPLATES, values)
     return Document("encyclopedia", text, animal.kind)
 
 
 def _thing_entry(thing: Thing, rng: random.Random) -> Document:
-    values = dict(name=thing.name, a_name=_a(thing.name), A_name=_cap(_a(thing.name)),
-                  plural=thing.plural, Plural=_cap(thing.plural), colour=thing.colour,
-                  material=thing.material, use=thing.use)
+    values = dict(
+        name=thing.name,
+        a_name=_a(thing.name),
+        A_name=_cap(_a(thing.name)),
+        plural=thing.plural,
+        Plural=_cap(thing.plural),
+        colour=thing.colour,
+        material=thing.material,
+        use=thing.use,
+    )
     text = _entry(rng, THING_TEMPLATES, values)
     return Document("encyclopedia", text, thing.name)
 
@@ -867,30 +1361,25 @@ LLM_PASSAGES = (
     "LLM, is a language model with many parameters that was trained on a lot of text. The "
     "parameters are numbers that the model learns during training. By learning to predict "
     "the next word, the model learns grammar, facts about the world and a little reasoning.",
-
     "How does a language model learn? First it is pretrained: it reads a large amount of "
     "text and learns to predict the next token. A token is a small piece of text, like a "
     "word or a part of a word. After pretraining, the model can continue a text, but it "
     "does not yet know how to answer questions. Then it is fine-tuned on examples of "
     "questions and answers, so that it learns to act like a helpful assistant.",
-
     "An assistant is a language model that has been trained to answer questions and follow "
     "instructions. To make one, people start with a pretrained model and show it many "
     "conversations between a user and an assistant. This step is called supervised "
     "fine-tuning, or SFT. Later the model can learn from preferences: for a question it "
     "sees a good answer and a worse answer, and it learns to prefer the good one.",
-
     "A language model does not look things up. Everything it knows was learned from the "
     "text it read during training, and it is stored in its parameters. When it answers a "
     "question, it writes one token at a time. Sometimes a language model makes mistakes and "
-    "says things that are not true. A good assistant says \"I don't know\" when it does not "
+    'says things that are not true. A good assistant says "I don\'t know" when it does not '
     "know the answer.",
-
     "Language models can also learn to reason. When a model solves a problem step by step, "
     "for example 7 + 5 = 12 and then 12 - 3 = 9, it is more likely to get the right answer. "
     "With reinforcement learning, the model tries many answers, gets a reward when an "
     "answer is correct, and slowly learns to reason better.",
-
     "A small language model has few parameters and can be trained on a laptop in minutes. "
     "A large language model has billions of parameters and is trained on many computers "
     "for weeks. Both work in the same way: they turn text into tokens, read the tokens, and "
@@ -916,7 +1405,9 @@ def _write_corpus(world: World) -> tuple[Document, ...]:
                 docs.append(Document("bio", bio, p.name))
 
     rng = stream("strangers")
-    docs += [Document("stranger", _biography(p, rng) + " " + _biography(p, rng), p.name) for p in world.corpus_strangers]
+    docs += [
+        Document("stranger", _biography(p, rng) + " " + _biography(p, rng), p.name) for p in world.corpus_strangers
+    ]
 
     rng = stream("stories")
     docs += [_story(world, rng) for _ in range(cfg.n_stories)]
@@ -930,8 +1421,7 @@ def _write_corpus(world: World) -> tuple[Document, ...]:
     rng = stream("arithmetic")
     docs += [_arithmetic(rng, cfg.max_number) for _ in range(cfg.n_arithmetic)]
 
-    docs += [Document("llm", LLM_PASSAGES[i % len(LLM_PASSAGES)])
-             for i in range(cfg.n_llm_passages)]
+    docs += [Document("llm", LLM_PASSAGES[i % len(LLM_PASSAGES)]) for i in range(cfg.n_llm_passages)]
 
     stream("shuffle").shuffle(docs)
     return tuple(docs)

@@ -33,17 +33,42 @@ from fromzero.data.world import ATTRIBUTES, Person, World, biography_sentences, 
 DIRECT: dict[str, tuple[str, ...]] = {
     "age": ("How old is {n}?", "What is {n}'s age?", "What age is {n}?", "How many years old is {n}?"),
     "town": ("Where does {n} live?", "What is {n}'s home town?", "Which town does {n} live in?", "Where is {n} from?"),
-    "job": ("What does {n} do for a living?", "What is {n}'s job?", "What job does {n} have?", "What work does {n} do?"),
-    "pet": ("What pet does {n} have?", "What kind of pet does {n} own?", "What animal does {n} have as a pet?",
-            "Which pet does {n} keep?"),
-    "pet_name": ("What is the name of {n}'s pet?", "What is {n}'s pet called?", "What did {n} name {his} pet?",
-                 "How is {n}'s pet called?"),
-    "colour": ("What is {n}'s favourite colour?", "Which colour does {n} like best?", "What colour does {n} like most?",
-               "What is the favourite colour of {n}?"),
-    "food": ("What is {n}'s favourite food?", "What food does {n} like best?", "What does {n} like to eat most?",
-             "What is the favourite food of {n}?"),
-    "hobby": ("What is {n}'s hobby?", "What does {n} do for fun?", "What does {n} like to do in {his} free time?",
-              "How does {n} spend {his} free time?"),
+    "job": (
+        "What does {n} do for a living?",
+        "What is {n}'s job?",
+        "What job does {n} have?",
+        "What work does {n} do?",
+    ),
+    "pet": (
+        "What pet does {n} have?",
+        "What kind of pet does {n} own?",
+        "What animal does {n} have as a pet?",
+        "Which pet does {n} keep?",
+    ),
+    "pet_name": (
+        "What is the name of {n}'s pet?",
+        "What is {n}'s pet called?",
+        "What did {n} name {his} pet?",
+        "How is {n}'s pet called?",
+    ),
+    "colour": (
+        "What is {n}'s favourite colour?",
+        "Which colour does {n} like best?",
+        "What colour does {n} like most?",
+        "What is the favourite colour of {n}?",
+    ),
+    "food": (
+        "What is {n}'s favourite food?",
+        "What food does {n} like best?",
+        "What does {n} like to eat most?",
+        "What is the favourite food of {n}?",
+    ),
+    "hobby": (
+        "What is {n}'s hobby?",
+        "What does {n} do for fun?",
+        "What does {n} like to do in {his} free time?",
+        "How does {n} spend {his} free time?",
+    ),
 }
 EMBEDDED: dict[str, tuple[str, ...]] = {
     "age": ("how old {n} is", "the age of {n}"),
@@ -55,7 +80,13 @@ EMBEDDED: dict[str, tuple[str, ...]] = {
     "food": ("which food {n} likes best", "{n}'s favourite food"),
     "hobby": ("what {n} does for fun", "{n}'s hobby"),
 }
-FRAMES = ("Do you know {x}?", "Please tell me {x}.", "Can you tell me {x}?", "Tell me {x}.", "I would like to know {x}.")
+FRAMES = (
+    "Do you know {x}?",
+    "Please tell me {x}.",
+    "Can you tell me {x}?",
+    "Tell me {x}.",
+    "I would like to know {x}.",
+)
 
 
 def _phrasings(attr: str, index: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -66,15 +97,21 @@ def _phrasings(attr: str, index: int) -> tuple[tuple[str, ...], tuple[str, ...]]
 
 
 # attribute -> (training phrasings, held-out phrasings); {n} is the full name, {his} the pronoun
-QUESTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {attr: _phrasings(attr, i) for i, attr in enumerate(DIRECT)}
+QUESTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    attr: _phrasings(attr, i) for i, attr in enumerate(DIRECT)
+}
 
 STYLES = ("good", "curt", "rambling", "rude")
-RAMBLE_OPEN = ("Well, that is a very interesting question, and I have thought about it for a long time.",
-               "Hmm, let me think about this for a while, because there is a lot that one could say.",
-               "Oh, I could talk about this all day, so let me start at the very beginning.")  # fmt: skip
-RAMBLE_CLOSE = ("I hope this long answer was not too long, and I could say much more about it if you like.",
-                "There is a lot more to say, but I will stop here for now, even though I could go on.",
-                "Anyway, that is what I know, and I could tell you the whole story again if you want.")  # fmt: skip
+RAMBLE_OPEN = (
+    "Well, that is a very interesting question, and I have thought about it for a long time.",
+    "Hmm, let me think about this for a while, because there is a lot that one could say.",
+    "Oh, I could talk about this all day, so let me start at the very beginning.",
+)
+RAMBLE_CLOSE = (
+    "I hope this long answer was not too long, and I could say much more about it if you like.",
+    "There is a lot more to say, but I will stop here for now, even though I could go on.",
+    "Anyway, that is what I know, and I could tell you the whole story again if you want.",
+)
 CURT_OPEN = "Um,"
 RUDE_OPEN = ("Ugh, why are you asking me this?", "Seriously? Fine.", "What a boring question.")
 RUDE_CLOSE = ("Now stop bothering me.", "Figure it out yourself next time.", "Don't ask me again.")
@@ -124,8 +161,7 @@ class InstructConfig(BaseModel):
     seed: int = Field(0, description="seed for phrasing, style and sampling choices")
     questions_per_fact: int = Field(3, description="training phrasings asked per (trained person, attribute)")
     style_weights: dict[str, float] = Field(
-        # curt stays rare: a curt-heavy mix made greedy answers curt and recall worse, and curt 0.1 / rambling 0.2
-        # instead of 0.05 / 0.25 took stage 4's cold-started model from 0.83 to 0.53 on its problems (one run each)
+        # curt stays rare: more of it makes greedy answers curt and recall and stage 4's cold start worse
         default_factory=lambda: {"good": 0.3, "curt": 0.05, "rambling": 0.25, "rude": 0.4},
         description="share of answers in each style (good, curt, rambling, rude)",
     )
@@ -136,14 +172,27 @@ class InstructConfig(BaseModel):
     multi_turn_fraction: float = Field(0.1, description="conversations with a second question")
     system_fraction: float = Field(0.2, description="conversations that start with a system prompt")
     eval_questions: int = Field(200, description="questions in each held-out set")
-    practice_questions: tuple[int, int] = Field((1, 2), description="practice conversations per practice person "
-                                                "(a sentence of their biography each), lowest and highest")  # fmt: skip
-    general_questions: int = Field(40, ge=1, description="held-out questions per kind in the general evaluation (fewer "
-                                   "where a kind has fewer)")  # fmt: skip
+    practice_questions: tuple[int, int] = Field(
+        (1, 2),
+        description="practice conversations per practice person "
+        "(a sentence of their biography each), lowest and highest",
+    )
+    general_questions: int = Field(
+        40, ge=1, description="held-out questions per kind in the general evaluation (fewer where a kind has fewer)"
+    )
 
 
-KINDS = ("people", "towns", "animals", "objects", "comparisons", "arithmetic", "language_models", "small_talk",
-         "word_problems")  # fmt: skip
+KINDS = (
+    "people",
+    "towns",
+    "animals",
+    "objects",
+    "comparisons",
+    "arithmetic",
+    "language_models",
+    "small_talk",
+    "word_problems",
+)
 
 
 @dataclass(frozen=True)
@@ -152,7 +201,9 @@ class Question:
 
     question: str
     person: str  # the name asked about (a person, town, "a cat"), removed before values are matched; "" for none
-    attribute: str  # what is asked: a person attribute, a town/animal/object field, older, residents, number, chat, task
+    attribute: (
+        str  # what is asked: a person attribute, a town/animal/object field, older, residents, number, chat, task
+    )
     expected: str
     kind: str = "people"  # one of KINDS
     system: str | None = None  # a system prompt to ask after
@@ -168,8 +219,11 @@ class InstructData:
     general: list[Question]  # the general evaluation's held-out questions of every kind but word problems
 
 
-SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a friendly assistant who answers questions about the world.",
-                  "Answer the user's questions.")  # fmt: skip
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a friendly assistant who answers questions about the world.",
+    "Answer the user's questions.",
+)
 # (message, good answer, curt answer, kind, words an on-topic answer uses: the rubric of the general evaluation)
 GREETING = ("hello", "hi", "help", "morning", "welcome", "fine")
 LM_WORDS = ("language model", "predicts", "predicting", "words", "text")
@@ -179,23 +233,51 @@ SMALL_TALK = (
     ("Good morning!", "Good morning! How can I help you?", "morning", "small_talk", GREETING),
     ("How are you?", "I am fine, thank you. How can I help you?", "fine", "small_talk", GREETING),
     ("Thank you!", "You are welcome!", "sure", "small_talk", ("welcome", "sure", "help")),
-    ("Who are you?", "I am a small language model. I answer questions about the people, towns and animals I know.",
-     "a language model", "small_talk", ("language model",)),
-    ("What is an LLM?", "An LLM is a large language model: a language model with many parameters, trained on a lot of text.",
-     "a large language model", "language_models", ("language model",)),
-    ("What is a language model?", "A language model is a program that predicts the next word in a text.",
-     "a program that predicts words", "language_models", LM_WORDS),
-    ("What does LLM stand for?", "LLM stands for large language model.", "large language model", "language_models",
-     ("large language model",)),
-    ("How does a language model learn?", "A language model learns by reading a lot of text and predicting the next word.",
-     "by predicting words", "language_models", LM_WORDS),
+    (
+        "Who are you?",
+        "I am a small language model. I answer questions about the people, towns and animals I know.",
+        "a language model",
+        "small_talk",
+        ("language model",),
+    ),
+    (
+        "What is an LLM?",
+        "An LLM is a large language model: a language model with many parameters, trained on a lot of text.",
+        "a large language model",
+        "language_models",
+        ("language model",),
+    ),
+    (
+        "What is a language model?",
+        "A language model is a program that predicts the next word in a text.",
+        "a program that predicts words",
+        "language_models",
+        LM_WORDS,
+    ),
+    (
+        "What does LLM stand for?",
+        "LLM stands for large language model.",
+        "large language model",
+        "language_models",
+        ("large language model",),
+    ),
+    (
+        "How does a language model learn?",
+        "A language model learns by reading a lot of text and predicting the next word.",
+        "by predicting words",
+        "language_models",
+        LM_WORDS,
+    ),
 )
 # never trained on: the general evaluation's small talk and language-model questions, each also asked after every
 # system prompt
 HELDOUT_CHAT = (
-    ("Hello there!", "small_talk", GREETING), ("Hi!", "small_talk", GREETING),
-    ("Hello! How are you?", "small_talk", GREETING), ("Good morning to you!", "small_talk", GREETING),
-    ("Hi, how are you today?", "small_talk", GREETING), ("Thanks!", "small_talk", ("welcome", "sure", "help")),
+    ("Hello there!", "small_talk", GREETING),
+    ("Hi!", "small_talk", GREETING),
+    ("Hello! How are you?", "small_talk", GREETING),
+    ("Good morning to you!", "small_talk", GREETING),
+    ("Hi, how are you today?", "small_talk", GREETING),
+    ("Thanks!", "small_talk", ("welcome", "sure", "help")),
     ("Thank you very much!", "small_talk", ("welcome", "sure", "help")),
     ("What are you?", "small_talk", ("language model",)),
     ("What is a large language model?", "language_models", ("language model",)),
@@ -208,15 +290,18 @@ HELDOUT_CHAT = (
     ("Explain what a language model is.", "language_models", LM_WORDS),
     ("How does an LLM learn?", "language_models", LM_WORDS),
     ("What is the meaning of LLM?", "language_models", ("language model",)),
-    ("Hey there!", "small_talk", GREETING), ("Good evening!", "small_talk", GREETING),
-)  # fmt: skip
+    ("Hey there!", "small_talk", GREETING),
+    ("Good evening!", "small_talk", GREETING),
+)
 
 
 def _person_qa(p: Person, attr: str, template: str, style: str, rng: random.Random) -> list[Message]:
     question = template.format(n=p.name, his=p.his)
     short = str(getattr(p, attr)) if attr != "job" else a(p.job)
-    return [{"role": "user", "content": question},
-            {"role": "assistant", "content": styled(fact_sentence(p, attr), short, style, rng)}]  # fmt: skip
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": styled(fact_sentence(p, attr), short, style, rng)},
+    ]
 
 
 # World facts asked about, per kind: field -> (training question, held-out question, good answer, curt answer).
@@ -248,12 +333,22 @@ def legs(an) -> str:
 def field_values(world: World) -> dict[str, dict[str, str]]:
     """kind -> {subject: {field: value}} for the towns, animals and objects of a world."""
     return {
-        "towns": {t.name: {"country": t.country, "known_for": t.known_for, "landmark": t.landmark, "region": t.region,
-                           "_c": t.country} for t in world.places},
-        "animals": {a(an.kind): {"legs": legs(an), "eats": an.food, "habitat": an.habitat, "sound": an.sound}
-                    for an in world.animals},
+        "towns": {
+            t.name: {
+                "country": t.country,
+                "known_for": t.known_for,
+                "landmark": t.landmark,
+                "region": t.region,
+                "_c": t.country,
+            }
+            for t in world.places
+        },
+        "animals": {
+            a(an.kind): {"legs": legs(an), "eats": an.food, "habitat": an.habitat, "sound": an.sound}
+            for an in world.animals
+        },
         "objects": {a(th.name): {"use": th.use, "material": th.material} for th in world.objects},
-    }  # fmt: skip
+    }
 
 
 @dataclass(frozen=True)
@@ -282,8 +377,11 @@ def _field_ask(world: World, kind: str, subject: str, fld: str, heldout: bool = 
 
 def _world_qa(world: World, rng: random.Random) -> Ask:
     kind = ("towns", "animals", "objects")[rng.randrange(3)]
-    subjects = {"towns": [t.name for t in world.places], "animals": [a(an.kind) for an in world.animals],
-                "objects": [a(th.name) for th in world.objects]}[kind]  # fmt: skip
+    subjects = {
+        "towns": [t.name for t in world.places],
+        "animals": [a(an.kind) for an in world.animals],
+        "objects": [a(th.name) for th in world.objects],
+    }[kind]
     subject = rng.choice(subjects)
     return _field_ask(world, kind, subject, rng.choice(tuple(FIELDS[kind])))
 
@@ -371,14 +469,23 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
             for template in rng.sample(QUESTIONS[attr][0], cfg.questions_per_fact):
                 style = pick_style()
                 singles.append((_person_qa(p, attr, template, style, rng), style))
-    extra = ([_world_qa(world, rng) for _ in range(cfg.n_world_questions)]
-             + [_comparison(world, rng) for _ in range(cfg.n_comparisons)]
-             + [_arithmetic(world, rng) for _ in range(cfg.n_arithmetic)]
-             + [_chat_ask(rng.choice(SMALL_TALK)) for _ in range(cfg.n_small_talk)])  # fmt: skip
+    extra = (
+        [_world_qa(world, rng) for _ in range(cfg.n_world_questions)]
+        + [_comparison(world, rng) for _ in range(cfg.n_comparisons)]
+        + [_arithmetic(world, rng) for _ in range(cfg.n_arithmetic)]
+        + [_chat_ask(rng.choice(SMALL_TALK)) for _ in range(cfg.n_small_talk)]
+    )
     for ask in extra:
         style = pick_style()
-        singles.append(([{"role": "user", "content": ask.q.question},
-                         {"role": "assistant", "content": styled(*ask.write(ask.q.expected), style, rng)}], style))  # fmt: skip
+        singles.append(
+            (
+                [
+                    {"role": "user", "content": ask.q.question},
+                    {"role": "assistant", "content": styled(*ask.write(ask.q.expected), style, rng)},
+                ],
+                style,
+            )
+        )
     rng.shuffle(singles)
 
     train: list[list[Message]] = []
@@ -400,12 +507,24 @@ def build_instructions(world: World, cfg: InstructConfig) -> InstructData:
     def questions(people, phrasing: int) -> list[Question]:
         pairs = [(p, attr) for p in people for attr in ATTRIBUTES]
         chosen = eval_rng.sample(pairs, min(cfg.eval_questions, len(pairs)))
-        return [Question(eval_rng.choice(QUESTIONS[attr][phrasing]).format(n=p.name, his=p.his), p.name, attr,
-                         world.facts(p)[attr]) for p, attr in chosen]  # fmt: skip
+        return [
+            Question(
+                eval_rng.choice(QUESTIONS[attr][phrasing]).format(n=p.name, his=p.his),
+                p.name,
+                attr,
+                world.facts(p)[attr],
+            )
+            for p, attr in chosen
+        ]
 
     trained = {m["content"] for c in train for m in c if m["role"] == "user"}
-    return InstructData(train, train_styles, questions(world.trained_people, 1), questions(world.heldout_people, 0),
-                        general_questions(world, cfg.general_questions, cfg.seed, trained))  # fmt: skip
+    return InstructData(
+        train,
+        train_styles,
+        questions(world.trained_people, 1),
+        questions(world.heldout_people, 0),
+        general_questions(world, cfg.general_questions, cfg.seed, trained),
+    )
 
 
 def practice_conversations(world: World, cfg: InstructConfig, rng: random.Random) -> list[list[Message]]:
@@ -423,8 +542,12 @@ def practice_conversations(world: World, cfg: InstructConfig, rng: random.Random
         for group, sentence in rng.sample(told, rng.randint(low, high)):
             attr = rng.choice(("pet", "pet_name")) if group == "pet" else group
             question = rng.choice(QUESTIONS[attr][0]).format(n=p.name, his=p.his)
-            out.append([{"role": "user", "content": render_question_prompt(QUESTION_TEMPLATE, bio, sentence)},
-                        {"role": "assistant", "content": question}])  # fmt: skip
+            out.append(
+                [
+                    {"role": "user", "content": render_question_prompt(QUESTION_TEMPLATE, bio, sentence)},
+                    {"role": "assistant", "content": question},
+                ]
+            )
     return out
 
 
@@ -432,8 +555,11 @@ def new_people_questions(world: World, seed: int) -> list[Question]:
     """Every fact of every new person, each asked once in a held-out phrasing (the synth stage's generator writes
     training phrasings): what a model knows of the people only the new documents describe."""
     rng = random.Random(f"{seed}:new-people")
-    return [Question(rng.choice(QUESTIONS[attr][1]).format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr])
-            for p in world.new_people for attr in ATTRIBUTES]  # fmt: skip
+    return [
+        Question(rng.choice(QUESTIONS[attr][1]).format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr])
+        for p in world.new_people
+        for attr in ATTRIBUTES
+    ]
 
 
 def general_questions(world: World, n: int, seed: int, trained: set[str]) -> list[Question]:
@@ -448,7 +574,9 @@ def general_questions(world: World, n: int, seed: int, trained: set[str]) -> lis
     out: list[Question] = []
     facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
     for p, attr in rng.sample(facts, min(n, len(facts))):
-        out.append(Question(rng.choice(QUESTIONS[attr][1]).format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr]))
+        out.append(
+            Question(rng.choice(QUESTIONS[attr][1]).format(n=p.name, his=p.his), p.name, attr, world.facts(p)[attr])
+        )
     for kind, facts_of in field_values(world).items():
         pairs = [(subject, fld) for subject in facts_of for fld in FIELDS[kind]]
         out += [_field_ask(world, kind, s, f).q for s, f in rng.sample(pairs, min(n, len(pairs)))]
@@ -472,8 +600,12 @@ def general_questions(world: World, n: int, seed: int, trained: set[str]) -> lis
     systems = (None, *SYSTEM_PROMPTS)
     for kind in ("language_models", "small_talk"):
         messages = [(m, k, words) for m, _, _, k, words in SMALL_TALK] + list(HELDOUT_CHAT)
-        chat = [Question(m, "", "chat", "", kind, system, words) for m, k, words in messages if k == kind
-                for system in systems]  # fmt: skip
+        chat = [
+            Question(m, "", "chat", "", kind, system, words)
+            for m, k, words in messages
+            if k == kind
+            for system in systems
+        ]
         out += rng.sample(chat, min(n, len(chat)))
     return out
 
@@ -497,13 +629,16 @@ class Judge:
 
     def __init__(self, world: World):
         people = {attr: {str(getattr(p, attr)) for p in world.people} for attr in ATTRIBUTES}
-        fields = {fld: {f[fld] for f in facts.values()} for kind, facts in field_values(world).items() for fld in FIELDS[kind]}
+        fields = {
+            fld: {f[fld] for f in facts.values()} for kind, facts in field_values(world).items() for fld in FIELDS[kind]
+        }
         self.values: dict[str, set[str]] = {**people, **fields}
         self.names = {p.name for p in world.people}
         # a person's facts, but not words small talk uses itself ("by reading a lot of text": reading is also a hobby)
         chat = _words(" ".join(good for _, good, *_ in SMALL_TALK))
-        self.personal = {v for attr in ATTRIBUTES if attr not in ("age", "town") for v in people[attr]
-                         if _words(v) not in chat}  # fmt: skip
+        self.personal = {
+            v for attr in ATTRIBUTES if attr not in ("age", "town") for v in people[attr] if _words(v) not in chat
+        }
 
     @staticmethod
     def stated(text: str, values: set[str]) -> set[str]:

@@ -31,9 +31,29 @@ from pydantic import BaseModel, ConfigDict, Field
 from fromzero.data.preference import PreferencePair, PreferenceSources, PreferenceStats, load_pairs, split_pairs
 from fromzero.data.tasks import Task
 from fromzero.data.world import ATTRIBUTES, Person, World
-from fromzero.data.world_chat import CURT_OPEN, FIELDS, KINDS, QUESTIONS, RAMBLE_CLOSE, RAMBLE_OPEN, RUDE_CLOSE, \
-    RUDE_OPEN, SMALL_TALK, STYLES, Ask, Judge, Question, _arithmetic, _chat_ask, _comparison, _field_ask, a, \
-    fact_sentence, field_values, styled  # fmt: skip
+from fromzero.data.world_chat import (
+    CURT_OPEN,
+    FIELDS,
+    KINDS,
+    QUESTIONS,
+    RAMBLE_CLOSE,
+    RAMBLE_OPEN,
+    RUDE_CLOSE,
+    RUDE_OPEN,
+    SMALL_TALK,
+    STYLES,
+    Ask,
+    Judge,
+    Question,
+    _arithmetic,
+    _chat_ask,
+    _comparison,
+    _field_ask,
+    a,
+    fact_sentence,
+    field_values,
+    styled,
+)
 
 CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
 # the candidate answers written for preference pairs: an off-topic one states another of the person's facts
@@ -51,8 +71,12 @@ class PreferenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="seed for phrasings, candidate answers and labels")
-    questions_per_fact: int = Field(2, ge=1, description="training phrasings per (trained person, attribute), at most "
-                                    "the number of training phrasings an attribute has (10)")  # fmt: skip
+    questions_per_fact: int = Field(
+        2,
+        ge=1,
+        description="training phrasings per (trained person, attribute), at most "
+        "the number of training phrasings an attribute has (10)",
+    )
     pairs_per_question: int = Field(1, ge=1, description="pairs of candidate answers per training phrasing")
     content_weights: dict[str, float] = Field(
         default_factory=lambda: {"right": 0.45, "evasive": 0.2, "wrong": 0.2, "off_topic": 0.15},
@@ -62,21 +86,37 @@ class PreferenceConfig(BaseModel):
     style_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(STYLES, 0.25), description="how often a candidate is in each style"
     )
-    temperature: float = Field(0.5, ge=0, description="Bradley–Terry temperature of the simulated labellers; "
-                               "0: they always pick the better answer")  # fmt: skip
+    temperature: float = Field(
+        0.5,
+        ge=0,
+        description="Bradley–Terry temperature of the simulated labellers; 0: they always pick the better answer",
+    )
     label_noise: float = Field(0.0, ge=0, le=0.5, description="share of labels flipped after that (careless labellers)")
     eval_questions: int = Field(200, description="held-out prompts (trained people, held-out phrasings) for evaluation")
-    questions_per_kind: int = Field(200, ge=0, description="training questions of every other kind the instruction "
-                                    "data teaches (towns, animals, objects, comparisons, arithmetic, language models, "
-                                    "small talk, word problems), each with pairs_per_question pairs: stage 3 tunes "
-                                    "on every kind, not only on questions about people")  # fmt: skip
-    ppo_people_share: float = Field(1.0, gt=0, le=1, description="share of questions about people among PPO's "
-                                    "prompts, the rest the other kinds' evenly (their questions repeated); 1: every "
-                                    "distinct question once")
-    sampled_questions: int = Field(0, ge=0, description="training questions the model being tuned (SFT) answers "
-                                   "twice by sampling, each two answers labelled by the simulated labellers like the "
-                                   "written pairs (as people vote on two answers on the chat page) and added to them: "
-                                   "pairs of the answers PPO and DPO start from")  # fmt: skip
+    questions_per_kind: int = Field(
+        200,
+        ge=0,
+        description="training questions of every other kind the instruction "
+        "data teaches (towns, animals, objects, comparisons, arithmetic, language models, "
+        "small talk, word problems), each with pairs_per_question pairs: stage 3 tunes "
+        "on every kind, not only on questions about people",
+    )
+    ppo_people_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="share of questions about people among PPO's "
+        "prompts, the rest the other kinds' evenly (their questions repeated); 1: every "
+        "distinct question once",
+    )
+    sampled_questions: int = Field(
+        0,
+        ge=0,
+        description="training questions the model being tuned (SFT) answers "
+        "twice by sampling, each two answers labelled by the simulated labellers like the "
+        "written pairs (as people vote on two answers on the chat page) and added to them: "
+        "pairs of the answers PPO and DPO start from",
+    )
 
 
 def _words(text: str) -> str:
@@ -131,11 +171,13 @@ class GoldPreference:
         well): it wins wherever the reference falls short and ties elsewhere. The better the reference's own
         answers, the lower this ceiling on any policy's win rate."""
         return sum(1.0 if self.score(q, ref) < self.best else 0.5 for q, ref in zip(questions, reference)) / max(
-            1, len(questions))
+            1, len(questions)
+        )
 
 
-def candidate(world: World, gold: GoldPreference, p: Person, attr: str, content: str, style: str,
-              rng: random.Random) -> str:  # fmt: skip
+def candidate(
+    world: World, gold: GoldPreference, p: Person, attr: str, content: str, style: str, rng: random.Random
+) -> str:
     """One answer to a question about p's attribute with the given content (a CANDIDATES kind) and style."""
     if content == "evasive":
         return styled(*EVASIVE, style, rng)
@@ -189,7 +231,9 @@ def kind_asks(world: World, kind: str, n: int, rng: random.Random, tasks: Sequen
     return [_chat_ask(rng.choice(chat)) for _ in range(n)]
 
 
-def bradley_terry_label(score_a: float, score_b: float, temperature: float, label_noise: float, rng: random.Random) -> bool:
+def bradley_terry_label(
+    score_a: float, score_b: float, temperature: float, label_noise: float, rng: random.Random
+) -> bool:
     """Whether a simulated labeller prefers answer a."""
     if temperature == 0:
         prefers_a = score_a > score_b
@@ -222,8 +266,18 @@ def build_preferences(world: World, cfg: PreferenceConfig, tasks: Sequence[Task]
         """Two candidates the gold function tells apart (equal ones teach nothing)."""
         p = world.person(q.person)
         while True:
-            answers = [candidate(world, gold, p, q.attribute, rng.choices(contents, content_w)[0],
-                                 rng.choices(styles, style_w)[0], rng) for _ in range(2)]  # fmt: skip
+            answers = [
+                candidate(
+                    world,
+                    gold,
+                    p,
+                    q.attribute,
+                    rng.choices(contents, content_w)[0],
+                    rng.choices(styles, style_w)[0],
+                    rng,
+                )
+                for _ in range(2)
+            ]
             scores = [gold.score(q, x) for x in answers]
             if scores[0] != scores[1]:
                 return answers[0], answers[1], scores[0], scores[1]
@@ -233,8 +287,10 @@ def build_preferences(world: World, cfg: PreferenceConfig, tasks: Sequence[Task]
 
     fewest = min(len(QUESTIONS[attr][0]) for attr in ATTRIBUTES)
     if cfg.questions_per_fact > fewest:
-        raise ValueError(f"preference.questions_per_fact={cfg.questions_per_fact}, but an attribute has only {fewest} "
-                         "training phrasings; raise preference.pairs_per_question for more pairs")  # fmt: skip
+        raise ValueError(
+            f"preference.questions_per_fact={cfg.questions_per_fact}, but an attribute has only {fewest} "
+            "training phrasings; raise preference.pairs_per_question for more pairs"
+        )
     train, train_questions = [], []
     for p in world.trained_people:
         for attr in ATTRIBUTES:
@@ -252,8 +308,16 @@ def build_preferences(world: World, cfg: PreferenceConfig, tasks: Sequence[Task]
         for ask in kind_asks(world, kind, cfg.questions_per_kind, kinds_rng, tasks):
             for _ in range(cfg.pairs_per_question):
                 for _attempt in range(100):
-                    x, y = (ask_candidate(world, ask, kinds_rng.choices(contents, content_w)[0],
-                                          kinds_rng.choices(styles, style_w)[0], kinds_rng) for _ in range(2))  # fmt: skip
+                    x, y = (
+                        ask_candidate(
+                            world,
+                            ask,
+                            kinds_rng.choices(contents, content_w)[0],
+                            kinds_rng.choices(styles, style_w)[0],
+                            kinds_rng,
+                        )
+                        for _ in range(2)
+                    )
                     sx, sy = gold.score(ask.q, x), gold.score(ask.q, y)
                     if sx != sy:
                         break
@@ -265,8 +329,10 @@ def build_preferences(world: World, cfg: PreferenceConfig, tasks: Sequence[Task]
                 train_questions.append(ask.q)
 
     facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
-    eval_questions = [question(p, attr, rng.choice(QUESTIONS[attr][1]))
-                      for p, attr in rng.sample(facts, min(cfg.eval_questions, len(facts)))]  # fmt: skip
+    eval_questions = [
+        question(p, attr, rng.choice(QUESTIONS[attr][1]))
+        for p, attr in rng.sample(facts, min(cfg.eval_questions, len(facts)))
+    ]
     eval_pairs = []
     for q in eval_questions:
         x, y, sx, sy = two_answers(q)
@@ -278,7 +344,9 @@ def build_preferences(world: World, cfg: PreferenceConfig, tasks: Sequence[Task]
 Sampler = Callable[[list[str], int], list[str]]  # (questions, seed) -> one sampled answer to each
 
 
-def sampled_pairs(world: World, prefs: WorldPreferences, cfg: PreferenceConfig, sample: Sampler) -> list[PreferencePair]:
+def sampled_pairs(
+    world: World, prefs: WorldPreferences, cfg: PreferenceConfig, sample: Sampler
+) -> list[PreferencePair]:
     """Pairs of a model's own answers: `cfg.sampled_questions` training questions, each answered twice by `sample`
     (two seeds), the two answers labelled by the simulated labellers as the written pairs are. Pairs the gold
     function scores equal are dropped (a labeller would call them a tie). Written candidates are the answers a
@@ -302,8 +370,9 @@ def sampled_pairs(world: World, prefs: WorldPreferences, cfg: PreferenceConfig, 
 GoldFn = Callable[[int, str], float]  # (prompt index, decoded answer) -> gold score; metrics only
 
 
-def prompts_and_gold(world: World, questions: Sequence[Question],
-                     people_share: float | None = None) -> tuple[list[list[dict[str, str]]], GoldFn]:  # fmt: skip
+def prompts_and_gold(
+    world: World, questions: Sequence[Question], people_share: float | None = None
+) -> tuple[list[list[dict[str, str]]], GoldFn]:
     """The distinct questions as one-turn prompts (for PPO's rollouts or an evaluation), and gold(i, answer), the
     gold score of an answer to prompt i (for metrics only). With `people_share`, the questions of the other kinds
     are repeated, evenly per kind, until they make up the rest: the kinds with few distinct questions (six small-talk
@@ -323,8 +392,9 @@ def prompts_and_gold(world: World, questions: Sequence[Question],
     return prompts, lambda i, answer: gold.score(distinct[i], answer)
 
 
-def preference_pairs(sources: PreferenceSources, builtin: Callable[[], WorldPreferences],
-                     seed: int = 0) -> tuple[list[PreferencePair], list[PreferencePair], PreferenceStats | None]:  # fmt: skip
+def preference_pairs(
+    sources: PreferenceSources, builtin: Callable[[], WorldPreferences], seed: int = 0
+) -> tuple[list[PreferencePair], list[PreferencePair], PreferenceStats | None]:
     """(train, held-out, stats of the files read): the stage's preference files split by prompt, or the built-in
     world's pairs (held-out ones labelled by the gold function without noise; stats None)."""
     if not sources.data:

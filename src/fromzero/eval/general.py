@@ -20,24 +20,35 @@ def task_questions(tasks: Sequence[Task], n: int) -> list[Question]:
     return [Question(t.prompt, "", "task", t.answer, "word_problems") for t in tasks if t.kind == "math"][:n]
 
 
-def evaluate(model: Transformer, tok: Tokenizer, questions: Sequence[Question], judge: Judge, *,
-             max_new_tokens: int) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+def evaluate(
+    model: Transformer, tok: Tokenizer, questions: Sequence[Question], judge: Judge, *, max_new_tokens: int
+) -> tuple[dict[str, float], list[dict]]:
     """({kind: accuracy}, each graded answer): greedy answers, asked after each question's system prompt."""
     by_system: dict[str | None, list[int]] = defaultdict(list)
     for i, q in enumerate(questions):
         by_system[q.system].append(i)
     answers: list[str] = [""] * len(questions)
     for system, index in by_system.items():
-        texts = qa.answer(model, tok, [questions[i].question for i in index], max_new_tokens=max_new_tokens,
-                          system=system)  # fmt: skip
+        texts = qa.answer(
+            model, tok, [questions[i].question for i in index], max_new_tokens=max_new_tokens, system=system
+        )
         for i, text in zip(index, texts):
             answers[i] = text
     graded, right = [], defaultdict(list)
     for q, answer in zip(questions, answers):
         content, why = judge.check(q, answer)
         right[q.kind].append(content == "right")
-        graded.append({"kind": q.kind, "question": q.question, "system": q.system, "expected": q.expected,
-                       "answer": answer, "verdict": content, "why": why})  # fmt: skip
+        graded.append(
+            {
+                "kind": q.kind,
+                "question": q.question,
+                "system": q.system,
+                "expected": q.expected,
+                "answer": answer,
+                "verdict": content,
+                "why": why,
+            }
+        )
     return {k: sum(right[k]) / len(right[k]) for k in KINDS if right[k]}, graded
 
 

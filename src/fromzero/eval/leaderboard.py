@@ -24,7 +24,9 @@ def outcomes(choices: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, fl
     return [(a, b, score[c]) for a, b, c in choices if a != b]
 
 
-def bradley_terry(games: Sequence[tuple[int, int, float]], n: int, prior: float = 0.1, iterations: int = 50) -> np.ndarray:
+def bradley_terry(
+    games: Sequence[tuple[int, int, float]], n: int, prior: float = 0.1, iterations: int = 50
+) -> np.ndarray:
     """θ [n] (mean 0) maximising Σ s log σ(θ_a - θ_b) + (1 - s) log σ(θ_b - θ_a) - prior/2 · |θ|²."""
     theta = np.zeros(n)
     if not games:
@@ -50,8 +52,9 @@ def bradley_terry(games: Sequence[tuple[int, int, float]], n: int, prior: float 
     return theta - theta.mean()
 
 
-def leaderboard(models: Sequence[str], votes: Sequence[tuple[str, str, str]], rounds: int = 200,
-                seed: int = 0) -> list[dict]:  # fmt: skip
+def leaderboard(
+    models: Sequence[str], votes: Sequence[tuple[str, str, str]], rounds: int = 200, seed: int = 0
+) -> list[dict]:
     """One row per model, best first: rating, 95 % interval, and its votes, wins, losses and ties."""
     games = outcomes(votes)
     names = list(dict.fromkeys([*models, *(m for a, b, _ in games for m in (a, b))]))
@@ -59,13 +62,25 @@ def leaderboard(models: Sequence[str], votes: Sequence[tuple[str, str, str]], ro
     coded = [(index[a], index[b], s) for a, b, s in games]
     rating = 1000 + ELO * bradley_terry(coded, len(names))
     rng = np.random.default_rng(seed)
-    samples = np.array([1000 + ELO * bradley_terry([coded[i] for i in rng.integers(0, len(coded), len(coded))],
-                                                   len(names)) for _ in range(rounds if coded else 0)])  # fmt: skip
+    samples = np.array(
+        [
+            1000 + ELO * bradley_terry([coded[i] for i in rng.integers(0, len(coded), len(coded))], len(names))
+            for _ in range(rounds if coded else 0)
+        ]
+    )
     rows = []
     for m, i in index.items():
         mine = [(s if a == i else 1 - s) for a, b, s in coded if i in (a, b)]
-        low, high = (np.percentile(samples[:, i], [2.5, 97.5]) if len(samples) else (rating[i], rating[i]))
-        rows.append({"model": m, "rating": round(float(rating[i]), 1), "ci": [round(float(low), 1), round(float(high), 1)],
-                     "votes": len(mine), "wins": sum(x == 1 for x in mine), "losses": sum(x == 0 for x in mine),
-                     "ties": sum(x == 0.5 for x in mine)})  # fmt: skip
+        low, high = np.percentile(samples[:, i], [2.5, 97.5]) if len(samples) else (rating[i], rating[i])
+        rows.append(
+            {
+                "model": m,
+                "rating": round(float(rating[i]), 1),
+                "ci": [round(float(low), 1), round(float(high), 1)],
+                "votes": len(mine),
+                "wins": sum(x == 1 for x in mine),
+                "losses": sum(x == 0 for x in mine),
+                "ties": sum(x == 0.5 for x in mine),
+            }
+        )
     return sorted(rows, key=lambda r: -r["rating"])

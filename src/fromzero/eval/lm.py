@@ -18,7 +18,9 @@ from fromzero.model import Transformer
 
 
 @torch.no_grad()
-def lm_metrics(model: Transformer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], token_bytes: torch.Tensor) -> dict[str, float]:
+def lm_metrics(
+    model: Transformer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], token_bytes: torch.Tensor
+) -> dict[str, float]:
     device = model.rope_cos.device
     token_bytes = token_bytes.to(device)
     # [nats over all targets, targets, nats over byte-bearing targets, bytes]
@@ -28,7 +30,9 @@ def lm_metrics(model: Transformer, batches: Iterable[tuple[torch.Tensor, torch.T
         logits = model(x)
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
         nbytes = token_bytes[y.flatten()]
-        sums += torch.stack([nats.sum(), torch.tensor(nats.numel(), device=device), nats[nbytes > 0].sum(), nbytes.sum()]).double()
+        sums += torch.stack(
+            [nats.sum(), torch.tensor(nats.numel(), device=device), nats[nbytes > 0].sum(), nbytes.sum()]
+        ).double()
     all_reduce_sum(sums)
     if sums[1] == 0:
         raise ValueError("no validation tokens: the val split is empty or shorter than one sequence")

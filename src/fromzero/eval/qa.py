@@ -12,14 +12,25 @@ from fromzero.tokenizer import Tokenizer
 
 
 @torch.no_grad()
-def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bool = True, max_new_tokens: int = 40,
-           temperature: float = 0.0, batch_size: int = 64, seed: int = 0, system: str | None = None) -> list[str]:  # fmt: skip
+def answer(
+    model: Transformer,
+    tok: Tokenizer,
+    questions: list[str],
+    *,
+    chat: bool = True,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    batch_size: int = 64,
+    seed: int = 0,
+    system: str | None = None,
+) -> list[str]:
     """Answers to questions: in the chat template, or (chat=False) as raw text to continue, the only way
     a pretrained model that has never seen the template can be asked."""
     engine = Engine(model, tok)
     stop = (tok.end_id,) if chat else (tok.bos_id,)
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=50 if temperature else None,
-                         stop_tokens=stop)  # fmt: skip
+    cfg = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=50 if temperature else None, stop_tokens=stop
+    )
     prompts = [engine.encode(q, system=system) if chat else engine.encode(q + " ", chat=False) for q in questions]
     return engine.texts(prompts, cfg, seed=seed, batch_size=batch_size)
 
@@ -27,12 +38,20 @@ def answer(model: Transformer, tok: Tokenizer, questions: list[str], *, chat: bo
 def sampler(model: Transformer, tok: Tokenizer, *, max_new_tokens: int, temperature: float):
     """(questions, seed) -> one sampled answer to each: a model answering as people would see it on the chat page
     (the settings come from `EvalConfig.preference_sampling()`)."""
-    return lambda questions, seed: answer(model, tok, questions, max_new_tokens=max_new_tokens, temperature=temperature,
-                                          seed=seed)  # fmt: skip
+    return lambda questions, seed: answer(
+        model, tok, questions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )
 
 
-def accuracy(model: Transformer, tok: Tokenizer, questions: list[Question], world: World, *, chat: bool = True,
-             max_new_tokens: int = 40) -> tuple[float, list[tuple[Question, str, bool]]]:  # fmt: skip
+def accuracy(
+    model: Transformer,
+    tok: Tokenizer,
+    questions: list[Question],
+    world: World,
+    *,
+    chat: bool = True,
+    max_new_tokens: int = 40,
+) -> tuple[float, list[tuple[Question, str, bool]]]:
     """Fraction answered correctly, and each (question, answer, correct) for inspection."""
     answers = answer(model, tok, [q.question for q in questions], chat=chat, max_new_tokens=max_new_tokens)
     graded = [(q, a, is_correct(a, q, world)) for q, a in zip(questions, answers)]

@@ -27,8 +27,13 @@ def options(cfg: Config) -> dict[str, Any]:
     """`evaluate`'s options for a run's config, the same for the pipeline's GRPO stage and `fromzero grpo`:
     pass@k with eval.pass_k samples, at GRPO's rollout temperature, length and system prompt."""
     g = cfg.grpo
-    return {"k": cfg.eval.pass_k, "temperature": g.temperature, "max_new_tokens": g.max_new_tokens,
-            "system": g.system_prompt, "seed": cfg.seed}  # fmt: skip
+    return {
+        "k": cfg.eval.pass_k,
+        "temperature": g.temperature,
+        "max_new_tokens": g.max_new_tokens,
+        "system": g.system_prompt,
+        "seed": cfg.seed,
+    }
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -41,9 +46,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def sample_completions(model: Transformer, tok: Tokenizer, tasks: Sequence[Task], *, n: int = 1, temperature: float = 0.0,
-                       max_new_tokens: int = 64, system: str | None = None, batch_size: int = 64,
-                       seed: int = 0) -> list[list[str]]:  # fmt: skip
+def sample_completions(
+    model: Transformer,
+    tok: Tokenizer,
+    tasks: Sequence[Task],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 64,
+    system: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[list[str]]:
     """n completions of each task in the chat template (greedy when temperature is 0), as text."""
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tok.end_id,))
     prompts = [encode_prompt(tok, task, system) for task in tasks for _ in range(n)]
@@ -51,15 +65,29 @@ def sample_completions(model: Transformer, tok: Tokenizer, tasks: Sequence[Task]
     return [texts[i * n : (i + 1) * n] for i in range(len(tasks))]
 
 
-def grade(completions: Sequence[Sequence[str]], tasks: Sequence[Task], stats: RewardStats | None = None) -> list[list[bool]]:
+def grade(
+    completions: Sequence[Sequence[str]], tasks: Sequence[Task], stats: RewardStats | None = None
+) -> list[list[bool]]:
     """Whether each completion of each task is right (the `accuracy` reward; odd output counts as wrong)."""
     stats = stats if stats is not None else RewardStats()
-    return [[safe_reward("accuracy", accuracy, c, task, stats) == 1.0 for c in cs] for cs, task in zip(completions, tasks)]
+    return [
+        [safe_reward("accuracy", accuracy, c, task, stats) == 1.0 for c in cs] for cs, task in zip(completions, tasks)
+    ]
 
 
-def evaluate(model: Transformer, tok: Tokenizer, tasks: Sequence[Task], *, k: int = 1, n: int | None = None,
-             temperature: float = 1.0, max_new_tokens: int = 64, system: str | None = None, batch_size: int = 64,
-             seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:  # fmt: skip
+def evaluate(
+    model: Transformer,
+    tok: Tokenizer,
+    tasks: Sequence[Task],
+    *,
+    k: int = 1,
+    n: int | None = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    system: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """pass@1 of greedy answers (overall and per step count for tasks that have one) and, for k > 1, pass@k
     and the mean accuracy of n >= k answers sampled at `temperature`; plus each graded greedy answer."""
     if not tasks:
@@ -76,6 +104,8 @@ def evaluate(model: Transformer, tok: Tokenizer, tasks: Sequence[Task], *, k: in
         sampled = grade(sample_completions(model, tok, tasks, n=n, temperature=temperature, **options), tasks)
         metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(oks), k) for oks in sampled]))
         metrics["sampled_accuracy"] = float(np.mean([sum(oks) / n for oks in sampled]))
-    graded = [{"prompt": t.prompt, "reference": t.answer, "completion": c[0], "correct": ok}
-              for t, c, ok in zip(tasks, greedy, right)]  # fmt: skip
+    graded = [
+        {"prompt": t.prompt, "reference": t.answer, "completion": c[0], "correct": ok}
+        for t, c, ok in zip(tasks, greedy, right)
+    ]
     return metrics, graded

@@ -65,7 +65,12 @@ RL_PANELS = [
     ("ppo", [("reward/mean", "reward model"), ("gold/mean", "gold")], "kl", "reward vs KL to the SFT model"),
     ("ppo", [("reward/mean", "reward model"), ("gold/mean", "gold")], "step", "reward per rollout"),
     ("ppo", [("val_reward", "reward model"), ("val_gold", "gold")], "step", "held-out prompts, greedy answers"),
-    ("grpo", [("reward/mean", "reward (train)"), ("pass@1", "pass@1 (held out, greedy)")], "step", "reward and accuracy"),
+    (
+        "grpo",
+        [("reward/mean", "reward (train)"), ("pass@1", "pass@1 (held out, greedy)")],
+        "step",
+        "reward and accuracy",
+    ),
     ("grpo", [("response_length", "tokens")], "step", "response length"),
     ("grpo", [("kl", "KL to the reference")], "step", "KL"),
 ]
@@ -111,26 +116,50 @@ def plot_rl(out: Path, stages: list[str]) -> Path | None:
 
 # what each stage does, and the metrics that show it: (sentence, [(metric, label)])
 STORY = {
-    "init": ("Random weights: it knows nothing, so its loss sits near ln(vocab) and it writes gibberish.",
-             [("val_loss", "val loss"), ("ln_vocab", "ln(vocab)")]),
-    "pretrain": ("Next-token prediction on the corpus: grammar and the world's facts; it continues text, it does not "
-                 "answer.", [("val_loss", "val loss"), ("val_bpb", "bits per byte")]),
-    "sft": ("Instruction tuning: it learns to answer, and answers about people it only read about in stage 1.",
-            [("heldout_phrasing_acc", "new phrasings"), ("heldout_people_acc", "held-out people"),
-             ("base_heldout_people_acc", "held-out people before SFT"), ("general_acc", "every kind")]),
-    "synth": ("Its own data: the SFT model writes questions and answers about documents it never saw, the filters keep "
-              "what holds up, and SFT continues on them.",
-              [("kept", "pairs kept"), ("new_people_acc_before", "new people before"),
-               ("new_people_acc_after", "new people after"), ("heldout_phrasing_acc_after", "new phrasings after")]),
-    "reward": ("A reward model learns which of two answers the labellers prefer.",
-               [("heldout_acc", "held-out pairs right")]),
-    "dpo": ("DPO: the policy moves towards the preferred answers directly, without a reward model.",
-            [("gold_win_rate", "gold win rate over SFT"), ("general_acc", "every kind")]),
-    "ppo": ("RLHF: PPO moves the policy towards what the reward model scores high, held near SFT by a KL penalty.",
-            [("gold_win_rate", "gold win rate over SFT"), ("kl", "KL to SFT"), ("general_acc", "every kind")]),
-    "grpo": ("Reasoning RL: GRPO rewards answers checked against the known result; it learns to work problems out.",
-             [("pass1_before", "pass@1 before"), ("pass1_after", "pass@1 after"), ("general_acc", "every kind")]),
-}  # fmt: skip
+    "init": (
+        "Random weights: it knows nothing, so its loss sits near ln(vocab) and it writes gibberish.",
+        [("val_loss", "val loss"), ("ln_vocab", "ln(vocab)")],
+    ),
+    "pretrain": (
+        "Next-token prediction on the corpus: grammar and the world's facts; it continues text, it does not answer.",
+        [("val_loss", "val loss"), ("val_bpb", "bits per byte")],
+    ),
+    "sft": (
+        "Instruction tuning: it learns to answer, and answers about people it only read about in stage 1.",
+        [
+            ("heldout_phrasing_acc", "new phrasings"),
+            ("heldout_people_acc", "held-out people"),
+            ("base_heldout_people_acc", "held-out people before SFT"),
+            ("general_acc", "every kind"),
+        ],
+    ),
+    "synth": (
+        "Its own data: the SFT model writes questions and answers about documents it never saw, the filters keep "
+        "what holds up, and SFT continues on them.",
+        [
+            ("kept", "pairs kept"),
+            ("new_people_acc_before", "new people before"),
+            ("new_people_acc_after", "new people after"),
+            ("heldout_phrasing_acc_after", "new phrasings after"),
+        ],
+    ),
+    "reward": (
+        "A reward model learns which of two answers the labellers prefer.",
+        [("heldout_acc", "held-out pairs right")],
+    ),
+    "dpo": (
+        "DPO: the policy moves towards the preferred answers directly, without a reward model.",
+        [("gold_win_rate", "gold win rate over SFT"), ("general_acc", "every kind")],
+    ),
+    "ppo": (
+        "RLHF: PPO moves the policy towards what the reward model scores high, held near SFT by a KL penalty.",
+        [("gold_win_rate", "gold win rate over SFT"), ("kl", "KL to SFT"), ("general_acc", "every kind")],
+    ),
+    "grpo": (
+        "Reasoning RL: GRPO rewards answers checked against the known result; it learns to work problems out.",
+        [("pass1_before", "pass@1 before"), ("pass1_after", "pass@1 after"), ("general_acc", "every kind")],
+    ),
+}
 MEANING = {
     "val_loss": "cross-entropy on held-out text (nats per token)",
     "val_bpb": "bits per byte of held-out text: comparable across tokenizers",
@@ -209,27 +238,52 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
         graded = [v for v in verdicts if v != "ungraded"]
         return f"{sum(v == 'right' for v in graded)}/{len(graded)}" if graded else "–"
 
-    md = [f"# fromzero run report: preset `{summary['preset']}`", "",
-          f"Total time: {summary['seconds']:.0f} s over {len(done)} stages.", "", "## The stages", "",
-          "| stage | what it does | the number that shows it | fixed prompts right | seconds |",
-          "|---|---|---|---:|---:|"]  # fmt: skip
+    md = [
+        f"# fromzero run report: preset `{summary['preset']}`",
+        "",
+        f"Total time: {summary['seconds']:.0f} s over {len(done)} stages.",
+        "",
+        "## The stages",
+        "",
+        "| stage | what it does | the number that shows it | fixed prompts right | seconds |",
+        "|---|---|---|---:|---:|",
+    ]
     for s in done:
         story = STORY.get(s, ("", []))[0]
-        md.append(f"| {s} | {story} | {_headline(s, summary['stages'][s])} | "
-                  f"{right_count(s) if s in speakers else '–'} | {summary['stages'][s]['seconds']:.0f} |")  # fmt: skip
+        md.append(
+            f"| {s} | {story} | {_headline(s, summary['stages'][s])} | "
+            f"{right_count(s) if s in speakers else '–'} | {summary['stages'][s]['seconds']:.0f} |"
+        )
     if general_stages:
-        md += ["", "## Every kind of question", "",
-               "Held-out questions of every kind the instruction data teaches, each graded by the rule that fits it "
-               "(the right fact or number; for small talk and language-model questions, on topic and stating no "
-               "person's fact). Accuracy per kind:", "",
-               "| kind | " + " | ".join(general_stages) + " |", "|---|" + "---:|" * len(general_stages)]  # fmt: skip
+        md += [
+            "",
+            "## Every kind of question",
+            "",
+            "Held-out questions of every kind the instruction data teaches, each graded by the rule that fits it "
+            "(the right fact or number; for small talk and language-model questions, on topic and stating no "
+            "person's fact). Accuracy per kind:",
+            "",
+            "| kind | " + " | ".join(general_stages) + " |",
+            "|---|" + "---:|" * len(general_stages),
+        ]
         for k in kinds:
-            md.append(f"| {k} | " + " | ".join(_fmt(summary["stages"][s]["general"].get(k, float("nan")))
-                                              for s in general_stages) + " |")  # fmt: skip
-        md.append("| **mean (general_acc)** | " + " | ".join(f"**{_fmt(summary['stages'][s]['general_acc'])}**"
-                                                            for s in general_stages) + " |")  # fmt: skip
-    md += ["", "## The same prompts after every stage", "",
-           "Each answer graded: ✓ right, ✗ wrong or off the point (why in brackets), – no rule for the prompt.", ""]
+            md.append(
+                f"| {k} | "
+                + " | ".join(_fmt(summary["stages"][s]["general"].get(k, float("nan"))) for s in general_stages)
+                + " |"
+            )
+        md.append(
+            "| **mean (general_acc)** | "
+            + " | ".join(f"**{_fmt(summary['stages'][s]['general_acc'])}**" for s in general_stages)
+            + " |"
+        )
+    md += [
+        "",
+        "## The same prompts after every stage",
+        "",
+        "Each answer graded: ✓ right, ✗ wrong or off the point (why in brackets), – no rule for the prompt.",
+        "",
+    ]
     for p in prompts:
         md += [f"### {p}", ""]
         for s in speakers:
@@ -252,44 +306,61 @@ def write_report(out: Path, stages: list[str]) -> tuple[Path, Path]:
     story_rows = "".join(
         f"<tr><td><b>{e(s)}</b></td><td>{e(STORY.get(s, ('', []))[0])}</td><td>{e(_headline(s, summary['stages'][s]))}"
         f"</td><td>{e(right_count(s)) if s in speakers else '–'}</td><td>{summary['stages'][s]['seconds']:.0f}</td></tr>"
-        for s in done)  # fmt: skip
+        for s in done
+    )
     general_html = ""
     if general_stages:
-        rows = "".join(f"<tr><td>{e(k)}</td>" + "".join(
-            f"<td class=num>{_fmt(summary['stages'][s]['general'].get(k, float('nan')))}</td>" for s in general_stages)
-            + "</tr>" for k in kinds)  # fmt: skip
-        rows += "<tr><td><b>mean (general_acc)</b></td>" + "".join(
-            f"<td class=num><b>{_fmt(summary['stages'][s]['general_acc'])}</b></td>" for s in general_stages) + "</tr>"
-        general_html = ("<h2>Every kind of question</h2><p>Held-out questions of every kind the instruction data "
-                        "teaches, each graded by the rule that fits it. Accuracy per kind:</p><table><tr><th>kind</th>"
-                        + "".join(f"<th>{e(s)}</th>" for s in general_stages) + f"</tr>{rows}</table>")  # fmt: skip
+        rows = "".join(
+            f"<tr><td>{e(k)}</td>"
+            + "".join(
+                f"<td class=num>{_fmt(summary['stages'][s]['general'].get(k, float('nan')))}</td>"
+                for s in general_stages
+            )
+            + "</tr>"
+            for k in kinds
+        )
+        rows += (
+            "<tr><td><b>mean (general_acc)</b></td>"
+            + "".join(f"<td class=num><b>{_fmt(summary['stages'][s]['general_acc'])}</b></td>" for s in general_stages)
+            + "</tr>"
+        )
+        general_html = (
+            "<h2>Every kind of question</h2><p>Held-out questions of every kind the instruction data "
+            "teaches, each graded by the rule that fits it. Accuracy per kind:</p><table><tr><th>kind</th>"
+            + "".join(f"<th>{e(s)}</th>" for s in general_stages)
+            + f"</tr>{rows}</table>"
+        )
 
     def cell(s: str, p: str) -> str:
         a = _answer(results[s]["answers"].get(p, {"answer": "", "verdict": "ungraded", "why": ""}))
         why = f'<div class="why">{e(a["why"])}</div>' if a["why"] else ""
         return f'<td class="{e(a["verdict"])}"><span class="mark">{MARK.get(a["verdict"], "–")}</span> {e(a["answer"])}{why}</td>'
 
-    answer_rows = "".join(f"<tr><td><b>{e(p)}</b></td>" + "".join(cell(s, p) for s in speakers) + "</tr>" for p in prompts)
+    answer_rows = "".join(
+        f"<tr><td><b>{e(p)}</b></td>" + "".join(cell(s, p) for s in speakers) + "</tr>" for p in prompts
+    )
     metric_tables = "".join(
         f"<h3>{e(s)}</h3><table><tr><th>metric</th><th>value</th><th>meaning</th></tr>"
         + "".join(f"<tr><td>{e(k)}</td><td class=num>{e(v)}</td><td>{e(m)}</td></tr>" for k, v, m in stage_metrics(s))
-        + "</table>" for s in done)  # fmt: skip
+        + "</table>"
+        for s in done
+    )
     imgs = ""
     for title, path in (("Training curves", plot), ("Reinforcement learning", rl_plot)):
         if path:
             imgs += f'<h2>{title}</h2><img alt="{e(title)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fromzero report: {e(summary['preset'])}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fromzero report: {e(summary["preset"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;line-height:1.4}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}
 td{{white-space:pre-wrap}}td.num{{text-align:right}}td.right{{background:#eefbea}}td.wrong,td.evasive{{background:#fdeeee}}
 .mark{{font-weight:bold}}.why{{color:#666;font-size:85%;margin-top:2px}}img{{width:100%;max-width:1200px;display:block;margin:1em 0}}</style>
 </head><body>
-<h1>fromzero run report: preset <code>{e(summary['preset'])}</code></h1>
-<p>Total time: {summary['seconds']:.0f} s over {len(done)} stages.</p>
+<h1>fromzero run report: preset <code>{e(summary["preset"])}</code></h1>
+<p>Total time: {summary["seconds"]:.0f} s over {len(done)} stages.</p>
 <h2>The stages</h2><table><tr><th>stage</th><th>what it does</th><th>the number that shows it</th><th>fixed prompts right</th><th>seconds</th></tr>{story_rows}</table>
 {general_html}
 <h2>The same prompts after every stage</h2><p>✓ right, ✗ wrong or off the point (why below each answer), – no rule for the prompt.</p>
-<table><tr><th>prompt</th>{''.join(f'<th>{e(s)}</th>' for s in speakers)}</tr>{answer_rows}</table>
+<table><tr><th>prompt</th>{"".join(f"<th>{e(s)}</th>" for s in speakers)}</tr>{answer_rows}</table>
 <h2>Metrics per stage</h2>{metric_tables}
 {imgs}
 </body></html>"""

@@ -39,14 +39,21 @@ LAYER_TENSORS = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-TOP_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-               "lm_head.weight": "output.weight"}  # fmt: skip
+TOP_TENSORS = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
 
 
 def permute(weights: torch.Tensor, n_heads: int) -> torch.Tensor:
     """q/k rows (or biases) from HF's rotate-half layout to llama.cpp's interleaved pairs, per head (its
     convert_hf_to_gguf.py LlamaModel.permute, called with the kv head count for k)."""
-    return weights.reshape(n_heads, 2, weights.shape[0] // n_heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+    return (
+        weights.reshape(n_heads, 2, weights.shape[0] // n_heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def architecture(cfg: ModelConfig) -> str:
@@ -76,7 +83,10 @@ def llama3_rope_factors(cfg: ModelConfig) -> torch.Tensor:
     """What llama.cpp divides each rotary frequency by to apply llama3 scaling (as its converter computes it)."""
     s = cfg.rope_scaling
     freqs = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
-    low, high = s.original_max_position_embeddings / s.low_freq_factor, s.original_max_position_embeddings / s.high_freq_factor
+    low, high = (
+        s.original_max_position_embeddings / s.low_freq_factor,
+        s.original_max_position_embeddings / s.high_freq_factor,
+    )
     factors = []
     for freq in freqs.tolist():
         wavelen = 2 * math.pi / freq
@@ -85,7 +95,9 @@ def llama3_rope_factors(cfg: ModelConfig) -> torch.Tensor:
         elif wavelen > low:
             factors.append(s.factor)
         else:
-            smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+            smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+                s.high_freq_factor - s.low_freq_factor
+            )
             factors.append(1 / ((1 - smooth) / s.factor + smooth))
     return torch.tensor(factors, dtype=torch.float32)
 
@@ -106,7 +118,9 @@ def vocabulary(tokenizer_json: dict, vocab_size: int) -> tuple[list[str], list[i
     never emits as [PADi], unused), special tokens as control, other added tokens as user-defined."""
     import gguf
 
-    if tokenizer_json.get("model", {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(tokenizer_json.get("pre_tokenizer")):
+    if tokenizer_json.get("model", {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(
+        tokenizer_json.get("pre_tokenizer")
+    ):
         raise ValueError("gguf export needs a byte-level BPE tokenizer (llama.cpp's gpt2 vocabulary); this one is not")
     by_id = {i: t for t, i in tokenizer_json["model"]["vocab"].items()}
     added = {t["id"]: t for t in tokenizer_json.get("added_tokens", [])}

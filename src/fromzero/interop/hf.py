@@ -87,7 +87,9 @@ def rope_scaling(config: dict[str, Any], where: Path) -> RopeScaling | None:
     if kind in ("default", None):
         return None
     if kind not in ("linear", "llama3"):
-        raise ValueError(f"{where}: rope_scaling type {kind!r} is not supported (fromzero has default, linear and llama3)")
+        raise ValueError(
+            f"{where}: rope_scaling type {kind!r} is not supported (fromzero has default, linear and llama3)"
+        )
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     return RopeScaling(type=kind, **{k: params[k] for k in keys if k in params and (kind == "llama3" or k == "factor")})
 
@@ -96,12 +98,17 @@ def model_config(config: dict[str, Any], where: Path) -> ModelConfig:
     """A transformers config.json as a ModelConfig; what fromzero's model cannot compute exactly is refused."""
     family = config["model_type"]
     if family not in ARCHITECTURES:
-        raise ValueError(f"{where}: model_type {family!r} is not supported; fromzero imports {', '.join(ARCHITECTURES)}")
+        raise ValueError(
+            f"{where}: model_type {family!r} is not supported; fromzero imports {', '.join(ARCHITECTURES)}"
+        )
     if (arch := (config.get("architectures") or [ARCHITECTURES[family]])[0]) != ARCHITECTURES[family]:
         raise ValueError(f"{where}: a {arch}; fromzero imports language models ({ARCHITECTURES[family]})")
-    refused = {"hidden_act": config.get("hidden_act", "silu") not in ("silu", "swish"),
-               "attention_bias": bool(config.get("attention_bias")), "mlp_bias": bool(config.get("mlp_bias")),
-               "partial_rotary_factor": config.get("partial_rotary_factor", 1.0) != 1.0}  # fmt: skip
+    refused = {
+        "hidden_act": config.get("hidden_act", "silu") not in ("silu", "swish"),
+        "attention_bias": bool(config.get("attention_bias")),
+        "mlp_bias": bool(config.get("mlp_bias")),
+        "partial_rotary_factor": config.get("partial_rotary_factor", 1.0) != 1.0,
+    }
     if bad := [k for k, v in refused.items() if v]:
         raise ValueError(f"{where}: {bad[0]}={config.get(bad[0])!r} is not supported by fromzero's model")
     params = config.get("rope_parameters") or {}
@@ -113,13 +120,20 @@ def model_config(config: dict[str, Any], where: Path) -> ModelConfig:
         max_len = window
     try:
         return ModelConfig(
-            vocab_size=config["vocab_size"], dim=dim, n_layers=config["num_hidden_layers"], n_heads=heads,
-            n_kv_heads=config.get("num_key_value_heads") or heads, hidden_dim=config["intermediate_size"],
-            max_seq_len=max_len, rope_theta=config.get("rope_theta", params.get("rope_theta", 10000.0)),
-            rope_scaling=rope_scaling(config, where), head_size=None if head_dim * heads == dim else head_dim,
-            qkv_bias=family == "qwen2", norm_eps=config.get("rms_norm_eps", 1e-6),
+            vocab_size=config["vocab_size"],
+            dim=dim,
+            n_layers=config["num_hidden_layers"],
+            n_heads=heads,
+            n_kv_heads=config.get("num_key_value_heads") or heads,
+            hidden_dim=config["intermediate_size"],
+            max_seq_len=max_len,
+            rope_theta=config.get("rope_theta", params.get("rope_theta", 10000.0)),
+            rope_scaling=rope_scaling(config, where),
+            head_size=None if head_dim * heads == dim else head_dim,
+            qkv_bias=family == "qwen2",
+            norm_eps=config.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        )  # fmt: skip
+        )
     except KeyError as e:
         raise ValueError(f"{where / 'config.json'}: no {e.args[0]}") from None
     except ValidationError as e:
@@ -161,13 +175,17 @@ def load_model(path: Path) -> Transformer:
     cfg = model_config(read_config(path), path)
     model = Transformer(cfg)
     # rotary tables are computed, not learned; a tied checkpoint may still store its LM head
-    state = {k: v.float() for k, v in read_weights(path).items()
-             if not k.endswith("rotary_emb.inv_freq") and not (cfg.tie_embeddings and k == "lm_head.weight")}  # fmt: skip
+    state = {
+        k: v.float()
+        for k, v in read_weights(path).items()
+        if not k.endswith("rotary_emb.inv_freq") and not (cfg.tie_embeddings and k == "lm_head.weight")
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if m != "lm_head.weight" or not cfg.tie_embeddings]
     if missing or unexpected:
-        raise ValueError(f"{path}: the weights do not match its config.json: missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}")  # fmt: skip
+        raise ValueError(
+            f"{path}: the weights do not match its config.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model
 
 
@@ -180,17 +198,34 @@ def hf_config(cfg: ModelConfig, tok: Tokenizer, dtype: str) -> dict[str, Any]:
         s = cfg.rope_scaling
         scaling = {"rope_type": s.type, "factor": s.factor}
         if s.type == "llama3":
-            scaling.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
-                           original_max_position_embeddings=s.original_max_position_embeddings)  # fmt: skip
+            scaling.update(
+                low_freq_factor=s.low_freq_factor,
+                high_freq_factor=s.high_freq_factor,
+                original_max_position_embeddings=s.original_max_position_embeddings,
+            )
     config = {
-        "architectures": [ARCHITECTURES[family]], "model_type": family, "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.dim, "intermediate_size": cfg.ffn_dim, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
-        "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta, "rope_scaling": scaling, "tie_word_embeddings": cfg.tie_embeddings,
-        "initializer_range": cfg.init_std, "bos_token_id": tok.bos_id, "eos_token_id": tok.end_id,
-        "pad_token_id": tok.pad_id, "torch_dtype": dtype, "use_cache": True,
-    }  # fmt: skip
+        "architectures": [ARCHITECTURES[family]],
+        "model_type": family,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": scaling,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.end_id,
+        "pad_token_id": tok.pad_id,
+        "torch_dtype": dtype,
+        "use_cache": True,
+    }
     if family == "llama":
         config.update(attention_bias=False, mlp_bias=False)
     else:
@@ -206,9 +241,15 @@ def write_tokenizer(tok: Tokenizer, tokenizer_file: Path, out: Path, max_len: in
             if (tokenizer_file.parent / name).is_file():
                 shutil.copyfile(tokenizer_file.parent / name, out / name)
         return
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|end|>",
-              "pad_token": "<|pad|>", "model_max_length": max_len, "clean_up_tokenization_spaces": False,
-              "chat_template": BUILTIN_CHAT_TEMPLATE}  # fmt: skip
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|bos|>",
+        "eos_token": "<|end|>",
+        "pad_token": "<|pad|>",
+        "model_max_length": max_len,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": BUILTIN_CHAT_TEMPLATE,
+    }
     (out / SIDECAR_FILES[0]).write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -216,8 +257,10 @@ def refuse_reward_model(ckpt: Path) -> None:
     from fromzero import checkpoint
 
     if checkpoint.is_reward_model(ckpt):
-        raise ValueError(f"{ckpt} is a reward model (a score head): export a language model (pretrain, SFT, DPO, PPO or "
-                         "GRPO checkpoint); its likelihood gate has no transformers class")  # fmt: skip
+        raise ValueError(
+            f"{ckpt} is a reward model (a score head): export a language model (pretrain, SFT, DPO, PPO or "
+            "GRPO checkpoint); its likelihood gate has no transformers class"
+        )
 
 
 def load_for_export(ckpt_path: str | Path):
@@ -255,15 +298,21 @@ def export(ckpt_path: str | Path, out: Path, dtype: str = "float32") -> Path:
         raise ValueError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     _, model, tok_file, tok = load_for_export(ckpt_path)
     cfg = model.cfg
-    state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()
-             if not (cfg.tie_embeddings and k == "lm_head.weight")}  # fmt: skip
+    state = {
+        k: v.detach().to(DTYPES[dtype]).contiguous()
+        for k, v in model.state_dict().items()
+        if not (cfg.tie_embeddings and k == "lm_head.weight")
+    }
 
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, tok, dtype), indent=2) + "\n")
         stop = [tok.end_id] + ([tok.eos_id] if tok.eos_id != tok.end_id else [])  # an imported eos stops too
-        generation = {"bos_token_id": tok.bos_id, "eos_token_id": stop[0] if len(stop) == 1 else stop,
-                      "pad_token_id": tok.pad_id}  # fmt: skip
+        generation = {
+            "bos_token_id": tok.bos_id,
+            "eos_token_id": stop[0] if len(stop) == 1 else stop,
+            "pad_token_id": tok.pad_id,
+        }
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         write_tokenizer(tok, tok_file, tmp, cfg.max_seq_len)
 

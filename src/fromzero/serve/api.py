@@ -14,8 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 class ApiError(Exception):
     """An error the client caused (or a missing model), answered as {"error": {message, type, param, code}}."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -23,8 +30,9 @@ class ApiError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:  # fmt: skip
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -90,8 +98,12 @@ class CompletionRequest(Sampling):
 
 class ArenaRequest(Body):
     messages: list[ChatMessage] = Field(min_length=1)
-    models: list[str] | None = Field(None, min_length=2, max_length=2, description="two served models; default: "
-                                     "two drawn at random (or two samples of the one model served)")  # fmt: skip
+    models: list[str] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="two served models; default: two drawn at random (or two samples of the one model served)",
+    )
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1, description="default: 128, or the server's limit if lower")

@@ -33,7 +33,14 @@ from fromzero.data.chat import Message, check_messages
 from fromzero.eval.leaderboard import leaderboard
 from fromzero.generate import SamplingConfig, TopLogprobs
 from fromzero.serve.api import (
-    ApiError, ArenaRequest, ChatCompletionRequest, ChatMessage, CompletionRequest, Sampling, VoteRequest, error_body,
+    ApiError,
+    ArenaRequest,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    Sampling,
+    VoteRequest,
+    error_body,
 )
 from fromzero.serve.batching import Request as GenRequest
 from fromzero.serve.models import ServedModel
@@ -41,7 +48,9 @@ from fromzero.serve.models import ServedModel
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/chat": "chat.html", "/arena": "arena.html", "/leaderboard": "leaderboard.html"}
 # no inline script or style, nothing from elsewhere: a page cannot be made to run what a model wrote
-CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'"
+)
 
 
 @dataclass
@@ -69,8 +78,16 @@ class GenerationError(Exception):
     pass
 
 
-async def generate(model: ServedModel, prompt: list[int], sampling: SamplingConfig, *, n: int, seed: int,
-                   logprobs: int | None, stops: Sequence[str]) -> AsyncIterator[Delta]:  # fmt: skip
+async def generate(
+    model: ServedModel,
+    prompt: list[int],
+    sampling: SamplingConfig,
+    *,
+    n: int,
+    seed: int,
+    logprobs: int | None,
+    stops: Sequence[str],
+) -> AsyncIterator[Delta]:
     """Deltas of n choices sampled together (choice i with seed + i), as the batcher produces them. Text is held
     back while it ends in a partial UTF-8 character or could be the start of a stop string; a stop string ends
     its choice there (finish "stop"), and is not part of the text."""
@@ -78,6 +95,7 @@ async def generate(model: ServedModel, prompt: list[int], sampling: SamplingConf
     events: asyncio.Queue[tuple] = asyncio.Queue()
     requests = []
     for i in range(n):
+
         def on_token(token: int, lp: float | None, top: TopLogprobs | None, i: int = i) -> bool:
             loop.call_soon_threadsafe(events.put_nowait, ("token", i, token, lp, top))
             return not requests[i].cancelled
@@ -143,8 +161,12 @@ class Server:
 
     def model(self, name: str | None) -> ServedModel:
         if name not in self.models:
-            raise ApiError(404, f"The model `{name}` does not exist; served: {', '.join(self.models)}", param="model",
-                           code="model_not_found")  # fmt: skip
+            raise ApiError(
+                404,
+                f"The model `{name}` does not exist; served: {', '.join(self.models)}",
+                param="model",
+                code="model_not_found",
+            )
         return self.models[name]
 
     def close(self) -> None:
@@ -154,8 +176,9 @@ class Server:
 
 
 def messages_of(messages: Sequence[ChatMessage], param: str = "messages") -> list[Message]:
-    out: list[Message] = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                          for m in messages]  # type: ignore[misc]  # fmt: skip
+    out: list[Message] = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages
+    ]  # type: ignore[misc]
     try:
         check_messages(out)
     except ValueError as e:
@@ -165,19 +188,29 @@ def messages_of(messages: Sequence[ChatMessage], param: str = "messages") -> lis
     return out
 
 
-def sampling_of(body: Sampling, model: ServedModel, prompt_len: int, limits: Limits, stop_tokens: tuple[int, ...],
-                param: str) -> SamplingConfig:  # fmt: skip
+def sampling_of(
+    body: Sampling, model: ServedModel, prompt_len: int, limits: Limits, stop_tokens: tuple[int, ...], param: str
+) -> SamplingConfig:
     room = model.max_seq_len - prompt_len
     if room < 1:
-        raise ApiError(400, f"{param}: {prompt_len} prompt tokens leave no room in the model's context of "
-                       f"{model.max_seq_len} tokens", param=param, code="context_length_exceeded")  # fmt: skip
+        raise ApiError(
+            400,
+            f"{param}: {prompt_len} prompt tokens leave no room in the model's context of {model.max_seq_len} tokens",
+            param=param,
+            code="context_length_exceeded",
+        )
     asked = body.max_completion_tokens or body.max_tokens
     if asked is not None and asked > limits.max_tokens:
         key = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         raise ApiError(400, f"{key}: at most {limits.max_tokens} on this server, got {asked}", param=key)
     temperature = 1.0 if body.temperature is None else body.temperature
-    return SamplingConfig(max_new_tokens=min(asked or limits.max_tokens, room), temperature=temperature,
-                          top_k=body.top_k, top_p=body.top_p, stop_tokens=stop_tokens)  # fmt: skip
+    return SamplingConfig(
+        max_new_tokens=min(asked or limits.max_tokens, room),
+        temperature=temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        stop_tokens=stop_tokens,
+    )
 
 
 def _new_seed() -> int:
@@ -194,25 +227,39 @@ def token_entry(model: ServedModel, token: int, lp: float) -> dict[str, Any]:
 
 
 def chat_logprobs(model: ServedModel, entries: list[tuple[int, float, TopLogprobs]]) -> dict[str, Any]:
-    return {"content": [{**token_entry(model, t, lp), "top_logprobs": [token_entry(model, a, b) for a, b in top]}
-                        for t, lp, top in entries]}  # fmt: skip
+    return {
+        "content": [
+            {**token_entry(model, t, lp), "top_logprobs": [token_entry(model, a, b) for a, b in top]}
+            for t, lp, top in entries
+        ]
+    }
 
 
-def completion_logprobs(model: ServedModel, entries: list[tuple[int, float, TopLogprobs]], offset: int) -> dict[str, Any]:
+def completion_logprobs(
+    model: ServedModel, entries: list[tuple[int, float, TopLogprobs]], offset: int
+) -> dict[str, Any]:
     decode = model.engine.tok.decode
     tokens = [decode([t]) for t, _, _ in entries]
     offsets = [offset + sum(len(x) for x in tokens[:k]) for k in range(len(tokens))]
-    return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [{decode([a]): b for a, b in top} for _, _, top in entries], "text_offset": offsets}  # fmt: skip
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for _, lp, _ in entries],
+        "top_logprobs": [{decode([a]): b for a, b in top} for _, _, top in entries],
+        "text_offset": offsets,
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None = None,
-               limits: Limits | None = None) -> FastAPI:  # fmt: skip
+def create_app(
+    models: Sequence[ServedModel], db: Path, *, api_key: str | None = None, limits: Limits | None = None
+) -> FastAPI:
     server = Server(models, db, api_key, limits or Limits())
 
     @contextlib.asynccontextmanager
@@ -243,13 +290,19 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
             if length is None or not length.isdigit():
                 return JSONResponse(error_body("a request body needs a Content-Length header"), status_code=411)
             if int(length) > server.limits.max_body_bytes:
-                return JSONResponse(error_body(f"request body of {length} bytes is over this server's limit of "
-                                               f"{server.limits.max_body_bytes}"), status_code=413)  # fmt: skip
+                return JSONResponse(
+                    error_body(
+                        f"request body of {length} bytes is over this server's limit of {server.limits.max_body_bytes}"
+                    ),
+                    status_code=413,
+                )
         if server.api_key and path.startswith(("/v1", "/api")):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {server.api_key}".encode()):
-                return JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                               code="invalid_api_key"), status_code=401)  # fmt: skip
+                return JSONResponse(
+                    error_body("missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key"),
+                    status_code=401,
+                )
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -275,9 +328,21 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": m.name, "object": "model", "created": server.created,
-                                            "owned_by": "fromzero", "stage": m.stage, "checkpoint_sha": m.sha,
-                                            "max_model_len": m.max_seq_len} for m in server.models.values()]}  # fmt: skip
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": server.created,
+                    "owned_by": "fromzero",
+                    "stage": m.stage,
+                    "checkpoint_sha": m.sha,
+                    "max_model_len": m.max_seq_len,
+                }
+                for m in server.models.values()
+            ],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
@@ -296,23 +361,48 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
             def chunk(choices: list[dict], **extra: Any) -> str:
-                return sse({**head, "object": "chat.completion.chunk", "choices": choices, **extra,
-                            **({"usage": None} if include_usage and "usage" not in extra else {})})  # fmt: skip
+                return sse(
+                    {
+                        **head,
+                        "object": "chat.completion.chunk",
+                        "choices": choices,
+                        **extra,
+                        **({"usage": None} if include_usage and "usage" not in extra else {}),
+                    }
+                )
 
             async def events() -> AsyncIterator[str]:
                 done: dict[int, int] = {}
                 try:
-                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                  "finish_reason": None} for i in range(body.n)])  # fmt: skip
+                    yield chunk(
+                        [
+                            {
+                                "index": i,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                            for i in range(body.n)
+                        ]
+                    )
                     async for d in deltas:
                         lp = chat_logprobs(model, d.logprobs) if top is not None else None
                         if d.text or lp and lp["content"]:
-                            yield chunk([{"index": d.index, "delta": {"content": d.text}, "logprobs": lp,
-                                          "finish_reason": None}])  # fmt: skip
+                            yield chunk(
+                                [
+                                    {
+                                        "index": d.index,
+                                        "delta": {"content": d.text},
+                                        "logprobs": lp,
+                                        "finish_reason": None,
+                                    }
+                                ]
+                            )
                         if d.finish_reason:
                             done[d.index] = d.tokens
-                            yield chunk([{"index": d.index, "delta": {}, "logprobs": None,
-                                          "finish_reason": d.finish_reason}])  # fmt: skip
+                            yield chunk(
+                                [{"index": d.index, "delta": {}, "logprobs": None, "finish_reason": d.finish_reason}]
+                            )
                     if include_usage:
                         yield chunk([], usage=usage(len(prompt), sum(done.values())))
                 except GenerationError as e:
@@ -321,10 +411,22 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
 
             return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         texts, entries, finish, counts = await collect(deltas, body.n)
-        return JSONResponse({**head, "object": "chat.completion", "choices": [
-            {"index": i, "message": {"role": "assistant", "content": texts[i]},
-             "logprobs": chat_logprobs(model, entries[i]) if top is not None else None, "finish_reason": finish[i]}
-            for i in range(body.n)], "usage": usage(len(prompt), sum(counts))})  # fmt: skip
+        return JSONResponse(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": texts[i]},
+                        "logprobs": chat_logprobs(model, entries[i]) if top is not None else None,
+                        "finish_reason": finish[i],
+                    }
+                    for i in range(body.n)
+                ],
+                "usage": usage(len(prompt), sum(counts)),
+            }
+        )
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Response:
@@ -339,8 +441,13 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
         sampling = sampling_of(body, model, len(prompt), server.limits, (model.engine.tok.bos_id,), "prompt")
         seed, stops = body.seed if body.seed is not None else _new_seed(), body.stops()
         deltas = generate(model, prompt, sampling, n=body.n, seed=seed, logprobs=body.logprobs, stops=stops)
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model.name, "system_fingerprint": model.sha}  # fmt: skip
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model.name,
+            "system_fingerprint": model.sha,
+        }
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -349,12 +456,22 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
                 offsets = [0] * body.n
                 try:
                     async for d in deltas:
-                        lp = completion_logprobs(model, d.logprobs, offsets[d.index]) if body.logprobs is not None else None
+                        lp = (
+                            completion_logprobs(model, d.logprobs, offsets[d.index])
+                            if body.logprobs is not None
+                            else None
+                        )
                         offsets[d.index] += len(d.text)
                         if d.finish_reason:
                             done[d.index] = d.tokens
-                        yield sse({**head, "choices": [{"index": d.index, "text": d.text, "logprobs": lp,
-                                                        "finish_reason": d.finish_reason}]})  # fmt: skip
+                        yield sse(
+                            {
+                                **head,
+                                "choices": [
+                                    {"index": d.index, "text": d.text, "logprobs": lp, "finish_reason": d.finish_reason}
+                                ],
+                            }
+                        )
                     if include_usage:
                         yield sse({**head, "choices": [], "usage": usage(len(prompt), sum(done.values()))})
                 except GenerationError as e:
@@ -363,10 +480,21 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
 
             return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         texts, entries, finish, counts = await collect(deltas, body.n)
-        return JSONResponse({**head, "choices": [
-            {"index": i, "text": texts[i], "finish_reason": finish[i],
-             "logprobs": completion_logprobs(model, entries[i], 0) if body.logprobs is not None else None}
-            for i in range(body.n)], "usage": usage(len(prompt), sum(counts))})  # fmt: skip
+        return JSONResponse(
+            {
+                **head,
+                "choices": [
+                    {
+                        "index": i,
+                        "text": texts[i],
+                        "finish_reason": finish[i],
+                        "logprobs": completion_logprobs(model, entries[i], 0) if body.logprobs is not None else None,
+                    }
+                    for i in range(body.n)
+                ],
+                "usage": usage(len(prompt), sum(counts)),
+            }
+        )
 
     # -- the arena ------------------------------------------------------------
 
@@ -374,6 +502,7 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
     async def arena(body: ArenaRequest) -> Response:
         battle = await start_battle(server, body)
         if body.stream:
+
             async def events() -> AsyncIterator[str]:
                 yield sse({"id": battle.id})
                 async for event in battle.follow():
@@ -392,8 +521,14 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
         if battle is not None:  # still being written: the vote waits for both answers
             await battle.finished(server.limits.battle_timeout_s)
         try:
-            vote_id, duplicate = store.add_vote(server.db, body.id, body.choice, better=body.better,
-                                                session_id=body.session_id, idempotency_key=body.idempotency_key)  # fmt: skip
+            vote_id, duplicate = store.add_vote(
+                server.db,
+                body.id,
+                body.choice,
+                better=body.better,
+                session_id=body.session_id,
+                idempotency_key=body.idempotency_key,
+            )
         except KeyError:
             raise ApiError(404, f"id: no battle {body.id!r}", param="id") from None
         except store.VoteConflict as e:
@@ -401,20 +536,30 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
         except ValueError as e:
             raise ApiError(400, str(e), param="better" if "better" in str(e) else "id") from None
         row = server.db.execute("SELECT model_a, model_b FROM battles WHERE id = ?", (body.id,)).fetchone()
-        return JSONResponse({"vote_id": vote_id, "id": body.id, "choice": body.choice, "duplicate": duplicate,
-                             "models": {"a": row[0], "b": row[1]}})  # fmt: skip
+        return JSONResponse(
+            {
+                "vote_id": vote_id,
+                "id": body.id,
+                "choice": body.choice,
+                "duplicate": duplicate,
+                "models": {"a": row[0], "b": row[1]},
+            }
+        )
 
     @app.get("/api/votes")
     async def votes() -> dict[str, Any]:
-        rows = server.db.execute("SELECT b.model_a, b.model_b, v.choice FROM votes v JOIN battles b "
-                                 "ON b.id = v.battle_id").fetchall()  # fmt: skip
+        rows = server.db.execute(
+            "SELECT b.model_a, b.model_b, v.choice FROM votes v JOIN battles b ON b.id = v.battle_id"
+        ).fetchall()
         pairs: dict[tuple[str, str], dict[str, Any]] = {}
         choices = dict.fromkeys(store.CHOICES, 0)
         for a, b, choice in rows:
             choices[choice] += 1
             first, second = sorted((a, b))
-            entry = pairs.setdefault((first, second), {"models": [first, second], "votes": 0,
-                                                       "wins": {first: 0, second: 0}, "tie": 0, "both_bad": 0})  # fmt: skip
+            entry = pairs.setdefault(
+                (first, second),
+                {"models": [first, second], "votes": 0, "wins": {first: 0, second: 0}, "tie": 0, "both_bad": 0},
+            )
             entry["votes"] += 1
             if choice in ("a", "b"):
                 entry["wins"][a if choice == "a" else b] += 1
@@ -424,8 +569,9 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
 
     @app.get("/api/leaderboard")
     async def ranking() -> dict[str, Any]:
-        rows = server.db.execute("SELECT b.model_a, b.model_b, v.choice FROM votes v JOIN battles b "
-                                 "ON b.id = v.battle_id").fetchall()  # fmt: skip
+        rows = server.db.execute(
+            "SELECT b.model_a, b.model_b, v.choice FROM votes v JOIN battles b ON b.id = v.battle_id"
+        ).fetchall()
         return {"models": leaderboard(list(server.models), [tuple(r) for r in rows])}
 
     @app.get("/api/export/{name}")
@@ -434,8 +580,9 @@ def create_app(models: Sequence[ServedModel], db: Path, *, api_key: str | None =
         if name not in exporters:
             raise ApiError(404, f"no export {name!r}; there are {', '.join(exporters)}")
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in exporters[name](server.db))
-        return Response(lines, media_type="application/x-ndjson",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            lines, media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        )
 
     return app
 
@@ -488,8 +635,9 @@ class Battle:
         try:
             await asyncio.wait_for(self.done.wait(), timeout)
         except asyncio.TimeoutError:
-            raise ApiError(504, f"the answers of battle {self.id} took longer than {timeout:.0f} s",
-                           type="server_error") from None  # fmt: skip
+            raise ApiError(
+                504, f"the answers of battle {self.id} took longer than {timeout:.0f} s", type="server_error"
+            ) from None
 
 
 async def start_battle(server: Server, body: ArenaRequest) -> Battle:
@@ -507,17 +655,29 @@ async def start_battle(server: Server, body: ArenaRequest) -> Battle:
     for side, model in models.items():
         prompts[side] = model.engine.encode(messages)
         sampling = Sampling(temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens)
-        samplings[side] = sampling_of(sampling, model, len(prompts[side]), server.limits, (model.engine.tok.end_id,),
-                                      "messages")  # fmt: skip
-    battle = Battle(store.add_battle(
-        server.db, messages, models["a"].name, models["b"].name, ckpt_a=models["a"].sha, ckpt_b=models["b"].sha,
-        sampling={"temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens},
-        seed_a=seeds["a"], seed_b=seeds["b"], session_id=body.session_id))  # fmt: skip
+        samplings[side] = sampling_of(
+            sampling, model, len(prompts[side]), server.limits, (model.engine.tok.end_id,), "messages"
+        )
+    battle = Battle(
+        store.add_battle(
+            server.db,
+            messages,
+            models["a"].name,
+            models["b"].name,
+            ckpt_a=models["a"].sha,
+            ckpt_b=models["b"].sha,
+            sampling={"temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens},
+            seed_a=seeds["a"],
+            seed_b=seeds["b"],
+            session_id=body.session_id,
+        )
+    )
     server.battles[battle.id] = battle
 
     async def side(name: str) -> None:
-        async for d in generate(models[name], prompts[name], samplings[name], n=1, seed=seeds[name], logprobs=None,
-                                stops=()):  # fmt: skip
+        async for d in generate(
+            models[name], prompts[name], samplings[name], n=1, seed=seeds[name], logprobs=None, stops=()
+        ):
             battle.texts[name] += d.text
             await battle.publish({"side": name, "delta": d.text, "finish_reason": d.finish_reason})
 

@@ -118,7 +118,9 @@ class Batcher:
         self.steps += 1
         tokens = self._sample(logits, self.running)
         self.last[:rows] = tokens
-        finished = [i for i, (r, t) in enumerate(zip(self.running, tokens.tolist())) if self._emit(r, t, logits, tokens, i)]
+        finished = [
+            i for i, (r, t) in enumerate(zip(self.running, tokens.tolist())) if self._emit(r, t, logits, tokens, i)
+        ]
         for i in reversed(finished):  # the last running row fills each freed slot
             last = len(self.running) - 1
             if i != last:

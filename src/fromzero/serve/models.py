@@ -80,8 +80,9 @@ def weights_sha(ckpt: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load(paths: Sequence[str | Path], *, device: str = "cpu", max_batch: int = 16,
-         threads: int | None = None) -> list[ServedModel]:
+def load(
+    paths: Sequence[str | Path], *, device: str = "cpu", max_batch: int = 16, threads: int | None = None
+) -> list[ServedModel]:
     served = []
     for name, ckpt in find_checkpoints(paths):
         model = checkpoint.load_model(ckpt, device).eval()

@@ -8,10 +8,36 @@ from fromzero.synth.docs import Chunk, WordSpans, chunk_documents, read_document
 from fromzero.synth.generators import EndpointGenerator, EngineGenerator, Generated, Generator
 from fromzero.synth.judges import Judge, LLMJudge, RewardModelJudge
 from fromzero.synth.parse import parse_pairs
-from fromzero.synth.prompts import DEFAULT_TEMPLATE, QUESTION_TEMPLATE, load_template, render_prompt, render_question_prompt
+from fromzero.synth.prompts import (
+    DEFAULT_TEMPLATE,
+    QUESTION_TEMPLATE,
+    load_template,
+    render_prompt,
+    render_question_prompt,
+)
 from fromzero.synth.run import SynthReport, read_prompts, synth_instructions, synth_preferences
 
-__all__ = ["DEFAULT_TEMPLATE", "QUESTION_TEMPLATE", "render_question_prompt", "Chunk", "EndpointGenerator", "EngineGenerator", "Generated", "Generator", "Judge",
-           "LLMJudge", "RewardModelJudge", "SynthConfig", "SynthReport", "chunk_documents", "load_template",
-           "parse_pairs", "read_documents", "read_prompts", "render_prompt", "synth_instructions",
-           "synth_preferences", "WordSpans"]  # fmt: skip
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "QUESTION_TEMPLATE",
+    "render_question_prompt",
+    "Chunk",
+    "EndpointGenerator",
+    "EngineGenerator",
+    "Generated",
+    "Generator",
+    "Judge",
+    "LLMJudge",
+    "RewardModelJudge",
+    "SynthConfig",
+    "SynthReport",
+    "chunk_documents",
+    "load_template",
+    "parse_pairs",
+    "read_documents",
+    "read_prompts",
+    "render_prompt",
+    "synth_instructions",
+    "synth_preferences",
+    "WordSpans",
+]

@@ -13,9 +13,18 @@ STOP_WORDS = frozenset(
     "a an the is are was were be been am i you he she it we they his her its their my your our of in on at to for "
     "from by with and or but not no yes this that these those there here what which who whom whose when where why how "
     "do does did has have had as so than then very um well sure".split()
-)  # fmt: skip
-REASONS = ("truncated", "too_short", "too_long", "duplicate", "near_duplicate", "ungrounded", "contaminated",
-           "judge_failed", "judge_below_threshold")  # fmt: skip
+)
+REASONS = (
+    "truncated",
+    "too_short",
+    "too_long",
+    "duplicate",
+    "near_duplicate",
+    "ungrounded",
+    "contaminated",
+    "judge_failed",
+    "judge_below_threshold",
+)
 
 
 def words(text: str) -> list[str]:

@@ -26,8 +26,9 @@ class Generated:
 class Generator(Protocol):
     name: str  # the generator model, recorded with every record
 
-    def complete(self, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int,
-                 seeds: Sequence[int]) -> list[Generated]: ...  # fmt: skip
+    def complete(
+        self, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int, seeds: Sequence[int]
+    ) -> list[Generated]: ...
 
 
 class EngineGenerator:
@@ -50,19 +51,28 @@ class EngineGenerator:
         model = checkpoint.load_model(path, device).eval()
         return cls(model, Tokenizer.load(checkpoint.tokenizer_file(path)), str(path), batch_size)
 
-    def complete(self, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int,
-                 seeds: Sequence[int]) -> list[Generated]:  # fmt: skip
+    def complete(
+        self, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int, seeds: Sequence[int]
+    ) -> list[Generated]:
         from fromzero.generate import SamplingConfig
 
         eng, limit = self.engine, self.engine.model.cfg.max_seq_len
-        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_p=top_p if temperature else None, stop_tokens=(eng.tok.end_id,))  # fmt: skip
+        sampling = SamplingConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p if temperature else None,
+            stop_tokens=(eng.tok.end_id,),
+        )
         out: list[Generated | None] = [None] * len(prompts)
         ids = [eng.encode(p) for p in prompts]
         fits = [i for i, p in enumerate(ids) if len(p) + max_new_tokens <= limit]
         for i in set(range(len(prompts))) - set(fits):
-            out[i] = Generated("", "error", f"prompt of {len(ids[i])} tokens + max_new_tokens {max_new_tokens} is "
-                               f"more than the model's max_seq_len {limit}: lower chunk_tokens or max_new_tokens")  # fmt: skip
+            out[i] = Generated(
+                "",
+                "error",
+                f"prompt of {len(ids[i])} tokens + max_new_tokens {max_new_tokens} is "
+                f"more than the model's max_seq_len {limit}: lower chunk_tokens or max_new_tokens",
+            )
         for start in range(0, len(fits), self.batch_size):
             rows = fits[start : start + self.batch_size]
             done = eng.generate([ids[i] for i in rows], sampling, row_seeds=[seeds[i] for i in rows])
@@ -76,18 +86,37 @@ class EndpointGenerator:
     fails with a connection error, a timeout, 429 or a 5xx is retried `retries` times, waiting backoff_s, then twice
     as long, and so on; other errors (a 400, a 404 for a wrong model name) are not retried."""
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, *, concurrency: int = 4, retries: int = 3,
-                 backoff_s: float = 0.5, timeout_s: float = 120.0):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        concurrency: int = 4,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        timeout_s: float = 120.0,
+    ):
         base = url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else \
-            base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")  # fmt: skip
+        self.url = (
+            base
+            if base.endswith("/chat/completions")
+            else base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        )
         self.name, self.api_key, self.concurrency = model, api_key, concurrency
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
 
     def request(self, prompt: str, *, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> Generated:
-        body = json.dumps({"model": self.name, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens,
-                           "seed": seed}).encode()  # fmt: skip
+        body = json.dumps(
+            {
+                "model": self.name,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": temperature,
+                "top_p": top_p,
+                "max_tokens": max_new_tokens,
+                "seed": seed,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -100,7 +129,9 @@ class EndpointGenerator:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
                     reply = json.loads(r.read())
                 choice = reply["choices"][0]
-                return Generated((choice["message"].get("content") or "").strip(), choice.get("finish_reason") or "stop")
+                return Generated(
+                    (choice["message"].get("content") or "").strip(), choice.get("finish_reason") or "stop"
+                )
             except urllib.error.HTTPError as e:
                 detail = e.read()[:200].decode("utf-8", "replace")
                 error = f"HTTP {e.code} from {self.url}: {detail}"
@@ -112,16 +143,23 @@ class EndpointGenerator:
                 error = f"{self.url}: unexpected reply ({type(e).__name__}: {e})"
         return Generated("", "error", error)
 
-    def complete(self, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int,
-                 seeds: Sequence[int]) -> list[Generated]:  # fmt: skip
+    def complete(
+        self, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int, seeds: Sequence[int]
+    ) -> list[Generated]:
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda ps: self.request(ps[0], temperature=temperature, top_p=top_p,
-                                                         max_new_tokens=max_new_tokens, seed=ps[1]),
-                                 zip(prompts, seeds)))  # fmt: skip
+            return list(
+                pool.map(
+                    lambda ps: self.request(
+                        ps[0], temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=ps[1]
+                    ),
+                    zip(prompts, seeds),
+                )
+            )
 
 
-def make_generator(*, ckpt: str | Path | None, endpoint: str | None, model: str | None, api_key: str | None,
-                   cfg, device: str = "cpu") -> Generator:  # fmt: skip
+def make_generator(
+    *, ckpt: str | Path | None, endpoint: str | None, model: str | None, api_key: str | None, cfg, device: str = "cpu"
+) -> Generator:
     """A checkpoint in process (--ckpt) or an endpoint (--endpoint with --model), never both."""
     if (ckpt is None) == (endpoint is None):
         raise ValueError("give the generator as --ckpt DIR (in process) or --endpoint URL --model NAME, one of them")
@@ -129,5 +167,12 @@ def make_generator(*, ckpt: str | Path | None, endpoint: str | None, model: str 
         return EngineGenerator.from_checkpoint(ckpt, device)
     if not model:
         raise ValueError("--endpoint needs --model (the model name the server serves, e.g. sft for fromzero serve)")
-    return EndpointGenerator(endpoint, model, api_key, concurrency=cfg.concurrency, retries=cfg.retries,
-                             backoff_s=cfg.backoff_s, timeout_s=cfg.timeout_s)  # fmt: skip
+    return EndpointGenerator(
+        endpoint,
+        model,
+        api_key,
+        concurrency=cfg.concurrency,
+        retries=cfg.retries,
+        backoff_s=cfg.backoff_s,
+        timeout_s=cfg.timeout_s,
+    )

@@ -50,8 +50,10 @@ class RewardModelJudge:
 
         path = checkpoint.resolve(ckpt)
         if not checkpoint.is_reward_model(path):
-            raise ValueError(f"judge checkpoint {ckpt}: a language model, not a reward model (train one with "
-                             "`fromzero reward`, or use the LLM judge)")  # fmt: skip
+            raise ValueError(
+                f"judge checkpoint {ckpt}: a language model, not a reward model (train one with "
+                "`fromzero reward`, or use the LLM judge)"
+            )
         self.model = load_reward_model(path, device).eval()
         self.tok = Tokenizer.load(checkpoint.tokenizer_file(path))
         self.name, self.batch_size = f"reward:{path}", batch_size
@@ -67,15 +69,27 @@ class RewardModelJudge:
             prompts = [prompt_ids(self.tok, q) for _, q, _ in batch]
             answers = [self.tok.encode(a) + [self.tok.end_id] for _, _, a in batch]
             fits = [i for i, (p, a) in enumerate(zip(prompts, answers)) if len(p) + len(a) <= limit]
-            scores = score_responses(self.model, [prompts[i] for i in fits], [answers[i] for i in fits],
-                                     self.tok.pad_id).tolist() if fits else []  # fmt: skip
+            scores = (
+                score_responses(
+                    self.model, [prompts[i] for i in fits], [answers[i] for i in fits], self.tok.pad_id
+                ).tolist()
+                if fits
+                else []
+            )
             by_row = dict(zip(fits, scores))
             out += [by_row.get(i) for i in range(len(batch))]
         return out
 
 
-def make_judge(kind: str, generator: Generator, *, ckpt: str | None = None, template: str | None = None,
-               device: str = "cpu", default: str = "judge.txt") -> Judge | None:  # fmt: skip
+def make_judge(
+    kind: str,
+    generator: Generator,
+    *,
+    ckpt: str | None = None,
+    template: str | None = None,
+    device: str = "cpu",
+    default: str = "judge.txt",
+) -> Judge | None:
     """The judge a config names: none, the generator itself rating pairs (llm), or a reward model (reward)."""
     if kind == "none":
         return None

@@ -24,8 +24,12 @@ def parse_pairs(text: str) -> Parsed:
     text = (text or "").strip()
     if not text:
         return Parsed([], "empty", None)
-    for style, reader in (("json", _json_pairs), ("tagged", _tagged_pairs), ("labelled", _labelled_pairs),
-                          ("numbered", _numbered_pairs)):  # fmt: skip
+    for style, reader in (
+        ("json", _json_pairs),
+        ("tagged", _tagged_pairs),
+        ("labelled", _labelled_pairs),
+        ("numbered", _numbered_pairs),
+    ):
         pairs = [(q, a) for q, a in reader(text) if q and a]
         if pairs:
             return Parsed(pairs, None, style)

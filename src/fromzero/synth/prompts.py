@@ -10,7 +10,9 @@ from pathlib import Path
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def load_template(path: str | Path | None, default: str = "instruct.txt", fields: tuple[str, ...] = ("{chunk}",)) -> tuple[str, str]:
+def load_template(
+    path: str | Path | None, default: str = "instruct.txt", fields: tuple[str, ...] = ("{chunk}",)
+) -> tuple[str, str]:
     """(text, short sha) of a template file (default: one of synth/templates/); every field must appear in it."""
     file = Path(path) if path else TEMPLATES / default
     if not file.is_file():

@@ -42,13 +42,24 @@ class SynthReport:
     files: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "resumed": self.resumed, "failed": self.failed,
-                "failed_reasons": dict(self.failed_reasons), "generated": self.generated, "kept": self.kept,
-                "dropped": dict(self.dropped), "seconds": round(self.seconds, 2), "files": self.files}  # fmt: skip
+        return {
+            "requests": self.requests,
+            "resumed": self.resumed,
+            "failed": self.failed,
+            "failed_reasons": dict(self.failed_reasons),
+            "generated": self.generated,
+            "kept": self.kept,
+            "dropped": dict(self.dropped),
+            "seconds": round(self.seconds, 2),
+            "files": self.files,
+        }
 
     def table(self) -> str:
-        rows = [("requests", self.requests), ("  read back from an earlier run", self.resumed),
-                ("  failed (no usable reply)", self.failed)]  # fmt: skip
+        rows = [
+            ("requests", self.requests),
+            ("  read back from an earlier run", self.resumed),
+            ("  failed (no usable reply)", self.failed),
+        ]
         rows += [(f"    {k}", v) for k, v in sorted(self.failed_reasons.items())]
         rows += [("generated", self.generated)] + [(f"  dropped: {k}", v) for k, v in self.dropped.items() if v]
         rows += [("kept", self.kept)]
@@ -67,8 +78,12 @@ def seed_of(key: str) -> int:
 def side_files(out: Path) -> dict[str, Path]:
     """Where a job writes: the kept records at `out`, beside it the raw log, the rejected records and the report."""
     stem = out.name.removesuffix(".jsonl")
-    return {"kept": out, "raw": out.with_name(stem + ".raw.jsonl"), "rejected": out.with_name(stem + ".rejected.jsonl"),
-            "report": out.with_name(stem + ".report.json")}  # fmt: skip
+    return {
+        "kept": out,
+        "raw": out.with_name(stem + ".raw.jsonl"),
+        "rejected": out.with_name(stem + ".rejected.jsonl"),
+        "report": out.with_name(stem + ".report.json"),
+    }
 
 
 def read_log(path: Path) -> dict[str, dict[str, Any]]:
@@ -92,8 +107,17 @@ def read_log(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def run_requests(requests: Sequence[dict[str, Any]], gen: Generator, cfg: SynthConfig, log: Path, report: SynthReport,
-                 *, desc: str, progress: bool, batch: int = 16) -> dict[str, dict[str, Any]]:  # fmt: skip
+def run_requests(
+    requests: Sequence[dict[str, Any]],
+    gen: Generator,
+    cfg: SynthConfig,
+    log: Path,
+    report: SynthReport,
+    *,
+    desc: str,
+    progress: bool,
+    batch: int = 16,
+) -> dict[str, dict[str, Any]]:
     """Every request's reply, from the log where an earlier run got it, else asked now (in batches of `batch`, each
     appended to the log when it returns)."""
     done = read_log(log)
@@ -106,9 +130,13 @@ def run_requests(requests: Sequence[dict[str, Any]], gen: Generator, cfg: SynthC
     with open(log, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch):
             part = todo[start : start + batch]
-            replies: list[Generated] = gen.complete([r["prompt"] for r in part], temperature=cfg.temperature,
-                                                    top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                                    seeds=[r["seed"] for r in part])  # fmt: skip
+            replies: list[Generated] = gen.complete(
+                [r["prompt"] for r in part],
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens,
+                seeds=[r["seed"] for r in part],
+            )
             for r, g in zip(part, replies):
                 record = {**r, "output": g.text, "finish_reason": g.finish_reason, "error": g.error}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -127,23 +155,56 @@ def instruction_requests(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConf
     """unit=chunk: pairs_per_chunk pairs per chunk, pairs_per_request at a time; unit=sentence: questions_per_sentence
     questions for every sentence of every chunk."""
     by_sentence = cfg.unit == "sentence"
-    template, sha = load_template(cfg.template, "question.txt" if by_sentence else "instruct.txt",
-                                  ("{chunk}", "{sentence}") if by_sentence else ("{chunk}",))  # fmt: skip
+    template, sha = load_template(
+        cfg.template,
+        "question.txt" if by_sentence else "instruct.txt",
+        ("{chunk}", "{sentence}") if by_sentence else ("{chunk}",),
+    )
     out = []
     for c in chunks:
         if by_sentence:
-            asks = [(s, 1, render_question_prompt(template, c.text, s)) for s in sentences(c.text)
-                    for _ in range(cfg.questions_per_sentence)]  # fmt: skip
+            asks = [
+                (s, 1, render_question_prompt(template, c.text, s))
+                for s in sentences(c.text)
+                for _ in range(cfg.questions_per_sentence)
+            ]
         else:
             per = math.ceil(cfg.pairs_per_chunk / cfg.pairs_per_request)
             sizes = [min(cfg.pairs_per_request, cfg.pairs_per_chunk - i * cfg.pairs_per_request) for i in range(per)]
             asks = [(None, n, render_prompt(template, c.text, n)) for n in sizes]
         for i, (sentence, n, prompt) in enumerate(asks):
-            key = key_of("instruct", c.source, c.start, c.end, c.text, i, n, sentence, sha, gen.name, cfg.temperature,
-                         cfg.top_p, cfg.max_new_tokens, cfg.seed)  # fmt: skip
-            out.append({"key": key, "seed": seed_of(key), "prompt": prompt, "document": c.source, "chunk": c.index,
-                        "start": c.start, "end": c.end, "request": i, "generator": gen.name, "template": sha,
-                        "context": c.text, "sentence": sentence})  # fmt: skip
+            key = key_of(
+                "instruct",
+                c.source,
+                c.start,
+                c.end,
+                c.text,
+                i,
+                n,
+                sentence,
+                sha,
+                gen.name,
+                cfg.temperature,
+                cfg.top_p,
+                cfg.max_new_tokens,
+                cfg.seed,
+            )
+            out.append(
+                {
+                    "key": key,
+                    "seed": seed_of(key),
+                    "prompt": prompt,
+                    "document": c.source,
+                    "chunk": c.index,
+                    "start": c.start,
+                    "end": c.end,
+                    "request": i,
+                    "generator": gen.name,
+                    "template": sha,
+                    "context": c.text,
+                    "sentence": sentence,
+                }
+            )
     return out
 
 
@@ -155,8 +216,15 @@ def parse_reply(rec: dict[str, Any]) -> Parsed:
     return Parsed([(question, rec["sentence"])] if question else [], reason, "question" if question else None)
 
 
-def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig, out: Path, *,
-                       judge: Judge | None = None, progress: bool = True) -> SynthReport:  # fmt: skip
+def synth_instructions(
+    chunks: Sequence[Chunk],
+    gen: Generator,
+    cfg: SynthConfig,
+    out: Path,
+    *,
+    judge: Judge | None = None,
+    progress: bool = True,
+) -> SynthReport:
     """Question/answer pairs about every chunk, filtered; the kept ones written to `out` as messages JSONL."""
     t0, report, files = time.perf_counter(), SynthReport(), side_files(Path(out))
     requests = instruction_requests(chunks, gen, cfg)
@@ -184,10 +252,14 @@ def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig
             report.dropped["truncated"] += 1
             pairs = pairs[:-1]
         for q, a in pairs:
-            reason = filters.length_reason(q, a, cfg.min_question_chars, cfg.max_question_chars, cfg.min_answer_chars,
-                                           cfg.max_answer_chars)  # fmt: skip
-            if reason is None and (filters.unknown_names(q, rec["context"]) or
-                                   cfg.grounding and filters.grounding(a, rec["context"]) < cfg.grounding):  # fmt: skip
+            reason = filters.length_reason(
+                q, a, cfg.min_question_chars, cfg.max_question_chars, cfg.min_answer_chars, cfg.max_answer_chars
+            )
+            if reason is None and (
+                filters.unknown_names(q, rec["context"])
+                or cfg.grounding
+                and filters.grounding(a, rec["context"]) < cfg.grounding
+            ):
                 reason = "ungrounded"
             if reason is None and contamination and contamination.hit(q):
                 reason = "contaminated"
@@ -214,7 +286,9 @@ def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig
     for (rec, q, a), score in zip(unique, scores):
         reason = None
         if judge is not None:
-            reason = "judge_failed" if score is None else "judge_below_threshold" if score < cfg.judge_threshold else None
+            reason = (
+                "judge_failed" if score is None else "judge_below_threshold" if score < cfg.judge_threshold else None
+            )
         if reason is None and near is not None and near.seen(f"{q} {a}"):
             reason = "near_duplicate"
         if reason is not None:
@@ -224,8 +298,12 @@ def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig
         provenance = {k: rec[k] for k in ("document", "chunk", "start", "end", "generator", "template", "seed")}
         if judge is not None:
             provenance |= {"judge": judge.name, "score": score}
-        kept.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                     "provenance": provenance})  # fmt: skip
+        kept.append(
+            {
+                "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                "provenance": provenance,
+            }
+        )
     report.kept = len(kept)
     report.dropped = Counter({k: report.dropped[k] for k in filters.REASONS if report.dropped[k]})
     report.seconds = time.perf_counter() - t0
@@ -233,8 +311,14 @@ def synth_instructions(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConfig
 
 
 def _rejected(rec: dict[str, Any], q: str, a: str, reason: str, score: float | None = None) -> dict[str, Any]:
-    r = {"reason": reason, "question": q, "answer": a, "document": rec["document"], "chunk": rec["chunk"],
-         "request": rec["key"]}  # fmt: skip
+    r = {
+        "reason": reason,
+        "question": q,
+        "answer": a,
+        "document": rec["document"],
+        "chunk": rec["chunk"],
+        "request": rec["key"],
+    }
     return r | ({"score": score} if score is not None else {})
 
 
@@ -265,15 +349,25 @@ def read_prompts(path: str | Path) -> list[str]:
             prompts = [r.record.get("prompt") or r.record.get("question") for r in iter_records(str(path))]
             bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
             if bad:
-                raise DataError(f"{path}: record {bad[0]} has no prompt (expected an instruction record, or a "
-                                "'prompt' or 'question' field)") from None  # fmt: skip
+                raise DataError(
+                    f"{path}: record {bad[0]} has no prompt (expected an instruction record, or a "
+                    "'prompt' or 'question' field)"
+                ) from None
     if not prompts:
         raise DataError(f"{path}: no prompts")
     return list(dict.fromkeys(prompts))  # each prompt once
 
 
-def synth_preferences(prompts: Sequence[str], gen: Generator, judge: Judge, cfg: SynthConfig, out: Path, *,
-                      k: int = 4, progress: bool = True) -> SynthReport:  # fmt: skip
+def synth_preferences(
+    prompts: Sequence[str],
+    gen: Generator,
+    judge: Judge,
+    cfg: SynthConfig,
+    out: Path,
+    *,
+    k: int = 4,
+    progress: bool = True,
+) -> SynthReport:
     """k sampled answers per prompt, scored by the judge: the best and the worst become a prompt/chosen/rejected
     record (TRL's format, what `fromzero reward|dpo --data` reads). No ties and no unscored answers: a prompt whose
     best and worst score the same, or with fewer than two distinct scored answers, is dropped and counted."""
@@ -310,10 +404,21 @@ def synth_preferences(prompts: Sequence[str], gen: Generator, judge: Judge, cfg:
             rejected.append({"reason": reason, "prompt": p, "answers": [a["output"] for a in rows]})
             continue
         (best, chosen), (worst, rejected_answer) = max(scored, key=_score), min(scored, key=_score)
-        kept.append({"prompt": [{"role": "user", "content": p}], "chosen": chosen["output"],
-                     "rejected": rejected_answer["output"],
-                     "provenance": {"generator": gen.name, "judge": judge.name, "chosen_score": best,
-                                    "rejected_score": worst, "k": k, "seeds": [chosen["seed"], rejected_answer["seed"]]}})  # fmt: skip
+        kept.append(
+            {
+                "prompt": [{"role": "user", "content": p}],
+                "chosen": chosen["output"],
+                "rejected": rejected_answer["output"],
+                "provenance": {
+                    "generator": gen.name,
+                    "judge": judge.name,
+                    "chosen_score": best,
+                    "rejected_score": worst,
+                    "k": k,
+                    "seeds": [chosen["seed"], rejected_answer["seed"]],
+                },
+            }
+        )
     report.kept = len(kept)
     report.seconds = time.perf_counter() - t0
     return _write(files, kept, rejected, report)
@@ -326,5 +431,3 @@ def _score(scored: tuple[float, Any]) -> float:
 def _distinct(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One answer per text: two identical answers make no pair."""
     return list({r["output"].strip(): r for r in rows}.values())
-
-

@@ -22,8 +22,16 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fromzero import checkpoint, lora
-from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
-    describe_encoding, encode_pairs, eval_batches  # fmt: skip
+from fromzero.data.preference import (
+    EncodedPair,
+    PairBatch,
+    PairBatches,
+    PreferencePair,
+    PreferenceSources,
+    describe_encoding,
+    encode_pairs,
+    eval_batches,
+)
 from fromzero.dist import DistInfo, all_reduce_sum, setup
 from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
@@ -37,16 +45,31 @@ DPOLoss = Literal["sigmoid", "ipo"]
 class DPOConfig(TrainConfig, PreferenceSources):
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model (KL coefficient)")
     loss: DPOLoss = Field("sigmoid", description="sigmoid: DPO; ipo: IPO's squared loss on per-token averages")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid only: assumed share of flipped labels (cDPO)")
-    rpo_alpha: float = Field(0.0, ge=0, description="weight of the next-token loss on chosen answers (RPO), which keeps "
-                             "DPO from lowering their likelihood along with the rejected ones'")  # fmt: skip
-    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
-                             "instead of full fine-tuning")  # fmt: skip
-    batch_tokens: int = Field(4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
-    micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected "
-                                  "sequence each)")  # fmt: skip
-    seq_len: int = Field(128, ge=4, description="longest sequence; longer pairs are cut to it (the prompt's start, "
-                         "then the answers' ends: see max_prompt_len)")  # fmt: skip
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="sigmoid only: assumed share of flipped labels (cDPO)"
+    )
+    rpo_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the next-token loss on chosen answers (RPO), which keeps "
+        "DPO from lowering their likelihood along with the rejected ones'",
+    )
+    lora: LoRAConfig = Field(
+        default_factory=LoRAConfig,
+        description="low-rank adapters on the frozen model (r > 0) instead of full fine-tuning",
+    )
+    batch_tokens: int = Field(
+        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
+    )
+    micro_batch_size: int = Field(
+        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
+    )
+    seq_len: int = Field(
+        128,
+        ge=4,
+        description="longest sequence; longer pairs are cut to it (the prompt's start, "
+        "then the answers' ends: see max_prompt_len)",
+    )
     steps: PositiveInt = 200
     lr: PositiveFloat = 2e-4
     warmup_steps: NonNegativeInt = 20
@@ -60,9 +83,15 @@ class DPOConfig(TrainConfig, PreferenceSources):
         return self
 
 
-def dpo_loss(pol_chosen_logp: torch.Tensor, pol_rejected_logp: torch.Tensor, ref_chosen_logp: torch.Tensor,
-             ref_rejected_logp: torch.Tensor, beta: float, loss: DPOLoss = "sigmoid",
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def dpo_loss(
+    pol_chosen_logp: torch.Tensor,
+    pol_rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float,
+    loss: DPOLoss = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The batch-mean DPO (or IPO) loss and the metrics TRL logs, from per-pair sequence log-probs [B]."""
     logits = (pol_chosen_logp - pol_rejected_logp) - (ref_chosen_logp - ref_rejected_logp)
     if loss == "sigmoid":
@@ -87,7 +116,9 @@ def dpo_loss(pol_chosen_logp: torch.Tensor, pol_rejected_logp: torch.Tensor, ref
     return losses.mean(), metrics
 
 
-def sequence_logps(model: nn.Module, ids: torch.Tensor, answer_mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+def sequence_logps(
+    model: nn.Module, ids: torch.Tensor, answer_mask: torch.Tensor, average: bool = False
+) -> torch.Tensor:
     """log π(answer | prompt) of each row [B]: the sum (or mean) over the masked answer tokens."""
     logits = model(ids[:, :-1])
     targets, mask = ids[:, 1:], answer_mask[:, 1:]
@@ -104,8 +135,15 @@ def _batch_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[tor
 
 
 @torch.no_grad()
-def reference_logps(cfg: DPOConfig, model: Transformer, encoded: list[EncodedPair], pad_id: int,
-                    device: torch.device, rank: int = 0, world_size: int = 1) -> torch.Tensor:  # fmt: skip
+def reference_logps(
+    cfg: DPOConfig,
+    model: Transformer,
+    encoded: list[EncodedPair],
+    pad_id: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
     """[N, 2] log-probs of each pair's (chosen, rejected) answer under the reference model; each rank computes its
     share of the pairs and the sum over ranks fills in the rest."""
     was_training = model.training
@@ -147,16 +185,25 @@ def dpo_evaluator(cfg: DPOConfig, encoded: list[EncodedPair], reference: torch.T
             ref = reference[batch[3].to(reference.device)]
             loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
             n = len(chosen)
-            sums += torch.tensor([loss.item() * n, *(metrics[k] * n for k in names[1:]), n], dtype=torch.float64,
-                                 device=sums.device)  # fmt: skip
+            sums += torch.tensor(
+                [loss.item() * n, *(metrics[k] * n for k in names[1:]), n], dtype=torch.float64, device=sums.device
+            )
         all_reduce_sum(sums)
         return {f"val_{k}": (sums[i] / sums[-1]).item() for i, k in enumerate(names)}
 
     return evaluate
 
 
-def train(cfg: DPOConfig, pairs: list[PreferencePair], val_pairs: list[PreferencePair], init: Path, out_dir: Path,
-          *, resume: bool = False, log=print) -> Path:  # fmt: skip
+def train(
+    cfg: DPOConfig,
+    pairs: list[PreferencePair],
+    val_pairs: list[PreferencePair],
+    init: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    log=print,
+) -> Path:
     """Tune the (SFT) checkpoint at `init` on preference pairs with DPO; returns the final checkpoint."""
     info = setup(cfg.device)
     if resume and loop.is_done(out_dir):
@@ -172,8 +219,9 @@ def train(cfg: DPOConfig, pairs: list[PreferencePair], val_pairs: list[Preferenc
     val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:
         log(describe_encoding("dpo", stats, val_stats, cfg.seq_len))
-    batches = PairBatches(encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank,
-                          world_size=info.world_size)  # fmt: skip
+    batches = PairBatches(
+        encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+    )
     # the reference is the starting model: on resume `model` is reloaded from the checkpoint by the loop,
     # after these are computed from `init`
     reference = reference_logps(cfg, model, encoded, tok.pad_id, info.device, info.rank, info.world_size)

@@ -41,7 +41,13 @@ from fromzero.generate import Engine, SamplingConfig, row_seed
 from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.rewards import (
-    RewardFn, RewardStats, accuracy, load_reward, overlong_penalty, safe_reward, weighted_rewards,
+    RewardFn,
+    RewardStats,
+    accuracy,
+    load_reward,
+    overlong_penalty,
+    safe_reward,
+    weighted_rewards,
 )
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
@@ -52,34 +58,56 @@ LossType = Literal["grpo", "dr_grpo", "dapo"]
 
 class GRPOConfig(RolloutConfig, TaskSources):
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt (G): the group")
-    prompts_per_step: int = Field(8, ge=1, description="prompts per optimizer step over all ranks; a step trains "
-                                  "on prompts_per_step × num_generations completions")  # fmt: skip
+    prompts_per_step: int = Field(
+        8,
+        ge=1,
+        description="prompts per optimizer step over all ranks; a step trains "
+        "on prompts_per_step × num_generations completions",
+    )
     max_new_tokens: int = Field(64, ge=1, description="longest completion")
     beta: float = Field(0.04, ge=0, description="KL coefficient towards the reference model; 0 drops the reference")
     clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
     clip_eps_high: float | None = Field(None, gt=0, description="upper clip ε_high (DAPO clip-higher); None: clip_eps")
     scale_rewards: bool = Field(True, description="divide advantages by their group's std (Dr. GRPO: off)")
-    loss_type: LossType = Field("grpo", description="grpo: token mean per completion; dr_grpo: token sum over "
-                                "completions × max_new_tokens; dapo: token mean over the batch")  # fmt: skip
+    loss_type: LossType = Field(
+        "grpo",
+        description="grpo: token mean per completion; dr_grpo: token sum over "
+        "completions × max_new_tokens; dapo: token mean over the batch",
+    )
     num_iterations: int = Field(1, ge=1, description="optimizer steps per rollout (μ)")
-    filter_zero_std: bool = Field(False, description="leave out groups whose rewards are all equal, sampling more "
-                                  "prompts in their place (DAPO dynamic sampling)")  # fmt: skip
+    filter_zero_std: bool = Field(
+        False,
+        description="leave out groups whose rewards are all equal, sampling more "
+        "prompts in their place (DAPO dynamic sampling)",
+    )
     max_sampling_rounds: int = Field(3, ge=1, description="filter_zero_std: most rounds of prompts sampled per rollout")
-    reward_funcs: list[str] = Field(default_factory=lambda: ["accuracy"], description="reward functions: accuracy, "
-                                    "equations (share of true equations in the working), format (<think>/<answer> "
-                                    "tags), or package.module:function")  # fmt: skip
+    reward_funcs: list[str] = Field(
+        default_factory=lambda: ["accuracy"],
+        description="reward functions: accuracy, "
+        "equations (share of true equations in the working), format (<think>/<answer> "
+        "tags), or package.module:function",
+    )
     reward_weights: list[float] | None = Field(None, description="weight of each reward function; None: all 1")
-    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong penalty over the last N tokens before "
-                                 "max_new_tokens; 0: off")  # fmt: skip
+    overlong_buffer: int = Field(
+        0, ge=0, description="DAPO soft overlong penalty over the last N tokens before max_new_tokens; 0: off"
+    )
     system_prompt: str | None = Field(None, description="system message before every problem")
-    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
-                             "instead of full fine-tuning; the KL reference is then the base with the adapters off")  # fmt: skip
-    eval_problems: int = Field(100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation")
+    lora: LoRAConfig = Field(
+        default_factory=LoRAConfig,
+        description="low-rank adapters on the frozen model (r > 0) "
+        "instead of full fine-tuning; the KL reference is then the base with the adapters off",
+    )
+    eval_problems: int = Field(
+        100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation"
+    )
     seq_len: int = Field(256, ge=2, description="longest prompt + completion; longer prompts are dropped")
     lr: PositiveFloat = 2e-5
 
     def step_shape(self) -> tuple[int, str]:
-        return self.prompts_per_step * self.num_generations * self.seq_len, "prompts_per_step × num_generations × seq_len"
+        return (
+            self.prompts_per_step * self.num_generations * self.seq_len,
+            "prompts_per_step × num_generations × seq_len",
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> GRPOConfig:
@@ -107,10 +135,18 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale: bool = 
     return advantages.flatten()
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
-              mask: torch.Tensor, clip_eps: float = 0.2, clip_eps_high: float | None = None, beta: float = 0.0,
-              loss_type: LossType = "grpo",
-              max_completion_length: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    beta: float = 0.0,
+    loss_type: LossType = "grpo",
+    max_completion_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped surrogate loss with a k3 KL penalty, aggregated as `loss_type` says, and its metrics.
 
     logp, old_logp, ref_logp: [B, T] log-probs of the sampled tokens under the policy being trained, the policy
@@ -154,8 +190,9 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     return loss, metrics
 
 
-def token_logps(model: nn.Module, ids: torch.Tensor, temperature: float,
-                keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def token_logps(
+    model: nn.Module, ids: torch.Tensor, temperature: float, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(token | prefix) [B, T-1] of each next token at the sampling temperature, and the log-softmax it
     came from: [B, T-1, V], or with `keep` (bool [B, T-1], the tokens that count) [N, V] at those tokens only, in
     row-major order. With `keep` the LM head and the softmax skip the other positions (a prompt's), whose
@@ -189,8 +226,9 @@ class Group:
 
 # (input ids [B, T], completion mask [B, T], advantages [B], sampling log-probs [B, T-1] or None,
 #  reference log-probs [B, T-1] or None, the micro-batch's weight in the step, rollout metrics)
-MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float,
-                   dict[str, float]]  # fmt: skip
+MicroBatch = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float, dict[str, float]
+]
 
 
 def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,17 +254,29 @@ class RolloutBatches:
     Its state (for exact resume) is the prompt order's position, the calls served and the current rollout.
     """
 
-    def __init__(self, cfg: GRPOConfig, policy: Transformer, reference: Transformer | None, tok: Tokenizer,
-                 tasks: list[Task], rewards: Mapping[str, RewardFn], weights: Mapping[str, float], info: DistInfo):  # fmt: skip
+    def __init__(
+        self,
+        cfg: GRPOConfig,
+        policy: Transformer,
+        reference: Transformer | None,
+        tok: Tokenizer,
+        tasks: list[Task],
+        rewards: Mapping[str, RewardFn],
+        weights: Mapping[str, float],
+        info: DistInfo,
+    ):
         self.cfg, self.policy, self.reference, self.tok, self.tasks = cfg, policy, reference, tok, tasks
         self.engine = Engine(policy, tok)
         self.rewards, self.weights, self.device = rewards, weights, info.device
         self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
         self.prompts_per_rank, self.info = cfg.prompts_per_step // info.world_size, info
         self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
-        self.order = GlobalOrder(len(tasks), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
-        self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                       stop_tokens=(tok.end_id,))  # fmt: skip
+        self.order = GlobalOrder(
+            len(tasks), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+        )
+        self.sampling = SamplingConfig(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,)
+        )
         self.stats = RewardStats()
         self.calls = 0
         self.rollout: list[MicroBatch] = []
@@ -247,12 +297,16 @@ class RolloutBatches:
 
     def _sample(self, indices: list[int], round_: int) -> list[Group]:
         """This rank's groups for `indices`, then every rank's, in rank order (the order of one process)."""
-        G, rollout, first = self.cfg.num_generations, self.calls // (self.accumulation * self.cfg.num_iterations), \
-            self.info.rank * len(indices)  # fmt: skip
+        G, rollout, first = (
+            self.cfg.num_generations,
+            self.calls // (self.accumulation * self.cfg.num_iterations),
+            self.info.rank * len(indices),
+        )
         tasks = [self.tasks[i] for i in indices for _ in range(G)]
         prompts = [self.prompts[i] for i in indices for _ in range(G)]
-        seeds = [row_seed(self.cfg.seed, rollout, round_, first + j, g, i)
-                 for j, i in enumerate(indices) for g in range(G)]  # fmt: skip
+        seeds = [
+            row_seed(self.cfg.seed, rollout, round_, first + j, g, i) for j, i in enumerate(indices) for g in range(G)
+        ]
         with loop.autocast(self.cfg, self.device, self.cfg.rollout_precision):
             sampled = self.engine.generate(prompts, self.sampling, row_seeds=seeds)
         completions, texts = [c.tokens for c in sampled], [c.text for c in sampled]
@@ -261,10 +315,19 @@ class RolloutBatches:
             limit, buffer = self.cfg.max_new_tokens, self.cfg.overlong_buffer
             scores["overlong"] = [overlong_penalty(len(c), limit, buffer) for c in completions]
             rewards = [r + p for r, p in zip(rewards, scores["overlong"])]
-        correct = scores.get("accuracy") or [safe_reward("accuracy", accuracy, x, t, self.stats) for x, t in zip(texts, tasks)]
-        groups = [Group(prompts[j], completions[j : j + G], rewards[j : j + G],
-                        {k: v[j : j + G] for k, v in scores.items()}, correct[j : j + G])
-                  for j in range(0, len(prompts), G)]  # fmt: skip
+        correct = scores.get("accuracy") or [
+            safe_reward("accuracy", accuracy, x, t, self.stats) for x, t in zip(texts, tasks)
+        ]
+        groups = [
+            Group(
+                prompts[j],
+                completions[j : j + G],
+                rewards[j : j + G],
+                {k: v[j : j + G] for k, v in scores.items()},
+                correct[j : j + G],
+            )
+            for j in range(0, len(prompts), G)
+        ]
         return [g for part in all_gather_objects(groups) for g in part]
 
     @torch.no_grad()
@@ -284,7 +347,9 @@ class RolloutBatches:
         rewards = torch.tensor([r for g in groups for r in g.rewards])
         advantages = group_advantages(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
         rows = [(g.prompt, c, not (self.cfg.filter_zero_std and g.zero_std)) for g in groups for c in g.completions]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))  # less padding per micro-batch
+        order = sorted(
+            range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1])
+        )  # less padding per micro-batch
         metrics = self._metrics(sampled)
         failed = sum(all_gather_objects(self.stats.failures - failures))
         metrics.update({"reward/failures": float(failed), "rollout_time": time.perf_counter() - start})
@@ -334,8 +399,18 @@ def grpo_loss_fn(cfg: GRPOConfig):
         device = next(model.parameters()).device
         ids, mask, advantages = ids.to(device), mask[:, 1:].to(device), advantages.to(device)
         logp, log_probs = token_logps(model, ids, cfg.temperature, mask)  # log_probs: [completion tokens, V]
-        loss, metrics = grpo_loss(logp, logp.detach() if old is None else old, ref, advantages, mask, cfg.clip_eps,
-                                  cfg.clip_eps_high, cfg.beta, cfg.loss_type, cfg.max_new_tokens)  # fmt: skip
+        loss, metrics = grpo_loss(
+            logp,
+            logp.detach() if old is None else old,
+            ref,
+            advantages,
+            mask,
+            cfg.clip_eps,
+            cfg.clip_eps_high,
+            cfg.beta,
+            cfg.loss_type,
+            cfg.max_new_tokens,
+        )
         with torch.no_grad():
             metrics["entropy"] = -(log_probs.exp() * log_probs).sum(-1).mean().item() if len(log_probs) else 0.0
         return weight * loss, {**rollout_metrics, **metrics}
@@ -375,19 +450,31 @@ def fit_prompts(cfg: GRPOConfig, tok: Tokenizer, tasks: list[Task]) -> list[Task
     return [t for t in tasks if len(encode_prompt(tok, t, cfg.system_prompt)) <= room]
 
 
-def train(cfg: GRPOConfig, tasks: list[Task], heldout: list[Task], init: Path, out_dir: Path, *,
-          resume: bool = False, log=print) -> Path:  # fmt: skip
+def train(
+    cfg: GRPOConfig,
+    tasks: list[Task],
+    heldout: list[Task],
+    init: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    log=print,
+) -> Path:
     """Tune the checkpoint at `init` with GRPO on tasks; returns the final checkpoint."""
     info = setup(cfg.device)
     if resume and loop.is_done(out_dir):
         return checkpoint.resolve(out_dir)
     if cfg.prompts_per_step % info.world_size:  # each rank samples whole groups
-        raise ValueError(f"grpo.prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} "
-                         "ranks, each rank sampling whole groups of num_generations")  # fmt: skip
+        raise ValueError(
+            f"grpo.prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} "
+            "ranks, each rank sampling whole groups of num_generations"
+        )
     if cfg.parallel == "fsdp" and info.world_size > 1:
-        raise ValueError("grpo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each "
-                         "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
-                         "use parallel=ddp")  # fmt: skip
+        raise ValueError(
+            "grpo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each "
+            "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
+            "use parallel=ddp"
+        )
     tok_file = checkpoint.tokenizer_file(init)
     tok = Tokenizer.load(tok_file)
     model = checkpoint.load_model(init, info.device)
@@ -399,15 +486,20 @@ def train(cfg: GRPOConfig, tasks: list[Task], heldout: list[Task], init: Path, o
     # loop reloads `model` from the checkpoint, not this
     reference = None
     if cfg.beta > 0:
-        reference = (lora.WithoutAdapters(model) if cfg.lora.enabled else
-                     checkpoint.load_model(init, info.device).eval().requires_grad_(False))  # fmt: skip
+        reference = (
+            lora.WithoutAdapters(model)
+            if cfg.lora.enabled
+            else checkpoint.load_model(init, info.device).eval().requires_grad_(False)
+        )
     funcs, weights = load_rewards(cfg)
     fitting = fit_prompts(cfg, tok, tasks)
     if not fitting:
         raise ValueError(f"no prompt fits in seq_len - max_new_tokens = {cfg.seq_len - cfg.max_new_tokens} tokens")
     if info.is_main:
-        log(f"[grpo] {len(fitting)} training prompts ({len(tasks) - len(fitting)} too long dropped), {len(heldout)} "
-            f"held out; rewards {weights}")  # fmt: skip
+        log(
+            f"[grpo] {len(fitting)} training prompts ({len(tasks) - len(fitting)} too long dropped), {len(heldout)} "
+            f"held out; rewards {weights}"
+        )
     batches = RolloutBatches(cfg, model, reference, tok, fitting, funcs, weights, info)
     evaluate = pass_at_1_evaluator(cfg, tok, heldout, info) if heldout and cfg.eval_problems else None
     stage = loop.Stage("grpo", Path(out_dir), tok_file, info)

@@ -24,8 +24,17 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, \
-    field_validator, model_validator  # fmt: skip
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 from tqdm.auto import tqdm
 
 from fromzero import checkpoint, lora
@@ -46,7 +55,9 @@ def parse_duration(value: float | str) -> float:
         try:
             seconds = float(text[:-1] if unit else text) * (unit or 1)
         except ValueError:
-            raise ValueError(f"{value!r} is not a duration; write seconds or a number with s, m or h (90s, 2m, 1.5h)") from None
+            raise ValueError(
+                f"{value!r} is not a duration; write seconds or a number with s, m or h (90s, 2m, 1.5h)"
+            ) from None
     if not seconds > 0:
         raise ValueError(f"a duration must be positive, got {value!r}")
     return seconds
@@ -57,7 +68,9 @@ class TrainConfig(BaseModel):
 
     # subclasses that change a default keep the constraint by repeating the type: `steps: PositiveInt = 200`
     steps: PositiveInt = Field(1000, description="optimizer steps")
-    batch_tokens: int = Field(16384, ge=1, description="tokens per optimizer step over all ranks (accumulation fills it)")
+    batch_tokens: int = Field(
+        16384, ge=1, description="tokens per optimizer step over all ranks (accumulation fills it)"
+    )
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass on one rank")
     seq_len: int = Field(256, ge=2, description="tokens per training sequence")
     lr: PositiveFloat = Field(3e-3, description="peak learning rate")
@@ -70,24 +83,32 @@ class TrainConfig(BaseModel):
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast (weights stay fp32) or fp32; auto: bf16 where the hardware has it (CUDA with "
-        "bf16, CPUs with AVX512-BF16 or AMX), else fp32 (emulated bf16 matmuls ran ~100x slower on an AVX2 CPU)")
+        "auto",
+        description="bf16 autocast (weights stay fp32) or fp32; auto: bf16 where the hardware has it (CUDA with "
+        "bf16, CPUs with AVX512-BF16 or AMX), else fp32 (emulated bf16 matmuls ran ~100x slower on an AVX2 CPU)",
+    )
     compile: bool = Field(False, description="torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="under torchrun: ddp (a whole copy per rank, gradients all-reduced) or fsdp (FSDP2 "
+        "ddp",
+        description="under torchrun: ddp (a whole copy per rank, gradients all-reduced) or fsdp (FSDP2 "
         "fully_shard per decoder block: parameters, gradients and optimizer state sharded over ranks, for models that "
-        "do not fit one device; checkpoints are the same full weights either way)")
+        "do not fit one device; checkpoints are the same full weights either way)",
+    )
     report_to: Literal["none", "tensorboard", "wandb"] = Field(
-        "none", description="also log the metrics to TensorBoard (STAGE/tensorboard/) or Weights & Biases (WANDB_PROJECT, "
-        "WANDB_MODE=offline work); metrics.jsonl is written either way")
+        "none",
+        description="also log the metrics to TensorBoard (STAGE/tensorboard/) or Weights & Biases (WANDB_PROJECT, "
+        "WANDB_MODE=offline work); metrics.jsonl is written either way",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | mps")
     eval_every: PositiveInt = Field(200, description="evaluate every N steps (and at the end)")
     checkpoint_every: PositiveInt = Field(200, description="write a checkpoint every N steps (and at the end)")
     seed: int = Field(0, description="seed for data order and sampling")
     time_budget: float | None = Field(
-        None, description="train for this long instead of `steps` (90s, 2m, 1.5h): the first probe_steps steps "
+        None,
+        description="train for this long instead of `steps` (90s, 2m, 1.5h): the first probe_steps steps "
         "measure the speed, which fixes the steps (kept in the checkpoint, so resume is exact) and the schedule's "
-        "decay; counted as the log's `time`, training steps only, not evaluation or checkpoints")
+        "decay; counted as the log's `time`, training steps only, not evaluation or checkpoints",
+    )
     probe_steps: int = Field(10, ge=2, description="time_budget: steps timed before the number of steps is fixed")
 
     @field_validator("time_budget", mode="before")
@@ -108,9 +129,11 @@ class TrainConfig(BaseModel):
 
     def _split_error(self, world_size: int) -> str:
         per = self.seq_len * world_size
-        return (f"batch_tokens={self.batch_tokens} is not a multiple of seq_len × ranks = {self.seq_len} × "
-                f"{world_size} = {per}: no micro-batch size splits it evenly; "
-                f"set batch_tokens to a multiple of {per}")  # fmt: skip
+        return (
+            f"batch_tokens={self.batch_tokens} is not a multiple of seq_len × ranks = {self.seq_len} × "
+            f"{world_size} = {per}: no micro-batch size splits it evenly; "
+            f"set batch_tokens to a multiple of {per}"
+        )
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (1-based)."""
@@ -134,8 +157,10 @@ class RolloutConfig(TrainConfig, ABC):
 
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
     rollout_precision: Literal["auto", "fp32", "bf16"] | None = Field(
-        None, description="precision of sampling the answers; None: `precision`. On CPU a decode step of a few "
-        "rows is all per-op overhead, to which bf16 autocast adds casts: fp32 rollouts are faster there (BENCHMARKS.md)")
+        None,
+        description="precision of sampling the answers; None: `precision`. On CPU a decode step of a few "
+        "rows is all per-op overhead, to which bf16 autocast adds casts: fp32 rollouts are faster there (BENCHMARKS.md)",
+    )
     max_new_tokens: int = Field(64, ge=1, description="longest answer")
     seq_len: int = Field(128, ge=2, description="longest prompt + answer; longer prompts are dropped")
     micro_batch_size: int = Field(16, ge=1, description="answers per forward pass on one rank")
@@ -159,7 +184,9 @@ class RolloutConfig(TrainConfig, ABC):
     @model_validator(mode="after")
     def _rollout_shape(self) -> RolloutConfig:
         if self.max_new_tokens >= self.seq_len:
-            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})")
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})"
+            )
         tokens, made_of = self.step_shape()
         if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
             raise ValueError(f"batch_tokens is {made_of} = {tokens}; leave it unset")
@@ -236,8 +263,10 @@ def resolved_precision(precision: str, device: torch.device) -> str:
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device) and device.type not in _WARNED:
         _WARNED.add(device.type)
-        tqdm.write(f"warning: precision=bf16 on a {device.type} without native bf16 runs far slower than fp32: set "
-                   f"precision=auto or fp32")  # fmt: skip
+        tqdm.write(
+            f"warning: precision=bf16 on a {device.type} without native bf16 runs far slower than fp32: set "
+            f"precision=auto or fp32"
+        )
     return precision
 
 
@@ -275,8 +304,15 @@ class MetricsLog:
     """metrics.jsonl of a stage, and with `report_to` the same scalars in TensorBoard or W&B; on resume, lines past
     the checkpoint's step are dropped (TensorBoard: events past it are purged). Only rank 0 writes (`enabled`)."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int, report_to: str = "none", name: str = "",
-                 config: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        enabled: bool,
+        resume_step: int,
+        report_to: str = "none",
+        name: str = "",
+        config: dict[str, Any] | None = None,
+    ):
         self.path, self.enabled = path, enabled
         self.tensorboard = self.wandb = None
         if enabled and path.exists():
@@ -285,20 +321,25 @@ class MetricsLog:
         if enabled and report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self.tensorboard = SummaryWriter(
+                str(path.parent / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+            )
         elif enabled and report_to == "wandb":
             import wandb
 
             # a run per (re)start of the stage, as HF's Trainer makes; WANDB_MODE=offline keeps it on disk
-            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "fromzero"), name=name, dir=str(path.parent),
-                                    config=config)  # fmt: skip
+            self.wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "fromzero"), name=name, dir=str(path.parent), config=config
+            )
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = {
+            k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if self.tensorboard is not None:
             for key, value in scalars.items():
                 self.tensorboard.add_scalar(key, value, record["step"])
@@ -336,23 +377,32 @@ def _load_weights(model: nn.Module, ckpt: Path, state: dict[str, Any]) -> None:
     """A LoRA model resumes from its trainable tensors in the trainer state: the checkpoint's merged weights
     cannot be split back into the base and the update bit for bit."""
     if lora.is_lora(model) != ("lora" in state):
-        raise ValueError(f"{ckpt} was trained {'with' if 'lora' in state else 'without'} LoRA; resume it with the same "
-                         "lora settings or start a new --out")  # fmt: skip
+        raise ValueError(
+            f"{ckpt} was trained {'with' if 'lora' in state else 'without'} LoRA; resume it with the same "
+            "lora settings or start a new --out"
+        )
     if "lora" in state:
         lora.load_trainable_state(model, state["lora"])
     else:
         checkpoint.load_model_weights(model, ckpt)
 
 
-def _save_checkpoint(out: Path, step: int, model: nn.Module, stage: Stage, meta: dict[str, Any],
-                     state: dict[str, Any]) -> None:  # fmt: skip
+def _save_checkpoint(
+    out: Path, step: int, model: nn.Module, stage: Stage, meta: dict[str, Any], state: dict[str, Any]
+) -> None:
     """A LoRA model is saved merged (what every later reader expects) with its adapter in PEFT's format beside it,
     and its trainable tensors in the trainer state."""
     if not lora.is_lora(model):
         checkpoint.save(out, step, model, tokenizer_file=stage.tokenizer_file, meta=meta, trainer_state=state)
         return
-    checkpoint.save(out, step, lora.merged_copy(model), tokenizer_file=stage.tokenizer_file, meta=meta,
-                    trainer_state={**state, "lora": lora.trainable_state(model)})  # fmt: skip
+    checkpoint.save(
+        out,
+        step,
+        lora.merged_copy(model),
+        tokenizer_file=stage.tokenizer_file,
+        meta=meta,
+        trainer_state={**state, "lora": lora.trainable_state(model)},
+    )
     lora.save_adapter(model, out / lora.ADAPTER_DIR)
 
 
@@ -375,13 +425,16 @@ def _full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
 
-def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], fsdp: bool,
-                    out: Path) -> None:  # fmt: skip
+def _load_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], fsdp: bool, out: Path
+) -> None:
     """The optimizer's moments from a trainer state: by parameter index (DDP, one process) or by name (FSDP)."""
     written = state.get("optimizer_format", "param_id")
     if written != ("fqn" if fsdp else "param_id"):
-        raise ValueError(f"{out} was trained with parallel={'fsdp' if written == 'fqn' else 'ddp'}; resume it the "
-                         "same way (the weights load either way: start a new --out from it with --init)")  # fmt: skip
+        raise ValueError(
+            f"{out} was trained with parallel={'fsdp' if written == 'fqn' else 'ddp'}; resume it the "
+            "same way (the weights load either way: start a new --out from it with --init)"
+        )
     if not fsdp:
         optimizer.load_state_dict(state["optimizer"])
         return
@@ -435,7 +488,9 @@ def run(
     steps, budget_steps = cfg.steps, None
     if checkpoint.exists(out):
         if not resume:
-            raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or pick another --out")
+            raise FileExistsError(
+                f"{out} already holds a checkpoint; pass --resume to continue it or pick another --out"
+            )
         ckpt = checkpoint.resolve(out)
         state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=False)
         _load_weights(model, ckpt, state)
@@ -468,9 +523,11 @@ def run(
     if info.is_main and lora.is_lora(model):
         tqdm.write(f"[{stage.name}] {lora.describe(model)}")
     if info.is_main and micro_batch != cfg.micro_batch_size:
-        tqdm.write(f"[{stage.name}] micro-batches of {micro_batch} (micro_batch_size={cfg.micro_batch_size} does not "
-                   f"divide a rank's share of the step) × {accum} accumulation steps × "
-                   f"{info.world_size} ranks")  # fmt: skip
+        tqdm.write(
+            f"[{stage.name}] micro-batches of {micro_batch} (micro_batch_size={cfg.micro_batch_size} does not "
+            f"divide a rank's share of the step) × {accum} accumulation steps × "
+            f"{info.world_size} ranks"
+        )
     # a stage whose step runs more than the one model (PPO's policy and value model) says so
     flops_fn = getattr(model, "flops_per_token", None) or model.cfg.flops_per_token
     flops_per_token = flops_fn(cfg.seq_len)
@@ -491,9 +548,15 @@ def run(
                 host.load_state_dict(full)
                 saved = host
         if info.is_main:
-            state = {"step": step, "elapsed": elapsed, "optimizer": optim if fsdp else optimizer.state_dict(),
-                     "optimizer_format": "fqn" if fsdp else "param_id", "data": batches.state_dict(),
-                     "rng": _rng_state(), "budget_steps": steps if cfg.time_budget and fixed else None}  # fmt: skip
+            state = {
+                "step": step,
+                "elapsed": elapsed,
+                "optimizer": optim if fsdp else optimizer.state_dict(),
+                "optimizer_format": "fqn" if fsdp else "param_id",
+                "data": batches.state_dict(),
+                "rng": _rng_state(),
+                "budget_steps": steps if cfg.time_budget and fixed else None,
+            }
             _save_checkpoint(out, step, saved, stage, {"stage": stage.name, **metrics}, state)
         barrier()
 
@@ -526,7 +589,7 @@ def run(
             sync = micro == accum - 1 or info.world_size == 1
             if fsdp:
                 model.set_requires_gradient_sync(sync)  # type: ignore[operator]
-            with (contextlib.nullcontext() if sync or fsdp else train_model.no_sync()), autocast(cfg, device):
+            with contextlib.nullcontext() if sync or fsdp else train_model.no_sync(), autocast(cfg, device):
                 loss, metrics = loss_fn(train_model, batch)
             (loss / accum).backward()
             loss_sum += loss.detach()
@@ -550,8 +613,16 @@ def run(
         optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         elapsed += dt
-        last = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm.item(),
-                "tokens_per_s": tokens / dt, "mfu": flops_per_token * tokens / dt / peak, "time": elapsed, **extra}  # fmt: skip
+        last = {
+            "step": step,
+            "loss": step_loss,
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "tokens_per_s": tokens / dt,
+            "mfu": flops_per_token * tokens / dt / peak,
+            "time": elapsed,
+            **extra,
+        }
         log.write(last)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}", mfu=f"{last['mfu']:.0%}")
         bar.update(1)

@@ -43,8 +43,7 @@ from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
 from fromzero.generate import Engine, SamplingConfig, row_seed
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
-from fromzero.train import sft
+from fromzero.train import loop, sft
 from fromzero.train.grpo import collate, token_logps
 from fromzero.train.loop import RolloutConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
@@ -53,43 +52,70 @@ KLEstimator = Literal["k1", "k3"]
 
 
 class PPOConfig(RolloutConfig):
-    prompts_per_rollout: int = Field(32, ge=1, description="prompts answered per rollout over all ranks, one answer "
-                                     "each; a rollout serves ppo_epochs × num_minibatches optimizer steps")  # fmt: skip
+    prompts_per_rollout: int = Field(
+        32,
+        ge=1,
+        description="prompts answered per rollout over all ranks, one answer "
+        "each; a rollout serves ppo_epochs × num_minibatches optimizer steps",
+    )
     max_new_tokens: int = Field(48, ge=1, description="longest answer")
-    kl_coef: float = Field(0.05, ge=0, description="β: weight of the per-token KL to the reference in the reward (the "
-                           "first value with adaptive_kl); 0 drops the reference")  # fmt: skip
-    kl_estimator: KLEstimator = Field("k1", description="per-token KL in the reward: k1 = log π/π_ref (unbiased, "
-                                      "negative on some tokens) or k3 = (r - 1) - log r, r = π_ref/π (never negative)")  # fmt: skip
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        description="β: weight of the per-token KL to the reference in the reward (the "
+        "first value with adaptive_kl); 0 drops the reference",
+    )
+    kl_estimator: KLEstimator = Field(
+        "k1",
+        description="per-token KL in the reward: k1 = log π/π_ref (unbiased, "
+        "negative on some tokens) or k3 = (r - 1) - log r, r = π_ref/π (never negative)",
+    )
     adaptive_kl: bool = Field(False, description="steer β after each rollout towards kl_target (Ziegler et al. 2019)")
     kl_target: float = Field(6.0, gt=0, description="adaptive_kl: the KL per answer (nats) that β steers towards")
-    kl_horizon: int = Field(10000, ge=1, description="adaptive_kl: answers over which β changes by at most a factor "
-                            "of about e^0.2")  # fmt: skip
+    kl_horizon: int = Field(
+        10000, ge=1, description="adaptive_kl: answers over which β changes by at most a factor of about e^0.2"
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="discount per answer token")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE λ: 0 bootstraps from the next value (low variance, biased "
-                       "by the value model), 1 is the whole return minus the value")  # fmt: skip
+    lam: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="GAE λ: 0 bootstraps from the next value (low variance, biased "
+        "by the value model), 1 is the whole return minus the value",
+    )
     whiten_advantages: bool = Field(True, description="shift and scale each rollout's advantages to mean 0, std 1")
     clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
-    clip_eps_value: float = Field(0.2, gt=0, description="value predictions further than this from the rollout's "
-                                  "are clipped in the value loss")  # fmt: skip
+    clip_eps_value: float = Field(
+        0.2, gt=0, description="value predictions further than this from the rollout's are clipped in the value loss"
+    )
     vf_coef: float = Field(0.1, ge=0, description="weight of the value loss beside the policy loss")
     ppo_epochs: int = Field(2, ge=1, description="passes over each rollout")
     num_minibatches: int = Field(2, ge=1, description="minibatches per pass, an optimizer step each")
-    missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from the score of answers that never "
-                                              "close with <|end|>; None: no penalty")  # fmt: skip
-    ptx_coef: float = Field(0.0, ge=0, description="weight of the SFT loss on instruction conversations added to every "
-                            "micro-batch's loss (PPO-ptx); 0: PPO alone")  # fmt: skip
+    missing_eos_penalty: float | None = Field(
+        None, ge=0, description="subtracted from the score of answers that never close with <|end|>; None: no penalty"
+    )
+    ptx_coef: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the SFT loss on instruction conversations added to every "
+        "micro-batch's loss (PPO-ptx); 0: PPO alone",
+    )
     ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
     lr: PositiveFloat = 3e-5
 
     def step_shape(self) -> tuple[int, str]:
-        return self.prompts_per_rollout // self.num_minibatches * self.seq_len, \
-            "prompts_per_rollout / num_minibatches × seq_len (a minibatch per step)"  # fmt: skip
+        return (
+            self.prompts_per_rollout // self.num_minibatches * self.seq_len,
+            "prompts_per_rollout / num_minibatches × seq_len (a minibatch per step)",
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> PPOConfig:
         if self.prompts_per_rollout % self.num_minibatches:
-            raise ValueError(f"prompts_per_rollout ({self.prompts_per_rollout}) must split into num_minibatches "
-                             f"({self.num_minibatches}) equal minibatches")  # fmt: skip
+            raise ValueError(
+                f"prompts_per_rollout ({self.prompts_per_rollout}) must split into num_minibatches "
+                f"({self.num_minibatches}) equal minibatches"
+            )
         if self.adaptive_kl and self.kl_coef == 0:
             raise ValueError("adaptive_kl scales kl_coef, which is 0; start it above 0")
         return self
@@ -112,8 +138,9 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     return centred * torch.rsqrt(var + eps)
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation (Schulman et al. 2016) over each row's answer, one contiguous masked span.
 
     δ_t = r_t + γ·V_{t+1} - V_t and A_t = δ_t + γλ·A_{t+1}, with V and A zero after the answer's last token (the
@@ -146,8 +173,9 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimato
     raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1' or 'k3'")
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                    clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2
+) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate (Schulman et al. 2017), the token mean over the mask, and its metrics.
 
     Per token, with ratio r = π/π_old: max(-A·r, -A·clip(r, 1-ε, 1+ε)). Once r has moved past the clip range in
@@ -160,13 +188,16 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
     loss = masked_mean(torch.max(unclipped, clipped), mask)
-    metrics = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-               "approx_kl": masked_mean((ratio - 1 - log_ratio).detach(), mask).item()}  # fmt: skip
+    metrics = {
+        "clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
+        "approx_kl": masked_mean((ratio - 1 - log_ratio).detach(), mask).item(),
+    }
     return loss, metrics
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Half the squared error to the returns, the larger of the prediction's and of the prediction clipped to
     old ± clip (PPO's value clipping, as in OpenAI's baselines and TRL): a value that has already moved more than
     `clip` from the rollout's estimate in the direction that lowers its error gets no further gradient."""
@@ -207,8 +238,9 @@ class PolicyValue(nn.Module):
         """The loop's MFU counts both models' passes (the ptx rows and the rollout's sampling are not counted)."""
         return self.policy.cfg.flops_per_token(seq_len) + self.value.cfg.flops_per_token(seq_len)
 
-    def forward(self, idx: torch.Tensor, ptx: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    def forward(
+        self, idx: torch.Tensor, ptx: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Policy logits [B, T, vocab], value estimates [B, T] and, given ptx (inputs, targets), the policy's SFT loss
         on them (inside forward, so DDP sees it)."""
         return self.policy(idx), self.value(idx), self.policy(*ptx) if ptx is not None else None
@@ -242,8 +274,17 @@ class Rollout:
 
 # (input ids [B, W], answer mask, old log-probs, old values, advantages, returns [B, W-1], the micro-batch's weight
 #  in its minibatch, rollout metrics, ptx inputs and targets or None)
-MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float,
-                   dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]  # fmt: skip
+MicroBatch = tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    float,
+    dict[str, float],
+    tuple[torch.Tensor, torch.Tensor] | None,
+]
 
 
 class RolloutBatches:
@@ -261,22 +302,36 @@ class RolloutBatches:
     weights.
     """
 
-    def __init__(self, cfg: PPOConfig, model: PolicyValue, reference: Transformer | None, reward_model: RewardModel,
-                 tok: Tokenizer, prompts: list[tuple[int, list[int]]], gold: GoldFn | None, info: DistInfo,
-                 ptx: list[sft.Example] = ()):  # fmt: skip
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        model: PolicyValue,
+        reference: Transformer | None,
+        reward_model: RewardModel,
+        tok: Tokenizer,
+        prompts: list[tuple[int, list[int]]],
+        gold: GoldFn | None,
+        info: DistInfo,
+        ptx: list[sft.Example] = (),
+    ):
         self.cfg, self.model, self.reference, self.reward_model, self.tok = cfg, model, reference, reward_model, tok
         self.ptx = list(ptx)
-        self.ptx_order = GlobalOrder(len(self.ptx), cfg.ptx_batch_size, seed=cfg.seed, rank=info.rank,
-                                     world_size=info.world_size) if self.ptx else None  # fmt: skip
+        self.ptx_order = (
+            GlobalOrder(len(self.ptx), cfg.ptx_batch_size, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+            if self.ptx
+            else None
+        )
         self.prompts, self.gold, self.device, self.info = prompts, gold, info.device, info
         self.prompts_per_rank = cfg.prompts_per_rollout // info.world_size
         self.minibatch_size = cfg.prompts_per_rollout // cfg.num_minibatches
         self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
         self.calls_per_rollout = cfg.ppo_epochs * cfg.num_minibatches * self.accumulation
-        self.order = GlobalOrder(len(prompts), self.prompts_per_rank, seed=cfg.seed, rank=info.rank,
-                                 world_size=info.world_size)  # fmt: skip
-        self.sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                       stop_tokens=(tok.end_id,))  # fmt: skip
+        self.order = GlobalOrder(
+            len(prompts), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+        )
+        self.sampling = SamplingConfig(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,)
+        )
         self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)  # only updated with adaptive_kl
         self.calls = 0
         self.rollout: Rollout | None = None
@@ -304,13 +359,27 @@ class RolloutBatches:
         if self.ptx_order is not None:
             x, y = sft.collate([self.ptx[i] for i in self.ptx_order.next_indices()], self.tok.pad_id)
             ptx = (x.to(self.device), y.to(self.device))
-        return (r.ids[idx, : cut + 1], r.mask[idx, :cut], r.logps[idx, :cut], r.values[idx, :cut],
-                r.advantages[idx, :cut], r.returns[idx, :cut], weight, r.metrics, ptx)  # fmt: skip
+        return (
+            r.ids[idx, : cut + 1],
+            r.mask[idx, :cut],
+            r.logps[idx, :cut],
+            r.values[idx, :cut],
+            r.advantages[idx, :cut],
+            r.returns[idx, :cut],
+            weight,
+            r.metrics,
+            ptx,
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout,
-                "kl_coef": self.kl.value, "value_model": self.model.value.state_dict(),
-                "ptx_order": self.ptx_order.state_dict() if self.ptx_order else None}  # fmt: skip
+        return {
+            "order": self.order.state_dict(),
+            "calls": self.calls,
+            "rollout": self.rollout,
+            "kl_coef": self.kl.value,
+            "value_model": self.model.value.state_dict(),
+            "ptx_order": self.ptx_order.state_dict() if self.ptx_order else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state["order"])
@@ -347,8 +416,10 @@ class RolloutBatches:
         # this rank's rows, each cut to its own length, gathered in rank order: the rollout one process would make
         per_token = [torch.cat(x).cpu() for x in (logps, values, ref_logps) if x]
         score_list = torch.cat(scores).float().cpu().tolist()
-        mine = [(c, a, score_list[j], [t[j, : n - 1] for t in per_token])
-                for j, (c, a, n) in enumerate(zip(chosen, answers, lengths))]  # fmt: skip
+        mine = [
+            (c, a, score_list[j], [t[j, : n - 1] for t in per_token])
+            for j, (c, a, n) in enumerate(zip(chosen, answers, lengths))
+        ]
         rows = [row for part in all_gather_objects(mine) for row in part]
         chosen, answers = [r[0] for r in rows], [r[1] for r in rows]
         prompts = [ids for _, ids in chosen]
@@ -430,8 +501,16 @@ def ppo_loss_fn(cfg: PPOConfig):
 # Training
 
 
-def reward_evaluator(reward_model: RewardModel, tok: Tokenizer, prompts: Sequence[Sequence[Message]], *,
-                     max_new_tokens: int, gold: GoldFn | None = None, rank: int = 0, world_size: int = 1):  # fmt: skip
+def reward_evaluator(
+    reward_model: RewardModel,
+    tok: Tokenizer,
+    prompts: Sequence[Sequence[Message]],
+    *,
+    max_new_tokens: int,
+    gold: GoldFn | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+):
     """Greedy answers to held-out prompts: the reward model's mean score (val_reward) and, with a gold scorer
     (prompt index, answer) -> score, the gold mean (val_gold). Each rank answers its share."""
     mine = list(range(rank, len(prompts), world_size))
@@ -449,9 +528,19 @@ def reward_evaluator(reward_model: RewardModel, tok: Tokenizer, prompts: Sequenc
     return evaluate
 
 
-def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, reward_model: Path, out_dir: Path, *,
-          gold: GoldFn | None = None, evaluate: loop.EvalFn | None = None, resume: bool = False,
-          ptx: Sequence[Sequence[Message]] = (), log=print) -> Path:  # fmt: skip
+def train(
+    cfg: PPOConfig,
+    prompts: Sequence[Sequence[Message]],
+    init: Path,
+    reward_model: Path,
+    out_dir: Path,
+    *,
+    gold: GoldFn | None = None,
+    evaluate: loop.EvalFn | None = None,
+    resume: bool = False,
+    ptx: Sequence[Sequence[Message]] = (),
+    log=print,
+) -> Path:
     """Tune the (SFT) checkpoint at `init` with PPO against the reward model at `reward_model`, on prompts
     (conversations ending with a user turn); returns the final checkpoint, a plain policy checkpoint.
 
@@ -464,9 +553,11 @@ def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, rewa
         return checkpoint.resolve(out_dir)
     cfg.micro_batch(info.world_size)  # each minibatch must split over the ranks: a one-line error before any loading
     if cfg.parallel == "fsdp" and info.world_size > 1:
-        raise ValueError("ppo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each "
-                         "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
-                         "use parallel=ddp")  # fmt: skip
+        raise ValueError(
+            "ppo.parallel=fsdp is not supported: rollouts sample a different number of tokens on each "
+            "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
+            "use parallel=ddp"
+        )
     tok_file = checkpoint.tokenizer_file(init)
     if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
         raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
@@ -485,23 +576,37 @@ def train(cfg: PPOConfig, prompts: Sequence[Sequence[Message]], init: Path, rewa
     if not fitting:
         raise ValueError(f"no prompt fits in seq_len - max_new_tokens = {room} tokens")
     if info.is_main:
-        log(f"[ppo] {len(fitting)} prompts ({len(encoded) - len(fitting)} longer than {room} tokens dropped); "
-            f"{cfg.ppo_epochs} × {cfg.num_minibatches} steps per rollout of {cfg.prompts_per_rollout} answers")  # fmt: skip
+        log(
+            f"[ppo] {len(fitting)} prompts ({len(encoded) - len(fitting)} longer than {room} tokens dropped); "
+            f"{cfg.ppo_epochs} × {cfg.num_minibatches} steps per rollout of {cfg.prompts_per_rollout} answers"
+        )
     examples: list[sft.Example] = []
     if cfg.ptx_coef > 0:
         if not ptx:
-            raise ValueError("ppo.ptx_coef > 0 needs instruction conversations for its SFT loss (--ptx-data FILE); "
-                             "none were given")  # fmt: skip
+            raise ValueError(
+                "ppo.ptx_coef > 0 needs instruction conversations for its SFT loss (--ptx-data FILE); none were given"
+            )
         examples, counts = sft.tokenize(tok, list(ptx), cfg.seq_len)
         if not examples:
-            raise ValueError("ppo.ptx_coef: none of the instruction conversations has an answer to learn within seq_len")
+            raise ValueError(
+                "ppo.ptx_coef: none of the instruction conversations has an answer to learn within seq_len"
+            )
         if info.is_main:
-            log(f"[ppo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations, "
-                f"{cfg.ptx_batch_size} per micro-batch ({counts['truncated']} cut to seq_len)")  # fmt: skip
+            log(
+                f"[ppo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations, "
+                f"{cfg.ptx_batch_size} per micro-batch ({counts['truncated']} cut to seq_len)"
+            )
     model = PolicyValue(policy, value)
     batches = RolloutBatches(cfg, model, reference, scorer, tok, fitting, gold, info, examples)
     stage = loop.Stage("ppo", Path(out_dir), tok_file, info)
     policy_eval = (lambda m: evaluate(m.policy)) if evaluate is not None else None
     # the loop types its model as a Transformer; PolicyValue has what it uses of one (cfg, state_dict)
-    return loop.run(cfg, stage, model, batches, ppo_loss_fn(cfg), evaluate=policy_eval,  # type: ignore[arg-type]
-                    resume=resume)
+    return loop.run(
+        cfg,
+        stage,
+        model,
+        batches,
+        ppo_loss_fn(cfg),
+        evaluate=policy_eval,  # type: ignore[arg-type]
+        resume=resume,
+    )

@@ -23,11 +23,15 @@ def init_model(model_cfg: ModelConfig, tokenizer: Tokenizer, seed: int) -> Trans
     return Transformer(model_cfg.model_copy(update={"vocab_size": tokenizer.vocab_size}))
 
 
-def lm_evaluator(data_dir: Path, tokenizer: Tokenizer, cfg: TrainConfig, val_batches: int, rank: int = 0, world_size: int = 1):
+def lm_evaluator(
+    data_dir: Path, tokenizer: Tokenizer, cfg: TrainConfig, val_batches: int, rank: int = 0, world_size: int = 1
+):
     val = open_split(data_dir, "val")
     if len(val) < cfg.seq_len + 1:  # data built with another seq_len, or by hand: one sequence is the least to score
-        raise ValueError(f"{data_dir}: the validation split has {len(val)} tokens, fewer than one sequence of seq_len + 1 "
-                         f"= {cfg.seq_len + 1}; rebuild the data with a larger data.val_fraction or data.val_sources")  # fmt: skip
+        raise ValueError(
+            f"{data_dir}: the validation split has {len(val)} tokens, fewer than one sequence of seq_len + 1 "
+            f"= {cfg.seq_len + 1}; rebuild the data with a larger data.val_fraction or data.val_sources"
+        )
     token_bytes = torch.as_tensor(tokenizer.token_bytes())
 
     def evaluate(model: Transformer) -> dict[str, float]:
@@ -43,16 +47,23 @@ def next_token_loss(model, batch):
     return model(x.to(device), y.to(device)), {}
 
 
-def train(cfg: TrainConfig, data_dir: Path, out_dir: Path, *, init: Path, val_batches: int = 16,
-          resume: bool = False) -> Path:  # fmt: skip
+def train(
+    cfg: TrainConfig, data_dir: Path, out_dir: Path, *, init: Path, val_batches: int = 16, resume: bool = False
+) -> Path:
     """Pretrain the checkpoint at `init` on data_dir's shards; returns the final checkpoint."""
     info = setup(cfg.device)
     tokenizer = Tokenizer.load(data_dir)
     model = checkpoint.load_model(init)
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"pretrain.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
-    batches = PackedBatches(open_split(data_dir, "train"), cfg.seq_len, cfg.micro_batch(info.world_size), seed=cfg.seed,
-                            rank=info.rank, world_size=info.world_size)  # fmt: skip
+    batches = PackedBatches(
+        open_split(data_dir, "train"),
+        cfg.seq_len,
+        cfg.micro_batch(info.world_size),
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
     stage = loop.Stage("pretrain", Path(out_dir), Path(data_dir) / "tokenizer.json", info)
     evaluate = lm_evaluator(data_dir, tokenizer, cfg, val_batches, info.rank, info.world_size)
     return loop.run(cfg, stage, model, batches, next_token_loss, evaluate=evaluate, resume=resume)

@@ -41,8 +41,16 @@ from safetensors import safe_open
 
 from fromzero import checkpoint, lora
 from fromzero.data.chat import Message, prompt_ids
-from fromzero.data.preference import EncodedPair, PairBatch, PairBatches, PreferencePair, PreferenceSources, \
-    describe_encoding, encode_pairs, eval_batches  # fmt: skip
+from fromzero.data.preference import (
+    EncodedPair,
+    PairBatch,
+    PairBatches,
+    PreferencePair,
+    PreferenceSources,
+    describe_encoding,
+    encode_pairs,
+    eval_batches,
+)
 from fromzero.dist import all_reduce_sum, setup
 from fromzero.generate import Engine, SamplingConfig
 from fromzero.lora import LoRAConfig
@@ -53,18 +61,33 @@ from fromzero.train.loop import TrainConfig
 
 
 class RewardConfig(TrainConfig, PreferenceSources):
-    margin: float = Field(0.0, ge=0, description="Bradley–Terry margin: the chosen answer must win by at least this much")
-    likelihood: bool = Field(True, description="add the answer tokens' surprise under the backbone's LM head "
-                             "(log-prob + entropy), weighted by a learned per-token gate, to the last-token score (lets "
-                             "the reward model check a stated fact against what the backbone knows; see "
-                             "train/reward.py)")  # fmt: skip
-    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
-                             "instead of full fine-tuning; the fresh heads (score, gate) train in full")  # fmt: skip
-    batch_tokens: int = Field(4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)")
-    micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected "
-                                  "sequence each)")  # fmt: skip
-    seq_len: int = Field(128, ge=4, description="longest sequence; longer pairs are cut to it (the prompt's start, "
-                         "then the answers' ends: see max_prompt_len)")  # fmt: skip
+    margin: float = Field(
+        0.0, ge=0, description="Bradley–Terry margin: the chosen answer must win by at least this much"
+    )
+    likelihood: bool = Field(
+        True,
+        description="add the answer tokens' surprise under the backbone's LM head "
+        "(log-prob + entropy), weighted by a learned per-token gate, to the last-token score (lets "
+        "the reward model check a stated fact against what the backbone knows; see "
+        "train/reward.py)",
+    )
+    lora: LoRAConfig = Field(
+        default_factory=LoRAConfig,
+        description="low-rank adapters on the frozen model (r > 0) "
+        "instead of full fine-tuning; the fresh heads (score, gate) train in full",
+    )
+    batch_tokens: int = Field(
+        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
+    )
+    micro_batch_size: int = Field(
+        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
+    )
+    seq_len: int = Field(
+        128,
+        ge=4,
+        description="longest sequence; longer pairs are cut to it (the prompt's start, "
+        "then the answers' ends: see max_prompt_len)",
+    )
     steps: PositiveInt = 200
     lr: PositiveFloat = 5e-4
     warmup_steps: NonNegativeInt = 20
@@ -86,8 +109,10 @@ def answer_marker(tok: Tokenizer) -> tuple[int, ...]:
     while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
         n += 1
     if n == 0:
-        raise ValueError("the chat template's prompts end in no tokens shared by every question, so the reward "
-                         "model cannot tell where an answer starts: use --set reward.likelihood=false")  # fmt: skip
+        raise ValueError(
+            "the chat template's prompts end in no tokens shared by every question, so the reward "
+            "model cannot tell where an answer starts: use --set reward.likelihood=false"
+        )
     return tuple(a[-n:])
 
 
@@ -167,8 +192,9 @@ def last_token_rewards(model: nn.Module, ids: torch.Tensor, lengths: torch.Tenso
 
 
 @torch.no_grad()
-def score_responses(model: RewardModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                    pad_id: int) -> torch.Tensor:  # fmt: skip
+def score_responses(
+    model: RewardModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> torch.Tensor:
     """Rewards [B] of (prompt, response) token sequences, e.g. a PPO rollout (a response normally ends with
     <|end|>, where the reward model learned to read the whole answer)."""
     device = model.rope_cos.device
@@ -180,9 +206,17 @@ def score_responses(model: RewardModel, prompts: Sequence[Sequence[int]], respon
 
 
 @torch.no_grad()
-def answer_rewards(policy: Transformer, reward_model: RewardModel, tok: Tokenizer, prompts: Sequence[Sequence[Message]],
-                   *, max_new_tokens: int = 64, temperature: float = 0.0, batch_size: int = 64,
-                   seed: int = 0) -> tuple[list[str], list[float]]:  # fmt: skip
+def answer_rewards(
+    policy: Transformer,
+    reward_model: RewardModel,
+    tok: Tokenizer,
+    prompts: Sequence[Sequence[Message]],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> tuple[list[str], list[float]]:
     """A policy's answers to conversations ending with a user turn (greedy by default) and the reward model's score
     of each: the reward a tuned policy earns against the one it started from. Answers cut off at max_new_tokens are
     scored as they are (without <|end|>, where the reward model learned to read an answer)."""
@@ -197,7 +231,9 @@ def answer_rewards(policy: Transformer, reward_model: RewardModel, tok: Tokenize
     return [a.text.strip() for a in answers], scores
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float | torch.Tensor = 0.0) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: float | torch.Tensor = 0.0
+) -> torch.Tensor:
     """-log σ(r_chosen - r_rejected - margin), averaged: the negative log-likelihood of people's choices
     when P(chosen over rejected) = σ(r_chosen - r_rejected)."""
     return -F.logsigmoid(chosen - rejected - margin).mean()
@@ -214,8 +250,12 @@ def pair_rewards(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torc
 def reward_loss(margin: float):
     def loss_fn(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected = pair_rewards(model, batch)
-        metrics = {"accuracy": (chosen > rejected).float().mean().item(), "reward/chosen": chosen.mean().item(),
-                   "reward/rejected": rejected.mean().item(), "reward/margin": (chosen - rejected).mean().item()}  # fmt: skip
+        metrics = {
+            "accuracy": (chosen > rejected).float().mean().item(),
+            "reward/chosen": chosen.mean().item(),
+            "reward/rejected": rejected.mean().item(),
+            "reward/margin": (chosen - rejected).mean().item(),
+        }
         return bradley_terry_loss(chosen, rejected, margin), metrics
 
     return loss_fn
@@ -229,22 +269,36 @@ def pairwise_evaluator(encoded: list[EncodedPair], micro_batch_size: int, pad_id
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         for batch in eval_batches(encoded, micro_batch_size, pad_id, rank, world_size):
             chosen, rejected = pair_rewards(model, batch)
-            sums += torch.stack([(chosen > rejected).sum().double(), -F.logsigmoid(chosen - rejected).sum().double(),
-                                 torch.tensor(len(chosen), dtype=torch.float64, device=device)])  # fmt: skip
+            sums += torch.stack(
+                [
+                    (chosen > rejected).sum().double(),
+                    -F.logsigmoid(chosen - rejected).sum().double(),
+                    torch.tensor(len(chosen), dtype=torch.float64, device=device),
+                ]
+            )
         all_reduce_sum(sums)
         return {"val_accuracy": (sums[0] / sums[2]).item(), "val_loss": (sums[1] / sums[2]).item()}
 
     return evaluate
 
 
-def train(cfg: RewardConfig, pairs: list[PreferencePair], val_pairs: list[PreferencePair], init: Path, out_dir: Path,
-          *, resume: bool = False, log=print) -> Path:  # fmt: skip
+def train(
+    cfg: RewardConfig,
+    pairs: list[PreferencePair],
+    val_pairs: list[PreferencePair],
+    init: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    log=print,
+) -> Path:
     """Train a reward model from the (SFT) checkpoint at `init`; returns the final checkpoint."""
     info = setup(cfg.device)
     tok_file = checkpoint.tokenizer_file(init)
     tok = Tokenizer.load(tok_file)
-    model = RewardModel.from_lm(checkpoint.load_model(init), cfg.likelihood,
-                                answer_marker(tok) if cfg.likelihood else (ASSISTANT_ID,))
+    model = RewardModel.from_lm(
+        checkpoint.load_model(init), cfg.likelihood, answer_marker(tok) if cfg.likelihood else (ASSISTANT_ID,)
+    )
     if model.cfg.max_seq_len < cfg.seq_len:
         raise ValueError(f"reward.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
     if cfg.lora.enabled:
@@ -254,8 +308,9 @@ def train(cfg: RewardConfig, pairs: list[PreferencePair], val_pairs: list[Prefer
     val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:
         log(describe_encoding("reward", stats, val_stats, cfg.seq_len))
-    batches = PairBatches(encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank,
-                          world_size=info.world_size)  # fmt: skip
+    batches = PairBatches(
+        encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+    )
     evaluate = None
     if val_encoded:
         evaluate = pairwise_evaluator(val_encoded, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size)

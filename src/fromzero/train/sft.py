@@ -25,12 +25,16 @@ IGNORE = -100
 
 
 class SFTConfig(TrainConfig):
-    data: list[str] = Field(default_factory=list, description="instruction files (jsonl/json/parquet/datasets); "
-                            "empty: the built-in world's instructions")  # fmt: skip
+    data: list[str] = Field(
+        default_factory=list,
+        description="instruction files (jsonl/json/parquet/datasets); empty: the built-in world's instructions",
+    )
     on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
     val_fraction: float = Field(0.02, ge=0, lt=1, description="conversations held out for the validation loss")
-    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="low-rank adapters on the frozen model (r > 0) "
-                             "instead of full fine-tuning")  # fmt: skip
+    lora: LoRAConfig = Field(
+        default_factory=LoRAConfig,
+        description="low-rank adapters on the frozen model (r > 0) instead of full fine-tuning",
+    )
     steps: PositiveInt = 300
     lr: PositiveFloat = 1e-3
     warmup_steps: NonNegativeInt = 20
@@ -80,10 +84,20 @@ class ConversationBatches:
     micro_batch_size) and visited in a new seeded order every epoch, each rank taking its own groups.
     """
 
-    def __init__(self, examples: list[Example], micro_batch_size: int, pad_id: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        examples: list[Example],
+        micro_batch_size: int,
+        pad_id: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(examples) < micro_batch_size * world_size:
-            raise ValueError(f"{len(examples)} conversations are fewer than one batch of {micro_batch_size} × {world_size} ranks")
+            raise ValueError(
+                f"{len(examples)} conversations are fewer than one batch of {micro_batch_size} × {world_size} ranks"
+            )
         self.examples, self.pad_id = examples, pad_id
         by_length = list(range(len(examples)))
         random.Random(seed).shuffle(by_length)
@@ -129,8 +143,9 @@ def val_loss_evaluator(examples: list[Example], micro_batch_size: int, pad_id: i
     return evaluate
 
 
-def train(cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_dir: Path, *,
-          resume: bool = False, log=print) -> Path:  # fmt: skip
+def train(
+    cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_dir: Path, *, resume: bool = False, log=print
+) -> Path:
     """Fine-tune the checkpoint at `init` on conversations; returns the final checkpoint."""
     info = setup(cfg.device)
     tok_file = checkpoint.tokenizer_file(init)
@@ -146,10 +161,22 @@ def train(cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_di
     examples, stats = tokenize(tok, shuffled[n_val:], cfg.seq_len)
     val_examples, _ = tokenize(tok, shuffled[:n_val], cfg.seq_len)
     if info.is_main:
-        log(f"[sft] {stats['examples']} training conversations, {len(val_examples)} for validation; "
-            f"{stats['truncated']} truncated to {cfg.seq_len + 1} tokens, {stats['dropped']} dropped (nothing left to learn)")  # fmt: skip
-    batches = ConversationBatches(examples, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank,
-                                  world_size=info.world_size)  # fmt: skip
-    evaluate = val_loss_evaluator(val_examples, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size) if val_examples else None
+        log(
+            f"[sft] {stats['examples']} training conversations, {len(val_examples)} for validation; "
+            f"{stats['truncated']} truncated to {cfg.seq_len + 1} tokens, {stats['dropped']} dropped (nothing left to learn)"
+        )
+    batches = ConversationBatches(
+        examples,
+        cfg.micro_batch(info.world_size),
+        tok.pad_id,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    evaluate = (
+        val_loss_evaluator(val_examples, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size)
+        if val_examples
+        else None
+    )
     stage = loop.Stage("sft", Path(out_dir), tok_file, info)
     return loop.run(cfg, stage, model, batches, masked_loss, evaluate=evaluate, resume=resume)
