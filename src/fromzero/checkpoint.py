@@ -47,6 +47,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One JSON object a line, written whole or not at all (the answers logs)."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint directory, given it, a stage directory whose LATEST names one, or a transformers model
     directory (hf:DIR, or one found to be such)."""

@@ -181,55 +181,26 @@ def sft(
     typer.echo(f"checkpoint: {ckpt}")
 
 
+def _inputs(cfg, device: str = "auto"):
+    """What a stage trains on, built as `fromzero run` builds it (`pipeline.StageInputs`)."""
+    from fromzero.pipeline import StageInputs
+
+    return StageInputs.of(cfg, device)
+
+
 def _instructions(cfg, data: list[Path] | None):
     """SFT's conversations: the files given, else sft.data's, else the built-in world's."""
-    from fromzero.data.world import build_world
-    from fromzero.data.world_chat import build_instructions
-    from fromzero.train import sft
-
     if data:
         cfg.sft.data = [str(d) for d in data]
-    if not cfg.sft.data:
-        return build_instructions(build_world(cfg.world), cfg.instruct).train
-    conversations, stats = sft.load_conversations(cfg.sft)
-    if stats.skipped:
-        typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-    return conversations
+    return _inputs(cfg, cfg.sft.device).sft_conversations()
 
 
 def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None = None):
     """(train, val) preference pairs: from files split by prompt, or the built-in world's, with labelled pairs of
     the sampled answers of `init` when `preference.sampled_questions` asks for them."""
-    import dataclasses
-
-    from fromzero import checkpoint
-    from fromzero.data.tasks import load_tasks
-    from fromzero.data.world import build_world
-    from fromzero.data.world_pref import build_preferences, preference_pairs, sampled_pairs
-    from fromzero.eval import qa
-    from fromzero.tokenizer import Tokenizer
-
-    def builtin():
-        world = build_world(cfg.world)
-        prefs = build_preferences(world, cfg.preference, load_tasks(cfg.grpo, cfg.reasoning, world, cfg.seed)[0])
-        if init is None or not cfg.preference.sampled_questions:
-            return prefs
-        ckpt = checkpoint.resolve(init)
-        sample = qa.sampler(
-            checkpoint.load_model(ckpt),
-            Tokenizer.load(checkpoint.tokenizer_file(ckpt)),
-            **cfg.eval.preference_sampling(),
-        )
-        return dataclasses.replace(prefs, train=prefs.train + sampled_pairs(world, prefs, cfg.preference, sample))
-
     if data:
         sources.data = [str(d) for d in data]
-    train, val, stats = preference_pairs(sources, builtin, cfg.seed)
-    if stats is not None:
-        if stats.skipped:
-            typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-        typer.echo(f"{stats.describe()}; {len(train)} pairs for training, {len(val)} held out by prompt", err=True)
-    return train, val
+    return _inputs(cfg, sources.device).preference_pairs(sources, init)
 
 
 PreferenceData = Annotated[
@@ -297,22 +268,16 @@ def ppo(
     """Stage 3 (RLHF): PPO against a reward model, on the prompts of the preference data (default: the built-in
     world's); the gold preference function's mean score is logged for the built-in prompts. With ppo.ptx_coef > 0,
     SFT's loss on instruction conversations is mixed in (PPO-ptx)."""
-    from fromzero.data.tasks import load_tasks
-    from fromzero.data.world import build_world
-    from fromzero.data.world_pref import build_preferences, prompts_and_gold
     from fromzero.train import ppo as stage
 
     cfg = _config(preset, overrides)
     if data:
-        train, _ = _preference_pairs(cfg, cfg.reward, data)
-        prompts, gold = list({json.dumps(p.messages): p.messages for p in train}.values()), None
-    else:
-        world = build_world(cfg.world)
-        tasks = load_tasks(cfg.grpo, cfg.reasoning, world, cfg.seed)[0]  # word problems are preference prompts too
-        prefs = build_preferences(world, cfg.preference, tasks)
-        prompts, gold = prompts_and_gold(world, prefs.train_questions, cfg.preference.ppo_people_share)
-    ptx = _instructions(cfg, ptx_data) if cfg.ppo.ptx_coef > 0 else []
-    ckpt = stage.train(cfg.ppo, prompts, init, reward_model, out, gold=gold, resume=resume, ptx=ptx)
+        cfg.reward.data = [str(d) for d in data]
+    if ptx_data:
+        cfg.sft.data = [str(d) for d in ptx_data]
+    inputs = _inputs(cfg, cfg.ppo.device)
+    p, ptx = inputs.ppo_prompts(), inputs.sft_conversations() if cfg.ppo.ptx_coef > 0 else []
+    ckpt = stage.train(cfg.ppo, p.prompts, init, reward_model, out, gold=p.gold, resume=resume, ptx=ptx)
     typer.echo(f"checkpoint: {ckpt}")
 
 

@@ -38,7 +38,6 @@ from fromzero.data.world_chat import (
     recognise,
 )
 from fromzero.data.world_pref import (
-    GoldPreference,
     WorldPreferences,
     build_preferences,
     preference_pairs,
@@ -46,6 +45,7 @@ from fromzero.data.world_pref import (
     sampled_pairs,
 )
 from fromzero.eval import general, qa, reasoning
+from fromzero.eval.gold import GoldJudge
 from fromzero.eval.report import write_report
 from fromzero.eval.samples import complete
 from fromzero.tokenizer import Tokenizer
@@ -53,13 +53,126 @@ from fromzero.train import dpo, grpo, loop, ppo, pretrain, reward, sft
 
 
 @dataclass
-class RunContext:
+class StageInputs:
+    """What the stages train on, built from the config and the built-in world: the same for `fromzero run` and for
+    a stage's own command (`fromzero sft`, `reward`, `dpo`, `ppo`)."""
+
     cfg: Config
-    out: Path
-    info: dist.DistInfo
     world: World
-    _judged: dict[Path, list[str]] = field(default_factory=dict, repr=False)
+    info: dist.DistInfo
     _sampled: dict[Path, list[PreferencePair]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, cfg: Config, device: str = "auto") -> StageInputs:
+        return cls(cfg, build_world(cfg.world), dist.setup(device))
+
+    @functools.cached_property
+    def instructions(self) -> InstructData:
+        return build_instructions(self.world, self.cfg.instruct)
+
+    def sft_conversations(self) -> list:
+        """Stage 2's instruction conversations (sft.data's files or the built-in world's), PPO-ptx's too."""
+        if not self.cfg.sft.data:
+            return self.instructions.train
+        conversations, stats = sft.load_conversations(self.cfg.sft)
+        if stats.skipped and self.info.is_main:
+            print(f"[sft] sft.data: skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}")
+        return conversations
+
+    def stage2_conversations(self) -> list:
+        """Everything stage 2 trains on: the instructions, and with stage 4 on its cold start (worked solutions to some
+        of its training problems); what the synth stage replays."""
+        conversations = self.sft_conversations()
+        if self.cfg.reasoning_rl:
+            r = self.cfg.reasoning
+            conversations = conversations + solution_conversations(self.cold_start, r.direct_fraction, r.seed)
+        return conversations
+
+    def practice_conversations(self) -> list:
+        """The synth stage's question writer's data: writing a question that a sentence of a practice person's
+        biography answers."""
+        return practice_conversations(
+            self.world, self.cfg.instruct, random.Random(f"{self.cfg.instruct.seed}:practice")
+        )
+
+    @functools.cached_property
+    def preferences(self) -> WorldPreferences:
+        return build_preferences(self.world, self.cfg.preference, self.reasoning_tasks[0])
+
+    def sampled_pairs(self, policy: Path) -> list[PreferencePair]:
+        """Labelled pairs of a checkpoint's own sampled answers (`preference.sampled_questions`), made once."""
+        if not self.cfg.preference.sampled_questions:
+            return []  # without loading the checkpoint
+        ckpt = checkpoint.resolve(policy)
+        if ckpt not in self._sampled:
+            model = checkpoint.load_model(ckpt, self.info.device)
+            tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))
+            sample = qa.sampler(model, tok, **self.cfg.eval.preference_sampling())
+            self._sampled[ckpt] = sampled_pairs(self.world, self.preferences, self.cfg.preference, sample)
+            if self.info.is_main:
+                print(
+                    f"{len(self._sampled[ckpt])} labelled pairs of {ckpt.parent.name}'s sampled answers to "
+                    f"{self.cfg.preference.sampled_questions} questions (pairs the labellers would call a tie dropped)"
+                )
+        return self._sampled[ckpt]
+
+    def preference_pairs(
+        self, sources: Any, policy: Path | None = None
+    ) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        """(train, held-out) pairs: from the stage's files split by prompt when it names any, else the built-in
+        world's (whose held-out pairs the gold function labels without noise), with labelled pairs of the answers of
+        `policy` (the model stage 3 starts from) when `preference.sampled_questions` asks for them."""
+
+        def builtin() -> WorldPreferences:
+            own = self.sampled_pairs(policy) if policy is not None else []
+            return dataclasses.replace(self.preferences, train=self.preferences.train + own)
+
+        train, heldout, stats = preference_pairs(sources, builtin, self.cfg.seed)
+        if stats is not None and self.info.is_main:
+            print(
+                f"{stats.describe()}; {len(train)} pairs for training, {len(heldout)} held out by prompt"
+                + (f", e.g. {stats.errors[0]}" if stats.errors else "")
+            )
+        return train, heldout
+
+    def ppo_prompts(self, policy: Path | None = None) -> PPOPrompts:
+        """PPO's prompts: those of the reward model's preference files (no gold function knows them, nothing is held
+        out), else the built-in world's training questions with their gold answers, and its held-out prompts."""
+        if self.cfg.reward.data:
+            pairs = self.preference_pairs(self.cfg.reward, policy)[0]
+            return PPOPrompts(list({json.dumps(p.messages): p.messages for p in pairs}.values()))
+        share = self.cfg.preference.ppo_people_share
+        prompts, gold = prompts_and_gold(self.world, self.preferences.train_questions, share)
+        heldout, heldout_gold = prompts_and_gold(self.world, self.preferences.eval_questions)
+        return PPOPrompts(prompts, gold, heldout, heldout_gold)
+
+    @functools.cached_property
+    def reasoning_tasks(self) -> tuple[list[Task], list[Task]]:
+        """(train, held-out) reasoning tasks: the grpo section's files, or the built-in word problems."""
+        return load_tasks(self.cfg.grpo, self.cfg.reasoning, self.world, self.cfg.seed)
+
+    @functools.cached_property
+    def cold_start(self) -> list[Task]:
+        """The reasoning problems whose worked solutions SFT learns from (see `cold_start_tasks`)."""
+        train, heldout = self.reasoning_tasks
+        if self.cfg.grpo.data:
+            return train[: self.cfg.reasoning.n_sft]
+        return cold_start_tasks(self.cfg.reasoning, self.world, train, heldout)
+
+
+@dataclass
+class PPOPrompts:
+    prompts: list
+    gold: Any = None  # the gold answers of the built-in prompts, for logging the gold score
+    heldout: list = field(default_factory=list)
+    heldout_gold: Any = None
+
+
+@dataclass
+class RunContext(StageInputs):
+    """A run's inputs, its directory, and the evaluations (in eval/) its stages are graded by."""
+
+    out: Path = Path("runs")
 
     @property
     def data_dir(self) -> Path:
@@ -68,6 +181,9 @@ class RunContext:
     @property
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.data_dir)
+
+    def model(self, ckpt: Path):
+        return checkpoint.load_model(ckpt, self.info.device)
 
     def prompts(self) -> list[tuple[str, Question | None]]:
         """The fixed prompts, placeholders filled from the world, each with the question it asks (None: no rule
@@ -95,41 +211,15 @@ class RunContext:
 
     def general_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, Any]:
         """{"general": {kind: accuracy}, "general_acc": the mean over kinds}; graded answers go to log_to."""
-        model = checkpoint.load_model(ckpt, self.info.device)
         per_kind, graded = general.evaluate(
-            model,
+            self.model(ckpt),
             self.tokenizer,
             self.general_questions,
             Judge(self.world),
             max_new_tokens=self.cfg.eval.max_new_tokens,
         )
-        if log_to is not None:
-            checkpoint.write_text_atomic(log_to, "".join(json.dumps(g) + "\n" for g in graded))
+        _log(log_to, graded)
         return {"general": per_kind, "general_acc": general.mean(per_kind)}
-
-    @functools.cached_property
-    def instructions(self) -> InstructData:
-        return build_instructions(self.world, self.cfg.instruct)
-
-    def sft_conversations(self) -> list:
-        """Stage 2's instruction conversations (sft.data's files or the built-in world's), PPO-ptx's too."""
-        return sft.load_conversations(self.cfg.sft)[0] if self.cfg.sft.data else self.instructions.train
-
-    def stage2_conversations(self) -> list:
-        """Everything stage 2 trains on: the instructions, and with stage 4 on its cold start (worked solutions to some
-        of its training problems); what the synth stage replays."""
-        conversations = self.sft_conversations()
-        if self.cfg.reasoning_rl:
-            r = self.cfg.reasoning
-            conversations = conversations + solution_conversations(self.cold_start, r.direct_fraction, r.seed)
-        return conversations
-
-    def practice_conversations(self) -> list:
-        """The synth stage's question writer's data: writing a question that a sentence of a practice person's
-        biography answers."""
-        return practice_conversations(
-            self.world, self.cfg.instruct, random.Random(f"{self.cfg.instruct.seed}:practice")
-        )
 
     def new_documents(self) -> list[tuple[str, str]]:
         """(name, text) of the documents the synth stage writes its data from: synth.docs, or one biography of each of
@@ -151,24 +241,18 @@ class RunContext:
 
     def new_people_accuracy(self, ckpt: Path, log_to: Path | None = None) -> float:
         """Accuracy on every fact of the new people, asked in phrasings the synth stage's generator never writes."""
-        model = checkpoint.load_model(ckpt, self.info.device)
+        questions = new_people_questions(self.world, self.cfg.seed)
         acc, graded = qa.accuracy(
-            model,
-            self.tokenizer,
-            new_people_questions(self.world, self.cfg.seed),
-            self.world,
-            max_new_tokens=self.cfg.eval.qa_max_new_tokens,
+            self.model(ckpt), self.tokenizer, questions, self.world, max_new_tokens=self.cfg.eval.qa_max_new_tokens
         )
-        if log_to is not None:
-            rows = [{"question": q.question, "expected": q.expected, "answer": a, "correct": ok} for q, a, ok in graded]
-            checkpoint.write_text_atomic(log_to, "".join(json.dumps(r) + "\n" for r in rows))
+        _log(log_to, qa.rows(graded))
         return acc
 
     def answers(self, ckpt: Path, chat: bool, *, random_init: bool = False) -> dict[str, dict[str, str]]:
         """The fixed prompts answered by a checkpoint (rank 0 only: sampling is cheap), each graded: continued as raw
         text before instruction tuning, in the chat template after it. The random model's answers are sampled from
         tokens that are text on their own (greedy, it repeats one token; with every token, it writes U+FFFD)."""
-        model = checkpoint.load_model(ckpt, self.info.device)
+        model = self.model(ckpt)
         asked, e = self.prompts(), self.cfg.eval
         prompts = [text for text, _ in asked]
         if chat:
@@ -199,109 +283,42 @@ class RunContext:
 
     def qa_accuracy(self, ckpt: Path, *, chat: bool, log_to: Path | None = None) -> dict[str, float]:
         """Held-out question accuracy (phrasing, people) of a checkpoint; graded answers go to log_to."""
-        model = checkpoint.load_model(ckpt, self.info.device)
-        data, out = self.instructions, {}
-        graded_all = []
-        for name, questions in (
-            ("heldout_phrasing_acc", data.heldout_phrasing),
-            ("heldout_people_acc", data.heldout_people),
-        ):
-            out[name], graded = qa.accuracy(
-                model, self.tokenizer, questions, self.world, chat=chat, max_new_tokens=self.cfg.eval.qa_max_new_tokens
-            )
-            graded_all += [
-                {"set": name, "question": q.question, "expected": q.expected, "answer": a, "correct": ok}
-                for q, a, ok in graded
-            ]
-        if log_to is not None:
-            log_to.write_text("".join(json.dumps(g) + "\n" for g in graded_all))
-        return out
-
-    @functools.cached_property
-    def preferences(self) -> WorldPreferences:
-        return build_preferences(self.world, self.cfg.preference, self.reasoning_tasks[0])
-
-    def sampled_pairs(self, ckpt: Path) -> list[PreferencePair]:
-        """Labelled pairs of a checkpoint's own sampled answers (`preference.sampled_questions`), made once per run."""
-        if not self.cfg.preference.sampled_questions:
-            return []  # without loading the checkpoint
-        if ckpt not in self._sampled:
-            model = checkpoint.load_model(ckpt, self.info.device)
-            sample = qa.sampler(model, self.tokenizer, **self.cfg.eval.preference_sampling())
-            self._sampled[ckpt] = sampled_pairs(self.world, self.preferences, self.cfg.preference, sample)
-            if self.info.is_main:
-                print(
-                    f"{len(self._sampled[ckpt])} labelled pairs of {ckpt.parent.name}'s sampled answers to "
-                    f"{self.cfg.preference.sampled_questions} questions (pairs the labellers would call a tie dropped)"
-                )
-        return self._sampled[ckpt]
-
-    def preference_pairs(self, sources: Any, policy: Path) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        """(train, held-out) pairs: from the stage's files when it names any, else the built-in world's (whose
-        held-out pairs are labelled by the gold function without noise), with labelled pairs of the answers of
-        `policy` (the model stage 3 starts from) when `preference.sampled_questions` asks for them."""
-
-        def builtin() -> WorldPreferences:
-            return dataclasses.replace(self.preferences, train=self.preferences.train + self.sampled_pairs(policy))
-
-        train, heldout, stats = preference_pairs(sources, builtin, self.cfg.seed)
-        if stats is not None and self.info.is_main:
-            print(stats.describe() + (f", e.g. {stats.errors[0]}" if stats.errors else ""))
-        return train, heldout
-
-    def gold_win_rate(self, ckpt: Path, reference: Path) -> dict[str, float]:
-        """How often the gold preference function prefers the answer of `ckpt` to that of `reference`, one
-        answer each sampled per held-out prompt ((wins + ties / 2) / prompts); the most any policy could win against
-        the same reference answers (gold_win_rate_ceiling); and each model's mean gold score."""
-        questions, gold = self.preferences.eval_questions, GoldPreference(self.world)
-        answers = {"policy": self.judged_answers(ckpt), "reference": self.judged_answers(reference)}
-        mean = {k: sum(gold.score(q, x) for q, x in zip(questions, v)) / len(questions) for k, v in answers.items()}
-        return {
-            "gold_win_rate": gold.win_rate(questions, answers["policy"], answers["reference"]),
-            "gold_win_rate_ceiling": gold.win_rate_ceiling(questions, answers["reference"]),
-            "gold_score": mean["policy"],
-            "gold_score_before": mean["reference"],
+        sets = {
+            "heldout_phrasing_acc": self.instructions.heldout_phrasing,
+            "heldout_people_acc": self.instructions.heldout_people,
         }
-
-    def judged_answers(self, ckpt: Path) -> list[str]:
-        """A checkpoint's sampled answers to the held-out preference prompts; SFT's, which PPO and DPO are both
-        judged against, are sampled once."""
-        if ckpt not in self._judged:
-            model = checkpoint.load_model(ckpt, self.info.device)
-            self._judged[ckpt] = qa.answer(
-                model,
-                self.tokenizer,
-                [q.question for q in self.preferences.eval_questions],
-                seed=self.cfg.seed + 1,
-                **self.cfg.eval.preference_sampling(),
-            )
-        return self._judged[ckpt]
+        metrics, graded = qa.heldout_accuracy(
+            self.model(ckpt),
+            self.tokenizer,
+            sets,
+            self.world,
+            chat=chat,
+            max_new_tokens=self.cfg.eval.qa_max_new_tokens,
+        )
+        _log(log_to, graded)
+        return metrics
 
     @functools.cached_property
-    def reasoning_tasks(self) -> tuple[list[Task], list[Task]]:
-        """(train, held-out) reasoning tasks: the grpo section's files, or the built-in word problems."""
-        return load_tasks(self.cfg.grpo, self.cfg.reasoning, self.world, self.cfg.seed)
-
-    @functools.cached_property
-    def cold_start(self) -> list[Task]:
-        """The reasoning problems whose worked solutions SFT learns from (see `cold_start_tasks`)."""
-        train, heldout = self.reasoning_tasks
-        if self.cfg.grpo.data:
-            return train[: self.cfg.reasoning.n_sft]
-        return cold_start_tasks(self.cfg.reasoning, self.world, train, heldout)
+    def gold(self) -> GoldJudge:
+        """The gold function's verdict on a policy's sampled answers against SFT's (sampled once, for PPO and DPO)."""
+        return GoldJudge(
+            self.world,
+            self.preferences.eval_questions,
+            self.tokenizer,
+            self.info.device,
+            sampling=self.cfg.eval.preference_sampling(),
+            seed=self.cfg.seed + 1,
+        )
 
     def reasoning_accuracy(self, ckpt: Path, log_to: Path | None = None) -> dict[str, float]:
         """Greedy pass@1 (overall and per step count) and sampled pass@k on the held-out reasoning tasks."""
-        model = checkpoint.load_model(ckpt, self.info.device)
         metrics, graded = reasoning.evaluate(
-            model, self.tokenizer, self.reasoning_tasks[1], **reasoning.options(self.cfg)
+            self.model(ckpt), self.tokenizer, self.reasoning_tasks[1], **reasoning.options(self.cfg)
         )
-        if log_to is not None:
-            log_to.write_text("".join(json.dumps(g) + "\n" for g in graded))
+        _log(log_to, graded)
         return metrics
 
     def lm_metrics(self, ckpt: Path) -> dict[str, float]:
-        model = checkpoint.load_model(ckpt, self.info.device)
         evaluate = pretrain.lm_evaluator(
             self.data_dir,
             self.tokenizer,
@@ -311,7 +328,12 @@ class RunContext:
             self.info.world_size,
         )
         with torch.no_grad():
-            return evaluate(model.eval())
+            return evaluate(self.model(ckpt).eval())
+
+
+def _log(path: Path | None, rows: list[dict]) -> None:
+    if path is not None:
+        checkpoint.write_jsonl_atomic(path, rows)
 
 
 def stage_init(ctx: RunContext) -> dict[str, Any]:
@@ -457,7 +479,7 @@ def stage_dpo(ctx: RunContext) -> dict[str, Any]:
     ckpt = dpo.train(ctx.cfg.dpo, *ctx.preference_pairs(ctx.cfg.dpo, init), init, out, resume=True)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
-        metrics = ctx.gold_win_rate(ckpt, init)
+        metrics = ctx.gold.win_rate(ckpt, init)
         metrics.update(ctx.qa_accuracy(ckpt, chat=True))
         metrics.update(ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"))
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
@@ -467,26 +489,16 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
     """Stage 3 (RLHF): PPO from the SFT model against the reward model, on the preference prompts; judged by the
     gold function against SFT, with the reward model's mean score on held-out prompts before and after."""
     out, init, rm = ctx.out / "ppo", checkpoint.resolve(ctx.out / "sft"), checkpoint.resolve(ctx.out / "reward")
-    if ctx.cfg.reward.data:  # the prompts of the reward model's preference files; no gold function knows them
-        prompts = list(
-            {json.dumps(p.messages): p.messages for p in ctx.preference_pairs(ctx.cfg.reward, init)[0]}.values()
-        )
-        gold = heldout_gold = None
-        heldout: list = []
-    else:
-        prompts, gold = prompts_and_gold(
-            ctx.world, ctx.preferences.train_questions, ctx.cfg.preference.ppo_people_share
-        )
-        heldout, heldout_gold = prompts_and_gold(ctx.world, ctx.preferences.eval_questions)
+    p = ctx.ppo_prompts(init)
     scorer = reward.load_reward_model(rm, ctx.info.device)
     evaluate = None
-    if heldout:
+    if p.heldout:
         evaluate = ppo.reward_evaluator(
             scorer,
             ctx.tokenizer,
-            heldout,
+            p.heldout,
             max_new_tokens=ctx.cfg.ppo.max_new_tokens,
-            gold=heldout_gold,
+            gold=p.heldout_gold,
             rank=ctx.info.rank,
             world_size=ctx.info.world_size,
         )
@@ -497,7 +509,7 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
 
     before = held_out(init)
     ptx = ctx.sft_conversations() if ctx.cfg.ppo.ptx_coef > 0 else []
-    ckpt = ppo.train(ctx.cfg.ppo, prompts, init, rm, out, gold=gold, evaluate=evaluate, resume=True, ptx=ptx)
+    ckpt = ppo.train(ctx.cfg.ppo, p.prompts, init, rm, out, gold=p.gold, evaluate=evaluate, resume=True, ptx=ptx)
     after = held_out(ckpt)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
@@ -505,7 +517,7 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
         kls = [r["kl"] for r in loop.read_metrics(out) if "kl" in r][-max(1, ctx.cfg.ppo.steps // 10) :]
         kl = sum(kls) / len(kls) if kls else float("nan")
         metrics = {
-            **ctx.gold_win_rate(ckpt, init),
+            **ctx.gold.win_rate(ckpt, init),
             "kl": kl,
             "rm_reward_before": before.get("val_reward", float("nan")),
             "rm_reward_after": after.get("val_reward", float("nan")),
@@ -519,7 +531,7 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     """Stage 4: GRPO on the reasoning tasks from the last policy, graded on held-out problems before and after, and
     on stage 2's held-out questions (what it must not forget)."""
     out = ctx.out / "grpo"
-    init = checkpoint.resolve(ctx.out / source(ctx.cfg, "grpo"))
+    init = checkpoint.resolve(ctx.out / source(ctx.cfg, "grpo").model)
     train, heldout = ctx.reasoning_tasks
     if not heldout:
         raise ValueError("grpo: no held-out problems to grade on; set grpo.eval_fraction above 0 or grpo.eval_data")
@@ -597,23 +609,35 @@ def summarize(cfg: Config, out: Path) -> dict[str, Any]:
     return {"preset": cfg.preset, "stages": stages, "seconds": sum(s["seconds"] for s in stages.values())}
 
 
-def source(cfg: Config, stage: str) -> str:
+@dataclass(frozen=True)
+class Start:
+    """What a stage starts from: the stage whose model it reads ("" for none), and data beyond its own section's that
+    it trains on. Its text (`str`) is what result.json records as "from"."""
+
+    model: str
+    data: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return " + ".join((self.model, *self.data))
+
+
+def source(cfg: Config, stage: str) -> Start:
     """What a stage starts from under this config (GRPO: the last language model before it, PPO's with both); a
     finished stage that started from something else is redone."""
     if stage == "sft":
-        return "pretrain + reasoning cold start" if cfg.reasoning_rl and cfg.reasoning.n_sft else "pretrain"
+        return Start("pretrain", ("reasoning cold start",) if cfg.reasoning_rl and cfg.reasoning.n_sft else ())
     if stage in ("synth", "reward", "dpo", "ppo"):
-        return "sft"
+        return Start("sft")
     if stage == "grpo":
         names = stage_names(cfg)
-        return [n for n in names[: names.index(stage)] if n not in NOT_POLICIES + BRANCHES][-1]
-    return {"init": "", "pretrain": "init"}[stage]
+        return Start([n for n in names[: names.index(stage)] if n not in NOT_POLICIES + BRANCHES][-1])
+    return Start({"init": "", "pretrain": "init"}[stage])
 
 
 def inputs(cfg: Config, stage: str) -> list[str]:
-    """The stages whose models a stage reads: the one it starts from (`source`, without SFT's cold-start data),
-    and for PPO the reward model too. When one of them runs again, the stage is redone."""
-    start = source(cfg, stage).split(" + ")[0]
+    """The stages whose models a stage reads: the one it starts from, and for PPO the reward model too. When one of
+    them runs again, the stage is redone."""
+    start = source(cfg, stage).model
     return ([start] if start else []) + (["reward"] if stage == "ppo" else [])
 
 
@@ -636,7 +660,7 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
                 shutil.rmtree(out / name, ignore_errors=True)
         data_build.build(cfg, out / "data")
     dist.barrier()
-    ctx = RunContext(cfg, out, info, build_world(cfg.world))
+    ctx = RunContext(cfg, build_world(cfg.world), info, out=out)
     ran: set[str] = set()  # a stage that finished earlier but reads a model made again now is stale
     for name, fn in STAGES:
         if name not in names:
@@ -644,13 +668,13 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
         path = result_path(out, name)
         stale = [i for i in inputs(cfg, name) if i in ran]
         if path.exists():
-            started_from = json.loads(path.read_text()).get("from", source(cfg, name))
-            if not stale and started_from == source(cfg, name):
+            origin = str(source(cfg, name))
+            if not stale and json.loads(path.read_text()).get("from", origin) == origin:
                 if info.is_main:
                     print(f"[{name}] finished earlier, skipped ({path})")
                 continue
             if info.is_main:
-                why = f"{stale[0]}, which it reads, was redone" if stale else f"it now starts from {source(cfg, name)}"
+                why = f"{stale[0]}, which it reads, was redone" if stale else f"it now starts from {origin}"
                 print(f"[{name}] redone: {why}")
         if (path.exists() or stale) and info.is_main:  # an unfinished stage resumes, unless its input is new
             shutil.rmtree(out / name, ignore_errors=True)
@@ -665,7 +689,7 @@ def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True)
             record = {
                 "metrics": result["metrics"],
                 "seconds": time.perf_counter() - start,
-                "from": source(cfg, name),
+                "from": str(source(cfg, name)),
                 "checkpoint": str(result["checkpoint"]),
                 "answers": answers,
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 
 from fromzero.data.world import World
@@ -56,3 +58,27 @@ def accuracy(
     answers = answer(model, tok, [q.question for q in questions], chat=chat, max_new_tokens=max_new_tokens)
     graded = [(q, a, is_correct(a, q, world)) for q, a in zip(questions, answers)]
     return sum(ok for *_, ok in graded) / max(1, len(graded)), graded
+
+
+def rows(graded: Sequence[tuple[Question, str, bool]], **extra: str) -> list[dict]:
+    """`accuracy`'s graded answers as the rows of an answers log."""
+    return [
+        {**extra, "question": q.question, "expected": q.expected, "answer": a, "correct": ok} for q, a, ok in graded
+    ]
+
+
+def heldout_accuracy(
+    model: Transformer,
+    tok: Tokenizer,
+    sets: Mapping[str, list[Question]],
+    world: World,
+    *,
+    chat: bool,
+    max_new_tokens: int,
+) -> tuple[dict[str, float], list[dict]]:
+    """({set name: accuracy}, the graded answers of every set, each row naming its set)."""
+    metrics, logged = {}, []
+    for name, questions in sets.items():
+        metrics[name], graded = accuracy(model, tok, questions, world, chat=chat, max_new_tokens=max_new_tokens)
+        logged += rows(graded, set=name)
+    return metrics, logged
