@@ -22,12 +22,17 @@ def smoke_data(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture()
-def cli_env() -> dict[str, str]:
+def cli_environ() -> dict[str, str]:
+    """The environment a CLI subprocess runs in: one thread, never a torchrun rank."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     env.pop("RANK", None)
     return env
+
+
+@pytest.fixture()
+def cli_env() -> dict[str, str]:
+    return cli_environ()
 
 
 def save_tiny_policy(out: Path):
