@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.preference import PreferencePair, PreferenceSources, PreferenceStats, load_pairs, split_pairs
 from fromzero.data.tasks import Task
+from fromzero.data.vocab import a
 from fromzero.data.world import ATTRIBUTES, Person, World
 from fromzero.data.world_chat import (
     CURT_OPEN,
@@ -49,10 +50,10 @@ from fromzero.data.world_chat import (
     _chat_ask,
     _comparison,
     _field_ask,
-    a,
     fact_sentence,
     field_values,
     styled,
+    word_text,
 )
 
 CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
@@ -119,18 +120,14 @@ class PreferenceConfig(BaseModel):
     )
 
 
-def _words(text: str) -> str:
-    return " " + " ".join(re.findall(r"[a-z0-9']+", text.lower())) + " "
-
-
-RUDE = tuple(_words(s) for s in RUDE_OPEN + RUDE_CLOSE)
-RAMBLE = tuple(_words(s) for s in RAMBLE_OPEN + RAMBLE_CLOSE)
-CURT = _words(CURT_OPEN)
+RUDE = tuple(word_text(s, apostrophes=True) for s in RUDE_OPEN + RUDE_CLOSE)
+RAMBLE = tuple(word_text(s, apostrophes=True) for s in RAMBLE_OPEN + RAMBLE_CLOSE)
+CURT = word_text(CURT_OPEN, apostrophes=True)
 
 
 def answer_style(answer: str) -> str:
     """The style of any answer text, judged the way a reader would: rudeness first, then length."""
-    text, n_words = _words(answer), len(re.findall(r"[\w']+", answer))
+    text, n_words = word_text(answer, apostrophes=True), len(re.findall(r"[\w']+", answer))
     n_words -= text.startswith(CURT)  # a filler is not a word of the answer
     if any(phrase in text for phrase in RUDE):
         return "rude"
