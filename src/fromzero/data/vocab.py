@@ -199,8 +199,8 @@ LAST_NAMES = (
     "Landry",
     "Milner",
 )
-# The one-off people (the corpus's strangers, the practice and the new people) have names of their own: sharing the
-# people's names, 2000 stranger documents halved SFT's recall of the people's facts (a name no longer keyed one person).
+# The one-off people (the corpus's strangers, the practice and the new people) have names of their own, so that each of
+# the people's names keys one person's facts.
 STRANGER_MALE_NAMES = (
     "Arlo",
     "Basil",

@@ -406,9 +406,9 @@ def build_world(cfg: WorldConfig) -> World:
 
     rng = random.Random(f"{cfg.seed}:split")
     heldout = set(rng.sample(range(len(people)), round(cfg.heldout_fraction * len(people))))
-    # Everyone who is not one of the people has a name of the stranger pools, each name one person: the corpus's
-    # strangers teach the model to read such a name's facts from the text, which the practice and the new people
-    # need (a name of the people's pools is recalled: the pretrained model wrote "Nora Thorne" for "Nora Tanner").
+    # Everyone who is not one of the people has a stranger name, each name one person: from the corpus's strangers a
+    # model learns to read such a name's facts from the text, as the practice and new people need (a name like the
+    # people's would be recalled from memory instead).
     rng = random.Random(f"{cfg.seed}:strangers")
     others = [
         (f, g, last)

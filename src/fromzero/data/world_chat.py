@@ -11,8 +11,8 @@ measure what SFT learned:
 
 Like crowd-written instruction data of uneven quality, answers come in styles: good, curt ("Um, grey."),
 rambling or rude, by default mostly rude or rambling (`InstructConfig.style_weights`). The facts are right in
-every style; stage 3 is there to make the model prefer the good one. With mostly good answers the SFT model's
-own samples were already the best possible answer 79 % of the time, which left preference tuning little to win.
+every style; stage 3 is there to make the model prefer the good one, and mostly good answers would leave it little
+to win (docs/EXPERIMENTS.md).
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def fact_sentence(p: Person, attr: str) -> str:
 def styled(sentence: str, short: str, style: str, rng: random.Random) -> str:
     """One answer in a style: the content (the fact) is the same in all of them. A curt answer is the bare value
     after a filler ("Um, grey."), so the value keeps the leading space it has inside a sentence and is the same
-    token; as a capitalised "Grey." it was a letter sequence the models rarely produce, whose likelihood told the
-    reward model nothing about whether the value was right (held-out accuracy 0.85 against 0.93 with the filler)."""
+    token; a capitalised "Grey." is a letter sequence the models rarely produce, whose likelihood tells the reward
+    model little about whether the value is right."""
     if style == "good":
         return sentence
     if style == "curt":
@@ -566,8 +566,7 @@ def general_questions(world: World, n: int, seed: int, trained: set[str]) -> lis
     training (`trained`: the training questions), small talk and language-model messages never trained on beside the
     trained ones, each also after every system prompt. Towns, animals, objects and who lives where are few enough
     that SFT's data asks about every one of them: those questions are asked as trained, and measure what the later
-    stages keep of what SFT taught (their phrasings never trained on, `FIELDS`' second one, SFT answered 20-40 %
-    right)."""
+    stages keep of what SFT taught (in `FIELDS`' second phrasings, never trained on, SFT itself answers few)."""
     rng = random.Random(f"{seed}:general")
     out: list[Question] = []
     facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
