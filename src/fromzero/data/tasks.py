@@ -30,6 +30,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fromzero.data.arithmetic import CONTAINERS, ITEMS, ladder_word_problem
+from fromzero.data.arithmetic import GAINS as GAINS  # GAINS and Equation stay importable from here
+from fromzero.data.arithmetic import Equation as Equation
 from fromzero.data.chat import Message, prompt_ids
 from fromzero.data.sources import Source, SourceStats, iter_detected, iter_records
 from fromzero.data.world import World
