@@ -1,9 +1,9 @@
 """Arithmetic for the built-in world: equations, and word problems whose worked solution is a list of them.
 
 The corpus states small equations and one- or two-step word problems (`sample_word_problem`); the reasoning
-stage asks word problems of any number of steps about the world's people (`ladder_word_problem`). Both write
-their stories with the same nouns and sentences and work them out in the same equations ("15 + 7 = 22."), so
-what pretraining shows is what RL asks.
+stage asks word problems of any number of steps about the world's people (`ladder_word_problem`). Both tell
+their stories with the same nouns (`ITEMS`, `CONTAINERS`) and verbs (`GAINS`) and work them out in the same
+equations ("15 + 7 = 22."), so that the problems RL asks read like the ones pretraining showed.
 """
 
 from __future__ import annotations
