@@ -1,7 +1,9 @@
 """Stream text documents out of files, directories, globs and HF datasets.
 
 Everything is a generator: lines, parquet record batches and dataset rows are
-read one at a time, so a corpus larger than RAM streams through. The two
+read one at a time, so a corpus larger than RAM streams through. One reader
+serves both `iter_records` (whole records) and `iter_documents` (their text
+field, and plain-text files). The two
 exceptions are said where they happen (a whole `.json` file, and a text file
 without separators being one document).
 
@@ -14,7 +16,8 @@ A source is one of
   - `file.parquet`: text in the column `text_field`;
   - any text format above gzip-compressed with a further `.gz`;
   - a directory written by `datasets.save_to_disk` (the "train" split of a
-    DatasetDict, or `dir::split` for another);
+    DatasetDict, or `dir::split` for another; `::split` after any other
+    source is an error);
   - `hf:owner/name[:config][@split]`: a Hugging Face Hub dataset, streamed
     (needs network);
   - a directory (every supported file inside, recursively, in sorted order), a
@@ -86,8 +89,13 @@ def iter_documents(
     on_error: Literal["raise", "skip"] = "raise",
     stats: SourceStats | None = None,
 ) -> Iterator[str]:
-    """Yield the documents of `source` in a deterministic order (see the module docstring)."""
-    return _raise_or_skip(_records(source, text_field), on_error, stats)
+    """Yield the documents of `source` in a deterministic order (see the module docstring): the text field of
+    each of its records, and the documents of its plain-text files."""
+    texts = (
+        item if isinstance(item, DataError) else _text_of(item.record, text_field, item.where)
+        for item in _read(source, text_field)
+    )
+    return _raise_or_skip(texts, on_error, stats)
 
 
 def iter_named_documents(
@@ -134,13 +142,14 @@ def iter_records(
 ) -> Iterator[RecordAt]:
     """Yield structured records (JSON objects, parquet or dataset rows) with where they came from.
 
-    The readers are the ones `iter_documents` uses; plain-text files hold no records and are an error.
+    `iter_documents` reads the same records and keeps their text field; plain-text files hold no records and are
+    an error here.
     """
     objects = (
         DataError(f"{item.where}: expected a JSON object, got {type(item.record).__name__}")
         if isinstance(item, RecordAt) and not isinstance(item.record, dict)
         else item
-        for item in _structured(source)
+        for item in _read(source, None)
     )
     return _raise_or_skip(objects, on_error, stats)
 
@@ -180,58 +189,55 @@ def iter_detected(
         yield converted
 
 
-def _structured(source: Source) -> Iterator[RecordAt | DataError]:
+def _read(source: Source, text_field: str | None) -> Iterator[RecordAt | DataError]:
+    """The one dispatcher: every record of `source` with where it came from, and the DataErrors met on the way.
+
+    With `text_field` None: whole records, and plain text is an error. With a text field, only what
+    `iter_documents` reads of them: plain-text files give their documents as bare-string records, parquet files
+    and saved datasets their text column's values, read alone (and checked to be there first), and a .json object
+    holding the field is one record. `dir::split` names a split of a saved dataset, and only of one.
+    """
     if isinstance(source, (list, tuple)):
         for s in source:
-            yield from _structured(s)
+            yield from _read(s, text_field)
         return
     if isinstance(source, str) and source.startswith("hf:"):
-        import datasets
+        import datasets  # slow to import; only needed for this source
 
-        name, config, split = parse_hub_spec(source)
-        for row, record in enumerate(datasets.load_dataset(name, config, split=split, streaming=True)):
+        name, config, hub_split = parse_hub_spec(source)
+        for row, record in enumerate(datasets.load_dataset(name, config, split=hub_split, streaming=True)):
             yield RecordAt(source, f"{source}: row {row}", record)
         return
     spec = str(source)
-    path, _, split = spec.partition("::") if "::" in spec else (spec, "", "")
-    for file in [Path(path)] if split else _expand(spec):
-        where = str(file)
-        if _is_saved_dataset(file):
-            raw: Iterator[tuple[str, Any] | DataError] = _saved_dataset_rows(file, split or None)
-        elif _kind(file) == ".jsonl":
-            raw = _jsonl_raw(file)
-        elif _kind(file) == ".json":
-            raw = _json_raw(file, None)
-        elif _kind(file) == ".parquet":
-            raw = _parquet_rows(file)
-        else:
-            raise DataError(f"{file}: plain text holds no records; use .jsonl, .json, .parquet or a dataset")
-        for item in raw:
-            yield item if isinstance(item, DataError) else RecordAt(where, *item)
-
-
-# Readers below yield documents and DataErrors alike, so that the decision to
-# raise or skip is made once, in iter_documents.
-Record = str | DataError
-
-
-def _records(source: Source, text_field: str) -> Iterator[Record]:
-    if isinstance(source, (list, tuple)):
-        for s in source:
-            yield from _records(s, text_field)
-        return
-    if isinstance(source, str) and source.startswith("hf:"):
-        yield from _hub_records(source, text_field)
-        return
-    spec = str(source)
+    split: str | None = None
     if "::" in spec:
         path, split = spec.rsplit("::", 1)
         if not _is_saved_dataset(Path(path)):
             raise DataError(f"{path}: '::{split}' selects a split, but this is not a datasets save_to_disk directory")
-        yield from _saved_dataset_records(Path(path), text_field, split)
-        return
-    for path in _expand(spec):
-        yield from _file_records(path, text_field)
+        files = [Path(path)]
+    else:
+        files = _expand(spec)
+    for file in files:
+        where = str(file)
+        if _is_saved_dataset(file):
+            raw: Iterator[tuple[str, Any] | DataError] = _saved_dataset_rows(file, split, text_field)
+        elif _kind(file) == ".jsonl":
+            raw = _jsonl_raw(file)
+        elif _kind(file) == ".json":
+            raw = _json_raw(file, text_field)
+        elif _kind(file) == ".parquet":
+            raw = _parquet_rows(file, text_field)
+        elif text_field is None:
+            raise DataError(f"{file}: plain text holds no records; use .jsonl, .json, .parquet or a dataset")
+        else:
+            raw = (doc if isinstance(doc, DataError) else (where, doc) for doc in _text_records(file))
+        for item in raw:
+            yield item if isinstance(item, DataError) else RecordAt(where, *item)
+
+
+# Readers below yield records (or documents) and DataErrors alike, so that the decision to
+# raise or skip is made once, in _raise_or_skip.
+Record = str | DataError
 
 
 def _expand(spec: str) -> list[Path]:
@@ -282,21 +288,6 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (
         (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
     )
-
-
-def _file_records(path: Path, text_field: str) -> Iterator[Record]:
-    if _is_saved_dataset(path):
-        yield from _saved_dataset_records(path, text_field, split=None)
-        return
-    kind = _kind(path)
-    if kind in (".txt", ".md"):
-        yield from _text_records(path)
-    elif kind == ".jsonl":
-        yield from _as_text(_jsonl_raw(path), text_field)
-    elif kind == ".json":
-        yield from _as_text(_json_raw(path, text_field), text_field)
-    else:
-        yield from _parquet_records(path, text_field)
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -422,11 +413,6 @@ def _json_raw(path: Path, text_field: str | None) -> Iterator[tuple[str, Any] | 
         yield f"{path}: record {i}", record
 
 
-def _as_text(raw: Iterator[tuple[str, Any] | DataError], text_field: str) -> Iterator[Record]:
-    for item in raw:
-        yield item if isinstance(item, DataError) else _text_of(item[1], text_field, item[0])
-
-
 def _text_of(record: Any, text_field: str, where: str) -> Record:
     if isinstance(record, dict):
         if text_field not in record:
@@ -446,24 +432,6 @@ def _check_text(text: Any, text_field: str, where: str) -> Record:
     return text
 
 
-def _parquet_records(path: Path, text_field: str) -> Iterator[Record]:
-    try:
-        pf = pq.ParquetFile(path)
-    except pa.ArrowInvalid as e:
-        yield DataError(f"{path}: not a readable parquet file ({e})")
-        return
-    schema = pf.schema_arrow
-    if text_field not in schema.names:
-        yield DataError(f"{path}: missing text column {text_field!r} (columns: {schema.names})")
-        return
-    column_type = schema.field(text_field).type
-    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
-        yield DataError(f"{path}: text column {text_field!r} has type {column_type}, expected string")
-        return
-    batches = (batch.column(0).to_pylist() for batch in _parquet_batches(pf, path, [text_field]))
-    yield from _rows(batches, text_field, str(path))
-
-
 def _parquet_batches(pf: pq.ParquetFile, path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """The file's record batches; damage found while reading them ends in one line naming the file."""
     rows = 0
@@ -475,14 +443,6 @@ def _parquet_batches(pf: pq.ParquetFile, path: Path, columns: list[str] | None =
         raise DataError(
             f"{path}: corrupt parquet data after row {rows} ({e}); copy or download the file again"
         ) from None
-
-
-def _rows(batches: Iterable[list[Any]], text_field: str, where: str) -> Iterator[Record]:
-    row = 0
-    for texts in batches:
-        for text in texts:
-            yield _check_text(text, text_field, f"{where}: row {row}")
-            row += 1
 
 
 def _load_split(path: Path, split: str | None):
@@ -499,30 +459,44 @@ def _load_split(path: Path, split: str | None):
     return ds
 
 
-def _saved_dataset_records(path: Path, text_field: str, split: str | None) -> Iterator[Record]:
+def _saved_dataset_rows(path: Path, split: str | None, text_field: str | None) -> Iterator[tuple[str, Any] | DataError]:
+    """(where, row) for each row of a saved dataset; with a text field, that column's value (a bare record) of
+    each row, the column checked to be there."""
     ds = _load_split(path, split)
-    if text_field not in ds.column_names:
-        yield DataError(f"{path}: missing text column {text_field!r} (columns: {ds.column_names})")
-        return
-    # Arrow-backed and memory-mapped: batches are read from disk as we go.
-    batches = (batch[text_field] for batch in ds.select_columns([text_field]).iter(batch_size=1024))
-    yield from _rows(batches, text_field, str(path))
+    if text_field is not None:
+        if text_field not in ds.column_names:
+            yield DataError(f"{path}: missing text column {text_field!r} (columns: {ds.column_names})")
+            return
+        ds = ds.select_columns([text_field])
+    # Arrow-backed and memory-mapped: rows are read from disk as they are needed, one column in batches.
+    yield from _numbered_rows(path, (b[text_field] for b in ds.iter(batch_size=1024)) if text_field else [ds])
 
 
-def _saved_dataset_rows(path: Path, split: str | None) -> Iterator[tuple[str, Any]]:
-    for row, record in enumerate(_load_split(path, split)):
-        yield f"{path}: row {row}", record
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any] | DataError]:
+def _parquet_rows(path: Path, text_field: str | None) -> Iterator[tuple[str, Any] | DataError]:
+    """(where, row) for each row of a parquet file; with a text field, that column's value (a bare record) of each
+    row, the column checked to be there and to hold strings."""
     try:
         pf = pq.ParquetFile(path)
     except pa.ArrowInvalid as e:
         yield DataError(f"{path}: not a readable parquet file ({e})")
         return
+    if text_field is not None:
+        schema = pf.schema_arrow
+        if text_field not in schema.names:
+            yield DataError(f"{path}: missing text column {text_field!r} (columns: {schema.names})")
+            return
+        column_type = schema.field(text_field).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            yield DataError(f"{path}: text column {text_field!r} has type {column_type}, expected string")
+            return
+    batches = _parquet_batches(pf, path, None if text_field is None else [text_field])
+    yield from _numbered_rows(path, (b.column(0).to_pylist() if text_field else b.to_pylist() for b in batches))
+
+
+def _numbered_rows(path: Path, batches: Iterable[list[Any]]) -> Iterator[tuple[str, Any]]:
     row = 0
-    for batch in _parquet_batches(pf, path):
-        for record in batch.to_pylist():
+    for records in batches:
+        for record in records:
             yield f"{path}: row {row}", record
             row += 1
 
@@ -535,12 +509,3 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
     if not name:
         raise DataError(f"{spec}: expected hf:owner/name[:config][@split]")
     return name, config or None, split or "train"
-
-
-def _hub_records(spec: str, text_field: str) -> Iterator[Record]:
-    import datasets  # slow to import; only needed for this source
-
-    name, config, split = parse_hub_spec(spec)
-    ds = datasets.load_dataset(name, config, split=split, streaming=True)
-    for row, record in enumerate(ds):
-        yield _text_of(record, text_field, f"{spec}: row {row}")

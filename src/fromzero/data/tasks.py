@@ -29,9 +29,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fromzero.data.arithmetic import CONTAINERS, ITEMS, ladder_word_problem
+from fromzero.data.arithmetic import GAINS as GAINS  # GAINS and Equation stay importable from here
+from fromzero.data.arithmetic import Equation as Equation
 from fromzero.data.chat import Message, prompt_ids
 from fromzero.data.sources import Source, SourceStats, iter_detected, iter_records
-from fromzero.data.world import CONTAINERS, GAINS, ITEMS, Equation, World
+from fromzero.data.world import World
 from fromzero.tokenizer import Tokenizer
 
 TaskKind = Literal["math", "countdown"]
@@ -139,73 +142,20 @@ class TaskSources(BaseModel):
 
 
 def word_problem(rng: random.Random, world: World, steps: int, max_number: int) -> Task:
-    """A story about one of the world's people whose solution is exactly `steps` equations, every number in it
-    between 1 and max_number: a starting amount, then things gained and given away, singly or in boxes."""
+    """A story about one of the world's trained people whose solution is exactly `steps` equations, every number in
+    it between 1 and max_number (`arithmetic.ladder_word_problem`), about an item or one of the world's objects."""
     person, friend = rng.sample(world.trained_people, 2)
-    name, he, him = person.first_name, person.he, person.him
-    other = friend.first_name if friend.first_name != name else "a friend"
-    item, items = rng.choice(ITEMS + tuple((t.name, t.plural) for t in world.objects))
-    box, boxes = rng.choice(CONTAINERS)
-
-    def n(k: int) -> str:
-        return f"{k} {item if k == 1 else items}"
-
-    def product(room: int) -> Equation:
-        """Two factors from 2 to 10 whose product is at most room (room >= 4)."""
-        a = rng.randint(2, min(10, room // 2))
-        b = rng.randint(2, min(10, room // a))
-        return Equation(a, "*", b, a * b)
-
-    equations: list[Equation] = []
-    if rng.random() < 0.3:
-        e = product(max_number)
-        equations.append(e)
-        sentences = [f"{name} had {e.a} {boxes} with {n(e.b)} in each {box}."]
-        amount = e.result
-    else:
-        amount = rng.randint(1, max_number)
-        sentences = [f"{name} had {n(amount)}."]
-    while len(equations) < steps:
-        two_left = steps - len(equations) >= 2
-        moves = [
-            m
-            for m, ok in (
-                ("gain", amount < max_number),
-                ("loss", amount >= 2),
-                ("buy_boxes", two_left and max_number - amount >= 4),
-                ("share", two_left and amount >= 5),
-            )
-            if ok
-        ]
-        move = rng.choice(moves)
-        if move == "buy_boxes":
-            e = product(max_number - amount)
-            sentences.append(f"Then {he} bought {e.a} {boxes} with {e.b} in each {box}.")
-        elif move == "share":
-            e = product(amount - 1)
-            sentences.append(f"Then {he} gave {e.b} to each of {e.a} friends.")
-        elif move == "gain":
-            b = rng.randint(1, max_number - amount)
-            sentences.append(
-                rng.choice((f"Then {he} {rng.choice(GAINS)} {b} more.", f"Then {other} gave {him} {b} more."))
-            )
-        else:
-            b = rng.randint(1, amount - 1)
-            sentences.append(rng.choice((f"Then {he} gave {b} to {other}.", f"Then {he} lost {b}.")))
-        if move in ("buy_boxes", "share"):
-            equations.append(e)
-            b = e.result
-        op = "+" if move in ("gain", "buy_boxes") else "-"
-        result = amount + b if op == "+" else amount - b
-        equations.append(Equation(amount, op, b, result))
-        amount = result
-    sentences.append(f"How many {items} does {name} have now?")
-    solution = " ".join(f"{e}." for e in equations) + f" The answer is {amount}."
+    other = friend.first_name if friend.first_name != person.first_name else "a friend"
+    noun = rng.choice(ITEMS + tuple((t.name, t.plural) for t in world.objects))
+    container = rng.choice(CONTAINERS)
+    problem = ladder_word_problem(
+        rng, steps, max_number, person.first_name, person.he, person.him, other, noun, container
+    )
     return Task(
-        " ".join(sentences),
-        str(amount),
+        problem.question,
+        str(problem.answer),
         "math",
-        {"steps": steps, "solution": solution, "equations": [str(e) for e in equations]},
+        {"steps": steps, "solution": problem.solution, "equations": [str(e) for e in problem.steps]},
     )
 
 

@@ -1,19 +1,9 @@
-"""The built-in world: a seeded, procedurally generated toy world and its corpus.
+"""The built-in world: a seeded, procedurally generated toy world of people, towns, animals and objects.
 
-Everything the default pipeline trains on is made here by code, so nothing has
-to be downloaded. A `World` holds people, towns, animals and objects whose
-attributes come from small, finite vocabularies (a ~5M-parameter model can
-learn them), and writes the pretraining corpus from them:
-
-- biographies, several paraphrased ones per person, in the style of
-  "Physics of Language Models 3.1" (bioS multi + permute): every bio states
-  every attribute, with a random template per attribute, in a random order.
-  Without this augmentation a model memorises bios but cannot answer questions
-  about people it never saw questions about; with it, it can.
-- short stories that use the people, their pets, towns and objects,
-- encyclopedia entries about towns, animals and objects,
-- arithmetic, as equations, in words and as small word problems,
-- a few passages about what a language model is.
+Everything the default pipeline trains on is made from it by code, so nothing has to be downloaded. A `World`
+holds people, towns, animals and objects whose attributes come from small, finite vocabularies (`vocab`; a
+~5M-parameter model can learn them); its pretraining corpus (`World.documents`) is written by `corpus`, its
+arithmetic by `arithmetic`. The names of those modules stay importable from here.
 
 Later stages read the facts back as data (`World.facts`, `World.ATTRIBUTES`)
 to write instruction, preference and reasoning data. Those stages only use
@@ -32,489 +22,113 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# ---------------------------------------------------------------------------
-# Vocabularies. Small and plain on purpose: each value must be seen often
-# enough by a tiny model to be learned.
+from fromzero.data.arithmetic import (
+    CONTAINERS,
+    GAINS,
+    ITEMS,
+    Equation,
+    WordProblem,
+    sample_equation,
+    sample_word_problem,
+)
+from fromzero.data.corpus import (
+    ANIMAL_TEMPLATES,
+    BIO_TEMPLATES,
+    DOC_KINDS,
+    LLM_PASSAGES,
+    OPENINGS,
+    PLACE_TEMPLATES,
+    THING_TEMPLATES,
+    Document,
+    biography,
+    biography_sentences,
+    write_corpus,
+)
+from fromzero.data.vocab import (
+    ANIMAL_GROUPS,
+    COLOURS,
+    COUNTRY_SUFFIXES,
+    FEMALE_NAMES,
+    FOODS,
+    HOBBIES,
+    JOBS,
+    KNOWN_FOR,
+    LANDMARKS,
+    LAST_NAMES,
+    MALE_NAMES,
+    N_COUNTRIES,
+    NUMBER_WORDS,
+    PET_NAMES,
+    PRONOUNS,
+    REGIONS,
+    STRANGER_FEMALE_NAMES,
+    STRANGER_LAST_NAMES,
+    STRANGER_MALE_NAMES,
+    TOWN_MIDDLES,
+    TOWN_PREFIXES,
+    TOWN_SUFFIXES,
+)
 
-MALE_NAMES = (
-    "Tom",
-    "Sam",
-    "Ben",
-    "Leo",
-    "Jack",
-    "Noah",
-    "Adam",
-    "Owen",
-    "Finn",
-    "Hugo",
-    "Theo",
-    "Eli",
-    "Jonah",
-    "Luke",
-    "Paul",
-    "Ray",
-    "Carl",
-    "Dan",
-    "Evan",
-    "Felix",
-    "Gus",
-    "Henry",
-    "Ivan",
-    "Joel",
-    "Kurt",
-    "Liam",
-    "Mark",
-    "Neil",
-    "Omar",
-    "Pete",
-    "Ross",
-    "Seth",
-    "Tim",
-    "Victor",
-    "Wes",
-    "Zack",
-    "Abe",
-    "Bruno",
-    "Colin",
-    "Dean",
-)
-FEMALE_NAMES = (
-    "Mara",
-    "Anna",
-    "Lucy",
-    "Emma",
-    "Nora",
-    "Ruth",
-    "Ada",
-    "Beth",
-    "Cara",
-    "Dora",
-    "Eva",
-    "Fay",
-    "Gwen",
-    "Hana",
-    "Iris",
-    "Jane",
-    "Kate",
-    "Lena",
-    "Mia",
-    "Nina",
-    "Olga",
-    "Pam",
-    "Rosa",
-    "Sara",
-    "Tess",
-    "Una",
-    "Vera",
-    "Wendy",
-    "Yara",
-    "Zoe",
-    "Alice",
-    "Clara",
-    "Ellen",
-    "Grace",
-    "Holly",
-    "Ivy",
-    "Joy",
-    "Lily",
-    "May",
-    "Rita",
-)
-LAST_NAMES = (
-    "Quill",
-    "Hale",
-    "Thorne",
-    "Bell",
-    "Frost",
-    "Moss",
-    "Vale",
-    "Wren",
-    "Finch",
-    "Lark",
-    "Reed",
-    "Birch",
-    "Clay",
-    "Dale",
-    "Ford",
-    "Gale",
-    "Hart",
-    "Holt",
-    "Kemp",
-    "Lane",
-    "Mead",
-    "Nash",
-    "Oakes",
-    "Pike",
-    "Rowe",
-    "Shaw",
-    "Tate",
-    "Vance",
-    "Webb",
-    "Yates",
-    "Cole",
-    "Drake",
-    "Fenn",
-    "Glenn",
-    "Hyde",
-    "Knox",
-    "Lowe",
-    "Moore",
-    "Page",
-    "Quinn",
-    "Rhodes",
-    "Sharp",
-    "Todd",
-    "Wilde",
-    "Booth",
-    "Carr",
-    "Dunn",
-    "Eddy",
-    "Flint",
-    "Gage",
-    "Hobbs",
-    "Irwin",
-    "Judd",
-    "Keane",
-    "Lyle",
-    "Mills",
-    "Noble",
-    "Platt",
-    "Royce",
-    "Thorpe",
-    "Abbot",
-    "Baker",
-    "Chase",
-    "Dorn",
-    "Ellis",
-    "Fisher",
-    "Grant",
-    "Hill",
-    "Ingram",
-    "Jarvis",
-    "Kirby",
-    "Lloyd",
-    "Mercer",
-    "Nolan",
-    "Oliver",
-    "Parker",
-    "Rand",
-    "Sutton",
-    "Tanner",
-    "Upton",
-    "Vaughn",
-    "Walsh",
-    "Archer",
-    "Bishop",
-    "Carver",
-    "Dawson",
-    "Emery",
-    "Fowler",
-    "Gray",
-    "Hayes",
-    "Jennings",
-    "Kent",
-    "Lister",
-    "Marlow",
-    "Norris",
-    "Osborne",
-    "Pruitt",
-    "Rider",
-    "Sloane",
-    "Turner",
-    "Wade",
-    "Barlow",
-    "Cooper",
-    "Dixon",
-    "Everett",
-    "Foster",
-    "Griffin",
-    "Hunt",
-    "Landry",
-    "Milner",
-)
-# The one-off people (the corpus's strangers, the practice and the new people) have names of their own: sharing the
-# people's names, 2000 stranger documents halved SFT's recall of the people's facts (a name no longer keyed one person).
-STRANGER_MALE_NAMES = (
-    "Arlo",
-    "Basil",
-    "Cyril",
-    "Dexter",
-    "Edgar",
-    "Fabian",
-    "Gideon",
-    "Horace",
-    "Jasper",
-    "Lionel",
-    "Magnus",
-    "Nigel",
-    "Oscar",
-    "Percy",
-    "Rupert",
-    "Silas",
-    "Tobias",
-    "Ulric",
-    "Wilbur",
-    "Xavier",
-)
-STRANGER_FEMALE_NAMES = (
-    "Agnes",
-    "Beatrix",
-    "Cecily",
-    "Daphne",
-    "Edith",
-    "Flora",
-    "Greta",
-    "Hilda",
-    "Imogen",
-    "Juno",
-    "Leonie",
-    "Mabel",
-    "Nell",
-    "Opal",
-    "Petra",
-    "Queenie",
-    "Selma",
-    "Thea",
-    "Ursula",
-    "Wilma",
-)
-STRANGER_LAST_NAMES = (
-    "Ashdown",
-    "Blackwood",
-    "Crabtree",
-    "Duckett",
-    "Fairweather",
-    "Goodbody",
-    "Hornblower",
-    "Kettle",
-    "Larkspur",
-    "Merriweather",
-    "Nettleton",
-    "Pennywhistle",
-    "Quickley",
-    "Rookwood",
-    "Sandford",
-    "Thistlewood",
-    "Underhill",
-    "Wetherby",
-    "Yarrow",
-    "Zouch",
-    "Bramble",
-    "Cobb",
-    "Dimmock",
-    "Farthing",
-    "Gosling",
-    "Hitchens",
-    "Inkpen",
-    "Jolley",
-    "Lovelock",
-    "Mudge",
-    "Ambler",
-    "Pickering",
-    "Quimby",
-    "Ravenscroft",
-    "Sedgwick",
-    "Tolliver",
-    "Upjohn",
-    "Vosper",
-    "Whitlock",
-    "Yelland",
-)
-# Disjoint from the first names, so "Pepper" is always a pet and never a person.
-PET_NAMES = (
-    "Biscuit",
-    "Pepper",
-    "Luna",
-    "Coco",
-    "Milo",
-    "Rocky",
-    "Ginger",
-    "Shadow",
-    "Pip",
-    "Mochi",
-    "Button",
-    "Toffee",
-    "Ziggy",
-    "Nutmeg",
-    "Pickles",
-    "Waffles",
-    "Bramble",
-    "Socks",
-    "Clover",
-    "Sunny",
-    "Muffin",
-    "Olive",
-    "Bean",
-    "Rusty",
-    "Bubbles",
-    "Patch",
-    "Fudge",
-    "Noodle",
-    "Pebble",
-    "Snowy",
-    "Spot",
-    "Whiskers",
-    "Tango",
-    "Peanut",
-    "Jelly",
-    "Sparky",
-    "Dot",
-    "Maple",
-    "Acorn",
-    "Pudding",
-)
-COLOURS = (
-    "red",
-    "blue",
-    "green",
-    "yellow",
-    "orange",
-    "purple",
-    "pink",
-    "white",
-    "black",
-    "brown",
-    "grey",
-)
-FOODS = (
-    "pizza",
-    "soup",
-    "apple pie",
-    "rice",
-    "noodles",
-    "cheese",
-    "pancakes",
-    "fish",
-    "carrots",
-    "chocolate",
-    "honey cake",
-    "salad",
-    "eggs",
-    "curry",
-    "strawberries",
-    "plums",
-    "potatoes",
-)
-HOBBIES = (
-    "painting",
-    "fishing",
-    "reading",
-    "gardening",
-    "singing",
-    "dancing",
-    "swimming",
-    "cooking",
-    "knitting",
-    "running",
-    "playing chess",
-    "playing the piano",
-    "climbing",
-    "cycling",
-    "bird watching",
-    "drawing",
-    "camping",
-)
-# job -> what a person with that job does every day (used by stories).
-JOBS = {
-    "baker": "bakes bread for the town",
-    "teacher": "teaches the children to read and write",
-    "farmer": "feeds the cows and the sheep",
-    "doctor": "helps people who are sick",
-    "nurse": "takes care of sick people",
-    "sailor": "sails a boat on the water",
-    "builder": "builds houses and walls",
-    "carpenter": "makes tables and chairs",
-    "tailor": "sews coats and dresses",
-    "librarian": "looks after the books in the library",
-    "cook": "cooks food for many people",
-    "gardener": "plants flowers and trees",
-    "potter": "makes cups and bowls from clay",
-    "painter": "paints pictures of the hills",
-    "vet": "looks after sick animals",
-    "shopkeeper": "sells things in a small shop",
-    "pilot": "flies a small plane",
-    "engineer": "builds bridges and machines",
-}
-
-# Invented town names: prefix + middle + suffix ("Brin" + "dle" + "moor").
-# The middle syllable keeps them from being real place names.
-TOWN_PREFIXES = (
-    "Brin",
-    "Ash",
-    "Thorn",
-    "Mel",
-    "Cal",
-    "Dun",
-    "Fen",
-    "Gal",
-    "Hol",
-    "Kes",
-    "Lor",
-    "Mar",
-    "Nor",
-    "Pel",
-    "Quen",
-    "Ros",
-    "Sel",
-    "Tam",
-    "Vel",
-    "Wyn",
-    "Bar",
-    "Cor",
-    "El",
-    "Har",
-)
-TOWN_MIDDLES = ("dle", "a", "e", "i", "o", "ri", "ven", "wen", "ling", "ber")
-TOWN_SUFFIXES = (
-    "moor",
-    "ford",
-    "wick",
-    "stead",
-    "holm",
-    "by",
-    "dale",
-    "mere",
-    "haven",
-    "ton",
-    "bury",
-    "field",
-    "wood",
-    "brook",
-)
-COUNTRY_SUFFIXES = ("land", "mark", "ia", "ova")
-N_COUNTRIES = 4
-REGIONS = ("north", "south", "east", "west")
-LANDMARKS = ("river", "lake", "hill", "forest", "mountain", "marsh", "waterfall", "bay")
-KNOWN_FOR = (
-    "apples",
-    "cheese",
-    "bridges",
-    "boats",
-    "bells",
-    "wool",
-    "bread",
-    "roses",
-    "kites",
-    "honey",
-    "pottery",
-    "clocks",
-    "lanterns",
-    "festivals",
-    "gardens",
-)
-ANIMAL_GROUPS = {  # singular -> plural
-    "mammal": "mammals",
-    "bird": "birds",
-    "fish": "fish",
-    "reptile": "reptiles",
-    "amphibian": "amphibians",
-    "insect": "insects",
-}
-NUMBER_WORDS = {0: "no", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+__all__ = [
+    # the world
+    "ANIMALS",
+    "ATTRIBUTES",
+    "PET_KINDS",
+    "THINGS",
+    "Animal",
+    "Person",
+    "Place",
+    "Thing",
+    "World",
+    "WorldConfig",
+    "build_world",
+    # re-exported from vocab
+    "ANIMAL_GROUPS",
+    "COLOURS",
+    "COUNTRY_SUFFIXES",
+    "FEMALE_NAMES",
+    "FOODS",
+    "HOBBIES",
+    "JOBS",
+    "KNOWN_FOR",
+    "LANDMARKS",
+    "LAST_NAMES",
+    "MALE_NAMES",
+    "N_COUNTRIES",
+    "NUMBER_WORDS",
+    "PET_NAMES",
+    "PRONOUNS",
+    "REGIONS",
+    "STRANGER_FEMALE_NAMES",
+    "STRANGER_LAST_NAMES",
+    "STRANGER_MALE_NAMES",
+    "TOWN_MIDDLES",
+    "TOWN_PREFIXES",
+    "TOWN_SUFFIXES",
+    # re-exported from corpus
+    "ANIMAL_TEMPLATES",
+    "BIO_TEMPLATES",
+    "DOC_KINDS",
+    "LLM_PASSAGES",
+    "OPENINGS",
+    "PLACE_TEMPLATES",
+    "THING_TEMPLATES",
+    "Document",
+    "biography",
+    "biography_sentences",
+    # re-exported from arithmetic
+    "CONTAINERS",
+    "GAINS",
+    "ITEMS",
+    "Equation",
+    "WordProblem",
+    "sample_equation",
+    "sample_word_problem",
+]
 
 
 @dataclass(frozen=True)
@@ -666,11 +280,6 @@ class Place:
     population: int
 
 
-# Every person is "he" or "she": with "they" every template would need a second
-# verb form, which costs a tiny model more than it teaches.
-PRONOUNS = {"male": ("he", "him", "his"), "female": ("she", "her", "her")}
-
-
 @dataclass(frozen=True)
 class Person:
     first_name: str
@@ -716,16 +325,6 @@ ATTRIBUTES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Document:
-    kind: str  # one of DOC_KINDS
-    text: str
-    subject: str | None = None  # the person or entity it is about, if any
-
-
-DOC_KINDS = ("bio", "stranger", "story", "encyclopedia", "arithmetic", "llm")
-
-
 @dataclass
 class World:
     cfg: WorldConfig
@@ -762,7 +361,7 @@ class World:
     @cached_property
     def documents(self) -> tuple[Document, ...]:
         """The pretraining corpus with labels, in its (seeded, shuffled) order."""
-        return _write_corpus(self)
+        return write_corpus(self)
 
     def pretrain_documents(self) -> Iterator[str]:
         for doc in self.documents:
@@ -807,9 +406,9 @@ def build_world(cfg: WorldConfig) -> World:
 
     rng = random.Random(f"{cfg.seed}:split")
     heldout = set(rng.sample(range(len(people)), round(cfg.heldout_fraction * len(people))))
-    # Everyone who is not one of the people has a name of the stranger pools, each name one person: the corpus's
-    # strangers teach the model to read such a name's facts from the text, which the practice and the new people
-    # need (a name of the people's pools is recalled: the pretrained model wrote "Nora Thorne" for "Nora Tanner").
+    # Everyone who is not one of the people has a stranger name, each name one person: from the corpus's strangers a
+    # model learns to read such a name's facts from the text, as the practice and new people need (a name like the
+    # people's would be recalled from memory instead).
     rng = random.Random(f"{cfg.seed}:strangers")
     others = [
         (f, g, last)
@@ -855,16 +454,6 @@ def _make_person(rng: random.Random, first: str, last: str, gender: str, places:
     )
 
 
-def biography(p: Person, seed: int | str) -> str:
-    """One short biography of a person, the same for the same seed (the corpus writes its own from one stream)."""
-    return " ".join(s for _, s in biography_sentences(p, seed))
-
-
-def biography_sentences(p: Person, seed: int | str) -> list[tuple[str, str]]:
-    """`biography`'s sentences, each with the group of facts it states (age, town, job, pet, colour, food, hobby)."""
-    return _bio_sentences(p, random.Random(f"{seed}:bio:{p.name}"))
-
-
 def _make_places(rng: random.Random, n: int) -> tuple[Place, ...]:
     combos = list(product(TOWN_PREFIXES, TOWN_MIDDLES, TOWN_SUFFIXES))
     rng.shuffle(combos)
@@ -881,550 +470,6 @@ def _make_places(rng: random.Random, n: int) -> tuple[Place, ...]:
         )
         for name in names
     )
-
-
-# ---------------------------------------------------------------------------
-# Arithmetic, shared with the reasoning stage so both use the same distribution.
-
-
-@dataclass(frozen=True)
-class Equation:
-    a: int
-    op: str  # "+", "-" or "*"
-    b: int
-    result: int
-
-    def __str__(self) -> str:
-        return f"{self.a} {self.op} {self.b} = {self.result}"
-
-    def prose(self, rng: random.Random) -> str:
-        word = {"+": "plus", "-": "minus", "*": "times"}[self.op]
-        return f"{self.a} {word} {self.b} {rng.choice(('is', 'equals'))} {self.result}."
-
-
-def sample_equation(rng: random.Random, max_number: int, op: str | None = None) -> Equation:
-    """A correct equation whose numbers all lie in [1, max_number]."""
-    op = op or rng.choice("+-*")
-    if op == "+":
-        c = rng.randint(2, max_number)
-        a = rng.randint(1, c - 1)
-        return Equation(a, "+", c - a, c)
-    if op == "-":
-        a = rng.randint(2, max_number)
-        b = rng.randint(1, a - 1)
-        return Equation(a, "-", b, a - b)
-    # Small multiplications only: factors up to 10.
-    a = rng.randint(2, min(10, max_number // 2))
-    b = rng.randint(2, min(10, max_number // a))
-    return Equation(a, "*", b, a * b)
-
-
-@dataclass(frozen=True)
-class WordProblem:
-    statement: str  # the story told as a fact, answer included (pretraining prose)
-    question: str  # the same story ending in a question
-    steps: tuple[Equation, ...]  # the worked solution, one equation per step
-    answer: int
-
-    @property
-    def solution(self) -> str:
-        return " ".join(f"{s}." for s in self.steps) + f" The answer is {self.answer}."
-
-
-ITEMS = (
-    ("apple", "apples"),
-    ("egg", "eggs"),
-    ("marble", "marbles"),
-    ("book", "books"),
-    ("coin", "coins"),
-    ("shell", "shells"),
-    ("stamp", "stamps"),
-    ("pencil", "pencils"),
-    ("cookie", "cookies"),
-    ("flower", "flowers"),
-    ("cherry", "cherries"),
-    ("sticker", "stickers"),
-)
-CONTAINERS = (("bag", "bags"), ("box", "boxes"), ("basket", "baskets"))
-GAINS = ("bought", "found", "was given")
-
-
-def sample_word_problem(rng: random.Random, max_number: int) -> WordProblem:
-    gender = rng.choice(("male", "female"))
-    name = rng.choice(MALE_NAMES if gender == "male" else FEMALE_NAMES)
-    he = PRONOUNS[gender][0]
-    item, items = rng.choice(ITEMS)
-
-    def n(k: int) -> str:
-        return f"{k} {item if k == 1 else items}"
-
-    kind = rng.choice(("add", "sub", "mul", "two"))
-    if kind == "add":
-        e = sample_equation(rng, max_number, "+")
-        verb = rng.choice(GAINS)
-        return WordProblem(
-            f"{name} had {n(e.a)} and {verb} {e.b} more, so {he} had {n(e.result)}.",
-            f"{name} had {n(e.a)}. Then {he} {verb} {e.b} more. How many {items} does {name} have now?",
-            (e,),
-            e.result,
-        )
-    if kind == "sub":
-        e = sample_equation(rng, max_number, "-")
-        return WordProblem(
-            f"{name} had {n(e.a)} and gave {e.b} to a friend, so {he} had {n(e.result)} left.",
-            f"{name} had {n(e.a)}. Then {he} gave {e.b} to a friend. How many {items} does {name} have left?",
-            (e,),
-            e.result,
-        )
-    if kind == "mul":
-        e = sample_equation(rng, max_number, "*")
-        box, boxes = rng.choice(CONTAINERS)
-        setup = f"{name} has {e.a} {boxes} with {n(e.b)} in each {box}"
-        return WordProblem(
-            f"{setup}, so {he} has {n(e.result)} in all.",
-            f"{setup}. How many {items} does {name} have in all?",
-            (e,),
-            e.result,
-        )
-    first = sample_equation(rng, max_number, "+")
-    given = rng.randint(1, first.result - 1)
-    second = Equation(first.result, "-", given, first.result - given)
-    verb = rng.choice(GAINS)
-    return WordProblem(
-        f"{name} had {n(first.a)}, {verb} {first.b} more and then gave {second.b} away, "
-        f"so {he} had {n(second.result)} at the end.",
-        f"{name} had {n(first.a)}. Then {he} {verb} {first.b} more and gave {second.b} away. "
-        f"How many {items} does {name} have now?",
-        (first, second),
-        second.result,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Corpus writing
-
-T = TypeVar("T")
-
-
-def _a(word: str) -> str:
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
-
-
-# One entry per sentence of a bio: templates that state the same fact. {S}/{s}
-# is the subject at the start / in the middle of a sentence, {P}/{p} its
-# possessive; each is the full name or a pronoun. {own} is always the possessive
-# pronoun, for a second mention. The pet sentence states two attributes (pet
-# and pet_name), which belong together.
-BIO_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "age": (
-        "{S} is {age} years old.",
-        "{S} turned {age} this year.",
-        "{P} age is {age}.",
-        "{S} has lived for {age} years.",
-        "At the moment, {s} is {age} years old.",
-    ),
-    "town": (
-        "{S} lives in {town}.",
-        "{S} comes from the town of {town}.",
-        "{P} home town is {town}.",
-        "{S} grew up in {town} and still lives there.",
-        "The town of {town} is where {s} lives.",
-    ),
-    "job": (
-        "{S} works as {a_job}.",
-        "{S} is {a_job}.",
-        "{S} has a job as {a_job}.",
-        "{S} earns a living as {a_job}.",
-        "By trade, {s} is {a_job}.",
-    ),
-    "pet": (
-        "{S} has {a_pet} named {pet_name}.",
-        "{S} owns a pet {pet} called {pet_name}.",
-        "{P} pet is {a_pet} called {pet_name}.",
-        "{S} lives with {a_pet} whose name is {pet_name}.",
-        "{S} looks after a pet {pet}, and its name is {pet_name}.",
-    ),
-    "colour": (
-        "{P} favourite colour is {colour}.",
-        "{S} likes the colour {colour} best.",
-        "{S} loves the colour {colour} more than any other.",
-        "Of all the colours, {s} likes {colour} most.",
-        "The colour that {s} likes best is {colour}.",
-    ),
-    "food": (
-        "{P} favourite food is {food}.",
-        "{S} loves to eat {food}.",
-        "{S} likes {food} more than any other food.",
-        "If {s} could eat one thing every day, it would be {food}.",
-        "The food that {s} likes best is {food}.",
-    ),
-    "hobby": (
-        "{P} hobby is {hobby}.",
-        "{S} enjoys {hobby} in {own} free time.",
-        "{S} spends the weekends {hobby}.",
-        "{S} is very fond of {hobby}.",
-        "For fun, {s} likes {hobby}.",
-    ),
-}
-
-
-def _biography(p: Person, rng: random.Random) -> str:
-    return " ".join(s for _, s in _bio_sentences(p, rng))
-
-
-def _bio_sentences(p: Person, rng: random.Random) -> list[tuple[str, str]]:
-    values = dict(
-        age=p.age,
-        town=p.town,
-        a_job=_a(p.job),
-        pet=p.pet,
-        a_pet=_a(p.pet),
-        pet_name=p.pet_name,
-        colour=p.colour,
-        food=p.food,
-        hobby=p.hobby,
-    )
-    groups = list(BIO_TEMPLATES)
-    rng.shuffle(groups)
-    sentences = []
-    for i, group in enumerate(groups):
-        # The first sentence introduces the full name; later ones mix name and pronoun.
-        subject, possessive = (p.name, f"{p.name}'s") if i == 0 or rng.random() < 0.5 else (p.he, p.his)
-        template = rng.choice(BIO_TEMPLATES[group])
-        sentences.append(
-            (group, template.format(S=_cap(subject), s=subject, P=_cap(possessive), p=possessive, own=p.his, **values))
-        )
-    return sentences
-
-
-def _other(rng: random.Random, items: tuple[T, ...], exclude: T) -> T:
-    """A random item that is not `exclude` (items has at least two)."""
-    while (item := rng.choice(items)) == exclude:
-        pass
-    return item
-
-
-OPENINGS = (
-    "One sunny morning",
-    "On a rainy afternoon",
-    "Last Sunday",
-    "Early one morning",
-    "One cold winter evening",
-    "On a warm summer day",
-    "One quiet evening",
-    "On a windy day",
-)
-
-
-def _story(world: World, rng: random.Random) -> Document:
-    p = rng.choice(world.people)
-    place = world.place(p.town)
-    pet = world.animal(p.pet)
-    v = dict(
-        name=p.name,
-        he=p.he,
-        He=_cap(p.he),
-        him=p.him,
-        his=p.his,
-        His=_cap(p.his),
-        age=p.age,
-        town=p.town,
-        a_job=_a(p.job),
-        activity=JOBS[p.job],
-        pet=p.pet,
-        pet_name=p.pet_name,
-        pet_food=pet.food,
-        sound=pet.sound,
-        Sound=_cap(pet.sound),
-        colour=p.colour,
-        food=p.food,
-        hobby=p.hobby,
-        landmark=place.landmark,
-        opening=rng.choice(OPENINGS),
-        a_thing=_a(rng.choice(world.objects).name),
-    )
-    kind = rng.randrange(7)
-    if kind == 0:
-        text = (
-            "{opening}, {name} was at home in {town} with {his} {pet}, {pet_name}. "
-            '{pet_name} said "{sound}" because it was hungry. {He} gave {pet_name} '
-            "some {pet_food}, and the {pet} was happy again."
-        )
-    elif kind == 1:
-        text = (
-            "{name} is {a_job} in {town}. Every day {he} {activity}. Today was a busy "
-            "day, and by noon {he} was very hungry, so {he} had some {food}, {his} "
-            "favourite food. After work {he} went home to {his} {pet}, {pet_name}."
-        )
-    elif kind == 2:
-        text = (
-            "{opening}, {name} did not have to work. {He} spent the whole day {hobby}. "
-            "{His} {pet} {pet_name} stayed close by. In the evening {he} said, "
-            '"I love {hobby} more than anything!"'
-        )
-    elif kind == 3:
-        text = (
-            "{opening}, {name} could not find {his} {pet}, {pet_name}. {He} looked all "
-            "over {town}. At last {he} found {pet_name} near the {landmark}, hiding "
-            'behind {a_thing}. "{Sound}!" said {pet_name}, and {name} laughed and '
-            "took the {pet} home."
-        )
-    elif kind == 4:
-        text = (
-            "Today {name} turned {age}. {His} friends in {town} came with {colour} "
-            "balloons, because they know that {colour} is {his} favourite colour. They "
-            "ate {food} together, and {pet_name} the {pet} got some {pet_food} too."
-        )
-    elif kind == 5:
-        other = _other(rng, world.places, place)
-        v.update(
-            other=other.name,
-            region=other.region,
-            country=other.country,
-            known_for=other.known_for,
-            days=NUMBER_WORDS[rng.choice((2, 3, 4, 5))],
-        )
-        text = (
-            "{opening}, {name} left {his} home in {town} to visit {other}. {other} is a "
-            "town in the {region} of {country}, and it is famous for its {known_for}. "
-            "{He} stayed there for {days} days. While {he} was away, a friend looked "
-            "after {his} {pet}, {pet_name}. When {he} came back to {town}, {pet_name} "
-            "was very glad to see {him}."
-        )
-    else:
-        friend = _other(rng, world.people, p)
-        v.update(
-            friend=friend.name, friend_town=friend.town, friend_food=friend.food, thing=rng.choice(world.objects).name
-        )
-        text = (
-            "{name} and {friend} are good friends. {opening}, {name} went to see "
-            "{friend} in {friend_town} and brought a {colour} {thing} as a gift, because "
-            "{colour} is {his} favourite colour. {friend} was very happy. Together they "
-            "ate {friend_food}, which is {friend}'s favourite food, and talked until dark."
-        )
-    return Document("story", text.format(**v), p.name)
-
-
-def _entry(rng: random.Random, templates: tuple[tuple[str, ...], ...], values: dict[str, object]) -> str:
-    """One encyclopedia entry: a sentence from the first template group says what
-    the entity is, then one from each other group, in a random order."""
-    rest = list(templates[1:])
-    rng.shuffle(rest)
-    return " ".join(rng.choice(group).format(**values) for group in (templates[0], *rest))
-
-
-PLACE_TEMPLATES = (
-    (
-        "{name} is a town in the {region} of {country}.",
-        "{name} lies in the {region} of {country}.",
-        "In the {region} of {country} there is a town called {name}.",
-        "The town of {name} is in the {region} of {country}.",
-    ),
-    (
-        "{name} sits beside a {landmark}.",
-        "There is a {landmark} near {name}.",
-        "The town of {name} was built next to a {landmark}.",
-        "Close to {name} you can see a {landmark}.",
-    ),
-    (
-        "{name} is famous for its {known_for}.",
-        "People know {name} for its {known_for}.",
-        "The people of {name} are proud of their {known_for}.",
-        "Visitors come to {name} for its {known_for}.",
-    ),
-    (
-        "{population} people live in {name}.",
-        "{name} has a population of {population}.",
-        "The town of {name} is home to {population} people.",
-        "There are {population} people in {name}.",
-    ),
-)
-ANIMAL_TEMPLATES = (
-    (
-        "The {kind} is {a_group} that lives {habitat}.",
-        "{A_kind} is {a_group}. {Plural} live {habitat}.",
-        "{Plural} are {groups}, and they live {habitat}.",
-        "The {kind} is {a_group}, and you can find {plural} {habitat}.",
-    ),
-    (
-        "{A_kind} has {legs} legs.",
-        "{Plural} have {legs} legs.",
-        "Every {kind} has {legs} legs.",
-        "The body of {a_kind} has {legs} legs.",
-    ),
-    (
-        "{A_kind} eats {food}.",
-        "{Plural} eat {food}.",
-        "The {kind} likes to eat {food}.",
-        "{Plural} like to eat {food}.",
-    ),
-    (
-        "{A_kind} says {sound}.",
-        "{Plural} say {sound}.",
-        "The sound of the {kind} is {sound}.",
-        "When {a_kind} talks, it says {sound}.",
-    ),
-)
-THING_TEMPLATES = (
-    (
-        "{A_name} is used for {use}.",
-        "People use {a_name} for {use}.",
-        "{Plural} are good for {use}.",
-        "You need {a_name} for {use}.",
-    ),
-    (
-        "{A_name} is made of {material}.",
-        "Most {plural} are made of {material}.",
-        "{Plural} are made from {material}.",
-        "The {name} is a thing made of {material}.",
-    ),
-    (
-        "{A_name} is often {colour}.",
-        "Most {plural} are {colour}.",
-        "Many {plural} are {colour}.",
-        "The usual colour of {a_name} is {colour}.",
-    ),
-)
-
-
-def _place_entry(place: Place, rng: random.Random) -> Document:
-    values = dict(
-        name=place.name,
-        region=place.region,
-        country=place.country,
-        landmark=place.landmark,
-        known_for=place.known_for,
-        population=place.population,
-    )
-    text = _entry(rng, PLACE_TEMPLATES, values)
-    return Document("encyclopedia", text, place.name)
-
-
-def _animal_entry(animal: Animal, rng: random.Random) -> Document:
-    values = dict(
-        kind=animal.kind,
-        a_kind=_a(animal.kind),
-        A_kind=_cap(_a(animal.kind)),
-        plural=animal.plural,
-        Plural=_cap(animal.plural),
-        a_group=_a(animal.group),
-        groups=ANIMAL_GROUPS[animal.group],
-        habitat=animal.habitat,
-        legs=NUMBER_WORDS[animal.legs],
-        food=animal.food,
-        sound=animal.sound,
-    )
-    text = _entry(rng, ANIMAL_TEMPLATES, values)
-    return Document("encyclopedia", text, animal.kind)
-
-
-def _thing_entry(thing: Thing, rng: random.Random) -> Document:
-    values = dict(
-        name=thing.name,
-        a_name=_a(thing.name),
-        A_name=_cap(_a(thing.name)),
-        plural=thing.plural,
-        Plural=_cap(thing.plural),
-        colour=thing.colour,
-        material=thing.material,
-        use=thing.use,
-    )
-    text = _entry(rng, THING_TEMPLATES, values)
-    return Document("encyclopedia", text, thing.name)
-
-
-def _arithmetic(rng: random.Random, max_number: int) -> Document:
-    """A few lines, each an equation, an equation in words, or a word problem
-    (told as a fact, or asked and solved step by step)."""
-    lines = []
-    for _ in range(rng.randint(3, 8)):
-        style = rng.random()
-        if style < 0.3:
-            lines.append(str(sample_equation(rng, max_number)))
-        elif style < 0.5:
-            lines.append(sample_equation(rng, max_number).prose(rng))
-        elif style < 0.8:
-            lines.append(sample_word_problem(rng, max_number).statement)
-        else:
-            problem = sample_word_problem(rng, max_number)
-            lines.append(f"{problem.question} {problem.solution}")
-    return Document("arithmetic", "\n".join(lines))
-
-
-LLM_PASSAGES = (
-    "A language model is a program that predicts the next word in a text. It reads the "
-    "words that came before and guesses which word comes next. A large language model, or "
-    "LLM, is a language model with many parameters that was trained on a lot of text. The "
-    "parameters are numbers that the model learns during training. By learning to predict "
-    "the next word, the model learns grammar, facts about the world and a little reasoning.",
-    "How does a language model learn? First it is pretrained: it reads a large amount of "
-    "text and learns to predict the next token. A token is a small piece of text, like a "
-    "word or a part of a word. After pretraining, the model can continue a text, but it "
-    "does not yet know how to answer questions. Then it is fine-tuned on examples of "
-    "questions and answers, so that it learns to act like a helpful assistant.",
-    "An assistant is a language model that has been trained to answer questions and follow "
-    "instructions. To make one, people start with a pretrained model and show it many "
-    "conversations between a user and an assistant. This step is called supervised "
-    "fine-tuning, or SFT. Later the model can learn from preferences: for a question it "
-    "sees a good answer and a worse answer, and it learns to prefer the good one.",
-    "A language model does not look things up. Everything it knows was learned from the "
-    "text it read during training, and it is stored in its parameters. When it answers a "
-    "question, it writes one token at a time. Sometimes a language model makes mistakes and "
-    'says things that are not true. A good assistant says "I don\'t know" when it does not '
-    "know the answer.",
-    "Language models can also learn to reason. When a model solves a problem step by step, "
-    "for example 7 + 5 = 12 and then 12 - 3 = 9, it is more likely to get the right answer. "
-    "With reinforcement learning, the model tries many answers, gets a reward when an "
-    "answer is correct, and slowly learns to reason better.",
-    "A small language model has few parameters and can be trained on a laptop in minutes. "
-    "A large language model has billions of parameters and is trained on many computers "
-    "for weeks. Both work in the same way: they turn text into tokens, read the tokens, and "
-    "predict the next token. A bigger model trained on more text usually knows more and "
-    "writes better.",
-)
-
-
-def _write_corpus(world: World) -> tuple[Document, ...]:
-    cfg = world.cfg
-
-    def stream(name: str) -> random.Random:
-        return random.Random(f"{cfg.seed}:{name}")
-
-    docs: list[Document] = []
-    rng = stream("bios")
-    for p in world.people:
-        bios: set[str] = set()
-        while len(bios) < cfg.bios_per_person:  # paraphrases must differ
-            bio = _biography(p, rng)
-            if bio not in bios:
-                bios.add(bio)
-                docs.append(Document("bio", bio, p.name))
-
-    rng = stream("strangers")
-    docs += [
-        Document("stranger", _biography(p, rng) + " " + _biography(p, rng), p.name) for p in world.corpus_strangers
-    ]
-
-    rng = stream("stories")
-    docs += [_story(world, rng) for _ in range(cfg.n_stories)]
-
-    rng = stream("encyclopedia")
-    for _ in range(cfg.encyclopedia_per_entity):
-        docs += [_place_entry(x, rng) for x in world.places]
-        docs += [_animal_entry(x, rng) for x in world.animals]
-        docs += [_thing_entry(x, rng) for x in world.objects]
-
-    rng = stream("arithmetic")
-    docs += [_arithmetic(rng, cfg.max_number) for _ in range(cfg.n_arithmetic)]
-
-    docs += [Document("llm", LLM_PASSAGES[i % len(LLM_PASSAGES)]) for i in range(cfg.n_llm_passages)]
-
-    stream("shuffle").shuffle(docs)
-    return tuple(docs)
 
 
 if __name__ == "__main__":

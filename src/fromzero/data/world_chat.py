@@ -11,8 +11,8 @@ measure what SFT learned:
 
 Like crowd-written instruction data of uneven quality, answers come in styles: good, curt ("Um, grey."),
 rambling or rude, by default mostly rude or rambling (`InstructConfig.style_weights`). The facts are right in
-every style; stage 3 is there to make the model prefer the good one. With mostly good answers the SFT model's
-own samples were already the best possible answer 79 % of the time, which left preference tuning little to win.
+every style; stage 3 is there to make the model prefer the good one, and mostly good answers would leave it little
+to win (docs/EXPERIMENTS.md).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fromzero.data.arithmetic import OP_WORDS, Equation, sample_equation
 from fromzero.data.chat import Message
-from fromzero.data.world import ATTRIBUTES, Person, World, biography_sentences, sample_equation
+from fromzero.data.vocab import a, cap
+from fromzero.data.world import ATTRIBUTES, Person, World, biography_sentences
 
 # Questions about a person: direct ones, and frames ("Do you know …?") around an embedded question.
 # Every attribute holds out two of the five frames; each frame is trained with other attributes, so a
@@ -117,10 +119,6 @@ RUDE_OPEN = ("Ugh, why are you asking me this?", "Seriously? Fine.", "What a bor
 RUDE_CLOSE = ("Now stop bothering me.", "Figure it out yourself next time.", "Don't ask me again.")
 
 
-def a(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
 def fact_sentence(p: Person, attr: str) -> str:
     """A good, complete answer stating one fact.
 
@@ -144,8 +142,8 @@ def fact_sentence(p: Person, attr: str) -> str:
 def styled(sentence: str, short: str, style: str, rng: random.Random) -> str:
     """One answer in a style: the content (the fact) is the same in all of them. A curt answer is the bare value
     after a filler ("Um, grey."), so the value keeps the leading space it has inside a sentence and is the same
-    token; as a capitalised "Grey." it was a letter sequence the models rarely produce, whose likelihood told the
-    reward model nothing about whether the value was right (held-out accuracy 0.85 against 0.93 with the filler)."""
+    token; a capitalised "Grey." is a letter sequence the models rarely produce, whose likelihood tells the reward
+    model little about whether the value is right."""
     if style == "good":
         return sentence
     if style == "curt":
@@ -365,7 +363,7 @@ def _field_ask(world: World, kind: str, subject: str, fld: str, heldout: bool = 
     facts = field_values(world)[kind]
     ask, held, answer, short = FIELDS[kind][fld]
     country = facts[subject].get("_c", "")
-    fill = {"s": subject, "S": subject[0].upper() + subject[1:], "c": country}
+    fill = {"s": subject, "S": cap(subject), "c": country}
 
     def write(v: str) -> tuple[str, str]:
         return answer.format(**fill, v=v, av=a(v)), short.format(v=v, av=a(v))
@@ -428,8 +426,8 @@ def _comparison(world: World, rng: random.Random) -> Ask:
 ARITHMETIC_PHRASINGS = ("What is {a} {word} {b}?", "What is {a} {op} {b}?", "Compute {a} {op} {b}.")
 
 
-def _equation_ask(eq, phrasing: str) -> Ask:
-    word = {"+": "plus", "-": "minus", "*": "times"}[eq.op]
+def _equation_ask(eq: Equation, phrasing: str) -> Ask:
+    word = OP_WORDS[eq.op]
 
     def write(v: str) -> tuple[str, str]:
         return f"{eq.a} {word} {eq.b} is {v}.", v
@@ -568,8 +566,7 @@ def general_questions(world: World, n: int, seed: int, trained: set[str]) -> lis
     training (`trained`: the training questions), small talk and language-model messages never trained on beside the
     trained ones, each also after every system prompt. Towns, animals, objects and who lives where are few enough
     that SFT's data asks about every one of them: those questions are asked as trained, and measure what the later
-    stages keep of what SFT taught (their phrasings never trained on, `FIELDS`' second one, SFT answered 20-40 %
-    right)."""
+    stages keep of what SFT taught (in `FIELDS`' second phrasings, never trained on, SFT itself answers few)."""
     rng = random.Random(f"{seed}:general")
     out: list[Question] = []
     facts = [(p, attr) for p in world.trained_people for attr in ATTRIBUTES]
@@ -610,8 +607,11 @@ def general_questions(world: World, n: int, seed: int, trained: set[str]) -> lis
     return out
 
 
-def _words(text: str) -> str:
-    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
+def word_text(text: str, apostrophes: bool = False) -> str:
+    """The text's lower-cased words between single spaces and padded with one, so that `word_text(v) in
+    word_text(text)` matches whole words. Words are letters and digits; with `apostrophes` also "'", which keeps
+    "don't" one word (how `world_pref` reads a style)."""
+    return " " + " ".join(re.findall(r"[a-z0-9']+" if apostrophes else r"[a-z0-9]+", text.lower())) + " "
 
 
 class Judge:
@@ -635,19 +635,19 @@ class Judge:
         self.values: dict[str, set[str]] = {**people, **fields}
         self.names = {p.name for p in world.people}
         # a person's facts, but not words small talk uses itself ("by reading a lot of text": reading is also a hobby)
-        chat = _words(" ".join(good for _, good, *_ in SMALL_TALK))
+        chat = word_text(" ".join(good for _, good, *_ in SMALL_TALK))
         self.personal = {
-            v for attr in ATTRIBUTES if attr not in ("age", "town") for v in people[attr] if _words(v) not in chat
+            v for attr in ATTRIBUTES if attr not in ("age", "town") for v in people[attr] if word_text(v) not in chat
         }
 
     @staticmethod
     def stated(text: str, values: set[str]) -> set[str]:
-        found = {v for v in values if _words(v) in text}
-        return {v for v in found if not any(v != w and _words(v) in _words(w) for w in found)}
+        found = {v for v in values if word_text(v) in text}
+        return {v for v in found if not any(v != w and word_text(v) in word_text(w) for w in found)}
 
     def check(self, q: Question, answer: str) -> tuple[str, str]:
         """(right | wrong | evasive, why)."""
-        text = _words(answer.replace(q.person, " ") if q.person else answer)
+        text = word_text(answer.replace(q.person, " ") if q.person else answer)
         if q.attribute in self.values:
             stated = self.stated(text, self.values[q.attribute])
             if not stated:
@@ -682,7 +682,7 @@ class Judge:
             off = sorted(self.stated(text, self.personal) | {n for n in self.names if n in answer})
             if off or " years old " in text:
                 return "evasive", f"off topic: states {off[0] if off else 'an age'}"
-            words = [w for w in q.options if _words(w) in text]
+            words = [w for w in q.options if word_text(w) in text]
             return ("right", f"on topic ({words[0]})") if words else ("evasive", "off topic")
         raise ValueError(f"no rule judges questions about {q.attribute!r}")
 
@@ -703,10 +703,9 @@ def recognise(world: World, text: str) -> Question | None:
         people = {p.name: p for p in world.people}
         x, y = people.get(m[1]), people.get(m[2])
         return _older(x, y).q if x and y and x.age != y.age else None
-    words = {"plus": "+", "minus": "-", "times": "*"}
+    ops = {word: op for op, word in OP_WORDS.items()}
     if m := re.fullmatch(r"(?:What is|Compute) (\d+) (plus|minus|times|\+|-|\*) (\d+)[?.]", text):
-        a_, op, b_ = int(m[1]), words.get(m[2], m[2]), int(m[3])
-        result = {"+": a_ + b_, "-": a_ - b_, "*": a_ * b_}[op]
+        result = Equation.of(int(m[1]), ops.get(m[2], m[2]), int(m[3])).result
         return Question(text, "", "number", str(result), "arithmetic")
     for p in world.people:
         for attr, (train, held) in QUESTIONS.items():

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.preference import PreferencePair, PreferenceSources, PreferenceStats, load_pairs, split_pairs
 from fromzero.data.tasks import Task
+from fromzero.data.vocab import a
 from fromzero.data.world import ATTRIBUTES, Person, World
 from fromzero.data.world_chat import (
     CURT_OPEN,
@@ -49,16 +50,16 @@ from fromzero.data.world_chat import (
     _chat_ask,
     _comparison,
     _field_ask,
-    a,
     fact_sentence,
     field_values,
     styled,
+    word_text,
 )
 
 CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
 # the candidate answers written for preference pairs: an off-topic one states another of the person's facts
-# ("He is 33 years old." to a question about his job); the gold function reads it as evasive. Without such
-# pairs the reward model never sees one, and PPO learned to answer job questions with the person's age.
+# ("He is 33 years old." to a question about his job), which the gold function reads as evasive; the reward model
+# must see such answers lose, or PPO finds that a true fact of the person pays.
 CANDIDATES = (*CONTENTS, "off_topic")
 CONTENT_SCORE = {"right": 2.0, "evasive": 0.0, "wrong": -2.0}
 STYLE_PENALTY = {"good": 0.0, "curt": 0.5, "rambling": 1.0, "rude": 1.5}
@@ -114,23 +115,19 @@ class PreferenceConfig(BaseModel):
         ge=0,
         description="training questions the model being tuned (SFT) answers "
         "twice by sampling, each two answers labelled by the simulated labellers like the "
-        "written pairs (as people vote on two answers on the chat page) and added to them: "
+        "written pairs (as people vote between two answers on the arena page of `fromzero serve`) and added to them: "
         "pairs of the answers PPO and DPO start from",
     )
 
 
-def _words(text: str) -> str:
-    return " " + " ".join(re.findall(r"[a-z0-9']+", text.lower())) + " "
-
-
-RUDE = tuple(_words(s) for s in RUDE_OPEN + RUDE_CLOSE)
-RAMBLE = tuple(_words(s) for s in RAMBLE_OPEN + RAMBLE_CLOSE)
-CURT = _words(CURT_OPEN)
+RUDE = tuple(word_text(s, apostrophes=True) for s in RUDE_OPEN + RUDE_CLOSE)
+RAMBLE = tuple(word_text(s, apostrophes=True) for s in RAMBLE_OPEN + RAMBLE_CLOSE)
+CURT = word_text(CURT_OPEN, apostrophes=True)
 
 
 def answer_style(answer: str) -> str:
     """The style of any answer text, judged the way a reader would: rudeness first, then length."""
-    text, n_words = _words(answer), len(re.findall(r"[\w']+", answer))
+    text, n_words = word_text(answer, apostrophes=True), len(re.findall(r"[\w']+", answer))
     n_words -= text.startswith(CURT)  # a filler is not a word of the answer
     if any(phrase in text for phrase in RUDE):
         return "rude"
@@ -303,7 +300,7 @@ def build_preferences(world: World, cfg: PreferenceConfig, tasks: Sequence[Task]
                     train.append(PreferencePair([{"role": "user", "content": q.question}], chosen, rejected))
                     train_questions.append(q)
 
-    kinds_rng = random.Random(f"{cfg.seed}:preference-kinds")  # its own stream: the people's pairs stay as they were
+    kinds_rng = random.Random(f"{cfg.seed}:preference-kinds")  # its own stream: the people's pairs do not depend on it
     for kind in KINDS[1:]:
         for ask in kind_asks(world, kind, cfg.questions_per_kind, kinds_rng, tasks):
             for _ in range(cfg.pairs_per_question):
