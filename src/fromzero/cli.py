@@ -139,18 +139,13 @@ def pretrain(
     resume: Resume = False,
 ):
     """Stage 1: next-token prediction. Runs under torchrun as well (one process per device)."""
-    from fromzero import checkpoint, dist
-    from fromzero.tokenizer import Tokenizer
+    from fromzero import checkpoint
+    from fromzero.pipeline import random_init
     from fromzero.train import pretrain as stage
 
     cfg = _config(preset, overrides)
     if init is None:
-        init = out / "init"
-        info = dist.setup(cfg.pretrain.device)
-        if info.is_main and not checkpoint.exists(init):
-            model = stage.init_model(cfg.model, Tokenizer.load(data), cfg.seed)
-            checkpoint.save(init, 0, model, tokenizer_file=data / "tokenizer.json", meta={"stage": "init"})
-        dist.barrier()
+        init = random_init(cfg, data, out / "init")
     elif checkpoint.tokenizer_file(init).read_bytes() != (data / "tokenizer.json").read_bytes():
         # shards hold token ids: another tokenizer's ids would be other words (an imported model's, say)
         raise ValueError(

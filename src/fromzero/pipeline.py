@@ -336,13 +336,18 @@ def _log(path: Path | None, rows: list[dict]) -> None:
         checkpoint.write_jsonl_atomic(path, rows)
 
 
+def random_init(cfg: Config, data_dir: Path, out: Path) -> Path:
+    """Stage 0's checkpoint: random weights for the data's tokenizer, written once (by rank 0)."""
+    if dist.setup(cfg.pretrain.device).is_main and not checkpoint.exists(out):
+        model = pretrain.init_model(cfg.model, Tokenizer.load(data_dir), cfg.seed)
+        checkpoint.save(out, 0, model, tokenizer_file=data_dir / "tokenizer.json", meta={"stage": "init"})
+    dist.barrier()
+    return out
+
+
 def stage_init(ctx: RunContext) -> dict[str, Any]:
     """Stage 0: random weights. Its val loss should sit near ln(vocab) and its answers be gibberish."""
-    out = ctx.out / "init"
-    if ctx.info.is_main and not checkpoint.exists(out):
-        model = pretrain.init_model(ctx.cfg.model, ctx.tokenizer, ctx.cfg.seed)
-        checkpoint.save(out, 0, model, tokenizer_file=ctx.data_dir / "tokenizer.json", meta={"stage": "init"})
-    dist.barrier()
+    out = random_init(ctx.cfg, ctx.data_dir, ctx.out / "init")
     metrics = ctx.lm_metrics(out)
     vocab = ctx.tokenizer.vocab_size
     return {"metrics": {**metrics, "ln_vocab": float(torch.log(torch.tensor(float(vocab))))}, "checkpoint": out}

@@ -173,26 +173,15 @@ def instruction_requests(chunks: Sequence[Chunk], gen: Generator, cfg: SynthConf
             sizes = [min(cfg.pairs_per_request, cfg.pairs_per_chunk - i * cfg.pairs_per_request) for i in range(per)]
             asks = [(None, n, render_prompt(template, c.text, n)) for n in sizes]
         for i, (sentence, n, prompt) in enumerate(asks):
-            key = key_of(
-                "instruct",
-                c.source,
-                c.start,
-                c.end,
-                c.text,
-                i,
-                n,
-                sentence,
-                sha,
-                gen.name,
-                cfg.temperature,
-                cfg.top_p,
-                cfg.max_new_tokens,
-                cfg.seed,
-            )
+            sampling = (cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
+            key = key_of("instruct", c.source, c.start, c.end, c.text, i, n, sentence, sha, gen.name, *sampling)
+            # seeded by what is asked, not where the files are or which generator answers: a run moved or repeated
+            # elsewhere (or under torchrun) samples the same replies
+            seed = seed_of(key_of("instruct", Path(c.source).name, c.start, c.text, i, n, sentence, sha, *sampling))
             out.append(
                 {
                     "key": key,
-                    "seed": seed_of(key),
+                    "seed": seed,
                     "prompt": prompt,
                     "document": c.source,
                     "chunk": c.index,
@@ -377,8 +366,9 @@ def synth_preferences(
     requests = []
     for p in prompts:
         for i in range(k):
-            key = key_of("prefs", p, i, gen.name, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
-            requests.append({"key": key, "seed": seed_of(key), "prompt": p, "sample": i, "generator": gen.name})
+            sampling = (cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
+            key, seed = key_of("prefs", p, i, gen.name, *sampling), seed_of(key_of("prefs", p, i, *sampling))
+            requests.append({"key": key, "seed": seed, "prompt": p, "sample": i, "generator": gen.name})
     done = run_requests(requests, gen, cfg, files["raw"], report, desc="synth prefs", progress=progress)
     answers: dict[str, list[dict[str, Any]]] = {p: [] for p in prompts}
     for r in requests:
