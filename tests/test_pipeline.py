@@ -95,10 +95,10 @@ def test_synth_stage_that_keeps_nothing_keeps_sfts_model(run, stages):
 def test_preference_stages_report_what_their_training_logged(run, stages):
     reward = jsonl(run / "reward" / "metrics.jsonl")
     assert stages["reward"]["heldout_acc"] == [r["val_accuracy"] for r in reward if "val_accuracy" in r][-1]
-    # DPO's implicit reward of chosen over rejected starts at exactly 0 (policy = reference) and rises on held-out pairs
+    # DPO's implicit reward of chosen over rejected starts at 0 (policy = reference) and rises on held-out pairs
     dpo = jsonl(run / "dpo" / "metrics.jsonl")
     assert (
-        dpo[0]["rewards/margins"] == 0.0
+        abs(dpo[0]["rewards/margins"]) < 1e-5
         and [r for r in dpo if "val_rewards/margins" in r][-1]["val_rewards/margins"] > 0
     )
     ppo = stages["ppo"]
