@@ -23,21 +23,20 @@ Rollouts come from the KV-cache sampler: prompts left-padded, each completion st
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint, lora
-from fromzero.data.loader import GlobalOrder
 from fromzero.data.tasks import Task, TaskSources, encode_prompt
 from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
 from fromzero.eval.reasoning import grade, sample_completions
-from fromzero.generate import Engine, SamplingConfig, row_seed
+from fromzero.generate import Engine, row_seed
 from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.rewards import (
@@ -51,7 +50,7 @@ from fromzero.rewards import (
 )
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
-from fromzero.train.loop import RolloutConfig
+from fromzero.train.rollout import Position, RolloutConfig, RolloutSource, collate, token_logps
 
 LossType = Literal["grpo", "dr_grpo", "dapo"]
 
@@ -190,21 +189,6 @@ def grpo_loss(
     return loss, metrics
 
 
-def token_logps(
-    model: nn.Module, ids: torch.Tensor, temperature: float, keep: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(token | prefix) [B, T-1] of each next token at the sampling temperature, and the log-softmax it
-    came from: [B, T-1, V], or with `keep` (bool [B, T-1], the tokens that count) [N, V] at those tokens only, in
-    row-major order. With `keep` the LM head and the softmax skip the other positions (a prompt's), whose
-    log-probs are returned as 0."""
-    targets = ids[:, 1:]
-    log_probs = (model(ids[:, :-1], keep=keep).float() / temperature).log_softmax(-1)
-    if keep is None:
-        return log_probs.gather(-1, targets[..., None]).squeeze(-1), log_probs
-    chosen = log_probs.gather(-1, targets[keep][:, None]).squeeze(-1)
-    return torch.zeros(targets.shape, dtype=chosen.dtype, device=chosen.device).masked_scatter(keep, chosen), log_probs
-
-
 # ---------------------------------------------------------------------------
 # Rollouts
 
@@ -224,25 +208,17 @@ class Group:
         return max(self.rewards) == min(self.rewards)
 
 
-# (input ids [B, T], completion mask [B, T], advantages [B], sampling log-probs [B, T-1] or None,
-#  reference log-probs [B, T-1] or None, the micro-batch's weight in the step, rollout metrics)
-MicroBatch = tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float, dict[str, float]
-]
+class GRPOMicroBatch(NamedTuple):
+    input_ids: torch.Tensor  # [B, T] prompt + completion, right-padded
+    completion_mask: torch.Tensor  # [B, T] completion tokens (off for groups left out)
+    advantages: torch.Tensor  # [B]
+    old_logps: torch.Tensor | None  # [B, T-1] under the sampling policy; None with num_iterations = 1
+    ref_logps: torch.Tensor | None  # [B, T-1] under the reference; None with beta = 0
+    weight: float | None  # the share of the step's objective (loop.BatchSource); None: an equal share
+    metrics: dict[str, float]  # the rollout's
 
 
-def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt + completion right-padded ([B, T] ids) and the mask of completion tokens (off for rows left out)."""
-    width = max(len(p) + len(c) for p, c, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (prompt, completion, keep) in enumerate(rows):
-        ids[i, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
-        mask[i, len(prompt) : len(prompt) + len(completion)] = keep
-    return ids, mask
-
-
-class RolloutBatches:
+class GRPOBatches(RolloutSource):
     """The loop's batch source: samples completions from the policy being trained, scores them and serves them
     as micro-batches, a fresh rollout every num_iterations optimizer steps.
 
@@ -265,43 +241,26 @@ class RolloutBatches:
         weights: Mapping[str, float],
         info: DistInfo,
     ):
-        self.cfg, self.policy, self.reference, self.tok, self.tasks = cfg, policy, reference, tok, tasks
+        super().__init__(cfg, len(tasks), cfg.prompts_per_step, cfg.num_iterations, tok, info)
+        self.cfg: GRPOConfig = cfg
+        self.policy, self.reference, self.tasks = policy, reference, tasks
         self.engine = Engine(policy, tok)
-        self.rewards, self.weights, self.device = rewards, weights, info.device
+        self.rewards, self.weights = rewards, weights
         self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
-        self.prompts_per_rank, self.info = cfg.prompts_per_step // info.world_size, info
-        self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
-        self.order = GlobalOrder(
-            len(tasks), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size
-        )
-        self.sampling = SamplingConfig(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,)
-        )
         self.stats = RewardStats()
-        self.calls = 0
-        self.rollout: list[MicroBatch] = []
+        self.rollout: list[GRPOMicroBatch] = []
 
-    def next_batch(self) -> MicroBatch:
-        if self.calls % (self.accumulation * self.cfg.num_iterations) == 0:
-            self.rollout = self._rollout()
-        batch = self.rollout[self.calls % self.accumulation]
-        self.calls += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout}
+    def _serve(self, at: Position) -> GRPOMicroBatch:
+        return self.rollout[at.micro]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])
-        self.calls, self.rollout = state["calls"], state["rollout"]
+        super().load_state_dict(state)
+        self.rollout = [GRPOMicroBatch(*batch) for batch in self.rollout]
 
     def _sample(self, indices: list[int], round_: int) -> list[Group]:
         """This rank's groups for `indices`, then every rank's, in rank order (the order of one process)."""
-        G, rollout, first = (
-            self.cfg.num_generations,
-            self.calls // (self.accumulation * self.cfg.num_iterations),
-            self.info.rank * len(indices),
-        )
+        G, first = self.cfg.num_generations, self.info.rank * len(indices)
+        rollout = self.position().rollout
         tasks = [self.tasks[i] for i in indices for _ in range(G)]
         prompts = [self.prompts[i] for i in indices for _ in range(G)]
         seeds = [
@@ -331,7 +290,7 @@ class RolloutBatches:
         return [g for part in all_gather_objects(groups) for g in part]
 
     @torch.no_grad()
-    def _rollout(self) -> list[MicroBatch]:
+    def _rollout(self) -> list[GRPOMicroBatch]:
         start, failures = time.perf_counter(), self.stats.failures
         was_training = self.policy.training
         self.policy.eval()
@@ -354,17 +313,15 @@ class RolloutBatches:
         failed = sum(all_gather_objects(self.stats.failures - failures))
         metrics.update({"reward/failures": float(failed), "rollout_time": time.perf_counter() - start})
         mb, world = self.micro_batch, self.info.world_size
-        # "dapo" weighs every completion token of the step the same: each micro-batch's token mean is scaled by
-        # its share of the step's tokens (the loop divides by the number of micro-batches)
+        # "dapo" weighs every completion token of the step the same: each micro-batch's token mean counts by its
+        # share of the step's tokens (with none left, every micro-batch's loss is 0: equal shares then)
         tokens = [len(c) if keep else 0 for _, c, keep in rows]
-        total = max(1, sum(tokens))
-        batches: list[MicroBatch] = []
+        total = sum(tokens)
+        batches: list[GRPOMicroBatch] = []
         for micro in range(self.accumulation):
             part = micro * world + self.info.rank  # this rank's share of the step's micro-batches
             chosen = order[part * mb : (part + 1) * mb]
-            weight = 1.0
-            if self.cfg.loss_type == "dapo":  # (the loop also averages over ranks)
-                weight = self.accumulation * world * sum(tokens[j] for j in chosen) / total
+            weight = sum(tokens[j] for j in chosen) / total if self.cfg.loss_type == "dapo" and total else None
             ids, mask = collate([rows[j] for j in chosen], self.tok.pad_id)
             old = ref = None
             ids_d, keep = ids.to(self.device), mask[:, 1:].to(self.device)
@@ -373,7 +330,7 @@ class RolloutBatches:
                     old = token_logps(self.policy, ids_d, self.cfg.temperature, keep)[0]
                 if self.reference is not None:
                     ref = token_logps(self.reference, ids_d, self.cfg.temperature, keep)[0]
-            batches.append((ids, mask, advantages[chosen], old, ref, weight, metrics))
+            batches.append(GRPOMicroBatch(ids, mask, advantages[chosen], old, ref, weight, metrics))
         self.policy.train(was_training)
         return batches
 
@@ -394,16 +351,15 @@ class RolloutBatches:
 
 
 def grpo_loss_fn(cfg: GRPOConfig):
-    def loss_fn(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, mask, advantages, old, ref, weight, rollout_metrics = batch
+    def loss_fn(model: nn.Module, batch: GRPOMicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(model.parameters()).device
-        ids, mask, advantages = ids.to(device), mask[:, 1:].to(device), advantages.to(device)
+        ids, mask = batch.input_ids.to(device), batch.completion_mask[:, 1:].to(device)
         logp, log_probs = token_logps(model, ids, cfg.temperature, mask)  # log_probs: [completion tokens, V]
         loss, metrics = grpo_loss(
             logp,
-            logp.detach() if old is None else old,
-            ref,
-            advantages,
+            logp.detach() if batch.old_logps is None else batch.old_logps,
+            batch.ref_logps,
+            batch.advantages.to(device),
             mask,
             cfg.clip_eps,
             cfg.clip_eps_high,
@@ -413,7 +369,7 @@ def grpo_loss_fn(cfg: GRPOConfig):
         )
         with torch.no_grad():
             metrics["entropy"] = -(log_probs.exp() * log_probs).sum(-1).mean().item() if len(log_probs) else 0.0
-        return weight * loss, {**rollout_metrics, **metrics}
+        return loss, {**batch.metrics, **metrics}
 
     return loss_fn
 
@@ -500,7 +456,7 @@ def train(
             f"[grpo] {len(fitting)} training prompts ({len(tasks) - len(fitting)} too long dropped), {len(heldout)} "
             f"held out; rewards {weights}"
         )
-    batches = RolloutBatches(cfg, model, reference, tok, fitting, funcs, weights, info)
+    batches = GRPOBatches(cfg, model, reference, tok, fitting, funcs, weights, info)
     evaluate = pass_at_1_evaluator(cfg, tok, heldout, info) if heldout and cfg.eval_problems else None
     stage = loop.Stage("grpo", Path(out_dir), tok_file, info)
     return loop.run(cfg, stage, model, batches, grpo_loss_fn(cfg), evaluate=evaluate, resume=resume)
