@@ -38,6 +38,7 @@ from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
 from fromzero.train.loop import TrainConfig
+from fromzero.train.rollout import token_logps
 
 DPOLoss = Literal["sigmoid", "ipo"]
 
@@ -120,17 +121,16 @@ def sequence_logps(
     model: nn.Module, ids: torch.Tensor, answer_mask: torch.Tensor, average: bool = False
 ) -> torch.Tensor:
     """log π(answer | prompt) of each row [B]: the sum (or mean) over the masked answer tokens."""
-    logits = model(ids[:, :-1])
-    targets, mask = ids[:, 1:], answer_mask[:, 1:]
-    token_logps = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-    total = (token_logps * mask).sum(-1)
+    mask = answer_mask[:, 1:]
+    total = (token_logps(model, ids)[0] * mask).sum(-1)
     return total / mask.sum(-1) if average else total
 
 
 def _batch_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask, _, index = batch
+    """(chosen, rejected) sequence log-probs [B] of a batch of B pairs (data.preference.collate_pairs)."""
+    ids, answer_mask, _, index = batch
     device = next(model.parameters()).device
-    logps = sequence_logps(model, ids.to(device), mask.to(device), average)
+    logps = sequence_logps(model, ids.to(device), answer_mask.to(device), average)
     return logps[: len(index)], logps[len(index) :]
 
 
@@ -152,7 +152,8 @@ def reference_logps(
     with loop.autocast(cfg, device):
         for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, rank, world_size):
             chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
-            out[batch[3].to(device)] = torch.stack([chosen, rejected], dim=1).float()
+            _, _, _, index = batch
+            out[index.to(device)] = torch.stack([chosen, rejected], dim=1).float()
     model.train(was_training)
     return all_reduce_sum(out) if world_size > 1 else out
 
@@ -161,11 +162,12 @@ def dpo_loss_fn(cfg: DPOConfig, reference: torch.Tensor):
     average = cfg.loss == "ipo"
 
     def loss_fn(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        _, answer_mask, _, index = batch
         chosen, rejected = _batch_logps(model, batch, average)
-        ref = reference[batch[3].to(reference.device)]
+        ref = reference[index.to(reference.device)]
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
         if cfg.rpo_alpha:
-            n_tokens = batch[1][: len(chosen), 1:].sum(-1).to(chosen.device)
+            n_tokens = answer_mask[: len(chosen), 1:].sum(-1).to(chosen.device)
             nll = -(chosen if average else chosen / n_tokens).mean()
             loss = loss + cfg.rpo_alpha * nll
             metrics["nll_loss"] = nll.item()
@@ -182,7 +184,8 @@ def dpo_evaluator(cfg: DPOConfig, encoded: list[EncodedPair], reference: torch.T
         sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=reference.device)
         for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, info.rank, info.world_size):
             chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
-            ref = reference[batch[3].to(reference.device)]
+            _, _, _, index = batch
+            ref = reference[index.to(reference.device)]
             loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
             n = len(chosen)
             sums += torch.tensor(
