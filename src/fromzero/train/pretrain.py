@@ -14,7 +14,7 @@ from fromzero.eval.lm import lm_metrics
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
-from fromzero.train.loop import TrainConfig
+from fromzero.train.loop import TrainConfig, next_token_loss
 
 
 def init_model(model_cfg: ModelConfig, tokenizer: Tokenizer, seed: int) -> Transformer:
@@ -39,12 +39,6 @@ def lm_evaluator(
         return lm_metrics(model, batches, token_bytes)
 
     return evaluate
-
-
-def next_token_loss(model, batch):
-    x, y = batch
-    device = next(model.parameters()).device
-    return model(x.to(device), y.to(device)), {}
 
 
 def train(

@@ -19,7 +19,7 @@ from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
-from fromzero.train.loop import TrainConfig
+from fromzero.train.loop import TrainConfig, next_token_loss
 
 IGNORE = -100
 
@@ -116,12 +116,6 @@ class ConversationBatches:
         self.order.load_state_dict(state)
 
 
-def masked_loss(model, batch):
-    x, y = batch
-    device = next(model.parameters()).device
-    return model(x.to(device), y.to(device)), {}
-
-
 def load_conversations(cfg: SFTConfig) -> tuple[list[list[Message]], SourceStats]:
     stats = SourceStats()
     return list(iter_conversations(cfg.data, on_error=cfg.on_error, stats=stats)), stats
@@ -179,4 +173,4 @@ def train(
         else None
     )
     stage = loop.Stage("sft", Path(out_dir), tok_file, info)
-    return loop.run(cfg, stage, model, batches, masked_loss, evaluate=evaluate, resume=resume)
+    return loop.run(cfg, stage, model, batches, next_token_loss, evaluate=evaluate, resume=resume)
