@@ -32,11 +32,10 @@ from fromzero.data.preference import (
     encode_pairs,
     eval_batches,
 )
-from fromzero.dist import DistInfo, all_reduce_sum, setup
+from fromzero.dist import DistInfo, all_reduce_sum
 from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
-from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
+from fromzero.train import common, loop
 from fromzero.train.loop import TrainConfig
 from fromzero.train.rollout import token_logps
 
@@ -208,14 +207,10 @@ def train(
     log=print,
 ) -> Path:
     """Tune the (SFT) checkpoint at `init` on preference pairs with DPO; returns the final checkpoint."""
-    info = setup(cfg.device)
-    if resume and loop.is_done(out_dir):
-        return checkpoint.resolve(out_dir)
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = checkpoint.load_model(init, info.device)
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"dpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
+    tok_file, tok, model = common.load_init("dpo", cfg, init, info)
     if cfg.lora.enabled:  # B starts at zero: the reference log-probs below are the starting model's either way
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)

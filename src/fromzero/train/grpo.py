@@ -34,7 +34,7 @@ from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint, lora
 from fromzero.data.tasks import Task, TaskSources, encode_prompt
-from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
+from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
 from fromzero.eval.reasoning import grade, sample_completions
 from fromzero.generate import Engine, row_seed
 from fromzero.lora import LoRAConfig
@@ -49,7 +49,7 @@ from fromzero.rewards import (
     weighted_rewards,
 )
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
+from fromzero.train import common, loop
 from fromzero.train.rollout import Position, RolloutConfig, RolloutSource, collate, token_logps
 
 LossType = Literal["grpo", "dr_grpo", "dapo"]
@@ -417,9 +417,9 @@ def train(
     log=print,
 ) -> Path:
     """Tune the checkpoint at `init` with GRPO on tasks; returns the final checkpoint."""
-    info = setup(cfg.device)
-    if resume and loop.is_done(out_dir):
-        return checkpoint.resolve(out_dir)
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
     if cfg.prompts_per_step % info.world_size:  # each rank samples whole groups
         raise ValueError(
             f"grpo.prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} "
@@ -431,11 +431,7 @@ def train(
             "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
             "use parallel=ddp"
         )
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = checkpoint.load_model(init, info.device)
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"grpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    tok_file, tok, model = common.load_init("grpo", cfg, init, info)
     if cfg.lora.enabled:
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     # the reference is the starting model (with LoRA the frozen base, adapters off: no second copy); on resume the

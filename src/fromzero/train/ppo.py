@@ -39,11 +39,11 @@ from fromzero import checkpoint
 from fromzero.data.chat import Message, render
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.world_pref import GoldFn
-from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
+from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
 from fromzero.generate import Engine, row_seed
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop, sft
+from fromzero.train import common, loop, sft
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
 from fromzero.train.rollout import Position, RolloutConfig, RolloutSource, collate, logits_logps, token_logps
 
@@ -542,9 +542,9 @@ def train(
     eval_every steps (e.g. `reward_evaluator` on held-out prompts); ptx are the instruction conversations of
     ptx_coef's SFT loss (usually SFT's own).
     """
-    info = setup(cfg.device)
-    if resume and loop.is_done(out_dir):
-        return checkpoint.resolve(out_dir)
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
     cfg.micro_batch(info.world_size)  # each minibatch must split over the ranks: a one-line error before any loading
     if cfg.parallel == "fsdp" and info.world_size > 1:
         raise ValueError(
@@ -552,15 +552,11 @@ def train(
             "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
             "use parallel=ddp"
         )
-    tok_file = checkpoint.tokenizer_file(init)
-    if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
+    if checkpoint.tokenizer_file(reward_model).read_bytes() != checkpoint.tokenizer_file(init).read_bytes():
         raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
-    tok = Tokenizer.load(tok_file)
-    policy = checkpoint.load_model(init, info.device)
+    tok_file, tok, policy = common.load_init("ppo", cfg, init, info, whose="policy")
     value = load_reward_model(reward_model, info.device)
-    for name, m in (("policy", policy), ("reward model", value)):
-        if m.cfg.max_seq_len < cfg.seq_len:
-            raise ValueError(f"ppo.seq_len={cfg.seq_len} exceeds the {name}'s max_seq_len={m.cfg.max_seq_len}")
+    common.check_seq_len("ppo", cfg, value, "reward model")
     scorer = load_reward_model(reward_model, info.device).eval().requires_grad_(False)
     # the reference is the starting model: on resume the loop reloads the policy from the checkpoint, not this
     reference = checkpoint.load_model(init, info.device).eval().requires_grad_(False) if cfg.kl_coef > 0 else None

@@ -51,12 +51,12 @@ from fromzero.data.preference import (
     encode_pairs,
     eval_batches,
 )
-from fromzero.dist import all_reduce_sum, setup
+from fromzero.dist import all_reduce_sum
 from fromzero.generate import Engine, SamplingConfig
 from fromzero.lora import LoRAConfig
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import SIDECAR_FILES, SPECIAL_TOKENS, Tokenizer
-from fromzero.train import loop
+from fromzero.train import common, loop
 from fromzero.train.loop import TrainConfig
 
 
@@ -293,14 +293,12 @@ def train(
     log=print,
 ) -> Path:
     """Train a reward model from the (SFT) checkpoint at `init`; returns the final checkpoint."""
-    info = setup(cfg.device)
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = RewardModel.from_lm(
-        checkpoint.load_model(init), cfg.likelihood, answer_marker(tok) if cfg.likelihood else (ASSISTANT_ID,)
-    )
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"reward.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
+    tok_file, tok, lm = common.load_init("reward", cfg, init, info)
+    model = RewardModel.from_lm(lm, cfg.likelihood, answer_marker(tok) if cfg.likelihood else (ASSISTANT_ID,))
+    del lm  # copied into the reward model: not held through training
     if cfg.lora.enabled:
         heads = ("score", "gate") if model.gate is not None else ("score",)
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed, modules_to_save=heads)

@@ -14,11 +14,11 @@ from fromzero.data.chat import Message, render
 from fromzero.data.instruct import iter_conversations
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.sources import SourceStats
-from fromzero.dist import all_reduce_sum, setup
+from fromzero.dist import all_reduce_sum
 from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
+from fromzero.train import common, loop
 from fromzero.train.loop import TrainConfig, next_token_loss
 
 IGNORE = -100
@@ -141,12 +141,10 @@ def train(
     cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_dir: Path, *, resume: bool = False, log=print
 ) -> Path:
     """Fine-tune the checkpoint at `init` on conversations; returns the final checkpoint."""
-    info = setup(cfg.device)
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = checkpoint.load_model(init)
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"sft.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
+    tok_file, tok, model = common.load_init("sft", cfg, init, info)
     if cfg.lora.enabled:
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     shuffled = list(conversations)
