@@ -14,12 +14,10 @@ next-token loss on the chosen answers (RPO, Pang et al. 2024; Llama 3 did the sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fromzero import checkpoint, lora
 from fromzero.data.preference import (
@@ -27,60 +25,15 @@ from fromzero.data.preference import (
     PairBatch,
     PairBatches,
     PreferencePair,
-    PreferenceSources,
     describe_encoding,
     encode_pairs,
     eval_batches,
 )
 from fromzero.dist import DistInfo, all_reduce_sum
-from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.train import common, loop
-from fromzero.train.loop import TrainConfig
+from fromzero.train.configs import DPOConfig, DPOLoss
 from fromzero.train.rollout import token_logps
-
-DPOLoss = Literal["sigmoid", "ipo"]
-
-
-class DPOConfig(TrainConfig, PreferenceSources):
-    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model (KL coefficient)")
-    loss: DPOLoss = Field("sigmoid", description="sigmoid: DPO; ipo: IPO's squared loss on per-token averages")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="sigmoid only: assumed share of flipped labels (cDPO)"
-    )
-    rpo_alpha: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the next-token loss on chosen answers (RPO), which keeps "
-        "DPO from lowering their likelihood along with the rejected ones'",
-    )
-    lora: LoRAConfig = Field(
-        default_factory=LoRAConfig,
-        description="low-rank adapters on the frozen model (r > 0) instead of full fine-tuning",
-    )
-    batch_tokens: int = Field(
-        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
-    )
-    micro_batch_size: int = Field(
-        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
-    )
-    seq_len: int = Field(
-        128,
-        ge=4,
-        description="longest sequence; longer pairs are cut to it (the prompt's start, "
-        "then the answers' ends: see max_prompt_len)",
-    )
-    steps: PositiveInt = 200
-    lr: PositiveFloat = 2e-4
-    warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
-
-    @model_validator(mode="after")
-    def _smoothing_is_for_sigmoid(self) -> DPOConfig:
-        if self.loss == "ipo" and self.label_smoothing:
-            raise ValueError("label_smoothing applies to the sigmoid loss only")
-        return self
 
 
 def dpo_loss(

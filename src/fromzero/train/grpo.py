@@ -26,18 +26,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint, lora
-from fromzero.data.tasks import Task, TaskSources, encode_prompt
+from fromzero.data.tasks import Task, encode_prompt
 from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
 from fromzero.eval.reasoning import grade, sample_completions
 from fromzero.generate import Engine, row_seed
-from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.rewards import (
     RewardFn,
@@ -50,72 +48,8 @@ from fromzero.rewards import (
 )
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import common, loop
-from fromzero.train.rollout import Position, RolloutConfig, RolloutSource, collate, token_logps
-
-LossType = Literal["grpo", "dr_grpo", "dapo"]
-
-
-class GRPOConfig(RolloutConfig, TaskSources):
-    num_generations: int = Field(8, ge=2, description="completions sampled per prompt (G): the group")
-    prompts_per_step: int = Field(
-        8,
-        ge=1,
-        description="prompts per optimizer step over all ranks; a step trains "
-        "on prompts_per_step × num_generations completions",
-    )
-    max_new_tokens: int = Field(64, ge=1, description="longest completion")
-    beta: float = Field(0.04, ge=0, description="KL coefficient towards the reference model; 0 drops the reference")
-    clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
-    clip_eps_high: float | None = Field(None, gt=0, description="upper clip ε_high (DAPO clip-higher); None: clip_eps")
-    scale_rewards: bool = Field(True, description="divide advantages by their group's std (Dr. GRPO: off)")
-    loss_type: LossType = Field(
-        "grpo",
-        description="grpo: token mean per completion; dr_grpo: token sum over "
-        "completions × max_new_tokens; dapo: token mean over the batch",
-    )
-    num_iterations: int = Field(1, ge=1, description="optimizer steps per rollout (μ)")
-    filter_zero_std: bool = Field(
-        False,
-        description="leave out groups whose rewards are all equal, sampling more "
-        "prompts in their place (DAPO dynamic sampling)",
-    )
-    max_sampling_rounds: int = Field(3, ge=1, description="filter_zero_std: most rounds of prompts sampled per rollout")
-    reward_funcs: list[str] = Field(
-        default_factory=lambda: ["accuracy"],
-        description="reward functions: accuracy, "
-        "equations (share of true equations in the working), format (<think>/<answer> "
-        "tags), or package.module:function",
-    )
-    reward_weights: list[float] | None = Field(None, description="weight of each reward function; None: all 1")
-    overlong_buffer: int = Field(
-        0, ge=0, description="DAPO soft overlong penalty over the last N tokens before max_new_tokens; 0: off"
-    )
-    system_prompt: str | None = Field(None, description="system message before every problem")
-    lora: LoRAConfig = Field(
-        default_factory=LoRAConfig,
-        description="low-rank adapters on the frozen model (r > 0) "
-        "instead of full fine-tuning; the KL reference is then the base with the adapters off",
-    )
-    eval_problems: int = Field(
-        100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation"
-    )
-    seq_len: int = Field(256, ge=2, description="longest prompt + completion; longer prompts are dropped")
-    lr: PositiveFloat = 2e-5
-
-    def step_shape(self) -> tuple[int, str]:
-        return (
-            self.prompts_per_step * self.num_generations * self.seq_len,
-            "prompts_per_step × num_generations × seq_len",
-        )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> GRPOConfig:
-        if self.clip_eps_high is not None and self.clip_eps_high < self.clip_eps:
-            raise ValueError(f"clip_eps_high ({self.clip_eps_high}) is below clip_eps ({self.clip_eps})")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs")
-        return self
-
+from fromzero.train.configs import GRPOConfig, LossType
+from fromzero.train.rollout import Position, RolloutSource, collate, token_logps
 
 # ---------------------------------------------------------------------------
 # The loss: pure tensor functions

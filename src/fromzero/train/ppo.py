@@ -28,12 +28,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint
 from fromzero.data.chat import Message, render
@@ -44,81 +43,9 @@ from fromzero.generate import Engine, row_seed
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import common, loop, sft
+from fromzero.train.configs import KLEstimator, PPOConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
-from fromzero.train.rollout import Position, RolloutConfig, RolloutSource, collate, logits_logps, token_logps
-
-KLEstimator = Literal["k1", "k3"]
-
-
-class PPOConfig(RolloutConfig):
-    prompts_per_rollout: int = Field(
-        32,
-        ge=1,
-        description="prompts answered per rollout over all ranks, one answer "
-        "each; a rollout serves ppo_epochs × num_minibatches optimizer steps",
-    )
-    max_new_tokens: int = Field(48, ge=1, description="longest answer")
-    kl_coef: float = Field(
-        0.05,
-        ge=0,
-        description="β: weight of the per-token KL to the reference in the reward (the "
-        "first value with adaptive_kl); 0 drops the reference",
-    )
-    kl_estimator: KLEstimator = Field(
-        "k1",
-        description="per-token KL in the reward: k1 = log π/π_ref (unbiased, "
-        "negative on some tokens) or k3 = (r - 1) - log r, r = π_ref/π (never negative)",
-    )
-    adaptive_kl: bool = Field(False, description="steer β after each rollout towards kl_target (Ziegler et al. 2019)")
-    kl_target: float = Field(6.0, gt=0, description="adaptive_kl: the KL per answer (nats) that β steers towards")
-    kl_horizon: int = Field(
-        10000, ge=1, description="adaptive_kl: answers over which β changes by at most a factor of about e^0.2"
-    )
-    gamma: float = Field(1.0, ge=0, le=1, description="discount per answer token")
-    lam: float = Field(
-        0.95,
-        ge=0,
-        le=1,
-        description="GAE λ: 0 bootstraps from the next value (low variance, biased "
-        "by the value model), 1 is the whole return minus the value",
-    )
-    whiten_advantages: bool = Field(True, description="shift and scale each rollout's advantages to mean 0, std 1")
-    clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
-    clip_eps_value: float = Field(
-        0.2, gt=0, description="value predictions further than this from the rollout's are clipped in the value loss"
-    )
-    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss beside the policy loss")
-    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout")
-    num_minibatches: int = Field(2, ge=1, description="minibatches per pass, an optimizer step each")
-    missing_eos_penalty: float | None = Field(
-        None, ge=0, description="subtracted from the score of answers that never close with <|end|>; None: no penalty"
-    )
-    ptx_coef: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the SFT loss on instruction conversations added to every "
-        "micro-batch's loss (PPO-ptx); 0: PPO alone",
-    )
-    ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
-    lr: PositiveFloat = 3e-5
-
-    def step_shape(self) -> tuple[int, str]:
-        return (
-            self.prompts_per_rollout // self.num_minibatches * self.seq_len,
-            "prompts_per_rollout / num_minibatches × seq_len (a minibatch per step)",
-        )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PPOConfig:
-        if self.prompts_per_rollout % self.num_minibatches:
-            raise ValueError(
-                f"prompts_per_rollout ({self.prompts_per_rollout}) must split into num_minibatches "
-                f"({self.num_minibatches}) equal minibatches"
-            )
-        if self.adaptive_kl and self.kl_coef == 0:
-            raise ValueError("adaptive_kl scales kl_coef, which is 0; start it above 0")
-        return self
-
+from fromzero.train.rollout import Position, RolloutSource, collate, logits_logps, token_logps
 
 # ---------------------------------------------------------------------------
 # The loss: pure tensor functions. Per-token tensors are [B, T]; mask is true on answer tokens.

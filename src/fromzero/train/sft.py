@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from fromzero import checkpoint, lora
 from fromzero.data.chat import Message, render
@@ -15,31 +14,13 @@ from fromzero.data.instruct import iter_conversations
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.sources import SourceStats
 from fromzero.dist import all_reduce_sum
-from fromzero.lora import LoRAConfig
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import common, loop
-from fromzero.train.loop import TrainConfig, next_token_loss
+from fromzero.train.configs import SFTConfig
+from fromzero.train.loop import next_token_loss
 
 IGNORE = -100
-
-
-class SFTConfig(TrainConfig):
-    data: list[str] = Field(
-        default_factory=list,
-        description="instruction files (jsonl/json/parquet/datasets); empty: the built-in world's instructions",
-    )
-    on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
-    val_fraction: float = Field(0.02, ge=0, lt=1, description="conversations held out for the validation loss")
-    lora: LoRAConfig = Field(
-        default_factory=LoRAConfig,
-        description="low-rank adapters on the frozen model (r > 0) instead of full fine-tuning",
-    )
-    steps: PositiveInt = 300
-    lr: PositiveFloat = 1e-3
-    warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
 
 
 Example = tuple[list[int], list[bool]]
