@@ -240,9 +240,8 @@ class GRPOBatches(RolloutSource):
         rewards = torch.tensor([r for g in groups for r in g.rewards])
         advantages = group_advantages(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
         rows = [(g.prompt, c, not (self.cfg.filter_zero_std and g.zero_std)) for g in groups for c in g.completions]
-        order = sorted(
-            range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1])
-        )  # less padding per micro-batch
+        lengths = [len(prompt) + len(completion) for prompt, completion, _ in rows]
+        order = sorted(range(len(rows)), key=lengths.__getitem__)  # less padding per micro-batch
         metrics = self._metrics(sampled)
         failed = sum(all_gather_objects(self.stats.failures - failures))
         metrics.update({"reward/failures": float(failed), "rollout_time": time.perf_counter() - start})

@@ -409,10 +409,10 @@ def ppo_loss_fn(cfg: PPOConfig):
         metrics.update(vf_metrics, policy_loss=policy_loss.item(), value_loss=vf_loss.item(), entropy=entropy.item())
         loss = policy_loss + cfg.vf_coef * vf_loss
         if ptx_loss is not None:
-            # the loop weighs this loss by its token share; the ptx term's share is every micro-batch's the same
-            ptx_share = batch.ptx_weight / batch.weight
-            loss = loss + cfg.ptx_coef * ptx_loss * ptx_share
-            metrics["ptx_loss"] = ptx_loss.item() * ptx_share
+            # the loop scales all of the loss by batch.weight (a token share); the ptx term's share is ptx_weight
+            relative = batch.ptx_weight / batch.weight
+            loss = loss + cfg.ptx_coef * ptx_loss * relative
+            metrics["ptx_loss"] = ptx_loss.item() * relative
         return loss, {**batch.metrics, **metrics}
 
     return loss_fn
