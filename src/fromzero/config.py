@@ -21,12 +21,8 @@ from fromzero.data.world_pref import PreferenceConfig
 from fromzero.model import ModelConfig
 from fromzero.synth.config import SynthConfig
 from fromzero.tokenizer import SPECIAL_TOKENS
-from fromzero.train.dpo import DPOConfig
-from fromzero.train.grpo import GRPOConfig
+from fromzero.train.configs import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig
 from fromzero.train.loop import TrainConfig
-from fromzero.train.ppo import PPOConfig
-from fromzero.train.reward import RewardConfig
-from fromzero.train.sft import SFTConfig
 
 
 class ConfigError(ValueError):

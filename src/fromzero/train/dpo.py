@@ -14,12 +14,10 @@ next-token loss on the chosen answers (RPO, Pang et al. 2024; Llama 3 did the sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fromzero import checkpoint, lora
 from fromzero.data.preference import (
@@ -27,60 +25,15 @@ from fromzero.data.preference import (
     PairBatch,
     PairBatches,
     PreferencePair,
-    PreferenceSources,
     describe_encoding,
     encode_pairs,
     eval_batches,
 )
-from fromzero.dist import DistInfo, all_reduce_sum, setup
-from fromzero.lora import LoRAConfig
+from fromzero.dist import DistInfo, all_reduce_sum
 from fromzero.model import Transformer
-from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
-from fromzero.train.loop import TrainConfig
-
-DPOLoss = Literal["sigmoid", "ipo"]
-
-
-class DPOConfig(TrainConfig, PreferenceSources):
-    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model (KL coefficient)")
-    loss: DPOLoss = Field("sigmoid", description="sigmoid: DPO; ipo: IPO's squared loss on per-token averages")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="sigmoid only: assumed share of flipped labels (cDPO)"
-    )
-    rpo_alpha: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the next-token loss on chosen answers (RPO), which keeps "
-        "DPO from lowering their likelihood along with the rejected ones'",
-    )
-    lora: LoRAConfig = Field(
-        default_factory=LoRAConfig,
-        description="low-rank adapters on the frozen model (r > 0) instead of full fine-tuning",
-    )
-    batch_tokens: int = Field(
-        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
-    )
-    micro_batch_size: int = Field(
-        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
-    )
-    seq_len: int = Field(
-        128,
-        ge=4,
-        description="longest sequence; longer pairs are cut to it (the prompt's start, "
-        "then the answers' ends: see max_prompt_len)",
-    )
-    steps: PositiveInt = 200
-    lr: PositiveFloat = 2e-4
-    warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
-
-    @model_validator(mode="after")
-    def _smoothing_is_for_sigmoid(self) -> DPOConfig:
-        if self.loss == "ipo" and self.label_smoothing:
-            raise ValueError("label_smoothing applies to the sigmoid loss only")
-        return self
+from fromzero.train import common, loop
+from fromzero.train.configs import DPOConfig, DPOLoss
+from fromzero.train.rollout import token_logps
 
 
 def dpo_loss(
@@ -120,17 +73,16 @@ def sequence_logps(
     model: nn.Module, ids: torch.Tensor, answer_mask: torch.Tensor, average: bool = False
 ) -> torch.Tensor:
     """log π(answer | prompt) of each row [B]: the sum (or mean) over the masked answer tokens."""
-    logits = model(ids[:, :-1])
-    targets, mask = ids[:, 1:], answer_mask[:, 1:]
-    token_logps = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-    total = (token_logps * mask).sum(-1)
+    mask = answer_mask[:, 1:]
+    total = (token_logps(model, ids)[0] * mask).sum(-1)
     return total / mask.sum(-1) if average else total
 
 
 def _batch_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask, _, index = batch
+    """(chosen, rejected) sequence log-probs [B] of a batch of B pairs (data.preference.collate_pairs)."""
+    ids, answer_mask, _, index = batch
     device = next(model.parameters()).device
-    logps = sequence_logps(model, ids.to(device), mask.to(device), average)
+    logps = sequence_logps(model, ids.to(device), answer_mask.to(device), average)
     return logps[: len(index)], logps[len(index) :]
 
 
@@ -152,7 +104,8 @@ def reference_logps(
     with loop.autocast(cfg, device):
         for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, rank, world_size):
             chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
-            out[batch[3].to(device)] = torch.stack([chosen, rejected], dim=1).float()
+            _, _, _, index = batch
+            out[index.to(device)] = torch.stack([chosen, rejected], dim=1).float()
     model.train(was_training)
     return all_reduce_sum(out) if world_size > 1 else out
 
@@ -161,11 +114,12 @@ def dpo_loss_fn(cfg: DPOConfig, reference: torch.Tensor):
     average = cfg.loss == "ipo"
 
     def loss_fn(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        _, answer_mask, _, index = batch
         chosen, rejected = _batch_logps(model, batch, average)
-        ref = reference[batch[3].to(reference.device)]
+        ref = reference[index.to(reference.device)]
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
         if cfg.rpo_alpha:
-            n_tokens = batch[1][: len(chosen), 1:].sum(-1).to(chosen.device)
+            n_tokens = answer_mask[: len(chosen), 1:].sum(-1).to(chosen.device)
             nll = -(chosen if average else chosen / n_tokens).mean()
             loss = loss + cfg.rpo_alpha * nll
             metrics["nll_loss"] = nll.item()
@@ -182,7 +136,8 @@ def dpo_evaluator(cfg: DPOConfig, encoded: list[EncodedPair], reference: torch.T
         sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=reference.device)
         for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, info.rank, info.world_size):
             chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
-            ref = reference[batch[3].to(reference.device)]
+            _, _, _, index = batch
+            ref = reference[index.to(reference.device)]
             loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
             n = len(chosen)
             sums += torch.tensor(
@@ -205,14 +160,10 @@ def train(
     log=print,
 ) -> Path:
     """Tune the (SFT) checkpoint at `init` on preference pairs with DPO; returns the final checkpoint."""
-    info = setup(cfg.device)
-    if resume and loop.is_done(out_dir):
-        return checkpoint.resolve(out_dir)
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = checkpoint.load_model(init, info.device)
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"dpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
+    tok_file, tok, model = common.load_init("dpo", cfg, init, info)
     if cfg.lora.enabled:  # B starts at zero: the reference log-probs below are the starting model's either way
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)

@@ -23,22 +23,19 @@ Rollouts come from the KV-cache sampler: prompts left-padded, each completion st
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint, lora
-from fromzero.data.loader import GlobalOrder
-from fromzero.data.tasks import Task, TaskSources, encode_prompt
-from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
+from fromzero.data.tasks import Task, encode_prompt
+from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
 from fromzero.eval.reasoning import grade, sample_completions
-from fromzero.generate import Engine, SamplingConfig, row_seed
-from fromzero.lora import LoRAConfig
+from fromzero.generate import Engine, row_seed
 from fromzero.model import Transformer
 from fromzero.rewards import (
     RewardFn,
@@ -50,73 +47,9 @@ from fromzero.rewards import (
     weighted_rewards,
 )
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
-from fromzero.train.loop import RolloutConfig
-
-LossType = Literal["grpo", "dr_grpo", "dapo"]
-
-
-class GRPOConfig(RolloutConfig, TaskSources):
-    num_generations: int = Field(8, ge=2, description="completions sampled per prompt (G): the group")
-    prompts_per_step: int = Field(
-        8,
-        ge=1,
-        description="prompts per optimizer step over all ranks; a step trains "
-        "on prompts_per_step × num_generations completions",
-    )
-    max_new_tokens: int = Field(64, ge=1, description="longest completion")
-    beta: float = Field(0.04, ge=0, description="KL coefficient towards the reference model; 0 drops the reference")
-    clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
-    clip_eps_high: float | None = Field(None, gt=0, description="upper clip ε_high (DAPO clip-higher); None: clip_eps")
-    scale_rewards: bool = Field(True, description="divide advantages by their group's std (Dr. GRPO: off)")
-    loss_type: LossType = Field(
-        "grpo",
-        description="grpo: token mean per completion; dr_grpo: token sum over "
-        "completions × max_new_tokens; dapo: token mean over the batch",
-    )
-    num_iterations: int = Field(1, ge=1, description="optimizer steps per rollout (μ)")
-    filter_zero_std: bool = Field(
-        False,
-        description="leave out groups whose rewards are all equal, sampling more "
-        "prompts in their place (DAPO dynamic sampling)",
-    )
-    max_sampling_rounds: int = Field(3, ge=1, description="filter_zero_std: most rounds of prompts sampled per rollout")
-    reward_funcs: list[str] = Field(
-        default_factory=lambda: ["accuracy"],
-        description="reward functions: accuracy, "
-        "equations (share of true equations in the working), format (<think>/<answer> "
-        "tags), or package.module:function",
-    )
-    reward_weights: list[float] | None = Field(None, description="weight of each reward function; None: all 1")
-    overlong_buffer: int = Field(
-        0, ge=0, description="DAPO soft overlong penalty over the last N tokens before max_new_tokens; 0: off"
-    )
-    system_prompt: str | None = Field(None, description="system message before every problem")
-    lora: LoRAConfig = Field(
-        default_factory=LoRAConfig,
-        description="low-rank adapters on the frozen model (r > 0) "
-        "instead of full fine-tuning; the KL reference is then the base with the adapters off",
-    )
-    eval_problems: int = Field(
-        100, ge=0, description="held-out problems answered greedily for pass@1 at each evaluation"
-    )
-    seq_len: int = Field(256, ge=2, description="longest prompt + completion; longer prompts are dropped")
-    lr: PositiveFloat = 2e-5
-
-    def step_shape(self) -> tuple[int, str]:
-        return (
-            self.prompts_per_step * self.num_generations * self.seq_len,
-            "prompts_per_step × num_generations × seq_len",
-        )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> GRPOConfig:
-        if self.clip_eps_high is not None and self.clip_eps_high < self.clip_eps:
-            raise ValueError(f"clip_eps_high ({self.clip_eps_high}) is below clip_eps ({self.clip_eps})")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs")
-        return self
-
+from fromzero.train import common, loop
+from fromzero.train.configs import GRPOConfig, LossType
+from fromzero.train.rollout import Position, RolloutSource, collate, token_logps
 
 # ---------------------------------------------------------------------------
 # The loss: pure tensor functions
@@ -190,21 +123,6 @@ def grpo_loss(
     return loss, metrics
 
 
-def token_logps(
-    model: nn.Module, ids: torch.Tensor, temperature: float, keep: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(token | prefix) [B, T-1] of each next token at the sampling temperature, and the log-softmax it
-    came from: [B, T-1, V], or with `keep` (bool [B, T-1], the tokens that count) [N, V] at those tokens only, in
-    row-major order. With `keep` the LM head and the softmax skip the other positions (a prompt's), whose
-    log-probs are returned as 0."""
-    targets = ids[:, 1:]
-    log_probs = (model(ids[:, :-1], keep=keep).float() / temperature).log_softmax(-1)
-    if keep is None:
-        return log_probs.gather(-1, targets[..., None]).squeeze(-1), log_probs
-    chosen = log_probs.gather(-1, targets[keep][:, None]).squeeze(-1)
-    return torch.zeros(targets.shape, dtype=chosen.dtype, device=chosen.device).masked_scatter(keep, chosen), log_probs
-
-
 # ---------------------------------------------------------------------------
 # Rollouts
 
@@ -224,25 +142,17 @@ class Group:
         return max(self.rewards) == min(self.rewards)
 
 
-# (input ids [B, T], completion mask [B, T], advantages [B], sampling log-probs [B, T-1] or None,
-#  reference log-probs [B, T-1] or None, the micro-batch's weight in the step, rollout metrics)
-MicroBatch = tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float, dict[str, float]
-]
+class GRPOMicroBatch(NamedTuple):
+    input_ids: torch.Tensor  # [B, T] prompt + completion, right-padded
+    completion_mask: torch.Tensor  # [B, T] completion tokens (off for groups left out)
+    advantages: torch.Tensor  # [B]
+    old_logps: torch.Tensor | None  # [B, T-1] under the sampling policy; None with num_iterations = 1
+    ref_logps: torch.Tensor | None  # [B, T-1] under the reference; None with beta = 0
+    weight: float | None  # the share of the step's objective (loop.BatchSource); None: an equal share
+    metrics: dict[str, float]  # the rollout's
 
 
-def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt + completion right-padded ([B, T] ids) and the mask of completion tokens (off for rows left out)."""
-    width = max(len(p) + len(c) for p, c, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (prompt, completion, keep) in enumerate(rows):
-        ids[i, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
-        mask[i, len(prompt) : len(prompt) + len(completion)] = keep
-    return ids, mask
-
-
-class RolloutBatches:
+class GRPOBatches(RolloutSource):
     """The loop's batch source: samples completions from the policy being trained, scores them and serves them
     as micro-batches, a fresh rollout every num_iterations optimizer steps.
 
@@ -265,43 +175,26 @@ class RolloutBatches:
         weights: Mapping[str, float],
         info: DistInfo,
     ):
-        self.cfg, self.policy, self.reference, self.tok, self.tasks = cfg, policy, reference, tok, tasks
+        super().__init__(cfg, len(tasks), cfg.prompts_per_step, cfg.num_iterations, tok, info)
+        self.cfg: GRPOConfig = cfg
+        self.policy, self.reference, self.tasks = policy, reference, tasks
         self.engine = Engine(policy, tok)
-        self.rewards, self.weights, self.device = rewards, weights, info.device
+        self.rewards, self.weights = rewards, weights
         self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
-        self.prompts_per_rank, self.info = cfg.prompts_per_step // info.world_size, info
-        self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
-        self.order = GlobalOrder(
-            len(tasks), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size
-        )
-        self.sampling = SamplingConfig(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,)
-        )
         self.stats = RewardStats()
-        self.calls = 0
-        self.rollout: list[MicroBatch] = []
+        self.rollout: list[GRPOMicroBatch] = []
 
-    def next_batch(self) -> MicroBatch:
-        if self.calls % (self.accumulation * self.cfg.num_iterations) == 0:
-            self.rollout = self._rollout()
-        batch = self.rollout[self.calls % self.accumulation]
-        self.calls += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout}
+    def _serve(self, at: Position) -> GRPOMicroBatch:
+        return self.rollout[at.micro]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])
-        self.calls, self.rollout = state["calls"], state["rollout"]
+        super().load_state_dict(state)
+        self.rollout = [GRPOMicroBatch(*batch) for batch in self.rollout]
 
     def _sample(self, indices: list[int], round_: int) -> list[Group]:
         """This rank's groups for `indices`, then every rank's, in rank order (the order of one process)."""
-        G, rollout, first = (
-            self.cfg.num_generations,
-            self.calls // (self.accumulation * self.cfg.num_iterations),
-            self.info.rank * len(indices),
-        )
+        G, first = self.cfg.num_generations, self.info.rank * len(indices)
+        rollout = self.position().rollout
         tasks = [self.tasks[i] for i in indices for _ in range(G)]
         prompts = [self.prompts[i] for i in indices for _ in range(G)]
         seeds = [
@@ -331,7 +224,7 @@ class RolloutBatches:
         return [g for part in all_gather_objects(groups) for g in part]
 
     @torch.no_grad()
-    def _rollout(self) -> list[MicroBatch]:
+    def _rollout(self) -> list[GRPOMicroBatch]:
         start, failures = time.perf_counter(), self.stats.failures
         was_training = self.policy.training
         self.policy.eval()
@@ -347,24 +240,21 @@ class RolloutBatches:
         rewards = torch.tensor([r for g in groups for r in g.rewards])
         advantages = group_advantages(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
         rows = [(g.prompt, c, not (self.cfg.filter_zero_std and g.zero_std)) for g in groups for c in g.completions]
-        order = sorted(
-            range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1])
-        )  # less padding per micro-batch
+        lengths = [len(prompt) + len(completion) for prompt, completion, _ in rows]
+        order = sorted(range(len(rows)), key=lengths.__getitem__)  # less padding per micro-batch
         metrics = self._metrics(sampled)
         failed = sum(all_gather_objects(self.stats.failures - failures))
         metrics.update({"reward/failures": float(failed), "rollout_time": time.perf_counter() - start})
         mb, world = self.micro_batch, self.info.world_size
-        # "dapo" weighs every completion token of the step the same: each micro-batch's token mean is scaled by
-        # its share of the step's tokens (the loop divides by the number of micro-batches)
+        # "dapo" weighs every completion token of the step the same: each micro-batch's token mean counts by its
+        # share of the step's tokens (with none left, every micro-batch's loss is 0: equal shares then)
         tokens = [len(c) if keep else 0 for _, c, keep in rows]
-        total = max(1, sum(tokens))
-        batches: list[MicroBatch] = []
+        total = sum(tokens)
+        batches: list[GRPOMicroBatch] = []
         for micro in range(self.accumulation):
             part = micro * world + self.info.rank  # this rank's share of the step's micro-batches
             chosen = order[part * mb : (part + 1) * mb]
-            weight = 1.0
-            if self.cfg.loss_type == "dapo":  # (the loop also averages over ranks)
-                weight = self.accumulation * world * sum(tokens[j] for j in chosen) / total
+            weight = sum(tokens[j] for j in chosen) / total if self.cfg.loss_type == "dapo" and total else None
             ids, mask = collate([rows[j] for j in chosen], self.tok.pad_id)
             old = ref = None
             ids_d, keep = ids.to(self.device), mask[:, 1:].to(self.device)
@@ -373,7 +263,7 @@ class RolloutBatches:
                     old = token_logps(self.policy, ids_d, self.cfg.temperature, keep)[0]
                 if self.reference is not None:
                     ref = token_logps(self.reference, ids_d, self.cfg.temperature, keep)[0]
-            batches.append((ids, mask, advantages[chosen], old, ref, weight, metrics))
+            batches.append(GRPOMicroBatch(ids, mask, advantages[chosen], old, ref, weight, metrics))
         self.policy.train(was_training)
         return batches
 
@@ -394,16 +284,15 @@ class RolloutBatches:
 
 
 def grpo_loss_fn(cfg: GRPOConfig):
-    def loss_fn(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, mask, advantages, old, ref, weight, rollout_metrics = batch
+    def loss_fn(model: nn.Module, batch: GRPOMicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(model.parameters()).device
-        ids, mask, advantages = ids.to(device), mask[:, 1:].to(device), advantages.to(device)
+        ids, mask = batch.input_ids.to(device), batch.completion_mask[:, 1:].to(device)
         logp, log_probs = token_logps(model, ids, cfg.temperature, mask)  # log_probs: [completion tokens, V]
         loss, metrics = grpo_loss(
             logp,
-            logp.detach() if old is None else old,
-            ref,
-            advantages,
+            logp.detach() if batch.old_logps is None else batch.old_logps,
+            batch.ref_logps,
+            batch.advantages.to(device),
             mask,
             cfg.clip_eps,
             cfg.clip_eps_high,
@@ -413,7 +302,7 @@ def grpo_loss_fn(cfg: GRPOConfig):
         )
         with torch.no_grad():
             metrics["entropy"] = -(log_probs.exp() * log_probs).sum(-1).mean().item() if len(log_probs) else 0.0
-        return weight * loss, {**rollout_metrics, **metrics}
+        return loss, {**batch.metrics, **metrics}
 
     return loss_fn
 
@@ -461,9 +350,9 @@ def train(
     log=print,
 ) -> Path:
     """Tune the checkpoint at `init` with GRPO on tasks; returns the final checkpoint."""
-    info = setup(cfg.device)
-    if resume and loop.is_done(out_dir):
-        return checkpoint.resolve(out_dir)
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
     if cfg.prompts_per_step % info.world_size:  # each rank samples whole groups
         raise ValueError(
             f"grpo.prompts_per_step ({cfg.prompts_per_step}) must split evenly over {info.world_size} "
@@ -475,11 +364,7 @@ def train(
             "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
             "use parallel=ddp"
         )
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = checkpoint.load_model(init, info.device)
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"grpo.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    tok_file, tok, model = common.load_init("grpo", cfg, init, info)
     if cfg.lora.enabled:
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     # the reference is the starting model (with LoRA the frozen base, adapters off: no second copy); on resume the
@@ -500,7 +385,7 @@ def train(
             f"[grpo] {len(fitting)} training prompts ({len(tasks) - len(fitting)} too long dropped), {len(heldout)} "
             f"held out; rewards {weights}"
         )
-    batches = RolloutBatches(cfg, model, reference, tok, fitting, funcs, weights, info)
+    batches = GRPOBatches(cfg, model, reference, tok, fitting, funcs, weights, info)
     evaluate = pass_at_1_evaluator(cfg, tok, heldout, info) if heldout and cfg.eval_problems else None
     stage = loop.Stage("grpo", Path(out_dir), tok_file, info)
     return loop.run(cfg, stage, model, batches, grpo_loss_fn(cfg), evaluate=evaluate, resume=resume)

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     field_validator,
-    model_validator,
 )
 from tqdm.auto import tqdm
 
@@ -151,52 +149,15 @@ class TrainConfig(BaseModel):
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class RolloutConfig(TrainConfig, ABC):
-    """What the RL stages (PPO, GRPO) share: answers sampled after each prompt within seq_len, and an optimizer
-    step whose batch_tokens follow from the rollout's shape (`step_shape`), never set by hand."""
-
-    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
-    rollout_precision: Literal["auto", "fp32", "bf16"] | None = Field(
-        None,
-        description="precision of sampling the answers; None: `precision`. On CPU a decode step of a few "
-        "rows is all per-op overhead, to which bf16 autocast adds casts: fp32 rollouts are faster there (BENCHMARKS.md)",
-    )
-    max_new_tokens: int = Field(64, ge=1, description="longest answer")
-    seq_len: int = Field(128, ge=2, description="longest prompt + answer; longer prompts are dropped")
-    micro_batch_size: int = Field(16, ge=1, description="answers per forward pass on one rank")
-    batch_tokens: int = Field(0, description="set from the rollout's shape; leave it unset")
-    steps: PositiveInt = 100
-    warmup_steps: NonNegativeInt = 5
-    schedule: Literal["cosine", "wsd", "constant"] = "constant"
-    weight_decay: NonNegativeFloat = 0.0
-    eval_every: PositiveInt = 25
-    checkpoint_every: PositiveInt = 25
-
-    @abstractmethod
-    def step_shape(self) -> tuple[int, str]:
-        """(tokens per optimizer step over all ranks, how they are made up, for the error message)."""
-
-    def _split_error(self, world_size: int) -> str:
-        rows = self.batch_tokens // self.seq_len
-        keys = self.step_shape()[1].split(" × seq_len")[0]
-        return f"{keys} = {rows} answers per step do not split over {world_size} ranks"
-
-    @model_validator(mode="after")
-    def _rollout_shape(self) -> RolloutConfig:
-        if self.max_new_tokens >= self.seq_len:
-            raise ValueError(
-                f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})"
-            )
-        tokens, made_of = self.step_shape()
-        if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
-            raise ValueError(f"batch_tokens is {made_of} = {tokens}; leave it unset")
-        self.batch_tokens = tokens
-        return self
-
-
 class BatchSource(Protocol):
-    """Yields this rank's micro-batches (tuples led by the input ids, which the loop counts as tokens);
-    its state is the data position saved in checkpoints."""
+    """Yields this rank's micro-batches: tuples led by the input ids (which the loop counts as tokens), and its
+    state is the data position saved in checkpoints.
+
+    How a step's micro-batches weigh: a micro-batch may carry a `weight` attribute, its share of the optimizer
+    step's objective over all accumulation steps and ranks (a step's shares sum to 1). Without one every micro-batch
+    has the same share, 1 / (accumulation steps × ranks). The step's objective, what is logged as its loss, is the
+    sum of each micro-batch's loss times its share; its metrics are weighted the same way.
+    """
 
     def next_batch(self) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -205,6 +166,16 @@ class BatchSource(Protocol):
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[Transformer], dict[str, float]]
+
+
+def next_token_loss(
+    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mean cross-entropy of (inputs, targets) micro-batches over the targets that count (not -100): packed
+    pretraining text and SFT's conversations alike."""
+    x, y = batch
+    device = next(model.parameters()).device
+    return model(x.to(device), y.to(device)), {}
 
 
 class TrainingDiverged(RuntimeError):
@@ -464,6 +435,12 @@ def _unsharded(model: nn.Module, fsdp: bool):
             unit.set_reshard_after_forward(True, recurse=False)
 
 
+def _weighted(x: Any, share: float | None, accum: int, world_size: int) -> Any:
+    """A micro-batch's loss or metric times its share of the step (BatchSource), times the ranks: DDP averages
+    gradients over ranks, and the log averages the step's sums over ranks."""
+    return x / accum if share is None else x * (share * world_size)
+
+
 def run(
     cfg: TrainConfig,
     stage: Stage,
@@ -591,15 +568,17 @@ def run(
                 model.set_requires_gradient_sync(sync)  # type: ignore[operator]
             with contextlib.nullcontext() if sync or fsdp else train_model.no_sync(), autocast(cfg, device):
                 loss, metrics = loss_fn(train_model, batch)
-            (loss / accum).backward()
-            loss_sum += loss.detach()
+            share = getattr(batch, "weight", None)
+            weighted = _weighted(loss, share, accum, info.world_size)
+            weighted.backward()
+            loss_sum += weighted.detach()
             for k, v in metrics.items():
-                extra[k] = extra.get(k, 0.0) + v / accum
+                extra[k] = extra.get(k, 0.0) + _weighted(v, share, accum, info.world_size)
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
         # one collective for the step's loss, tokens and every metric: what is logged is the mean over ranks
-        reduced = all_reduce_mean({**extra, "\0loss": (loss_sum / accum).item(), "\0tokens": float(tokens)}, device)
+        reduced = all_reduce_mean({**extra, "\0loss": loss_sum.item(), "\0tokens": float(tokens)}, device)
         step_loss, tokens = reduced.pop("\0loss"), reduced.pop("\0tokens") * info.world_size
         extra = reduced
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm.item())):

@@ -18,7 +18,7 @@ Policy and value model in the one loop. The loop trains one module with one Adam
 (TRL's PolicyAndValueWrapper does the same) and its forward runs both, so DDP sees every trained parameter used.
 Its state_dict is the policy's alone: every checkpoint the loop writes is a plain language-model checkpoint, which
 `checkpoint.load_model`, `fromzero chat`, GRPO and export read as they are. The value model's weights, which only a
-resumed PPO run needs, travel with the rollout state (`RolloutBatches.state_dict`), which the loop saves in
+resumed PPO run needs, travel with the rollout state (`PPOBatches.state_dict`), which the loop saves in
 trainer_state.pt beside the optimizer's moments for both models; resume is exact.
 """
 
@@ -28,98 +28,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveFloat, model_validator
 
 from fromzero import checkpoint
 from fromzero.data.chat import Message, render
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.world_pref import GoldFn
-from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum, setup
-from fromzero.generate import Engine, SamplingConfig, row_seed
+from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
+from fromzero.generate import Engine, row_seed
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop, sft
-from fromzero.train.grpo import collate, token_logps
-from fromzero.train.loop import RolloutConfig
+from fromzero.train import common, loop, sft
+from fromzero.train.configs import KLEstimator, PPOConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
-
-KLEstimator = Literal["k1", "k3"]
-
-
-class PPOConfig(RolloutConfig):
-    prompts_per_rollout: int = Field(
-        32,
-        ge=1,
-        description="prompts answered per rollout over all ranks, one answer "
-        "each; a rollout serves ppo_epochs × num_minibatches optimizer steps",
-    )
-    max_new_tokens: int = Field(48, ge=1, description="longest answer")
-    kl_coef: float = Field(
-        0.05,
-        ge=0,
-        description="β: weight of the per-token KL to the reference in the reward (the "
-        "first value with adaptive_kl); 0 drops the reference",
-    )
-    kl_estimator: KLEstimator = Field(
-        "k1",
-        description="per-token KL in the reward: k1 = log π/π_ref (unbiased, "
-        "negative on some tokens) or k3 = (r - 1) - log r, r = π_ref/π (never negative)",
-    )
-    adaptive_kl: bool = Field(False, description="steer β after each rollout towards kl_target (Ziegler et al. 2019)")
-    kl_target: float = Field(6.0, gt=0, description="adaptive_kl: the KL per answer (nats) that β steers towards")
-    kl_horizon: int = Field(
-        10000, ge=1, description="adaptive_kl: answers over which β changes by at most a factor of about e^0.2"
-    )
-    gamma: float = Field(1.0, ge=0, le=1, description="discount per answer token")
-    lam: float = Field(
-        0.95,
-        ge=0,
-        le=1,
-        description="GAE λ: 0 bootstraps from the next value (low variance, biased "
-        "by the value model), 1 is the whole return minus the value",
-    )
-    whiten_advantages: bool = Field(True, description="shift and scale each rollout's advantages to mean 0, std 1")
-    clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
-    clip_eps_value: float = Field(
-        0.2, gt=0, description="value predictions further than this from the rollout's are clipped in the value loss"
-    )
-    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss beside the policy loss")
-    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout")
-    num_minibatches: int = Field(2, ge=1, description="minibatches per pass, an optimizer step each")
-    missing_eos_penalty: float | None = Field(
-        None, ge=0, description="subtracted from the score of answers that never close with <|end|>; None: no penalty"
-    )
-    ptx_coef: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the SFT loss on instruction conversations added to every "
-        "micro-batch's loss (PPO-ptx); 0: PPO alone",
-    )
-    ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
-    lr: PositiveFloat = 3e-5
-
-    def step_shape(self) -> tuple[int, str]:
-        return (
-            self.prompts_per_rollout // self.num_minibatches * self.seq_len,
-            "prompts_per_rollout / num_minibatches × seq_len (a minibatch per step)",
-        )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PPOConfig:
-        if self.prompts_per_rollout % self.num_minibatches:
-            raise ValueError(
-                f"prompts_per_rollout ({self.prompts_per_rollout}) must split into num_minibatches "
-                f"({self.num_minibatches}) equal minibatches"
-            )
-        if self.adaptive_kl and self.kl_coef == 0:
-            raise ValueError("adaptive_kl scales kl_coef, which is 0; start it above 0")
-        return self
-
+from fromzero.train.rollout import Position, RolloutSource, collate, logits_logps, token_logps
 
 # ---------------------------------------------------------------------------
 # The loss: pure tensor functions. Per-token tensors are [B, T]; mask is true on answer tokens.
@@ -272,22 +198,32 @@ class Rollout:
     metrics: dict[str, float]
 
 
-# (input ids [B, W], answer mask, old log-probs, old values, advantages, returns [B, W-1], the micro-batch's weight
-#  in its minibatch, rollout metrics, ptx inputs and targets or None)
-MicroBatch = tuple[
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    float,
-    dict[str, float],
-    tuple[torch.Tensor, torch.Tensor] | None,
-]
+class PPOMicroBatch(NamedTuple):
+    """Rows of a rollout cut to their longest: per-token tensors are [B, W-1], aligned with input_ids[:, 1:]."""
+
+    input_ids: torch.Tensor  # [B, W]
+    answer_mask: torch.Tensor
+    old_logps: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    weight: float  # the share of the step's objective: of the minibatch's answer tokens (loop.BatchSource)
+    ptx_weight: float  # the share of the step's ptx loss: every micro-batch's the same
+    metrics: dict[str, float]  # the rollout's
+    ptx: tuple[torch.Tensor, torch.Tensor] | None  # instruction inputs and targets (sft.collate)
 
 
-class RolloutBatches:
+class _Answered(NamedTuple):
+    """A rollout row as the ranks exchange it: the prompt (index, ids), the answer, the reward model's score, and
+    the per-token log-probs, values and (with a reference) reference log-probs, cut to the row's length."""
+
+    prompt: tuple[int, list[int]]
+    answer: list[int]
+    score: float
+    per_token: list[torch.Tensor]
+
+
+class PPOBatches(RolloutSource):
     """The loop's batch source: answers prompts with the policy, scores and rewards the answers, and serves the
     rollout as micro-batches, ppo_epochs × num_minibatches optimizer steps per rollout.
 
@@ -314,85 +250,71 @@ class RolloutBatches:
         info: DistInfo,
         ptx: list[sft.Example] = (),
     ):
-        self.cfg, self.model, self.reference, self.reward_model, self.tok = cfg, model, reference, reward_model, tok
+        super().__init__(cfg, len(prompts), cfg.prompts_per_rollout, cfg.ppo_epochs * cfg.num_minibatches, tok, info)
+        self.cfg: PPOConfig = cfg
+        self.model, self.reference, self.reward_model = model, reference, reward_model
         self.ptx = list(ptx)
         self.ptx_order = (
             GlobalOrder(len(self.ptx), cfg.ptx_batch_size, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
             if self.ptx
             else None
         )
-        self.prompts, self.gold, self.device, self.info = prompts, gold, info.device, info
-        self.prompts_per_rank = cfg.prompts_per_rollout // info.world_size
+        self.prompts, self.gold = prompts, gold
         self.minibatch_size = cfg.prompts_per_rollout // cfg.num_minibatches
-        self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
-        self.calls_per_rollout = cfg.ppo_epochs * cfg.num_minibatches * self.accumulation
-        self.order = GlobalOrder(
-            len(prompts), self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size
-        )
-        self.sampling = SamplingConfig(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,)
-        )
         self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)  # only updated with adaptive_kl
-        self.calls = 0
         self.rollout: Rollout | None = None
 
-    def next_batch(self) -> MicroBatch:
-        index, call = divmod(self.calls, self.calls_per_rollout)
-        if call == 0:
-            self.rollout = self._rollout()
+    def _serve(self, at: Position) -> PPOMicroBatch:
         r = self.rollout
         assert r is not None
-        self.calls += 1
-        epoch, call = divmod(call, self.cfg.num_minibatches * self.accumulation)
-        minibatch, micro = divmod(call, self.accumulation)
-        order = np.random.default_rng([self.cfg.seed, index, epoch]).permutation(self.cfg.prompts_per_rollout).tolist()
-        rows = order[minibatch * self.minibatch_size : (minibatch + 1) * self.minibatch_size]
+        # the rollout's steps: ppo_epochs passes over its shuffled rows, each cut into num_minibatches minibatches
+        epoch, minibatch = divmod(at.step, self.cfg.num_minibatches)
+        shuffled = np.random.default_rng([self.cfg.seed, at.rollout, epoch]).permutation(self.cfg.prompts_per_rollout)
+        rows = shuffled.tolist()[minibatch * self.minibatch_size : (minibatch + 1) * self.minibatch_size]
         rows.sort(key=r.lengths.__getitem__)
         world = self.info.world_size
-        part = micro * world + self.info.rank  # this rank's share of the minibatch's micro-batches
+        part = at.micro * world + self.info.rank  # this rank's share of the minibatch's micro-batches
         chosen = rows[part * self.micro_batch : (part + 1) * self.micro_batch]
-        # the loop averages micro-batches over accumulation steps and ranks; weight each back up by its token share
         share = sum(r.answer_lengths[i] for i in chosen) / sum(r.answer_lengths[i] for i in rows)
-        weight = self.accumulation * world * share
         idx, cut = torch.tensor(chosen, device=r.ids.device), max(r.lengths[i] for i in chosen) - 1
         ptx = None
         if self.ptx_order is not None:
             x, y = sft.collate([self.ptx[i] for i in self.ptx_order.next_indices()], self.tok.pad_id)
             ptx = (x.to(self.device), y.to(self.device))
-        return (
-            r.ids[idx, : cut + 1],
-            r.mask[idx, :cut],
-            r.logps[idx, :cut],
-            r.values[idx, :cut],
-            r.advantages[idx, :cut],
-            r.returns[idx, :cut],
-            weight,
-            r.metrics,
-            ptx,
+        return PPOMicroBatch(
+            input_ids=r.ids[idx, : cut + 1],
+            answer_mask=r.mask[idx, :cut],
+            old_logps=r.logps[idx, :cut],
+            old_values=r.values[idx, :cut],
+            advantages=r.advantages[idx, :cut],
+            returns=r.returns[idx, :cut],
+            weight=share,
+            ptx_weight=1 / (self.accumulation * world),
+            metrics=r.metrics,
+            ptx=ptx,
         )
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "order": self.order.state_dict(),
-            "calls": self.calls,
-            "rollout": self.rollout,
+            **super().state_dict(),
             "kl_coef": self.kl.value,
             "value_model": self.model.value.state_dict(),
             "ptx_order": self.ptx_order.state_dict() if self.ptx_order else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])
+        super().load_state_dict(state)
         if self.ptx_order is not None and state.get("ptx_order") is not None:
             self.ptx_order.load_state_dict(state["ptx_order"])
-        self.calls, self.rollout, self.kl.value = state["calls"], state["rollout"], state["kl_coef"]
+        self.kl.value = state["kl_coef"]
         self.model.value.load_state_dict(state["value_model"])
 
     @torch.no_grad()
     def _rollout(self) -> Rollout:
         start = time.perf_counter()
         cfg, tok, policy, value = self.cfg, self.tok, self.model.policy, self.model.value
-        index, first = self.calls // self.calls_per_rollout, self.info.rank * self.prompts_per_rank
+        first = self.info.rank * self.prompts_per_rank
+        index = self.position().rollout
         was_training = self.model.training
         self.model.eval()
         chosen = [self.prompts[i] for i in self.order.next_indices()]
@@ -417,22 +339,22 @@ class RolloutBatches:
         per_token = [torch.cat(x).cpu() for x in (logps, values, ref_logps) if x]
         score_list = torch.cat(scores).float().cpu().tolist()
         mine = [
-            (c, a, score_list[j], [t[j, : n - 1] for t in per_token])
+            _Answered(c, a, score_list[j], [t[j, : n - 1] for t in per_token])
             for j, (c, a, n) in enumerate(zip(chosen, answers, lengths))
         ]
         rows = [row for part in all_gather_objects(mine) for row in part]
-        chosen, answers = [r[0] for r in rows], [r[1] for r in rows]
+        chosen, answers = [r.prompt for r in rows], [r.answer for r in rows]
         prompts = [ids for _, ids in chosen]
         ids, mask = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)
         ids, mask = ids.to(self.device), mask[:, 1:].to(self.device)
-        score = torch.tensor([r[2] for r in rows], device=self.device)
+        score = torch.tensor([r.score for r in rows], device=self.device)
         lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
         length_t = torch.tensor(lengths, device=self.device)
 
         def stacked(k: int) -> torch.Tensor:
             out = torch.zeros(mask.shape, dtype=torch.float32)
             for j, r in enumerate(rows):
-                out[j, : len(r[3][k])] = r[3][k].float()
+                out[j, : len(r.per_token[k])] = r.per_token[k].float()
             return out.to(self.device)
 
         old_logps, old_values = stacked(0), stacked(1)
@@ -476,23 +398,22 @@ class RolloutBatches:
 
 
 def ppo_loss_fn(cfg: PPOConfig):
-    def loss_fn(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, mask, old_logps, old_values, advantages, returns, weight, rollout_metrics, ptx = batch
-        logits, values, ptx_loss = model(ids[:, :-1], ptx)
-        log_probs = (logits.float() / cfg.temperature).log_softmax(-1)
-        logps = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        policy_loss, metrics = ppo_policy_loss(logps, old_logps, advantages, mask, cfg.clip_eps)
-        vf_loss, vf_metrics = value_loss(values, old_values, returns, mask, cfg.clip_eps_value)
+    def loss_fn(model: nn.Module, batch: PPOMicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        ids, mask = batch.input_ids, batch.answer_mask
+        logits, values, ptx_loss = model(ids[:, :-1], batch.ptx)
+        logps, log_probs = logits_logps(logits, ids[:, 1:], cfg.temperature)
+        policy_loss, metrics = ppo_policy_loss(logps, batch.old_logps, batch.advantages, mask, cfg.clip_eps)
+        vf_loss, vf_metrics = value_loss(values, batch.old_values, batch.returns, mask, cfg.clip_eps_value)
         with torch.no_grad():
             entropy = masked_mean(-(log_probs.exp() * log_probs).sum(-1), mask)
         metrics.update(vf_metrics, policy_loss=policy_loss.item(), value_loss=vf_loss.item(), entropy=entropy.item())
-        # the loop averages metrics over a step's micro-batches: weighted, they become token means over the minibatch
-        weighted = {k: weight * v for k, v in metrics.items()}
-        loss = weight * (policy_loss + cfg.vf_coef * vf_loss)
-        if ptx_loss is not None:  # a mean per micro-batch, which the loop averages over the step
-            loss = loss + cfg.ptx_coef * ptx_loss
-            weighted["ptx_loss"] = ptx_loss.item()
-        return loss, {**rollout_metrics, **weighted}
+        loss = policy_loss + cfg.vf_coef * vf_loss
+        if ptx_loss is not None:
+            # the loop scales all of the loss by batch.weight (a token share); the ptx term's share is ptx_weight
+            relative = batch.ptx_weight / batch.weight
+            loss = loss + cfg.ptx_coef * ptx_loss * relative
+            metrics["ptx_loss"] = ptx_loss.item() * relative
+        return loss, {**batch.metrics, **metrics}
 
     return loss_fn
 
@@ -548,9 +469,9 @@ def train(
     eval_every steps (e.g. `reward_evaluator` on held-out prompts); ptx are the instruction conversations of
     ptx_coef's SFT loss (usually SFT's own).
     """
-    info = setup(cfg.device)
-    if resume and loop.is_done(out_dir):
-        return checkpoint.resolve(out_dir)
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
     cfg.micro_batch(info.world_size)  # each minibatch must split over the ranks: a one-line error before any loading
     if cfg.parallel == "fsdp" and info.world_size > 1:
         raise ValueError(
@@ -558,15 +479,11 @@ def train(
             "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
             "use parallel=ddp"
         )
-    tok_file = checkpoint.tokenizer_file(init)
-    if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
+    if checkpoint.tokenizer_file(reward_model).read_bytes() != checkpoint.tokenizer_file(init).read_bytes():
         raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
-    tok = Tokenizer.load(tok_file)
-    policy = checkpoint.load_model(init, info.device)
+    tok_file, tok, policy = common.load_init("ppo", cfg, init, info, whose="policy")
     value = load_reward_model(reward_model, info.device)
-    for name, m in (("policy", policy), ("reward model", value)):
-        if m.cfg.max_seq_len < cfg.seq_len:
-            raise ValueError(f"ppo.seq_len={cfg.seq_len} exceeds the {name}'s max_seq_len={m.cfg.max_seq_len}")
+    common.check_seq_len("ppo", cfg, value, "reward model")
     scorer = load_reward_model(reward_model, info.device).eval().requires_grad_(False)
     # the reference is the starting model: on resume the loop reloads the policy from the checkpoint, not this
     reference = checkpoint.load_model(init, info.device).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
@@ -597,7 +514,7 @@ def train(
                 f"{cfg.ptx_batch_size} per micro-batch ({counts['truncated']} cut to seq_len)"
             )
     model = PolicyValue(policy, value)
-    batches = RolloutBatches(cfg, model, reference, scorer, tok, fitting, gold, info, examples)
+    batches = PPOBatches(cfg, model, reference, scorer, tok, fitting, gold, info, examples)
     stage = loop.Stage("ppo", Path(out_dir), tok_file, info)
     policy_eval = (lambda m: evaluate(m.policy)) if evaluate is not None else None
     # the loop types its model as a Transformer; PolicyValue has what it uses of one (cfg, state_dict)

@@ -6,15 +6,13 @@ from pathlib import Path
 
 import torch
 
-from fromzero import checkpoint
 from fromzero.data.build import open_split
 from fromzero.data.loader import PackedBatches, eval_batches
-from fromzero.dist import setup
 from fromzero.eval.lm import lm_metrics
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
-from fromzero.train.loop import TrainConfig
+from fromzero.train import common, loop
+from fromzero.train.loop import TrainConfig, next_token_loss
 
 
 def init_model(model_cfg: ModelConfig, tokenizer: Tokenizer, seed: int) -> Transformer:
@@ -41,21 +39,14 @@ def lm_evaluator(
     return evaluate
 
 
-def next_token_loss(model, batch):
-    x, y = batch
-    device = next(model.parameters()).device
-    return model(x.to(device), y.to(device)), {}
-
-
 def train(
     cfg: TrainConfig, data_dir: Path, out_dir: Path, *, init: Path, val_batches: int = 16, resume: bool = False
 ) -> Path:
     """Pretrain the checkpoint at `init` on data_dir's shards; returns the final checkpoint."""
-    info = setup(cfg.device)
-    tokenizer = Tokenizer.load(data_dir)
-    model = checkpoint.load_model(init)
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"pretrain.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
+    tok_file, tokenizer, model = common.load_init("pretrain", cfg, init, info, Path(data_dir) / "tokenizer.json")
     batches = PackedBatches(
         open_split(data_dir, "train"),
         cfg.seq_len,
@@ -64,6 +55,6 @@ def train(
         rank=info.rank,
         world_size=info.world_size,
     )
-    stage = loop.Stage("pretrain", Path(out_dir), Path(data_dir) / "tokenizer.json", info)
+    stage = loop.Stage("pretrain", Path(out_dir), tok_file, info)
     evaluate = lm_evaluator(data_dir, tokenizer, cfg, val_batches, info.rank, info.world_size)
     return loop.run(cfg, stage, model, batches, next_token_loss, evaluate=evaluate, resume=resume)

@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from safetensors import safe_open
 
 from fromzero import checkpoint, lora
@@ -46,54 +45,16 @@ from fromzero.data.preference import (
     PairBatch,
     PairBatches,
     PreferencePair,
-    PreferenceSources,
     describe_encoding,
     encode_pairs,
     eval_batches,
 )
-from fromzero.dist import all_reduce_sum, setup
+from fromzero.dist import all_reduce_sum
 from fromzero.generate import Engine, SamplingConfig
-from fromzero.lora import LoRAConfig
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import SIDECAR_FILES, SPECIAL_TOKENS, Tokenizer
-from fromzero.train import loop
-from fromzero.train.loop import TrainConfig
-
-
-class RewardConfig(TrainConfig, PreferenceSources):
-    margin: float = Field(
-        0.0, ge=0, description="Bradley–Terry margin: the chosen answer must win by at least this much"
-    )
-    likelihood: bool = Field(
-        True,
-        description="add the answer tokens' surprise under the backbone's LM head "
-        "(log-prob + entropy), weighted by a learned per-token gate, to the last-token score (lets "
-        "the reward model check a stated fact against what the backbone knows; see "
-        "train/reward.py)",
-    )
-    lora: LoRAConfig = Field(
-        default_factory=LoRAConfig,
-        description="low-rank adapters on the frozen model (r > 0) "
-        "instead of full fine-tuning; the fresh heads (score, gate) train in full",
-    )
-    batch_tokens: int = Field(
-        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
-    )
-    micro_batch_size: int = Field(
-        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
-    )
-    seq_len: int = Field(
-        128,
-        ge=4,
-        description="longest sequence; longer pairs are cut to it (the prompt's start, "
-        "then the answers' ends: see max_prompt_len)",
-    )
-    steps: PositiveInt = 200
-    lr: PositiveFloat = 5e-4
-    warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
-
+from fromzero.train import common, loop
+from fromzero.train.configs import RewardConfig
 
 ASSISTANT_ID = SPECIAL_TOKENS.index("<|assistant|>")
 
@@ -293,14 +254,12 @@ def train(
     log=print,
 ) -> Path:
     """Train a reward model from the (SFT) checkpoint at `init`; returns the final checkpoint."""
-    info = setup(cfg.device)
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = RewardModel.from_lm(
-        checkpoint.load_model(init), cfg.likelihood, answer_marker(tok) if cfg.likelihood else (ASSISTANT_ID,)
-    )
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"reward.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
+    tok_file, tok, lm = common.load_init("reward", cfg, init, info)
+    model = RewardModel.from_lm(lm, cfg.likelihood, answer_marker(tok) if cfg.likelihood else (ASSISTANT_ID,))
+    del lm  # copied into the reward model: not held through training
     if cfg.lora.enabled:
         heads = ("score", "gate") if model.gate is not None else ("score",)
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed, modules_to_save=heads)

@@ -4,42 +4,23 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from fromzero import checkpoint, lora
 from fromzero.data.chat import Message, render
 from fromzero.data.instruct import iter_conversations
 from fromzero.data.loader import GlobalOrder
 from fromzero.data.sources import SourceStats
-from fromzero.dist import all_reduce_sum, setup
-from fromzero.lora import LoRAConfig
+from fromzero.dist import all_reduce_sum
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import loop
-from fromzero.train.loop import TrainConfig
+from fromzero.train import common, loop
+from fromzero.train.configs import SFTConfig
+from fromzero.train.loop import next_token_loss
 
 IGNORE = -100
-
-
-class SFTConfig(TrainConfig):
-    data: list[str] = Field(
-        default_factory=list,
-        description="instruction files (jsonl/json/parquet/datasets); empty: the built-in world's instructions",
-    )
-    on_error: Literal["raise", "skip"] = Field("raise", description="malformed records: stop, or skip and count")
-    val_fraction: float = Field(0.02, ge=0, lt=1, description="conversations held out for the validation loss")
-    lora: LoRAConfig = Field(
-        default_factory=LoRAConfig,
-        description="low-rank adapters on the frozen model (r > 0) instead of full fine-tuning",
-    )
-    steps: PositiveInt = 300
-    lr: PositiveFloat = 1e-3
-    warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
 
 
 Example = tuple[list[int], list[bool]]
@@ -116,12 +97,6 @@ class ConversationBatches:
         self.order.load_state_dict(state)
 
 
-def masked_loss(model, batch):
-    x, y = batch
-    device = next(model.parameters()).device
-    return model(x.to(device), y.to(device)), {}
-
-
 def load_conversations(cfg: SFTConfig) -> tuple[list[list[Message]], SourceStats]:
     stats = SourceStats()
     return list(iter_conversations(cfg.data, on_error=cfg.on_error, stats=stats)), stats
@@ -147,12 +122,10 @@ def train(
     cfg: SFTConfig, conversations: list[list[Message]], init: Path, out_dir: Path, *, resume: bool = False, log=print
 ) -> Path:
     """Fine-tune the checkpoint at `init` on conversations; returns the final checkpoint."""
-    info = setup(cfg.device)
-    tok_file = checkpoint.tokenizer_file(init)
-    tok = Tokenizer.load(tok_file)
-    model = checkpoint.load_model(init)
-    if model.cfg.max_seq_len < cfg.seq_len:
-        raise ValueError(f"sft.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    info, done = common.begin(cfg, out_dir, resume)
+    if done:
+        return done
+    tok_file, tok, model = common.load_init("sft", cfg, init, info)
     if cfg.lora.enabled:
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
     shuffled = list(conversations)
@@ -179,4 +152,4 @@ def train(
         else None
     )
     stage = loop.Stage("sft", Path(out_dir), tok_file, info)
-    return loop.run(cfg, stage, model, batches, masked_loss, evaluate=evaluate, resume=resume)
+    return loop.run(cfg, stage, model, batches, next_token_loss, evaluate=evaluate, resume=resume)

@@ -1,0 +1,44 @@
+"""How every trainer's `train()` starts: this rank set up, a finished run returned before anything is prepared, and
+the model it starts from loaded with its tokenizer and checked against seq_len."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fromzero import checkpoint
+from fromzero.dist import DistInfo, setup
+from fromzero.model import Transformer
+from fromzero.tokenizer import Tokenizer
+from fromzero.train import loop
+
+
+def begin(cfg: loop.TrainConfig, out_dir: Path, resume: bool) -> tuple[DistInfo, Path | None]:
+    """This rank's device (and process group under torchrun), and when `resume` finds the stage done its final
+    checkpoint, which the trainer returns at once: loading and preparing data would be wasted."""
+    info = setup(cfg.device)
+    return info, checkpoint.resolve(out_dir) if resume and loop.is_done(out_dir) else None
+
+
+def check_seq_len(stage: str, cfg: loop.TrainConfig, model: Transformer, whose: str = "model") -> None:
+    """A one-line error when the stage's sequences are longer than the model's positions."""
+    if model.cfg.max_seq_len < cfg.seq_len:
+        limit = "model.max_seq_len" if whose == "model" else f"the {whose}'s max_seq_len"
+        raise ValueError(f"{stage}.seq_len={cfg.seq_len} exceeds {limit}={model.cfg.max_seq_len}")
+
+
+def load_init(
+    stage: str,
+    cfg: loop.TrainConfig,
+    init: Path,
+    info: DistInfo,
+    tokenizer_file: Path | None = None,
+    whose: str = "model",
+) -> tuple[Path, Tokenizer, Transformer]:
+    """(tokenizer file, tokenizer, model) a stage starts from: the checkpoint at `init` on this rank's device, and
+    its tokenizer unless `tokenizer_file` names another (pretraining's, from the data); `whose` names the model in
+    the seq_len error."""
+    tok_file = tokenizer_file or checkpoint.tokenizer_file(init)
+    tok = Tokenizer.load(tok_file)
+    model = checkpoint.load_model(init, info.device)
+    check_seq_len(stage, cfg, model, whose)
+    return tok_file, tok, model

@@ -1,0 +1,169 @@
+"""What the RL stages (PPO, GRPO) share: their config's rollout shape, the schedule of a batch source that serves
+each rollout for several optimizer steps, padding prompts and answers into one batch, and the log-probabilities of
+the tokens a model was given (DPO's sequence log-probs are built on them too)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn as nn
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+
+from fromzero.data.loader import GlobalOrder
+from fromzero.dist import DistInfo
+from fromzero.generate import SamplingConfig
+from fromzero.tokenizer import Tokenizer
+from fromzero.train.loop import TrainConfig
+
+
+class RolloutConfig(TrainConfig, ABC):
+    """Answers sampled after each prompt within seq_len, and an optimizer step whose batch_tokens follow from the
+    rollout's shape (`step_shape`), never set by hand."""
+
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken at the same one")
+    rollout_precision: Literal["auto", "fp32", "bf16"] | None = Field(
+        None,
+        description="precision of sampling the answers; None: `precision`. On CPU a decode step of a few "
+        "rows is all per-op overhead, to which bf16 autocast adds casts: fp32 rollouts are faster there (BENCHMARKS.md)",
+    )
+    max_new_tokens: int = Field(64, ge=1, description="longest answer")
+    seq_len: int = Field(128, ge=2, description="longest prompt + answer; longer prompts are dropped")
+    micro_batch_size: int = Field(16, ge=1, description="answers per forward pass on one rank")
+    batch_tokens: int = Field(0, description="set from the rollout's shape; leave it unset")
+    steps: PositiveInt = 100
+    warmup_steps: NonNegativeInt = 5
+    schedule: Literal["cosine", "wsd", "constant"] = "constant"
+    weight_decay: NonNegativeFloat = 0.0
+    eval_every: PositiveInt = 25
+    checkpoint_every: PositiveInt = 25
+
+    @abstractmethod
+    def step_shape(self) -> tuple[int, str]:
+        """(tokens per optimizer step over all ranks, how they are made up, for the error message)."""
+
+    def _split_error(self, world_size: int) -> str:
+        rows = self.batch_tokens // self.seq_len
+        keys = self.step_shape()[1].split(" × seq_len")[0]
+        return f"{keys} = {rows} answers per step do not split over {world_size} ranks"
+
+    @model_validator(mode="after")
+    def _rollout_shape(self) -> RolloutConfig:
+        if self.max_new_tokens >= self.seq_len:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})"
+            )
+        tokens, made_of = self.step_shape()
+        if "batch_tokens" in self.model_fields_set and self.batch_tokens != tokens:
+            raise ValueError(f"batch_tokens is {made_of} = {tokens}; leave it unset")
+        self.batch_tokens = tokens
+        return self
+
+
+class Position(NamedTuple):
+    """Where the loop's n-th micro-batch falls: which rollout, which optimizer step of it, which micro-batch of the
+    step (this rank's accumulation index)."""
+
+    rollout: int
+    step: int
+    micro: int
+
+
+def position(calls: int, steps_per_rollout: int, accumulation: int) -> Position:
+    """The position of micro-batch number `calls` (0-based) when each rollout serves steps_per_rollout optimizer
+    steps of `accumulation` micro-batches each."""
+    rollout, call = divmod(calls, steps_per_rollout * accumulation)
+    return Position(rollout, *divmod(call, accumulation))
+
+
+class RolloutSource(ABC):
+    """What the RL batch sources share: a seeded order of the prompts, of which each rank samples its share of a
+    rollout's; answers sampled up to <|end|>; and a rollout made every steps_per_rollout optimizer steps, each
+    step served as this rank's accumulation micro-batches (`_serve`). Its state, for exact resume, is the prompt
+    order, the micro-batches served and the current rollout."""
+
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        n_prompts: int,
+        prompts_per_rollout: int,
+        steps_per_rollout: int,
+        tok: Tokenizer,
+        info: DistInfo,
+    ):
+        self.cfg, self.tok, self.info, self.device = cfg, tok, info, info.device
+        self.steps_per_rollout = steps_per_rollout
+        self.prompts_per_rank = prompts_per_rollout // info.world_size
+        self.micro_batch, self.accumulation = cfg.micro_batch(info.world_size), cfg.accumulation(info.world_size)
+        self.order = GlobalOrder(
+            n_prompts, self.prompts_per_rank, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+        )
+        self.sampling = SamplingConfig(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,)
+        )
+        self.calls = 0
+        self.rollout: Any = None
+
+    def position(self) -> Position:
+        """Where the next micro-batch falls in the schedule."""
+        return position(self.calls, self.steps_per_rollout, self.accumulation)
+
+    def next_batch(self) -> Any:
+        at = self.position()
+        if at.step == at.micro == 0:
+            self.rollout = self._rollout()
+        self.calls += 1
+        return self._serve(at)
+
+    @abstractmethod
+    def _rollout(self) -> Any:
+        """Sample and score a rollout (self.position() is its first micro-batch)."""
+
+    @abstractmethod
+    def _serve(self, at: Position) -> Any:
+        """The micro-batch at `at` of the current rollout."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
+        self.calls, self.rollout = state["calls"], state["rollout"]
+
+
+def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt + answer right-padded ([B, T] ids) from (prompt, answer, keep) rows, and the mask of answer tokens
+    (off for rows whose keep is false)."""
+    width = max(len(p) + len(c) for p, c, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (prompt, completion, keep) in enumerate(rows):
+        ids[i, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
+        mask[i, len(prompt) : len(prompt) + len(completion)] = keep
+    return ids, mask
+
+
+def logits_logps(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) at each position from logits [..., V] at `temperature` (float32), and the log-softmax
+    [..., V] it came from (for the entropy)."""
+    log_probs = (logits.float() / temperature).log_softmax(-1)
+    return log_probs.gather(-1, targets[..., None]).squeeze(-1), log_probs
+
+
+def token_logps(
+    model: nn.Module, ids: torch.Tensor, temperature: float = 1.0, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(token | prefix) [B, T-1] of each next token at the sampling temperature, and the log-softmax it
+    came from: [B, T-1, V], or with `keep` (bool [B, T-1], the tokens that count) [N, V] at those tokens only, in
+    row-major order. With `keep` the LM head and the softmax skip the other positions (a prompt's), whose
+    log-probs are returned as 0."""
+    targets = ids[:, 1:]
+    logits = model(ids[:, :-1], keep=keep)
+    if keep is None:
+        return logits_logps(logits, targets, temperature)
+    chosen, log_probs = logits_logps(logits, targets[keep], temperature)
+    return torch.zeros(targets.shape, dtype=chosen.dtype, device=chosen.device).masked_scatter(keep, chosen), log_probs
