@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -602,13 +602,17 @@ def describe_encoding(stage: str, train: dict[str, int], val: dict[str, int], se
     return f"[{stage}] pairs: training {part(train)}, validation {part(val)}"
 
 
-PairBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+class PairBatch(NamedTuple):
+    """B pairs in one batch: rows 0..B-1 of input_ids are the chosen sequences, B..2B-1 the rejected ones."""
+
+    input_ids: torch.Tensor  # [2B, T], right-padded
+    answer_mask: torch.Tensor  # [2B, T]: each answer's tokens, its closing <|end|> included
+    lengths: torch.Tensor  # [2B]: real tokens per row
+    index: torch.Tensor  # [B]: which pairs these are
 
 
 def collate_pairs(encoded: Sequence[EncodedPair], indices: Sequence[int], pad_id: int) -> PairBatch:
-    """(ids, answer_mask, lengths, indices) for B pairs: rows 0..B-1 are the chosen sequences and B..2B-1
-    the rejected ones, right-padded (causal attention keeps real tokens from ever seeing padding);
-    answer_mask marks each answer's tokens (its closing <|end|> included); indices name the pairs."""
+    """The `PairBatch` of B pairs, right-padded (causal attention keeps real tokens from ever seeing padding)."""
     rows = [encoded[i].chosen for i in indices] + [encoded[i].rejected for i in indices]
     starts = [encoded[i].prompt_len for i in indices] * 2
     width = max(len(r) for r in rows)
@@ -618,7 +622,7 @@ def collate_pairs(encoded: Sequence[EncodedPair], indices: Sequence[int], pad_id
     lengths = torch.tensor([len(r) for r in rows])
     position = torch.arange(width)
     mask = (position >= torch.tensor(starts)[:, None]) & (position < lengths[:, None])
-    return ids, mask, lengths, torch.tensor(list(indices))
+    return PairBatch(ids, mask, lengths, torch.tensor(list(indices)))
 
 
 class PairBatches:

@@ -32,7 +32,28 @@ class SFTConfig(TrainConfig):
     checkpoint_every: PositiveInt = 100
 
 
-class RewardConfig(TrainConfig, PreferenceSources):
+class PairConfig(TrainConfig, PreferenceSources):
+    """What the reward model and DPO share: batches of preference pairs."""
+
+    batch_tokens: int = Field(
+        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
+    )
+    micro_batch_size: int = Field(
+        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
+    )
+    seq_len: int = Field(
+        128,
+        ge=4,
+        description="longest sequence; longer pairs are cut to it (the prompt's start, "
+        "then the answers' ends: see max_prompt_len)",
+    )
+    steps: PositiveInt = 200
+    warmup_steps: NonNegativeInt = 20
+    eval_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 100
+
+
+class RewardConfig(PairConfig):
     margin: float = Field(
         0.0, ge=0, description="Bradley–Terry margin: the chosen answer must win by at least this much"
     )
@@ -48,29 +69,13 @@ class RewardConfig(TrainConfig, PreferenceSources):
         description="low-rank adapters on the frozen model (r > 0) "
         "instead of full fine-tuning; the fresh heads (score, gate) train in full",
     )
-    batch_tokens: int = Field(
-        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
-    )
-    micro_batch_size: int = Field(
-        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
-    )
-    seq_len: int = Field(
-        128,
-        ge=4,
-        description="longest sequence; longer pairs are cut to it (the prompt's start, "
-        "then the answers' ends: see max_prompt_len)",
-    )
-    steps: PositiveInt = 200
     lr: PositiveFloat = 5e-4
-    warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
 
 
 DPOLoss = Literal["sigmoid", "ipo"]
 
 
-class DPOConfig(TrainConfig, PreferenceSources):
+class DPOConfig(PairConfig):
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model (KL coefficient)")
     loss: DPOLoss = Field("sigmoid", description="sigmoid: DPO; ipo: IPO's squared loss on per-token averages")
     label_smoothing: float = Field(
@@ -86,23 +91,7 @@ class DPOConfig(TrainConfig, PreferenceSources):
         default_factory=LoRAConfig,
         description="low-rank adapters on the frozen model (r > 0) instead of full fine-tuning",
     )
-    batch_tokens: int = Field(
-        4096, ge=1, description="pairs per step × seq_len, over all ranks (accumulation fills it)"
-    )
-    micro_batch_size: int = Field(
-        16, ge=1, description="pairs per forward pass on one rank (a chosen and a rejected sequence each)"
-    )
-    seq_len: int = Field(
-        128,
-        ge=4,
-        description="longest sequence; longer pairs are cut to it (the prompt's start, "
-        "then the answers' ends: see max_prompt_len)",
-    )
-    steps: PositiveInt = 200
     lr: PositiveFloat = 2e-4
-    warmup_steps: NonNegativeInt = 20
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
 
     @model_validator(mode="after")
     def _smoothing_is_for_sigmoid(self) -> DPOConfig:

@@ -80,10 +80,9 @@ def sequence_logps(
 
 def _batch_logps(model: nn.Module, batch: PairBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) sequence log-probs [B] of a batch of B pairs (data.preference.collate_pairs)."""
-    ids, answer_mask, _, index = batch
     device = next(model.parameters()).device
-    logps = sequence_logps(model, ids.to(device), answer_mask.to(device), average)
-    return logps[: len(index)], logps[len(index) :]
+    logps = sequence_logps(model, batch.input_ids.to(device), batch.answer_mask.to(device), average)
+    return logps[: len(batch.index)], logps[len(batch.index) :]
 
 
 @torch.no_grad()
@@ -104,8 +103,7 @@ def reference_logps(
     with loop.autocast(cfg, device):
         for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, rank, world_size):
             chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
-            _, _, _, index = batch
-            out[index.to(device)] = torch.stack([chosen, rejected], dim=1).float()
+            out[batch.index.to(device)] = torch.stack([chosen, rejected], dim=1).float()
     model.train(was_training)
     return all_reduce_sum(out) if world_size > 1 else out
 
@@ -114,12 +112,11 @@ def dpo_loss_fn(cfg: DPOConfig, reference: torch.Tensor):
     average = cfg.loss == "ipo"
 
     def loss_fn(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        _, answer_mask, _, index = batch
         chosen, rejected = _batch_logps(model, batch, average)
-        ref = reference[index.to(reference.device)]
+        ref = reference[batch.index.to(reference.device)]
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
         if cfg.rpo_alpha:
-            n_tokens = answer_mask[: len(chosen), 1:].sum(-1).to(chosen.device)
+            n_tokens = batch.answer_mask[: len(chosen), 1:].sum(-1).to(chosen.device)
             nll = -(chosen if average else chosen / n_tokens).mean()
             loss = loss + cfg.rpo_alpha * nll
             metrics["nll_loss"] = nll.item()
@@ -136,8 +133,7 @@ def dpo_evaluator(cfg: DPOConfig, encoded: list[EncodedPair], reference: torch.T
         sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=reference.device)
         for batch in eval_batches(encoded, cfg.micro_batch_size, pad_id, info.rank, info.world_size):
             chosen, rejected = _batch_logps(model, batch, cfg.loss == "ipo")
-            _, _, _, index = batch
-            ref = reference[index.to(reference.device)]
+            ref = reference[batch.index.to(reference.device)]
             loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
             n = len(chosen)
             sums += torch.tensor(

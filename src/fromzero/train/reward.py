@@ -202,10 +202,9 @@ def bradley_terry_loss(
 
 def pair_rewards(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(r_chosen, r_rejected) of a batch of pairs, both answers in one forward pass."""
-    ids, _, lengths, index = batch
     device = next(model.parameters()).device
-    rewards = last_token_rewards(model, ids.to(device), lengths.to(device))
-    return rewards[: len(index)], rewards[len(index) :]
+    rewards = last_token_rewards(model, batch.input_ids.to(device), batch.lengths.to(device))
+    return rewards[: len(batch.index)], rewards[len(batch.index) :]
 
 
 def reward_loss(margin: float):
