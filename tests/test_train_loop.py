@@ -158,3 +158,32 @@ def test_torchrun_two_processes_match_one_process(smoke_data, tmp_path, cli_env)
     val_two = [r["val_loss"] for r in read_metrics(tmp_path / "two") if "val_loss" in r]
     assert val_two == pytest.approx(val_one, rel=1e-4)
     assert math.isfinite(json.loads((tmp_path / "two" / "DONE").read_text())["loss"])
+
+
+def test_mfu_counts_the_flops_a_batch_source_spends_itself(smoke_data, tmp_path):
+    """An RL batch source samples and scores with models the loop never sees; what it reports spending
+    (`inference_flops`) is in the step's MFU beside the training FLOPs."""
+    from fromzero.config import load_config
+    from fromzero.data.build import open_split
+    from fromzero.data.loader import PackedBatches
+    from fromzero.dist import setup
+    from fromzero.tokenizer import Tokenizer
+    from fromzero.train import loop, pretrain
+
+    cfg = load_config("smoke", ["pretrain.steps=3", "pretrain.precision=fp32", "pretrain.eval_every=100"]).pretrain
+    model = pretrain.init_model(load_config("smoke").model, Tokenizer.load(smoke_data), 0)
+    spent_per_step = 3e12  # far more than the step's training FLOPs: it shows in the MFU
+
+    class Spending(PackedBatches):
+        def inference_flops(self) -> float:
+            return spent_per_step
+
+    batches = Spending(open_split(smoke_data, "train"), cfg.seq_len, cfg.micro_batch(1), seed=0)
+    stage = loop.Stage("pretrain", tmp_path / "p", smoke_data / "tokenizer.json", setup("cpu"))
+    loop.run(cfg, stage, model, batches, loop.next_token_loss)
+    peak = loop.matmul_peak_flops(torch.device("cpu"), torch.float32)
+    rows = [r for r in read_metrics(tmp_path / "p") if "mfu" in r]
+    times = [0.0] + [r["time"] for r in rows]
+    train_flops = model.cfg.flops_per_token(cfg.seq_len)
+    for r, dt in zip(rows, (b - a for a, b in zip(times, times[1:]))):
+        assert r["mfu"] * peak * dt == pytest.approx(train_flops * r["tokens_per_s"] * dt + spent_per_step, rel=1e-6)

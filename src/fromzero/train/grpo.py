@@ -203,6 +203,7 @@ class GRPOBatches(RolloutSource):
         with loop.autocast(self.cfg, self.device, self.cfg.rollout_precision):
             sampled = self.engine.generate(prompts, self.sampling, row_seeds=seeds)
         completions, texts = [c.tokens for c in sampled], [c.text for c in sampled]
+        self.spend(self.policy, sum(len(p) + len(c) for p, c in zip(prompts, completions)))
         rewards, scores = weighted_rewards(texts, tasks, self.rewards, self.weights, self.stats)
         if self.cfg.overlong_buffer:
             limit, buffer = self.cfg.max_new_tokens, self.cfg.overlong_buffer
@@ -261,8 +262,10 @@ class GRPOBatches(RolloutSource):
             with loop.autocast(self.cfg, self.device):
                 if self.cfg.num_iterations > 1:  # with μ = 1 the sampling policy is the current one: no pass needed
                     old = token_logps(self.policy, ids_d, self.cfg.temperature, keep)[0]
+                    self.spend(self.policy, ids.numel())
                 if self.reference is not None:
                     ref = token_logps(self.reference, ids_d, self.cfg.temperature, keep)[0]
+                    self.spend(self.reference, ids.numel())
             batches.append(GRPOMicroBatch(ids, mask, advantages[chosen], old, ref, weight, metrics))
         self.policy.train(was_training)
         return batches

@@ -157,6 +157,10 @@ class BatchSource(Protocol):
     step's objective over all accumulation steps and ranks (a step's shares sum to 1). Without one every micro-batch
     has the same share, 1 / (accumulation steps × ranks). The step's objective, what is logged as its loss, is the
     sum of each micro-batch's loss times its share; its metrics are weighted the same way.
+
+    A source that runs models itself (RL: sampling answers, a frozen reference's log-probs, a reward model's scores)
+    has `inference_flops()`: the FLOPs this rank spent so since the last call, which the step's MFU counts beside
+    the training FLOPs of the loop's own forward and backward passes.
     """
 
     def next_batch(self) -> Any: ...
@@ -578,8 +582,11 @@ def run(
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
         # one collective for the step's loss, tokens and every metric: what is logged is the mean over ranks
-        reduced = all_reduce_mean({**extra, "\0loss": loss_sum.item(), "\0tokens": float(tokens)}, device)
+        spent = batches.inference_flops() if hasattr(batches, "inference_flops") else 0.0
+        totals = {"\0loss": loss_sum.item(), "\0tokens": float(tokens), "\0flops": spent}
+        reduced = all_reduce_mean({**extra, **totals}, device)
         step_loss, tokens = reduced.pop("\0loss"), reduced.pop("\0tokens") * info.world_size
+        flops = flops_per_token * tokens + reduced.pop("\0flops") * info.world_size
         extra = reduced
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm.item())):
             bar.close()
@@ -598,7 +605,7 @@ def run(
             "lr": lr,
             "grad_norm": grad_norm.item(),
             "tokens_per_s": tokens / dt,
-            "mfu": flops_per_token * tokens / dt / peak,
+            "mfu": flops / dt / peak,
             "time": elapsed,
             **extra,
         }

@@ -322,6 +322,7 @@ class PPOBatches(RolloutSource):
         seeds = [row_seed(cfg.seed, index, first + j, i) for j, (i, _) in enumerate(chosen)]
         with loop.autocast(cfg, self.device, cfg.rollout_precision):
             answers = [c.tokens for c in Engine(policy, tok).generate(prompts, self.sampling, row_seeds=seeds)]
+        self.spend(policy, sum(len(p) + len(a) for p, a in zip(prompts, answers)))
         ids = collate([(p, a, True) for p, a in zip(prompts, answers)], tok.pad_id)[0].to(self.device)
         lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
         length_t = torch.tensor(lengths, device=self.device)
@@ -334,6 +335,9 @@ class PPOBatches(RolloutSource):
                 if self.reference is not None:
                     ref_logps.append(token_logps(self.reference, part, cfg.temperature)[0])
                 scores.append(last_token_rewards(self.reward_model, part, length_t[i : i + cfg.micro_batch_size]))
+                for model in (policy, value, self.reference, self.reward_model):
+                    if model is not None:
+                        self.spend(model, part.numel())
         self.model.train(was_training)
         # this rank's rows, each cut to its own length, gathered in rank order: the rollout one process would make
         per_token = [torch.cat(x).cpu() for x in (logps, values, ref_logps) if x]

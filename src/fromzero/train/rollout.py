@@ -105,6 +105,17 @@ class RolloutSource(ABC):
         )
         self.calls = 0
         self.rollout: Any = None
+        self._spent = 0.0
+
+    def spend(self, model: nn.Module, tokens: int) -> None:
+        """Count a forward pass of `model` over `tokens` tokens outside the loop's own (sampling answers, the frozen
+        models' log-probs and scores): a third of its training FLOPs per token."""
+        self._spent += model.cfg.flops_per_token(self.cfg.seq_len) / 3 * tokens
+
+    def inference_flops(self) -> float:
+        """The FLOPs counted by `spend` since the last call (loop.BatchSource: the step's MFU counts them)."""
+        spent, self._spent = self._spent, 0.0
+        return spent
 
     def position(self) -> Position:
         """Where the next micro-batch falls in the schedule."""
