@@ -322,11 +322,10 @@ def test_skipped_records_are_counted_in_the_log(tmp_path):
 
 
 def test_torchrun_two_processes_run_the_pipeline_as_one_does(tmp_path):
-    """`torchrun -m fromzero run`: every stage, data sharded, rollouts split, metrics reduced, evaluated on rank 0,
-    gives one process's results (fp32: bf16's rounding depends on how a sum is split)."""
-    sets = [
-        f"{s}.{k}={v}" for s in ("pretrain", "sft", "reward", "dpo", "ppo", "grpo") for k, v in (("precision", "fp32"),)
-    ] + ["sft.micro_batch_size=4", "reward.micro_batch_size=4", "dpo.micro_batch_size=4", "ppo.micro_batch_size=2"]
+    """`torchrun -m fromzero run` with the preset as it is (its micro-batches derived smaller on two ranks): every
+    stage, data sharded, rollouts split, metrics reduced, evaluated on rank 0, gives one process's results (fp32:
+    bf16's rounding depends on how a sum is split)."""
+    sets = [f"{stage}.precision=fp32" for stage in ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")]
     args = ["run", "--preset", "smoke", "--preference", "both"] + [x for s in sets for x in ("--set", s)]
     one = fromzero(*args, "--out", tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
@@ -345,5 +344,5 @@ def test_torchrun_two_processes_run_the_pipeline_as_one_does(tmp_path):
     for stage, metrics in a.items():
         for key, value in metrics.items():
             if key != "seconds":
-                assert b[stage][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (stage, key)
+                assert b[stage][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (stage, key)
     assert a["ppo"]["kl"] != 0  # a value that moved is among those compared

@@ -182,6 +182,28 @@ def test_batches_group_similar_lengths_and_resume():
     assert torch.equal(a.next_batch()[0], b.next_batch()[0])
 
 
+@pytest.mark.parametrize("world_size, micro", [(2, 4), (4, 2), (2, 8)])
+def test_ranks_train_on_one_process_steps_and_objective(world_size, micro):
+    """N ranks with a smaller micro-batch see, step by step, one process's examples, and the shares of the parts
+    rebuild one process's objective: each group's token mean, the groups counted alike."""
+    from fromzero.data.loader import LengthGroups
+
+    lengths = [(7 * i) % 23 + 2 for i in range(59)]  # 59: a last group of 3, fewer than its 4 parts at micro 2
+    units = [n - 1 for n in lengths]
+    one = LengthGroups(lengths, units, 8, 8, 4, seed=3)
+    accum = 32 // (micro * world_size)
+    ranks = [LengthGroups(lengths, units, 8, micro, accum, seed=3, rank=r, world_size=world_size) for r in range(4)]
+    for _ in range(6):  # past an epoch
+        groups = [one.next_indices()[0] for _ in range(4)]
+        parts = [ranks[r].next_indices() for _ in range(accum) for r in range(world_size)]
+        assert sorted(i for rows, share in parts if share != 0 for i in rows) == sorted(i for g in groups for i in g)
+        assert sum(1 / (accum * world_size) if share is None else share for _, share in parts) == pytest.approx(1)
+        for rows, share in parts:
+            group = next(g for g in groups if rows[0] in g)
+            if share:
+                assert share == pytest.approx(sum(units[i] for i in rows) / sum(units[i] for i in group) / 4)
+
+
 def test_world_instructions_hold_out_people_and_phrasings():
     world = build_world(WorldConfig(n_people=40, bios_per_person=1, n_stories=0, n_arithmetic=0))
     data = build_instructions(world, InstructConfig(eval_questions=30))

@@ -177,7 +177,7 @@ class WithoutAdapters:
     """Calls the model with its adapters off: the frozen starting model for a KL term, without a second copy."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
+        self.model, self.cfg = model, model.cfg
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         with adapters_disabled(self.model):

@@ -8,6 +8,7 @@ The data position is one integer, which makes resume exact.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,8 @@ class GlobalOrder:
         self.position = 0
         self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
 
-    def _item(self, s: int) -> int:
+    def item(self, s: int) -> int:
+        """The s-th item of the order (every rank's alike)."""
         epoch = s // self.n_items
         if epoch != self._epoch:
             self._epoch = epoch
@@ -39,7 +41,7 @@ class GlobalOrder:
     def next_indices(self) -> list[int]:
         first = (self.position * self.world_size + self.rank) * self.mb
         self.position += 1
-        return [self._item(s) for s in range(first, first + self.mb)]
+        return [self.item(s) for s in range(first, first + self.mb)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "seed": self.seed}
@@ -94,3 +96,64 @@ def eval_batches(
         idx = range(first, min(first + micro_batch_size, n_samples))
         t = torch.from_numpy(np.stack([shards.slice(i * seq_len, seq_len + 1) for i in idx]))
         yield t[:, :-1], t[:, 1:]
+
+
+class LengthGroups:
+    """Which examples this rank's next micro-batch holds, for examples of varying length (SFT's conversations,
+    preference pairs), and its share of the step: the same steps whatever the ranks.
+
+    Groups of `group_size` examples (one process's micro-batch) are formed once: a seeded shuffle, a stable sort by
+    length, chunks; they are visited in a new seeded order every epoch. An optimizer step takes the next
+    `step_rows // group_size` groups, on every rank alike; its micro-batches split each group into
+    `group_size // micro_batch` parts, rank r taking every world_size-th part. One process's objective is the mean
+    of its micro-batches' means (each a group's); a part's `share` keeps it: the group's 1/groups-per-step times the
+    part's fraction of the group's `units` (tokens, or pairs). None: the equal share of a whole group, as the loop
+    gives by default. The state is one integer, this rank's micro-batches served.
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        units: list[int],
+        group_size: int,
+        micro_batch: int,
+        accumulation: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        step_rows = micro_batch * accumulation * world_size
+        if group_size % micro_batch or step_rows % group_size:  # parts must not straddle groups: smaller groups
+            group_size = max(d for d in range(micro_batch, group_size + 1, micro_batch) if step_rows % d == 0)
+        self.groups_per_step, self.parts = step_rows // group_size, group_size // micro_batch
+        self.units, self.accumulation, self.rank, self.world_size = units, accumulation, rank, world_size
+        by_length = list(range(len(lengths)))
+        random.Random(seed).shuffle(by_length)
+        by_length.sort(key=lengths.__getitem__)
+        self.groups = [by_length[i : i + group_size] for i in range(0, len(by_length), group_size)]
+        self.order = GlobalOrder(len(self.groups), 1, seed=seed)
+        self.seed, self.position = seed, 0
+
+    def next_indices(self) -> tuple[list[int], float | None]:
+        """(the examples of this rank's next micro-batch, its share of the step or None for an equal one)."""
+        step, micro = divmod(self.position, self.accumulation)
+        self.position += 1
+        part = micro * self.world_size + self.rank  # of the step's groups_per_step × parts
+        n, k = divmod(part, self.parts)
+        group = self.groups[self.order.item(step * self.groups_per_step + n)]
+        if self.parts == 1:
+            return group, None
+        rows = group[k * len(group) // self.parts : (k + 1) * len(group) // self.parts]
+        if not rows:  # a short last group has fewer rows than parts: a row that counts nothing keeps ranks in step
+            return group[:1], 0.0
+        fraction = sum(self.units[i] for i in rows) / max(1, sum(self.units[i] for i in group))
+        return rows, fraction / self.groups_per_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with {self.seed}")
+        self.position = state["position"]

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.chat import Message, check_messages, render
 from fromzero.data.instruct import SHAREGPT_ROLES, join_input
-from fromzero.data.loader import GlobalOrder
+from fromzero.data.loader import LengthGroups
 from fromzero.data.sources import DataError, Source, SourceStats, iter_detected, iter_records
 from fromzero.tokenizer import Tokenizer
 
@@ -609,6 +609,7 @@ class PairBatch(NamedTuple):
     answer_mask: torch.Tensor  # [2B, T]: each answer's tokens, its closing <|end|> included
     lengths: torch.Tensor  # [2B]: real tokens per row
     index: torch.Tensor  # [B]: which pairs these are
+    weight: float | None = None  # the micro-batch's share of the step (loop.BatchSource); None: an equal one
 
 
 def collate_pairs(encoded: Sequence[EncodedPair], indices: Sequence[int], pad_id: int) -> PairBatch:
@@ -626,11 +627,9 @@ def collate_pairs(encoded: Sequence[EncodedPair], indices: Sequence[int], pad_id
 
 
 class PairBatches:
-    """Micro-batches of pairs of similar length, so little of each batch is padding; resumable.
-
-    As for SFT: groups formed once (a seeded shuffle, a stable sort by length, chunks of
-    micro_batch_size pairs), visited in a new seeded order every epoch, each rank taking its own groups.
-    """
+    """Micro-batches of pairs of similar length, so little of each batch is padding; resumable. As for SFT: one
+    process's length groups whatever the ranks (`data.loader.LengthGroups`), each part of a group weighted by its
+    pairs."""
 
     def __init__(
         self,
@@ -641,21 +640,28 @@ class PairBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        group_size: int | None = None,
+        accumulation: int = 1,
     ):
         if len(encoded) < micro_batch_size * world_size:
             raise ValueError(
                 f"{len(encoded)} preference pairs are fewer than one batch of {micro_batch_size} × {world_size} ranks"
             )
         self.encoded, self.pad_id = encoded, pad_id
-        by_length = list(range(len(encoded)))
-        random.Random(seed).shuffle(by_length)
-        by_length.sort(key=lambda i: max(len(encoded[i].chosen), len(encoded[i].rejected)))
-        self.groups = [by_length[i : i + micro_batch_size] for i in range(0, len(by_length), micro_batch_size)]
-        self.order = GlobalOrder(len(self.groups), 1, seed=seed, rank=rank, world_size=world_size)
+        self.order = LengthGroups(
+            [max(len(p.chosen), len(p.rejected)) for p in encoded],
+            [1] * len(encoded),
+            group_size or micro_batch_size,
+            micro_batch_size,
+            accumulation,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def next_batch(self) -> PairBatch:
-        (group,) = self.order.next_indices()
-        return collate_pairs(self.encoded, self.groups[group], self.pad_id)
+        rows, share = self.order.next_indices()
+        return collate_pairs(self.encoded, rows, self.pad_id)._replace(weight=share)
 
     def state_dict(self) -> dict[str, Any]:
         return self.order.state_dict()

@@ -167,7 +167,14 @@ def train(
     if info.is_main:
         log(describe_encoding("dpo", stats, val_stats, cfg.seq_len))
     batches = PairBatches(
-        encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+        encoded,
+        cfg.micro_batch(info.world_size),
+        tok.pad_id,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        group_size=cfg.micro_batch(1),
+        accumulation=cfg.accumulation(info.world_size),
     )
     # the reference is the starting model: on resume `model` is reloaded from the checkpoint by the loop,
     # after these are computed from `init`

@@ -172,12 +172,10 @@ LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[Transformer], dict[str, float]]
 
 
-def next_token_loss(
-    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, float]]:
+def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
     """The mean cross-entropy of (inputs, targets) micro-batches over the targets that count (not -100): packed
     pretraining text and SFT's conversations alike."""
-    x, y = batch
+    x, y = batch[0], batch[1]  # (inputs, targets) first; SFT's batches carry a weight after them
     device = next(model.parameters()).device
     return model(x.to(device), y.to(device)), {}
 

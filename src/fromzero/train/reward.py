@@ -267,7 +267,14 @@ def train(
     if info.is_main:
         log(describe_encoding("reward", stats, val_stats, cfg.seq_len))
     batches = PairBatches(
-        encoded, cfg.micro_batch(info.world_size), tok.pad_id, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+        encoded,
+        cfg.micro_batch(info.world_size),
+        tok.pad_id,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        group_size=cfg.micro_batch(1),
+        accumulation=cfg.accumulation(info.world_size),
     )
     evaluate = None
     if val_encoded:

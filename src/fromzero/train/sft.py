@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from fromzero import checkpoint, lora
 from fromzero.data.chat import Message, render
 from fromzero.data.instruct import iter_conversations
-from fromzero.data.loader import GlobalOrder
+from fromzero.data.loader import LengthGroups
 from fromzero.data.sources import SourceStats
 from fromzero.dist import all_reduce_sum
 from fromzero.model import Transformer
@@ -58,12 +58,15 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
-class ConversationBatches:
-    """Micro-batches of conversations of similar length, so little of each batch is padding.
+class SFTBatch(NamedTuple):
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    weight: float | None  # the micro-batch's share of the step (loop.BatchSource); None: an equal one
 
-    The groups are formed once (a seeded shuffle, then a stable sort by length, then chunks of
-    micro_batch_size) and visited in a new seeded order every epoch, each rank taking its own groups.
-    """
+
+class ConversationBatches:
+    """Micro-batches of conversations of similar length, so little of each batch is padding: one process's
+    length groups whatever the ranks (`data.loader.LengthGroups`), each part of a group weighted by its targets."""
 
     def __init__(
         self,
@@ -74,21 +77,28 @@ class ConversationBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        group_size: int | None = None,
+        accumulation: int = 1,
     ):
         if len(examples) < micro_batch_size * world_size:
             raise ValueError(
                 f"{len(examples)} conversations are fewer than one batch of {micro_batch_size} × {world_size} ranks"
             )
         self.examples, self.pad_id = examples, pad_id
-        by_length = list(range(len(examples)))
-        random.Random(seed).shuffle(by_length)
-        by_length.sort(key=lambda i: len(examples[i][0]))
-        self.groups = [by_length[i : i + micro_batch_size] for i in range(0, len(by_length), micro_batch_size)]
-        self.order = GlobalOrder(len(self.groups), 1, seed=seed, rank=rank, world_size=world_size)
+        self.order = LengthGroups(
+            [len(ids) for ids, _ in examples],
+            [sum(mask[1:]) for _, mask in examples],
+            group_size or micro_batch_size,
+            micro_batch_size,
+            accumulation,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        (group,) = self.order.next_indices()
-        return collate([self.examples[i] for i in self.groups[group]], self.pad_id)
+    def next_batch(self) -> SFTBatch:
+        rows, share = self.order.next_indices()
+        return SFTBatch(*collate([self.examples[i] for i in rows], self.pad_id), share)
 
     def state_dict(self) -> dict[str, Any]:
         return self.order.state_dict()
@@ -145,6 +155,8 @@ def train(
         seed=cfg.seed,
         rank=info.rank,
         world_size=info.world_size,
+        group_size=cfg.micro_batch(1),
+        accumulation=cfg.accumulation(info.world_size),
     )
     evaluate = (
         val_loss_evaluator(val_examples, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size)
