@@ -157,3 +157,49 @@ class LengthGroups:
         if state["seed"] != self.seed:
             raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with {self.seed}")
         self.position = state["position"]
+
+
+class LengthGroupedBatches:
+    """A resumable batch source over `LengthGroups`: a subclass names its items (for the error), gives each item's
+    length and units, and collates a micro-batch's rows with their share (`collate`)."""
+
+    items = "examples"
+
+    def __init__(
+        self,
+        lengths: list[int],
+        units: list[int],
+        micro_batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        group_size: int | None = None,
+        accumulation: int = 1,
+    ):
+        if len(lengths) < micro_batch_size * world_size:
+            raise ValueError(
+                f"{len(lengths)} {self.items} are fewer than one batch of {micro_batch_size} × {world_size} ranks"
+            )
+        self.order = LengthGroups(
+            lengths,
+            units,
+            group_size or micro_batch_size,
+            micro_batch_size,
+            accumulation,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def collate(self, rows: list[int], share: float | None) -> Any:
+        raise NotImplementedError
+
+    def next_batch(self) -> Any:
+        return self.collate(*self.order.next_indices())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fromzero.data.chat import Message, check_messages, render
 from fromzero.data.instruct import SHAREGPT_ROLES, join_input
-from fromzero.data.loader import LengthGroups
+from fromzero.data.loader import LengthGroupedBatches
 from fromzero.data.sources import DataError, Source, SourceStats, iter_detected, iter_records
 from fromzero.tokenizer import Tokenizer
 
@@ -626,48 +626,20 @@ def collate_pairs(encoded: Sequence[EncodedPair], indices: Sequence[int], pad_id
     return PairBatch(ids, mask, lengths, torch.tensor(list(indices)))
 
 
-class PairBatches:
+class PairBatches(LengthGroupedBatches):
     """Micro-batches of pairs of similar length, so little of each batch is padding; resumable. As for SFT: one
     process's length groups whatever the ranks (`data.loader.LengthGroups`), each part of a group weighted by its
     pairs."""
 
-    def __init__(
-        self,
-        encoded: list[EncodedPair],
-        micro_batch_size: int,
-        pad_id: int,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        group_size: int | None = None,
-        accumulation: int = 1,
-    ):
-        if len(encoded) < micro_batch_size * world_size:
-            raise ValueError(
-                f"{len(encoded)} preference pairs are fewer than one batch of {micro_batch_size} × {world_size} ranks"
-            )
+    items = "preference pairs"
+
+    def __init__(self, encoded: list[EncodedPair], micro_batch_size: int, pad_id: int, **grouping: Any):
         self.encoded, self.pad_id = encoded, pad_id
-        self.order = LengthGroups(
-            [max(len(p.chosen), len(p.rejected)) for p in encoded],
-            [1] * len(encoded),
-            group_size or micro_batch_size,
-            micro_batch_size,
-            accumulation,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
+        lengths = [max(len(p.chosen), len(p.rejected)) for p in encoded]
+        super().__init__(lengths, [1] * len(encoded), micro_batch_size, **grouping)
 
-    def next_batch(self) -> PairBatch:
-        rows, share = self.order.next_indices()
+    def collate(self, rows: list[int], share: float | None) -> PairBatch:
         return collate_pairs(self.encoded, rows, self.pad_id)._replace(weight=share)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state)
 
 
 def eval_batches(

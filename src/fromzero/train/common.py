@@ -19,6 +19,19 @@ def begin(cfg: loop.TrainConfig, out_dir: Path, resume: bool) -> tuple[DistInfo,
     return info, checkpoint.resolve(out_dir) if resume and loop.is_done(out_dir) else None
 
 
+def length_groups(cfg: loop.TrainConfig, info: DistInfo) -> dict[str, int]:
+    """The keyword arguments of a `LengthGroupedBatches` (SFT's, the pair stages'): this rank's micro-batches of one
+    process's length groups."""
+    return {
+        "micro_batch_size": cfg.micro_batch(info.world_size),
+        "seed": cfg.seed,
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "group_size": cfg.micro_batch(1),
+        "accumulation": cfg.accumulation(info.world_size),
+    }
+
+
 def check_seq_len(stage: str, cfg: loop.TrainConfig, model: Transformer, whose: str = "model") -> None:
     """A one-line error when the stage's sequences are longer than the model's positions."""
     if model.cfg.max_seq_len < cfg.seq_len:

@@ -266,16 +266,7 @@ def train(
     val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
     if info.is_main:
         log(describe_encoding("reward", stats, val_stats, cfg.seq_len))
-    batches = PairBatches(
-        encoded,
-        cfg.micro_batch(info.world_size),
-        tok.pad_id,
-        seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        group_size=cfg.micro_batch(1),
-        accumulation=cfg.accumulation(info.world_size),
-    )
+    batches = PairBatches(encoded, pad_id=tok.pad_id, **common.length_groups(cfg, info))
     evaluate = None
     if val_encoded:
         evaluate = pairwise_evaluator(val_encoded, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size)

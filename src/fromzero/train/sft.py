@@ -11,7 +11,7 @@ import torch
 from fromzero import checkpoint, lora
 from fromzero.data.chat import Message, render
 from fromzero.data.instruct import iter_conversations
-from fromzero.data.loader import LengthGroups
+from fromzero.data.loader import LengthGroupedBatches
 from fromzero.data.sources import SourceStats
 from fromzero.dist import all_reduce_sum
 from fromzero.model import Transformer
@@ -64,47 +64,19 @@ class SFTBatch(NamedTuple):
     weight: float | None  # the micro-batch's share of the step (loop.BatchSource); None: an equal one
 
 
-class ConversationBatches:
+class ConversationBatches(LengthGroupedBatches):
     """Micro-batches of conversations of similar length, so little of each batch is padding: one process's
     length groups whatever the ranks (`data.loader.LengthGroups`), each part of a group weighted by its targets."""
 
-    def __init__(
-        self,
-        examples: list[Example],
-        micro_batch_size: int,
-        pad_id: int,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        group_size: int | None = None,
-        accumulation: int = 1,
-    ):
-        if len(examples) < micro_batch_size * world_size:
-            raise ValueError(
-                f"{len(examples)} conversations are fewer than one batch of {micro_batch_size} × {world_size} ranks"
-            )
+    items = "conversations"
+
+    def __init__(self, examples: list[Example], micro_batch_size: int, pad_id: int, **grouping: Any):
         self.examples, self.pad_id = examples, pad_id
-        self.order = LengthGroups(
-            [len(ids) for ids, _ in examples],
-            [sum(mask[1:]) for _, mask in examples],
-            group_size or micro_batch_size,
-            micro_batch_size,
-            accumulation,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
+        lengths, units = [len(ids) for ids, _ in examples], [sum(mask[1:]) for _, mask in examples]
+        super().__init__(lengths, units, micro_batch_size, **grouping)
 
-    def next_batch(self) -> SFTBatch:
-        rows, share = self.order.next_indices()
+    def collate(self, rows: list[int], share: float | None) -> SFTBatch:
         return SFTBatch(*collate([self.examples[i] for i in rows], self.pad_id), share)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state)
 
 
 def load_conversations(cfg: SFTConfig) -> tuple[list[list[Message]], SourceStats]:
@@ -148,16 +120,7 @@ def train(
             f"[sft] {stats['examples']} training conversations, {len(val_examples)} for validation; "
             f"{stats['truncated']} truncated to {cfg.seq_len + 1} tokens, {stats['dropped']} dropped (nothing left to learn)"
         )
-    batches = ConversationBatches(
-        examples,
-        cfg.micro_batch(info.world_size),
-        tok.pad_id,
-        seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        group_size=cfg.micro_batch(1),
-        accumulation=cfg.accumulation(info.world_size),
-    )
+    batches = ConversationBatches(examples, pad_id=tok.pad_id, **common.length_groups(cfg, info))
     evaluate = (
         val_loss_evaluator(val_examples, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size)
         if val_examples
