@@ -14,8 +14,13 @@ def test_text_preset_trains_on_own_text_under_a_time_budget():
     cfg = load_config("text", ["data.sources=[book.txt]", "data.val_sources=[val.txt]"])
     assert cfg.preset == "text" and cfg.data.sources == ["book.txt"] and cfg.data.val_sources == ["val.txt"]
     assert cfg.pretrain.time_budget == 120 and cfg.pretrain.accumulation(1) >= 1
-    assert describe(cfg)["pretrain_steps"] == "fixed after the first probe_steps"
+    assert describe(cfg)["pretrain_steps"] == "fixed by the probe (probe_steps, probe_fraction of the budget)"
     assert load_config("text", ["pretrain.time_budget=8m"]).pretrain.time_budget == 480
+    assert cfg.pretrain.dropout == 0.1 and cfg.sft.dropout == 0.0
+    with pytest.raises(ConfigError, match=r"config key 'ppo.dropout'"):  # RL's ratios need deterministic log-probs
+        load_config("text", ["ppo.dropout=0.1"])
+    with pytest.raises(ConfigError, match=r"config key 'pretrain.dropout'"):
+        load_config("text", ["pretrain.dropout=1"])
 
 
 def test_overrides_are_typed():

@@ -118,3 +118,18 @@ def test_sequence_longer_than_context_is_a_clear_error():
     m = tiny_model()
     with pytest.raises(ValueError, match="max_seq_len"):
         m(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_dropout_acts_only_while_training():
+    m = tiny_model()
+    x = torch.randint(0, 97, (2, 16))
+    plain = m(x)
+    m.dropout = 0.3
+    assert torch.equal(m(x), plain)  # eval mode: no dropout
+    m.train()
+    torch.manual_seed(1)
+    a = m(x)
+    torch.manual_seed(1)
+    assert torch.equal(m(x), a) and not torch.allclose(a, plain)  # seeded, and it drops
+    m.dropout = 0.0
+    assert torch.allclose(m(x), plain, atol=1e-6)

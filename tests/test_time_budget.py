@@ -13,7 +13,8 @@ from test_train_loop import losses, pretrain_cmd
 from fromzero import checkpoint
 from fromzero.train.loop import TrainConfig, parse_duration, read_metrics
 
-SETS = ["pretrain.probe_steps=3", "pretrain.checkpoint_every=10", "pretrain.eval_every=1000"]
+# probe_fraction=0: the probe is its 3 steps, within the warmup (test_probe_times_its_share_of_the_budget: longer)
+SETS = ["pretrain.probe_steps=3", "pretrain.probe_fraction=0", "pretrain.checkpoint_every=10", "pretrain.eval_every=1000"]
 
 
 def budget_steps(stage_dir) -> int:
@@ -85,3 +86,18 @@ def test_resume_keeps_the_steps_the_budget_fixed(smoke_data, tmp_path, cli_env):
     resumed = subprocess.run(cmd + ["--resume"], check=True, env=cli_env, capture_output=True, text=True)
     assert "time_budget" not in resumed.stdout + resumed.stderr  # no second probe
     assert sorted(losses(tmp_path / "killed")) == list(range(1, fixed + 1))
+
+
+def test_probe_times_its_share_of_the_budget_at_the_peak_learning_rate(smoke_data, tmp_path, cli_env):
+    sets = [*SETS[:1], "pretrain.probe_fraction=0.5", *SETS[2:], "pretrain.time_budget=4s", "pretrain.warmup_steps=2"]
+    run = subprocess.run(pretrain_cmd(smoke_data, tmp_path / "b", *sets), env=cli_env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    steps = int(re.search(r"time_budget 4s at \d+ ms a step: (\d+) steps", run.stdout + run.stderr).group(1))
+    rows = [r for r in read_metrics(tmp_path / "b") if "lr" in r]
+    assert len(rows) == steps
+    # the probe went on until half the budget was spent: its last step is the first whose clock passed 2 s
+    n = next(r["step"] for r in rows if r["time"] >= 2.0)
+    assert n > 3
+    cfg = TrainConfig(steps=steps, lr=3e-3, warmup_steps=2)
+    assert [r["lr"] for r in rows[:n]] == [cfg.lr_at(1), cfg.lr_at(2)] + [cfg.lr] * (n - 2)
+    assert [r["lr"] for r in rows[n:]] == [cfg.lr_at(s) for s in range(n + 1, steps + 1)]

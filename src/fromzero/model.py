@@ -300,9 +300,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, mask, cache, layer, p: float = 0.0):
+        x = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer), p, self.training)
+        return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), p, self.training)
 
 
 class Backbone(nn.Module):
@@ -320,6 +320,8 @@ class Transformer(nn.Module):
         super().__init__()
         cfg.validate_shape()
         self.cfg = cfg
+        # residual dropout while training (nanoGPT's); a training setting (TrainConfig.dropout), not saved
+        self.dropout = 0.0
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -364,9 +366,10 @@ class Transformer(nn.Module):
         # rotate q and k in the dtype they come in (bf16 under autocast): no fp32 round trip
         dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type) else cos.dtype
         cos, sin = cos.to(dtype), sin.to(dtype)
-        x = self.model.embed_tokens(idx)
+        p = self.dropout if self.training else 0.0
+        x = F.dropout(self.model.embed_tokens(idx), p, self.training)
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, mask, cache, i)
+            x = block(x, cos, sin, mask, cache, i, p)
         if cache is not None:
             cache.advance(T)
         return self.model.norm(x)

@@ -77,6 +77,9 @@ class TrainConfig(BaseModel):
     schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="decay after warmup")
     decay_fraction: float = Field(0.2, ge=0, le=1, description="wsd: fraction of steps spent decaying at the end")
     weight_decay: NonNegativeFloat = Field(0.1, description="AdamW weight decay on matrices (not norms)")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="residual and embedding dropout while training (against overfitting a small corpus)"
+    )
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
@@ -103,11 +106,20 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="seed for data order and sampling")
     time_budget: float | None = Field(
         None,
-        description="train for this long instead of `steps` (90s, 2m, 1.5h): the first probe_steps steps "
-        "measure the speed, which fixes the steps (kept in the checkpoint, so resume is exact) and the schedule's "
-        "decay; counted as the log's `time`, training steps only, not evaluation or checkpoints",
+        description="train for this long instead of `steps` (90s, 2m, 1.5h): the first steps (probe_steps, and "
+        "probe_fraction of the budget) measure the speed, which fixes the steps (kept in the checkpoint, so resume "
+        "is exact) and the schedule's decay; counted as the log's `time`, training steps only, not evaluation or "
+        "checkpoints",
     )
-    probe_steps: int = Field(10, ge=2, description="time_budget: steps timed before the number of steps is fixed")
+    probe_steps: int = Field(10, ge=2, description="time_budget: the fewest steps timed before the steps are fixed")
+    probe_fraction: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="time_budget: the share of the budget timed before the steps are fixed (the first few steps run "
+        "faster than the rest); the learning rate holds at its peak after warmup until then, so with wsd up to "
+        "1 - decay_fraction, with cosine a few percent (its value jumps to the fitted curve's)",
+    )
 
     @field_validator("time_budget", mode="before")
     @classmethod
@@ -338,8 +350,11 @@ def is_done(stage_dir: Path) -> bool:
 
 def _budget_steps(cfg: TrainConfig, step: int, elapsed: float, probe: list[float], stage: Stage, info: DistInfo) -> int:
     """The number of steps that fits cfg.time_budget at the speed the probe measured (the same on every rank)."""
-    times = sorted(probe[1:])  # the first step pays for allocations and cold caches
-    per_step = all_reduce_sum(torch.tensor(times[len(times) // 2], device=info.device)).item() / info.world_size
+    # the mean of the probe's later half, the speed nearest the steps still to run (the budget is their sum); the
+    # first step pays for allocations and cold caches
+    recent = probe[1:][(len(probe) - 1) // 2 :]
+    mean = sum(recent) / len(recent)
+    per_step = all_reduce_sum(torch.tensor(mean, device=info.device)).item() / info.world_size
     steps = max(step, step + int((cfg.time_budget - elapsed) / per_step))
     if info.is_main:
         tqdm.write(f"[{stage.name}] time_budget {cfg.time_budget:g}s at {per_step * 1e3:.0f} ms a step: {steps} steps")
@@ -463,6 +478,9 @@ def run(
     if fsdp and lora.is_lora(model):
         raise ValueError(f"{stage.name}.parallel=fsdp does not shard LoRA adapters; use parallel=ddp with lora")
     model.to(device)
+    for m in model.modules():  # a stage may train more than one Transformer (PPO's policy and value model)
+        if isinstance(m, Transformer):
+            m.dropout = cfg.dropout
     start_step, elapsed, resumed_from, state = 0, 0.0, None, None
     steps, budget_steps = cfg.steps, None
     if checkpoint.exists(out):
@@ -514,9 +532,9 @@ def run(
     peak = matmul_peak_flops(device, torch.bfloat16 if bf16 else torch.float32) * info.world_size
     if info.is_main and resumed_from:
         tqdm.write(f"[{stage.name}] resuming from {resumed_from} (step {start_step}/{steps})")
-    # under a time budget the schedule runs on the preset's steps until the probe fixes the real number
+    # under a time budget the learning rate warms up and holds at its peak until the probe fixes the steps
     fixed = cfg.time_budget is None or budget_steps is not None
-    schedule = cfg if steps == cfg.steps else cfg.model_copy(update={"steps": steps})
+    schedule = cfg.model_copy(update={"steps": steps} if fixed else {"schedule": "constant"})
     probe: list[float] = []
 
     def save(step: int, metrics: dict[str, Any]) -> None:
@@ -612,7 +630,9 @@ def run(
         bar.update(1)
         if not fixed:
             probe.append(dt)
-            if len(probe) == cfg.probe_steps:
+            probing = len(probe) < cfg.probe_steps or elapsed < cfg.probe_fraction * cfg.time_budget
+            # the probe ends on every rank at once, when no rank's clock asks for more
+            if all_reduce_sum(torch.tensor(float(probing), device=device)).item() == 0:
                 steps = _budget_steps(cfg, step, elapsed, probe, stage, info)
                 schedule, fixed, bar.total = cfg.model_copy(update={"steps": steps}), True, steps
                 bar.refresh()

@@ -37,6 +37,7 @@ class RolloutConfig(TrainConfig, ABC):
     warmup_steps: NonNegativeInt = 5
     schedule: Literal["cosine", "wsd", "constant"] = "constant"
     weight_decay: NonNegativeFloat = 0.0
+    dropout: float = Field(0.0, ge=0, le=0, description="none: the ratio to the rollout's log-probs must not be noise")
     eval_every: PositiveInt = 25
     checkpoint_every: PositiveInt = 25
 
