@@ -14,7 +14,12 @@ from fromzero import checkpoint
 from fromzero.train.loop import TrainConfig, parse_duration, read_metrics
 
 # probe_fraction=0: the probe is its 3 steps, within the warmup (test_probe_times_its_share_of_the_budget: longer)
-SETS = ["pretrain.probe_steps=3", "pretrain.probe_fraction=0", "pretrain.checkpoint_every=10", "pretrain.eval_every=1000"]
+SETS = [
+    "pretrain.probe_steps=3",
+    "pretrain.probe_fraction=0",
+    "pretrain.checkpoint_every=10",
+    "pretrain.eval_every=1000",
+]
 
 
 def budget_steps(stage_dir) -> int:

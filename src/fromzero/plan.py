@@ -14,7 +14,10 @@ def describe(cfg: Config, world_size: int = 1) -> dict[str, Any]:
     if t.seq_len > model.max_seq_len:
         raise ValueError(f"pretrain.seq_len={t.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
     if t.time_budget is not None:  # the steps are measured, not set: no token count to promise
-        budget = {"pretrain_time_budget_s": t.time_budget, "pretrain_steps": "fixed by the probe (probe_steps, probe_fraction of the budget)"}
+        budget = {
+            "pretrain_time_budget_s": t.time_budget,
+            "pretrain_steps": "fixed by the probe (probe_steps, probe_fraction of the budget)",
+        }
     else:
         budget = {
             "pretrain_tokens": t.batch_tokens * t.steps,

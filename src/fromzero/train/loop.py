@@ -78,7 +78,10 @@ class TrainConfig(BaseModel):
     decay_fraction: float = Field(0.2, ge=0, le=1, description="wsd: fraction of steps spent decaying at the end")
     weight_decay: NonNegativeFloat = Field(0.1, description="AdamW weight decay on matrices (not norms)")
     dropout: float = Field(
-        0.0, ge=0, lt=1, description="residual and embedding dropout while training (against overfitting a small corpus)"
+        0.0,
+        ge=0,
+        lt=1,
+        description="residual and embedding dropout while training (against overfitting a small corpus)",
     )
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
