@@ -3,13 +3,19 @@ the model it starts from loaded with its tokenizer and checked against seq_len."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fromzero import checkpoint
+from fromzero.data.preference import EncodedPair, PairBatches, describe_encoding, encode_pairs
 from fromzero.dist import DistInfo, setup
 from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import loop
+
+if TYPE_CHECKING:
+    from fromzero.train.configs import PairConfig
 
 
 def begin(cfg: loop.TrainConfig, out_dir: Path, resume: bool) -> tuple[DistInfo, Path | None]:
@@ -30,6 +36,18 @@ def length_groups(cfg: loop.TrainConfig, info: DistInfo) -> dict[str, int]:
         "group_size": cfg.micro_batch(1),
         "accumulation": cfg.accumulation(info.world_size),
     }
+
+
+def pair_batches(
+    stage: str, cfg: PairConfig, tok: Tokenizer, pairs: list, val_pairs: list, info: DistInfo, log: Callable
+) -> tuple[PairBatches, list[EncodedPair], list[EncodedPair]]:
+    """The pair stages' (reward, DPO) training batches and encoded pairs, cut to cfg.seq_len as TRL cuts them, with
+    every cut and drop of either split logged."""
+    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)
+    val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
+    if info.is_main:
+        log(describe_encoding(stage, stats, val_stats, cfg.seq_len))
+    return PairBatches(encoded, pad_id=tok.pad_id, **length_groups(cfg, info)), encoded, val_encoded
 
 
 def check_seq_len(stage: str, cfg: loop.TrainConfig, model: Transformer, whose: str = "model") -> None:

@@ -23,10 +23,7 @@ from fromzero import checkpoint, lora
 from fromzero.data.preference import (
     EncodedPair,
     PairBatch,
-    PairBatches,
     PreferencePair,
-    describe_encoding,
-    encode_pairs,
     eval_batches,
 )
 from fromzero.dist import DistInfo, all_reduce_sum
@@ -162,11 +159,7 @@ def train(
     tok_file, tok, model = common.load_init("dpo", cfg, init, info)
     if cfg.lora.enabled:  # B starts at zero: the reference log-probs below are the starting model's either way
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed)
-    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)
-    val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
-    if info.is_main:
-        log(describe_encoding("dpo", stats, val_stats, cfg.seq_len))
-    batches = PairBatches(encoded, pad_id=tok.pad_id, **common.length_groups(cfg, info))
+    batches, encoded, val_encoded = common.pair_batches("dpo", cfg, tok, pairs, val_pairs, info, log)
     # the reference is the starting model: on resume `model` is reloaded from the checkpoint by the loop,
     # after these are computed from `init`
     reference = reference_logps(cfg, model, encoded, tok.pad_id, info.device, info.rank, info.world_size)

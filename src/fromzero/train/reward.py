@@ -43,10 +43,7 @@ from fromzero.data.chat import Message, prompt_ids
 from fromzero.data.preference import (
     EncodedPair,
     PairBatch,
-    PairBatches,
     PreferencePair,
-    describe_encoding,
-    encode_pairs,
     eval_batches,
 )
 from fromzero.dist import all_reduce_sum
@@ -262,11 +259,7 @@ def train(
     if cfg.lora.enabled:
         heads = ("score", "gate") if model.gate is not None else ("score",)
         lora.inject(model, cfg.lora, base=checkpoint.resolve(init), seed=cfg.seed, modules_to_save=heads)
-    encoded, stats = encode_pairs(tok, pairs, cfg.seq_len, cfg.max_prompt_len)
-    val_encoded, val_stats = encode_pairs(tok, val_pairs, cfg.seq_len, cfg.max_prompt_len)
-    if info.is_main:
-        log(describe_encoding("reward", stats, val_stats, cfg.seq_len))
-    batches = PairBatches(encoded, pad_id=tok.pad_id, **common.length_groups(cfg, info))
+    batches, encoded, val_encoded = common.pair_batches("reward", cfg, tok, pairs, val_pairs, info, log)
     evaluate = None
     if val_encoded:
         evaluate = pairwise_evaluator(val_encoded, cfg.micro_batch_size, tok.pad_id, info.rank, info.world_size)
