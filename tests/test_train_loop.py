@@ -163,7 +163,7 @@ def test_torchrun_two_processes_match_one_process(smoke_data, tmp_path, cli_env)
 
 def test_mfu_counts_the_flops_a_batch_source_spends_itself(smoke_data, tmp_path):
     """An RL batch source samples and scores with models the loop never sees; what it reports spending
-    (`inference_flops`) is in the step's MFU beside the training FLOPs."""
+    (`extra_flops`) is in the step's MFU beside the training FLOPs."""
     from fromzero.config import load_config
     from fromzero.data.build import open_split
     from fromzero.data.loader import PackedBatches
@@ -176,7 +176,7 @@ def test_mfu_counts_the_flops_a_batch_source_spends_itself(smoke_data, tmp_path)
     spent_per_step = 3e12  # far more than the step's training FLOPs: it shows in the MFU
 
     class Spending(PackedBatches):
-        def inference_flops(self) -> float:
+        def extra_flops(self) -> float:
             return spent_per_step
 
     batches = Spending(open_split(smoke_data, "train"), cfg.seq_len, cfg.micro_batch(1), seed=0)

@@ -173,9 +173,9 @@ class BatchSource(Protocol):
     has the same share, 1 / (accumulation steps × ranks). The step's objective, what is logged as its loss, is the
     sum of each micro-batch's loss times its share; its metrics are weighted the same way.
 
-    A source that runs models itself (RL: sampling answers, a frozen reference's log-probs, a reward model's scores)
-    has `inference_flops()`: the FLOPs this rank spent so since the last call, which the step's MFU counts beside
-    the training FLOPs of the loop's own forward and backward passes.
+    A source whose step costs more than the model's passes over the batch's input ids (RL: sampling answers, a
+    frozen reference's log-probs, a reward model's scores, PPO's ptx rows) has `extra_flops()`: the FLOPs this rank
+    spent so since the last call, which the step's MFU counts beside the training FLOPs of those passes.
     """
 
     def next_batch(self) -> Any: ...
@@ -601,7 +601,7 @@ def run(
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
         # one collective for the step's loss, tokens and every metric: what is logged is the mean over ranks
-        spent = batches.inference_flops() if hasattr(batches, "inference_flops") else 0.0
+        spent = batches.extra_flops() if hasattr(batches, "extra_flops") else 0.0
         totals = {"\0loss": loss_sum.item(), "\0tokens": float(tokens), "\0flops": spent}
         reduced = all_reduce_mean({**extra, **totals}, device)
         step_loss, tokens = reduced.pop("\0loss"), reduced.pop("\0tokens") * info.world_size

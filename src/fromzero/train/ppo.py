@@ -161,7 +161,7 @@ class PolicyValue(nn.Module):
         self.cfg = policy.cfg  # the checkpoint's config.json
 
     def flops_per_token(self, seq_len: int) -> float:
-        """The loop's MFU counts both models' passes (the ptx rows and the rollout's sampling are not counted)."""
+        """Both models' passes over the rollout's ids (the ptx rows and the sampling: PPOSource.spend)."""
         return self.policy.cfg.flops_per_token(seq_len) + self.value.cfg.flops_per_token(seq_len)
 
     def forward(
@@ -281,6 +281,7 @@ class PPOBatches(RolloutSource):
         if self.ptx_order is not None:
             x, y = sft.collate([self.ptx[i] for i in self.ptx_order.next_indices()], self.tok.pad_id)
             ptx = (x.to(self.device), y.to(self.device))
+            self.spend(self.model.policy, x.numel(), backward=True)
         return PPOMicroBatch(
             input_ids=r.ids[idx, : cut + 1],
             answer_mask=r.mask[idx, :cut],

@@ -108,12 +108,13 @@ class RolloutSource(ABC):
         self.rollout: Any = None
         self._spent = 0.0
 
-    def spend(self, model: nn.Module, tokens: int) -> None:
-        """Count a forward pass of `model` over `tokens` tokens outside the loop's own (sampling answers, the frozen
-        models' log-probs and scores): a third of its training FLOPs per token."""
-        self._spent += model.cfg.flops_per_token(self.cfg.seq_len) / 3 * tokens
+    def spend(self, model: nn.Module, tokens: int, backward: bool = False) -> None:
+        """Count a pass of `model` over `tokens` tokens outside the loop's own input ids: a forward (sampling
+        answers, the frozen models' log-probs and scores) is a third of its training FLOPs per token, a forward and
+        backward (PPO's ptx rows) all of them."""
+        self._spent += model.cfg.flops_per_token(self.cfg.seq_len) / (1 if backward else 3) * tokens
 
-    def inference_flops(self) -> float:
+    def extra_flops(self) -> float:
         """The FLOPs counted by `spend` since the last call (loop.BatchSource: the step's MFU counts them)."""
         spent, self._spent = self._spent, 0.0
         return spent
