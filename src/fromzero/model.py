@@ -320,7 +320,7 @@ class Transformer(nn.Module):
         super().__init__()
         cfg.validate_shape()
         self.cfg = cfg
-        # residual dropout while training (nanoGPT's); a training setting (TrainConfig.dropout), not saved
+        # residual and embedding dropout while training (as nanoGPT); set from TrainConfig.dropout, not saved
         self.dropout = 0.0
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
