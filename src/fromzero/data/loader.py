@@ -9,6 +9,7 @@ The data position is one integer, which makes resume exact.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,22 @@ import torch
 from fromzero.data.shards import TokenShards
 
 
-class GlobalOrder:
+class SeededPosition:
+    """A seeded order's resumable state: the seed it was drawn with (checked on load) and how far it has gone."""
+
+    seed: int
+    position: int
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with {self.seed}")
+        self.position = state["position"]
+
+
+class GlobalOrder(SeededPosition):
     """Which items each rank's next micro-batch holds, in a seeded order shared by all ranks.
 
     Items are visited epoch by epoch, each epoch in a permutation seeded by (seed, epoch); global
@@ -42,14 +58,6 @@ class GlobalOrder:
         first = (self.position * self.world_size + self.rank) * self.mb
         self.position += 1
         return [self.item(s) for s in range(first, first + self.mb)]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["seed"] != self.seed:
-            raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with {self.seed}")
-        self.position = state["position"]
 
 
 class PackedBatches:
@@ -98,7 +106,7 @@ def eval_batches(
         yield t[:, :-1], t[:, 1:]
 
 
-class LengthGroups:
+class LengthGroups(SeededPosition):
     """Which examples this rank's next micro-batch holds, for examples of varying length (SFT's conversations,
     preference pairs), and its share of the step: the same steps whatever the ranks.
 
@@ -150,16 +158,8 @@ class LengthGroups:
         fraction = sum(self.units[i] for i in rows) / max(1, sum(self.units[i] for i in group))
         return rows, fraction / self.groups_per_step
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "seed": self.seed}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["seed"] != self.seed:
-            raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with {self.seed}")
-        self.position = state["position"]
-
-
-class LengthGroupedBatches:
+class LengthGroupedBatches(ABC):
     """A resumable batch source over `LengthGroups`: a subclass names its items (for the error), gives each item's
     length and units, and collates a micro-batch's rows with their share (`collate`)."""
 
@@ -192,8 +192,9 @@ class LengthGroupedBatches:
             world_size=world_size,
         )
 
+    @abstractmethod
     def collate(self, rows: list[int], share: float | None) -> Any:
-        raise NotImplementedError
+        """The micro-batch of these rows, carrying `share` as its weight."""
 
     def next_batch(self) -> Any:
         return self.collate(*self.order.next_indices())
