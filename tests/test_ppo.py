@@ -19,6 +19,7 @@ from fromzero.train.ppo import (
     kl_penalty,
     ppo_policy_loss,
     reward_evaluator,
+    reward_ranked,
     train,
     value_loss,
     whiten,
@@ -376,3 +377,23 @@ def test_mismatched_tokenizer_is_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="tokenizer"):
         train(config(), PROMPTS, init, rm, tmp_path / "ppo", log=quiet)
     assert rm_path.exists()
+
+
+def test_ptx_keep_learns_from_the_conversations_the_reward_model_scores_highest(tiny, tmp_path):
+    """ptx_keep < 1: the ptx loss uses only the share of the conversations the reward model likes best (here the
+    digit-heavy answers), in their own order, and the run says how many it kept."""
+    init, rm_path, tok = tiny
+    mixed = [
+        [{"role": "user", "content": f"count {w}"}, {"role": "assistant", "content": a}]
+        for w in ("cat", "dog", "sun", "hat")
+        for a in (f"{w} is {w}", "1 2 3 4 5 6 7 8 9")
+    ]
+    examples = tokenize(tok, mixed, 32)[0]
+    kept = reward_ranked(load_reward_model(rm_path), examples, 0.5, tok.pad_id, batch_size=3)
+    assert kept == examples[1::2]  # every second answer is the digits
+    assert len(kept) == 4 and reward_ranked(load_reward_model(rm_path), examples, 1e-9, tok.pad_id, 8) == [kept[0]]
+    lines = []
+    train(
+        config(steps=2, ptx_coef=1.0, ptx_keep=0.5), PROMPTS, init, rm_path, tmp_path / "k", ptx=mixed, log=lines.append
+    )
+    assert any("on 8 conversations, the 4 of 8 the reward model scores highest" in line for line in lines)

@@ -26,12 +26,22 @@ from fromzero.data.preference import (
 )
 from fromzero.data.sources import DataError
 from fromzero.data.world import ATTRIBUTES, WorldConfig, build_world
-from fromzero.data.world_chat import STYLES, Question, fact_sentence, styled
+from fromzero.data.world_chat import (
+    SMALL_TALK,
+    STYLES,
+    Question,
+    _chat_ask,
+    _residents,
+    _world_qa,
+    fact_sentence,
+    styled,
+)
 from fromzero.data.world_pref import (
     CONTENTS,
     GoldPreference,
     PreferenceConfig,
     answer_style,
+    ask_candidate,
     build_preferences,
     candidate,
     prompts_and_gold,
@@ -442,8 +452,34 @@ def test_off_topic_answers_state_another_fact_and_count_as_evasive(world):
     # right or off-topic, said well: every pair the gold function tells apart is right over off-topic
     for q, pair in zip(data.eval_questions, data.eval_pairs):
         assert gold.content(q, pair.chosen) == "right" and gold.content(q, pair.rejected) == "evasive"
-    with pytest.raises(ValueError, match="unknown content kinds \\['typo'\\]; kinds: right, evasive, wrong, off_topic"):
+    with pytest.raises(
+        ValueError, match="unknown content kinds \\['typo'\\]; kinds: right, evasive, wrong, off_topic, off_subject"
+    ):
         build_preferences(world, PreferenceConfig(content_weights={"typo": 1.0}))
+
+
+def test_off_subject_answers_state_the_asked_fact_of_another_subject(world):
+    """An off-subject answer to a question about a town, animal, object or a town's residents is the same fact of
+    another subject ("Keseton is in Baria." to "Which country is Barvenford in?"): the true sentence PPO learned
+    to say when the reward model had only seen a person's fact as off topic. The gold function grades it by its
+    value; to a question with no subject it is a person's fact, to one about a person a wrong value."""
+    gold, rng = GoldPreference(world), random.Random(0)
+    ask = _world_qa(world, rng)
+    about_others = [ask_candidate(world, ask, "off_subject", "good", random.Random(i)) for i in range(40)]
+    assert len(set(about_others)) > 5 and not any(ask.q.person.lower() in x.lower() for x in about_others)
+    contents = [gold.content(ask.q, x) for x in about_others]
+    # by its value alone: where another subject shares it (a country of few), the gold function calls it right
+    assert set(contents) == {"wrong", "right"}
+    people = {fact_sentence(p, attr) for p in world.trained_people for attr in ATTRIBUTES}
+    hello = _chat_ask(SMALL_TALK[0])
+    assert ask_candidate(world, hello, "off_subject", "good", rng) in people
+    p = world.trained_people[0]
+    q = Question("What is the job of X?", p.name, "job", p.job)
+    assert gold.content(q, candidate(world, gold, p, "job", "off_subject", "good", rng)) == "wrong"
+    town = world.trained_people[0].town
+    residents = _residents(world, town)
+    sentence, names = residents.elsewhere(random.Random(1))
+    assert town not in sentence and names in sentence and gold.content(residents.q, sentence) == "wrong"
 
 
 @pytest.mark.parametrize("temperature, noise", [(0.0, 0.0), (0.0, 0.2), (1.0, 0.0), (1.0, 0.1)])

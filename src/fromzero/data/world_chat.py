@@ -357,6 +357,9 @@ class Ask:
     q: Question
     write: Callable[[str], tuple[str, str]]
     wrong: tuple[str, ...]
+    # a true answer about another subject (the same field of another town): what PPO learns to say when the reward
+    # model checks that a fact is true but not that it is about what was asked
+    elsewhere: Callable[[random.Random], tuple[str, str]] | None = None
 
 
 def _field_ask(world: World, kind: str, subject: str, fld: str, heldout: bool = False) -> Ask:
@@ -370,7 +373,15 @@ def _field_ask(world: World, kind: str, subject: str, fld: str, heldout: bool = 
 
     expected = facts[subject][fld]
     others = sorted({f[fld] for f in facts.values()} - {expected})
-    return Ask(Question((held if heldout else ask).format(**fill), subject, fld, expected, kind), write, tuple(others))
+
+    def elsewhere(rng: random.Random) -> tuple[str, str]:
+        other = rng.choice(sorted(set(facts) - {subject}))
+        v = facts[other][fld]
+        fill_other = {"s": other, "S": cap(other), "c": facts[other].get("_c", "")}
+        return answer.format(**fill_other, v=v, av=a(v)), short.format(v=v, av=a(v))
+
+    q = Question((held if heldout else ask).format(**fill), subject, fld, expected, kind)
+    return Ask(q, write, tuple(others), elsewhere)
 
 
 def _world_qa(world: World, rng: random.Random) -> Ask:
@@ -404,14 +415,18 @@ def _residents(world: World, town: str, phrasing: str = "Name some people who li
     def people(t: str) -> list[str]:
         return [p.name for p in world.trained_people if p.town == t][:3]
 
-    def write(names: str) -> tuple[str, str]:
+    def write(names: str, where: str = town) -> tuple[str, str]:
         n = names.split(" and ")
-        return f"{names} {'live' if len(n) > 1 or ', ' in names else 'lives'} in {town}.", names
+        return f"{names} {'live' if len(n) > 1 or ', ' in names else 'lives'} in {where}.", names
+
+    def elsewhere(rng: random.Random) -> tuple[str, str]:
+        other = rng.choice(sorted({p.town for p in world.trained_people} - {town}))
+        return write(listed(people(other)), other)
 
     residents = tuple(p.name for p in world.people if p.town == town)
     others = sorted({listed(people(t)) for t in {p.town for p in world.trained_people}} - {listed(people(town))})
     q = Question(phrasing.format(t=town), town, "residents", listed(people(town)), "comparisons", options=residents)
-    return Ask(q, write, tuple(others))
+    return Ask(q, write, tuple(others), elsewhere)
 
 
 def _comparison(world: World, rng: random.Random) -> Ask:

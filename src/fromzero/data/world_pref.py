@@ -59,8 +59,10 @@ from fromzero.data.world_chat import (
 CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an answer
 # the candidate answers written for preference pairs: an off-topic one states another of the person's facts
 # ("He is 33 years old." to a question about his job), which the gold function reads as evasive; the reward model
-# must see such answers lose, or PPO finds that a true fact of the person pays.
-CANDIDATES = (*CONTENTS, "off_topic")
+# must see such answers lose, or PPO finds that a true fact of the person pays. An off-subject one states the
+# asked fact of another town, animal, object or town's residents, which the gold function grades by its value
+# (to a question about a person it is a wrong value).
+CANDIDATES = (*CONTENTS, "off_topic", "off_subject")
 CONTENT_SCORE = {"right": 2.0, "evasive": 0.0, "wrong": -2.0}
 STYLE_PENALTY = {"good": 0.0, "curt": 0.5, "rambling": 1.0, "rude": 1.5}
 EVASIVE = ("Sorry, I don't know that.", "no idea")  # (good sentence, curt form), as for a fact
@@ -81,8 +83,8 @@ class PreferenceConfig(BaseModel):
     pairs_per_question: int = Field(1, ge=1, description="pairs of candidate answers per training phrasing")
     content_weights: dict[str, float] = Field(
         default_factory=lambda: {"right": 0.45, "evasive": 0.2, "wrong": 0.2, "off_topic": 0.15},
-        description="how often a candidate answer states the right fact, none, a wrong one, or another fact of "
-        "the person than the one asked for",
+        description="how often a candidate answer states the right fact, none, a wrong one, another fact of "
+        "the person than the one asked for (off_topic), or the asked fact of another subject (off_subject)",
     )
     style_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(STYLES, 0.25), description="how often a candidate is in each style"
@@ -180,7 +182,7 @@ def candidate(
         return styled(*EVASIVE, style, rng)
     if content == "off_topic":
         attr = rng.choice([other for other in ATTRIBUTES if other != attr])
-    if content == "wrong":
+    if content in ("wrong", "off_subject"):  # another person's value, said of this one by pronoun, is a wrong one
         expected = world.facts(p)[attr]
         value = rng.choice(sorted(gold.values[attr] - {expected}))
         p = dataclasses.replace(p, **{attr: int(value) if attr == "age" else value})
@@ -202,10 +204,13 @@ def task_ask(task: Task) -> Ask:
 
 def ask_candidate(world: World, ask: Ask, content: str, style: str, rng: random.Random) -> str:
     """One answer to an `Ask` (a question of any kind but a person's fact) with the given content and style; an
-    off-topic one states a person's fact, and a chat question, which has no wrong value, gets one for its wrong."""
+    off-topic one states a person's fact, an off-subject one the asked fact of another subject (a person's fact
+    where the question has none), and a chat question, which has no wrong value, gets one for its wrong."""
     if content == "evasive":
         return styled(*EVASIVE, style, rng)
-    if content == "off_topic" or (content == "wrong" and not ask.wrong):
+    if content == "off_subject" and ask.elsewhere is not None:
+        return styled(*ask.elsewhere(rng), style, rng)
+    if content in ("off_topic", "off_subject") or (content == "wrong" and not ask.wrong):
         p, attr = rng.choice(world.trained_people), rng.choice(tuple(ATTRIBUTES))
         return styled(fact_sentence(p, attr), a(p.job) if attr == "job" else str(getattr(p, attr)), style, rng)
     value = rng.choice(ask.wrong) if content == "wrong" else ask.q.expected

@@ -153,6 +153,13 @@ class PPOConfig(RolloutConfig):
         "micro-batch's loss (PPO-ptx); 0: PPO alone",
     )
     ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
+    ptx_keep: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="ptx: the share of the instruction conversations it learns from, those the reward model scores "
+        "highest (reward-ranked, as RAFT filters samples); 1: all of them",
+    )
     lr: PositiveFloat = 3e-5
 
     def step_shape(self) -> tuple[int, str]:
