@@ -21,8 +21,10 @@ from fromzero.data.world_chat import (
     _arithmetic,
     _chat_ask,
     _comparison,
+    _field_ask,
     _world_qa,
     build_instructions,
+    field_values,
     recognise,
     styled,
 )
@@ -65,6 +67,20 @@ def test_every_training_answer_is_right_and_every_wrong_value_wrong(world):
     for entry in SMALL_TALK:
         ask = _chat_ask(entry)
         assert all(judge.check(ask.q, styled(*ask.write(""), s, rng))[0] == "right" for s in STYLES), entry
+
+
+def test_a_true_fact_of_another_subject_is_wrong_even_with_the_asked_value(world):
+    """PPO learnt to answer a question about one town with a true sentence about another ("Ashwenstead is in the south
+    of Normark." to a question about Calriwick): wrong, also where both towns share the value."""
+    judge, facts = Judge(world), field_values(world)["towns"]
+    town, other = next((t, o) for t in facts for o in facts if t != o and facts[t]["country"] == facts[o]["country"])
+    q = _field_ask(world, "towns", town, "country").q
+    assert judge.check(q, f"{town} is in {facts[town]['country']}.")[0] == "right"
+    assert judge.check(q, f"{other} is in {facts[town]['country']}.") == ("wrong", f"is about {other}, not {town}")
+    cat = next(s for s in field_values(world)["animals"] if s != "a cat")
+    q = _field_ask(world, "animals", cat, "eats").q
+    expected = field_values(world)["animals"][cat]["eats"]
+    assert judge.check(q, f"The {cat.split(' ', 1)[1]} eats {expected}.")[0] == "right"
 
 
 def test_off_topic_and_evasive_answers_fail_with_a_reason(world):

@@ -461,15 +461,14 @@ def test_off_topic_answers_state_another_fact_and_count_as_evasive(world):
 def test_off_subject_answers_state_the_asked_fact_of_another_subject(world):
     """An off-subject answer to a question about a town, animal, object or a town's residents is the same fact of
     another subject ("Keseton is in Baria." to "Which country is Barvenford in?"): the true sentence PPO learned
-    to say when the reward model had only seen a person's fact as off topic. The gold function grades it by its
-    value; to a question with no subject it is a person's fact, to one about a person a wrong value."""
+    to say when the reward model had only seen a person's fact as off topic. The gold function grades it wrong,
+    even where the other subject shares the value; to a question with no subject it is a person's fact, to one about
+    a person a wrong value."""
     gold, rng = GoldPreference(world), random.Random(0)
     ask = _world_qa(world, rng)
     about_others = [ask_candidate(world, ask, "off_subject", "good", random.Random(i)) for i in range(40)]
     assert len(set(about_others)) > 5 and not any(ask.q.person.lower() in x.lower() for x in about_others)
-    contents = [gold.content(ask.q, x) for x in about_others]
-    # by its value alone: where another subject shares it (a country of few), the gold function calls it right
-    assert set(contents) == {"wrong", "right"}
+    assert {gold.content(ask.q, x) for x in about_others} == {"wrong"}
     people = {fact_sentence(p, attr) for p in world.trained_people for attr in ATTRIBUTES}
     hello = _chat_ask(SMALL_TALK[0])
     assert ask_candidate(world, hello, "off_subject", "good", rng) in people

@@ -349,6 +349,11 @@ def field_values(world: World) -> dict[str, dict[str, str]]:
     }
 
 
+def _bare(subject: str) -> str:
+    """'a cat' -> 'cat': how an answer names a subject ("The cat eats fish.")."""
+    return re.sub(r"^an? ", "", subject)
+
+
 @dataclass(frozen=True)
 class Ask:
     """A question with a way to answer it with any value: `write(value)` is (good sentence, curt form), and `wrong`
@@ -635,7 +640,8 @@ class Judge:
     "Baker" must not count as a job):
 
     - a fact (of a person, town, animal or object): right when it states the expected value and no other value of
-      that attribute ("berries and fish" counts once, not also as "fish");
+      that attribute ("berries and fish" counts once, not also as "fish"); of a town, animal or object, wrong when it
+      names another one (a true fact of another town is no answer about this one, even where the value is shared);
     - older: right when the older of the two is named first; residents: every person named lives in the town;
     - number: the last number stated; task (a word problem): the final answer, as the reasoning reward reads it;
     - chat (small talk, language models): on topic (one of the question's words) and no fact of a person, which a
@@ -648,6 +654,7 @@ class Judge:
             fld: {f[fld] for f in facts.values()} for kind, facts in field_values(world).items() for fld in FIELDS[kind]
         }
         self.values: dict[str, set[str]] = {**people, **fields}
+        self.subjects = {kind: {_bare(s) for s in facts} for kind, facts in field_values(world).items()}
         self.names = {p.name for p in world.people}
         # a person's facts, but not words small talk uses itself ("by reading a lot of text": reading is also a hobby)
         chat = word_text(" ".join(good for _, good, *_ in SMALL_TALK))
@@ -665,6 +672,11 @@ class Judge:
         text = word_text(answer.replace(q.person, " ") if q.person else answer)
         if q.attribute in self.values:
             stated = self.stated(text, self.values[q.attribute])
+            if q.kind in self.subjects:
+                own = _bare(q.person)
+                others = self.stated(text.replace(word_text(own), " "), self.subjects[q.kind] - {own})
+                if others:
+                    return "wrong", f"is about {min(others)}, not {own}"
             if not stated:
                 return "evasive", f"states no {q.attribute.replace('_', ' ')}"
             if stated == {q.expected}:

@@ -60,7 +60,7 @@ CONTENTS = ("right", "evasive", "wrong")  # what the gold function reads in an a
 # the candidate answers written for preference pairs: an off-topic one states another of the person's facts
 # ("He is 33 years old." to a question about his job), which the gold function reads as evasive; the reward model
 # must see such answers lose, or PPO finds that a true fact of the person pays. An off-subject one states the
-# asked fact of another town, animal, object or town's residents, which the gold function grades by its value
+# asked fact of another town, animal, object or town's residents, which the gold function grades wrong
 # (to a question about a person it is a wrong value).
 CANDIDATES = (*CONTENTS, "off_topic", "off_subject")
 CONTENT_SCORE = {"right": 2.0, "evasive": 0.0, "wrong": -2.0}
