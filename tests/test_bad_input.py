@@ -197,6 +197,14 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_no_temp_dir(
                 checkpoint.save(stage, 2, model, tokenizer_file=tok_file, meta={"stage": "pretrain"})
         assert sorted(p.name for p in stage.iterdir()) == ["LATEST", "ckpt-0000001"]
         assert checkpoint.resolve(stage) == first
+    gone = tmp_path / "gone" / "tokenizer.json"  # the starting checkpoint's tokenizer, removed while a stage ran
+    with pytest.raises(
+        OSError,
+        match=rf"\(No such file or directory: {re.escape(str(gone))}\); the previous "
+        rf"checkpoint .* is kept; restore {re.escape(str(gone))} and run again with --resume",
+    ):
+        checkpoint.save(stage, 2, model, tokenizer_file=gone, meta={"stage": "pretrain"})
+    assert sorted(p.name for p in stage.iterdir()) == ["LATEST", "ckpt-0000001"]
     with monkeypatch.context() as m:
         m.setattr(checkpoint.torch, "save", full_disk)
         with pytest.raises(OSError, match="ENOSPC|No space left"):
