@@ -305,14 +305,11 @@ def _person_qa(p: Person, attr: str, template: str, style: str, rng: random.Rand
 # World facts asked about, per kind: field -> (training question, held-out question, good answer, curt answer).
 # {s} is the subject (a town's name; "a cat", "a kettle"), {S} it capitalised, {c} a town's country, {v} the value
 # asked for and {av} it after "a"/"an". The held-out phrasings are never trained on: the general evaluation asks them.
-# A town's answer names it by pronoun ({S}/{o}: "It"/"it"), as a person's does: a model that must copy the town's
-# name from the question writes the name of a town it has seen more often, and then that town's fact. The name
-# itself fills them where a sentence is about another town (`Ask.elsewhere`).
 TOWN_FIELDS = {
-    "country": ("Which country is {s} in?", "In which country is {s}?", "{S} is in {v}.", "{v}"),
-    "known_for": ("What is {s} known for?", "What is {s} famous for?", "{S} is known for its {v}.", "{v}"),
-    "landmark": ("What is near {s}?", "What can you find near {s}?", "There is {av} near {o}.", "{av}"),
-    "region": ("In which part of {c} is {s}?", "Which part of {c} is {s} in?", "{S} is in the {v} of {c}.", "the {v}"),
+    "country": ("Which country is {s} in?", "In which country is {s}?", "{s} is in {v}.", "{v}"),
+    "known_for": ("What is {s} known for?", "What is {s} famous for?", "{s} is known for its {v}.", "{v}"),
+    "landmark": ("What is near {s}?", "What can you find near {s}?", "There is {av} near {s}.", "{av}"),
+    "region": ("In which part of {c} is {s}?", "Which part of {c} is {s} in?", "{s} is in the {v} of {c}.", "the {v}"),
 }
 ANIMAL_FIELDS = {
     "legs": ("How many legs does {s} have?", "How many legs has {s} got?", "{S} has {v}.", "{v}"),
@@ -374,11 +371,10 @@ def _field_ask(world: World, kind: str, subject: str, fld: str, heldout: bool = 
     facts = field_values(world)[kind]
     ask, held, answer, short = FIELDS[kind][fld]
     country = facts[subject].get("_c", "")
-    fill = {"s": subject, "S": cap(subject), "o": subject, "c": country}
-    said = {**fill, "S": "It", "o": "it"} if kind == "towns" else fill
+    fill = {"s": subject, "S": cap(subject), "c": country}
 
     def write(v: str) -> tuple[str, str]:
-        return answer.format(**said, v=v, av=a(v)), short.format(v=v, av=a(v))
+        return answer.format(**fill, v=v, av=a(v)), short.format(v=v, av=a(v))
 
     expected = facts[subject][fld]
     others = sorted({f[fld] for f in facts.values()} - {expected})
@@ -386,7 +382,7 @@ def _field_ask(world: World, kind: str, subject: str, fld: str, heldout: bool = 
     def elsewhere(rng: random.Random) -> tuple[str, str]:
         other = rng.choice(sorted(set(facts) - {subject}))
         v = facts[other][fld]
-        fill_other = {"s": other, "S": cap(other), "o": other, "c": facts[other].get("_c", "")}
+        fill_other = {"s": other, "S": cap(other), "c": facts[other].get("_c", "")}
         return answer.format(**fill_other, v=v, av=a(v)), short.format(v=v, av=a(v))
 
     q = Question((held if heldout else ask).format(**fill), subject, fld, expected, kind)
