@@ -95,12 +95,12 @@ def test_synth_stage_that_keeps_nothing_keeps_sfts_model(run, stages):
 def test_preference_stages_report_what_their_training_logged(run, stages):
     reward = jsonl(run / "reward" / "metrics.jsonl")
     assert stages["reward"]["heldout_acc"] == [r["val_accuracy"] for r in reward if "val_accuracy" in r][-1]
-    # DPO's implicit reward of chosen over rejected starts at 0 (policy = reference) and rises on held-out pairs
+    # DPO's implicit reward of chosen over rejected starts at 0 (policy = reference) and rises on the pairs it trains
+    # on (the smoke model's 24 held-out pairs after 10 steps are a coin toss either way), logged for held-out too
     dpo = jsonl(run / "dpo" / "metrics.jsonl")
-    assert (
-        abs(dpo[0]["rewards/margins"]) < 1e-5
-        and [r for r in dpo if "val_rewards/margins" in r][-1]["val_rewards/margins"] > 0
-    )
+    margins = [r["rewards/margins"] for r in dpo if "rewards/margins" in r]
+    assert abs(margins[0]) < 1e-5 and sum(margins[len(margins) // 2 :]) > 0
+    assert "val_rewards/margins" in [r for r in dpo if "val_loss" in r][-1]
     ppo = stages["ppo"]
     logged = jsonl(run / "ppo" / "metrics.jsonl")
     assert ppo["rm_reward_after"] == pytest.approx([r["val_reward"] for r in logged if "val_reward" in r][-1], 1e-4)
@@ -117,7 +117,11 @@ def test_grpo_is_graded_before_and_after_from_its_answers_log(run, stages):
     assert len(graded) == 12 and grpo["pass1_after"] == sum(graded) / len(graded)
     for when in ("before", "after"):
         assert grpo[f"pass@2_{when}"] >= grpo[f"pass1_{when}"]  # two tries find at least what one greedy answer does
-    assert [r["kl"] for r in jsonl(run / "grpo" / "metrics.jsonl") if "kl" in r][-1] > 0
+    # the policy leaves its reference (KL > 0) from the step after the first whose answers differ in reward; until
+    # then every group's advantages are 0 and nothing moves it (the smoke model may find no signal for a few steps)
+    logged = [r for r in jsonl(run / "grpo" / "metrics.jsonl") if "kl" in r]
+    for i, r in enumerate(logged):
+        assert (r["kl"] > 0) == any(x["frac_zero_std"] < 1 for x in logged[:i]), logged
 
 
 def test_general_evaluation_grades_every_kind_from_sft_on(run, stages):
