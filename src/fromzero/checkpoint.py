@@ -111,19 +111,15 @@ def save(
         kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint was written"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         code = getattr(e, "errno", None) or errno.EIO
-        missing = isinstance(e, FileNotFoundError) and e.filename
-        # a file the checkpoint copies (the tokenizer of the checkpoint the stage started from) removed meanwhile
-        fix = (
-            f"restore {e.filename}"
-            if missing
-            else "free disk space"
-            if code in (errno.ENOSPC, errno.EDQUOT)
-            else "fix that"
-        )
+        if isinstance(e, FileNotFoundError) and e.filename:
+            # a file the checkpoint copies (the tokenizer of the checkpoint the stage started from) removed meanwhile
+            reason, fix = f"{reason}: {e.filename}", f"restore {e.filename}"
+        elif code in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free disk space"
+        else:
+            fix = "fix that"
         raise OSError(
-            code,
-            f"writing checkpoint {final} failed ({reason}{': ' + str(e.filename) if missing else ''}); {kept}; "
-            f"{fix} and run again with --resume",
+            code, f"writing checkpoint {final} failed ({reason}); {kept}; {fix} and run again with --resume"
         ) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

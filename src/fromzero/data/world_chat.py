@@ -650,11 +650,10 @@ class Judge:
 
     def __init__(self, world: World):
         people = {attr: {str(getattr(p, attr)) for p in world.people} for attr in ATTRIBUTES}
-        fields = {
-            fld: {f[fld] for f in facts.values()} for kind, facts in field_values(world).items() for fld in FIELDS[kind]
-        }
+        by_kind = field_values(world)
+        fields = {fld: {f[fld] for f in facts.values()} for kind, facts in by_kind.items() for fld in FIELDS[kind]}
         self.values: dict[str, set[str]] = {**people, **fields}
-        self.subjects = {kind: {_bare(s) for s in facts} for kind, facts in field_values(world).items()}
+        self.subjects = {kind: {_bare(s) for s in facts} for kind, facts in by_kind.items()}
         self.names = {p.name for p in world.people}
         # a person's facts, but not words small talk uses itself ("by reading a lot of text": reading is also a hobby)
         chat = word_text(" ".join(good for _, good, *_ in SMALL_TALK))
@@ -671,12 +670,12 @@ class Judge:
         """(right | wrong | evasive, why)."""
         text = word_text(answer.replace(q.person, " ") if q.person else answer)
         if q.attribute in self.values:
-            stated = self.stated(text, self.values[q.attribute])
             if q.kind in self.subjects:
                 own = _bare(q.person)
                 others = self.stated(text.replace(word_text(own), " "), self.subjects[q.kind] - {own})
                 if others:
                     return "wrong", f"is about {min(others)}, not {own}"
+            stated = self.stated(text, self.values[q.attribute])
             if not stated:
                 return "evasive", f"states no {q.attribute.replace('_', ' ')}"
             if stated == {q.expected}:

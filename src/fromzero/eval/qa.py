@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from fromzero.data.world import World
-from fromzero.data.world_chat import Question, is_correct
+from fromzero.data.world_chat import Judge, Question
 from fromzero.dist import all_gather_objects
 from fromzero.generate import Engine, SamplingConfig, row_seed
 from fromzero.model import Transformer
@@ -80,7 +80,8 @@ def accuracy(
 ) -> tuple[float, list[tuple[Question, str, bool]]]:
     """Fraction answered correctly, and each (question, answer, correct) for inspection."""
     answers = answer(model, tok, [q.question for q in questions], chat=chat, max_new_tokens=max_new_tokens)
-    graded = [(q, a, is_correct(a, q, world)) for q, a in zip(questions, answers)]
+    judge = Judge(world)  # once: it indexes every value and subject of the world
+    graded = [(q, a, judge.content(q, a) == "right") for q, a in zip(questions, answers)]
     return sum(ok for *_, ok in graded) / max(1, len(graded)), graded
 
 
