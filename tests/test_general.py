@@ -24,7 +24,9 @@ from fromzero.data.world_chat import (
     _field_ask,
     _world_qa,
     build_instructions,
+    fact_sentence,
     field_values,
+    new_people_questions,
     recognise,
     styled,
 )
@@ -80,6 +82,17 @@ def test_a_true_fact_of_another_subject_is_wrong_even_with_the_asked_value(world
     animal, its = next(iter(field_values(world)["animals"].items()))  # "a cat", said "The cat" in an answer
     q = _field_ask(world, "animals", animal, "eats").q
     assert judge.check(q, f"The {animal.split(' ', 1)[1]} eats {its['eats']}.")[0] == "right"
+
+
+def test_a_new_persons_value_that_no_person_of_the_cast_has_is_graded_right():
+    """The synth stage's new people draw their facts from the same lists as everyone: a job none of the cast has
+    ("painter") is still a job, so "He has a job as a painter." answers their question (it was graded "states no
+    job", under-counting what the synth stage taught)."""
+    world = build_world(WorldConfig(n_people=4, n_places=3, n_stories=0, n_arithmetic=0, n_new_people=30))
+    judge, cast = Judge(world), {attr: {str(getattr(p, attr)) for p in world.people} for attr in ("job", "hobby")}
+    p, attr = next((p, a) for p in world.new_people for a in ("job", "hobby") if str(getattr(p, a)) not in cast[a])
+    q = next(q for q in new_people_questions(world, 0) if q.person == p.name and q.attribute == attr)
+    assert judge.check(q, fact_sentence(p, attr)) == ("right", f"states {getattr(p, attr)}")
 
 
 def test_off_topic_and_evasive_answers_fail_with_a_reason(world):

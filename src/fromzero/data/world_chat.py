@@ -650,9 +650,12 @@ class Judge:
 
     def __init__(self, world: World):
         people = {attr: {str(getattr(p, attr)) for p in world.people} for attr in ATTRIBUTES}
+        # the new, practice and stranger people draw from pools of their own ("painter"): their values are facts too
+        everyone = world.people + world.new_people + world.practice_people + world.corpus_strangers
+        self.values: dict[str, set[str]] = {attr: {str(getattr(p, attr)) for p in everyone} for attr in ATTRIBUTES}
         by_kind = field_values(world)
         fields = {fld: {f[fld] for f in facts.values()} for kind, facts in by_kind.items() for fld in FIELDS[kind]}
-        self.values: dict[str, set[str]] = {**people, **fields}
+        self.values |= fields
         self.subjects = {kind: {_bare(s) for s in facts} for kind, facts in by_kind.items()}
         self.names = {p.name for p in world.people}
         # a person's facts, but not words small talk uses itself ("by reading a lot of text": reading is also a hobby)
