@@ -348,5 +348,7 @@ def test_torchrun_two_processes_run_the_pipeline_as_one_does(tmp_path):
     for stage, metrics in a.items():
         for key, value in metrics.items():
             if key != "seconds":
-                assert b[stage][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (stage, key)
+                # two ranks sum each step's gradients in another order: fp32's last-digit differences grow through
+                # the reward model's training to 1.7e-4 of PPO's reward; a sharding or reduction bug moves percents
+                assert b[stage][key] == pytest.approx(value, rel=1e-3, abs=1e-5), (stage, key)
     assert a["ppo"]["kl"] != 0  # a value that moved is among those compared
