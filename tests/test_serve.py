@@ -210,11 +210,14 @@ def test_arena_streams_both_answers_and_a_vote_can_come_before_they_end(server):
     assert sorted(e["finish_reason"] for e in events if e.get("finish_reason")) == ["stop", "stop"]
     status, vote = post(base + "/api/vote", {"id": battle, "choice": "b", "better": "Hi! How can I help?"})
     assert status == 200 and vote["models"] == {"a": "sft", "b": "sft"}
-    # a vote sent while the answers are still being written waits for them
+    # a vote sent while the answers are still being written waits for them (greedy sft against init, which writes
+    # on to max_tokens: models drawn at random and sampled answers made the HTML answer a matter of luck)
     request = urllib.request.Request(
         base + "/api/arena",
         headers={"Content-Type": "application/json"},
-        data=json.dumps({"messages": HELLO, "max_tokens": 96, "stream": True}).encode(),
+        data=json.dumps(
+            {"messages": HELLO, "models": ["sft", "init"], "temperature": 0, "max_tokens": 96, "stream": True}
+        ).encode(),
     )
     with urllib.request.urlopen(request, timeout=60) as r:
         first = json.loads(r.readline().decode()[len("data: ") :])
