@@ -251,6 +251,25 @@ def test_a_reward_model_where_a_policy_is_expected_says_which_is_which(tmp_path)
     assert result.exit_code == 2 and "is a reward model" in one_line(result.stderr)
 
 
+@pytest.mark.parametrize("stage, section", [("ppo", "reward"), ("grpo", "grpo")])
+def test_a_bad_ptx_file_is_one_line_naming_its_line_and_the_key_that_skips(tmp_path, stage, section):
+    bad = tmp_path / "ptx.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    models = ["--reward-model", tmp_path / "rm"] if stage == "ppo" else []
+    args = [stage, "--init", tmp_path / "sft", *models, "--out", tmp_path / "out", "--ptx-data", bad]
+    result = cli(*args, "--preset", "smoke", "--set", f"{stage}.ptx_coef=1")
+    assert result.exit_code == 2
+    line = one_line(result.stderr)
+    assert line.startswith(f"error: {bad}:2: bad messages record") and line.endswith(
+        f"--set {section}.on_error=skip skips and counts such records"
+    )
+    # skipped as the line says, the run goes on to the next thing it needs: here the checkpoint, which is missing
+    result = cli(*args, "--preset", "smoke", "--set", f"{stage}.ptx_coef=1", "--set", f"{section}.on_error=skip")
+    assert result.exit_code == 2 and "no checkpoint at" in one_line(result.stderr)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------
 # Task files
 
@@ -325,6 +344,7 @@ def test_holding_out_every_task_says_so(tmp_path):
         ("sft.steps=0", "config key 'sft.steps': Input should be greater than 0 (got 0)"),
         ("reward.warmup_steps=-1", "config key 'reward.warmup_steps': Input should be greater than or equal to 0"),
         ("dpo.lr=0", "config key 'dpo.lr': Input should be greater than 0 (got 0)"),
+        ("grpo.ptx_coef=-1", "config key 'grpo.ptx_coef': Input should be greater than or equal to 0 (got -1)"),
         ("reward.val_fraction=-0.1", "config key 'reward.val_fraction': Input should be greater than or equal to 0"),
         ("reward.max_prompt_len=1", "config key 'reward.max_prompt_len': Input should be greater than or equal to 2"),
         ("world.n_people=1", "config key 'world.n_people': Input should be greater than or equal to 2 (got 1)"),

@@ -111,6 +111,8 @@ def configs(micro: int) -> dict[str, object]:
             loss_type="dapo",
             reward_funcs=[f"{__name__}:digit_share"],
             eval_problems=4,
+            ptx_coef=0.5,
+            ptx_batch_size=2,
             **COMMON,
         ),
         "sft_fsdp": sft.SFTConfig(
@@ -165,6 +167,7 @@ def run_stage(name: str, cfg, inputs: dict[str, Path], out: Path) -> None:
             [Task("say seven", "7"), Task("say eight", "8"), Task("nine", "9")],
             inputs["init"],
             out,
+            ptx=CONVERSATIONS,
             **quiet,
         )
 
@@ -302,6 +305,7 @@ def test_grpo_matches_one_process(two_ranks, one_rank):
         "entropy",
         "response_length",
         "pass@1",
+        "ptx_loss",
     )
     assert_same_steps(one, two_ranks / "grpo", names)
     assert [r for r in read_metrics(one) if "loss" in r][-1]["kl"] > 0

@@ -14,6 +14,7 @@ from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_logps, train
 from fromzero.train.loop import read_metrics
+from fromzero.train.sft import collate, tokenize
 
 
 def test_group_advantages_by_hand():
@@ -126,6 +127,11 @@ def tiny_init(tmp_path_factory):
 
 
 TASKS = [Task(f"say a number {i}", "7") for i in range(16)]
+# instruction conversations for the ptx term's SFT loss
+PTX = [
+    [{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": f"{w} is {' '.join(w)}"}]
+    for w in ("cat", "dog", "fish", "bird", "cow", "hen")
+]
 
 
 def config(**overrides) -> GRPOConfig:
@@ -158,8 +164,8 @@ def test_grpo_raises_the_reward_of_a_tiny_model(tiny_init, tmp_path):
 
 def test_every_option_runs_and_resume_is_exact(tiny_init, tmp_path):
     """KL to a reference, two updates per rollout (a resume lands between them), clip-higher, token-level loss,
-    dynamic sampling, two weighted rewards, the overlong penalty, rollouts in another precision than training and
-    pass@1 on held-out tasks."""
+    dynamic sampling, two weighted rewards, the overlong penalty, rollouts in another precision than training,
+    the ptx term and pass@1 on held-out tasks."""
     cfg = config(
         steps=4,
         checkpoint_every=3,
@@ -175,9 +181,11 @@ def test_every_option_runs_and_resume_is_exact(tiny_init, tmp_path):
         overlong_buffer=2,
         reward_funcs=[f"{__name__}:digit_share", "accuracy"],
         reward_weights=[1.0, 0.5],
+        ptx_coef=0.5,
+        ptx_batch_size=2,
     )
     heldout = [Task("say seven", "7"), Task("say eight", "8")]
-    train(cfg, TASKS, heldout, tiny_init, tmp_path / "full", log=lambda *_: None)
+    train(cfg, TASKS, heldout, tiny_init, tmp_path / "full", ptx=PTX, log=lambda *_: None)
     full = [m for m in read_metrics(tmp_path / "full") if "loss" in m]
     for name in (
         "reward/mean",
@@ -193,6 +201,7 @@ def test_every_option_runs_and_resume_is_exact(tiny_init, tmp_path):
         "clipped_ratio",
         "frac_zero_std",
         "reward/failures",
+        "ptx_loss",
     ):
         assert all(math.isfinite(m[name]) for m in full), name
     assert full[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
@@ -200,13 +209,34 @@ def test_every_option_runs_and_resume_is_exact(tiny_init, tmp_path):
     assert any("pass@1" in m for m in read_metrics(tmp_path / "full"))
 
     # stop after step 3, between the two updates of the second rollout, then resume to step 4
-    train(cfg.model_copy(update={"steps": 3}), TASKS, heldout, tiny_init, tmp_path / "cut", log=lambda *_: None)
+    cut = cfg.model_copy(update={"steps": 3})
+    train(cut, TASKS, heldout, tiny_init, tmp_path / "cut", ptx=PTX, log=lambda *_: None)
     (tmp_path / "cut" / "DONE").unlink()
-    train(cfg, TASKS, heldout, tiny_init, tmp_path / "cut", resume=True, log=lambda *_: None)
+    train(cfg, TASKS, heldout, tiny_init, tmp_path / "cut", resume=True, ptx=PTX, log=lambda *_: None)
     resumed = [m for m in read_metrics(tmp_path / "cut") if "loss" in m]
-    for name in ("loss", "reward/mean", "kl", "approx_kl", "grad_norm"):
+    for name in ("loss", "reward/mean", "kl", "approx_kl", "grad_norm", "ptx_loss"):
         assert resumed[3][name] == pytest.approx(full[3][name], rel=1e-5, abs=1e-7), name
     shutil.rmtree(tmp_path / "cut")
+
+
+def test_ptx_keeps_the_instruction_loss_down(tiny_init, tmp_path):
+    """GRPO with ptx: the SFT loss on the instruction conversations falls as GRPO trains; without ptx it does not,
+    and ptx_coef without conversations is refused."""
+    tok = Tokenizer.load(checkpoint.tokenizer_file(tiny_init))
+    x, y = collate(tokenize(tok, PTX, 32)[0], tok.pad_id)
+
+    def sft_loss(ckpt):
+        with torch.no_grad():
+            return checkpoint.load_model(ckpt)(x, y).item()
+
+    start = sft_loss(tiny_init)
+    cfg = config(steps=20, ptx_coef=1.0, ptx_batch_size=4)
+    with_ptx = train(cfg, TASKS, [], tiny_init, tmp_path / "ptx", ptx=PTX, log=lambda *_: None)
+    without = train(config(steps=20), TASKS, [], tiny_init, tmp_path / "plain", log=lambda *_: None)
+    assert sft_loss(with_ptx) < start - 1.0 and sft_loss(with_ptx) < sft_loss(without) - 1.0
+    assert "ptx_loss" not in read_metrics(tmp_path / "plain")[0]
+    with pytest.raises(ValueError, match="grpo.ptx_coef > 0 needs instruction conversations"):
+        train(config(ptx_coef=1.0), TASKS, [], tiny_init, tmp_path / "none", log=lambda *_: None)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])

@@ -190,6 +190,17 @@ def _instructions(cfg, data: list[Path] | None):
     return _inputs(cfg, cfg.sft.device).sft_conversations()
 
 
+def _ptx_conversations(cfg, stage, data: list[Path] | None, on_error: str) -> list:
+    """The instruction conversations of an RL stage's ptx term, none when its ptx_coef is 0: the files given, else
+    sft.data's, else the built-in world's, read under the command's on_error (the key its error line names)."""
+    if stage.ptx_coef <= 0:
+        return []
+    if data:
+        cfg.sft.data = [str(d) for d in data]
+    cfg.sft.on_error = on_error
+    return _inputs(cfg, stage.device).sft_conversations()
+
+
 def _preference_pairs(cfg, sources, data: list[Path] | None, init: Path | None = None):
     """(train, val) preference pairs: from files split by prompt, or the built-in world's, with labelled pairs of
     the sampled answers of `init` when `preference.sampled_questions` asks for them."""
@@ -268,10 +279,8 @@ def ppo(
     cfg = _config(preset, overrides)
     if data:
         cfg.reward.data = [str(d) for d in data]
-    if ptx_data:
-        cfg.sft.data = [str(d) for d in ptx_data]
-    inputs = _inputs(cfg, cfg.ppo.device)
-    p, ptx = inputs.ppo_prompts(), inputs.sft_conversations() if cfg.ppo.ptx_coef > 0 else []
+    ptx = _ptx_conversations(cfg, cfg.ppo, ptx_data, cfg.reward.on_error)
+    p = _inputs(cfg, cfg.ppo.device).ppo_prompts()
     ckpt = stage.train(cfg.ppo, p.prompts, init, reward_model, out, gold=p.gold, resume=resume, ptx=ptx)
     typer.echo(f"checkpoint: {ckpt}")
 
@@ -290,12 +299,21 @@ def grpo(
             "prompt/answer records; default: the built-in word problems"
         ),
     ] = None,
+    ptx_data: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--ptx-data",
+            help="instruction files for grpo.ptx_coef's SFT loss (repeatable); default: sft.data, else the "
+            "built-in world's",
+        ),
+    ] = None,
     preset: Preset = "tiny",
     overrides: Overrides = None,
     resume: Resume = False,
 ):
     """Stage 4: reasoning by RL with verifiable rewards (GRPO): answers checked against the known result; pass@1 on
-    held-out problems before and after."""
+    held-out problems before and after. With grpo.ptx_coef > 0, SFT's loss on instruction conversations is mixed
+    in, so the other kinds of question hold."""
     from fromzero import checkpoint, dist
     from fromzero.data.sources import SourceStats
     from fromzero.data.tasks import load_tasks
@@ -307,11 +325,12 @@ def grpo(
     cfg = _config(preset, overrides)
     if data:
         cfg.grpo.data = [str(d) for d in data]
+    ptx = _ptx_conversations(cfg, cfg.grpo, ptx_data, cfg.grpo.on_error)
     stats = SourceStats()
     train, heldout = load_tasks(cfg.grpo, cfg.reasoning, build_world(cfg.world), cfg.seed, stats)
     if stats.skipped:
         typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-    ckpt = stage.train(cfg.grpo, train, heldout, init, out, resume=resume)
+    ckpt = stage.train(cfg.grpo, train, heldout, init, out, resume=resume, ptx=ptx)
     info = dist.setup(cfg.grpo.device)
     if heldout and info.is_main:
         tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))

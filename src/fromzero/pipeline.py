@@ -533,8 +533,9 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
 
 
 def stage_grpo(ctx: RunContext) -> dict[str, Any]:
-    """Stage 4: GRPO on the reasoning tasks from the last policy, graded on held-out problems before and after, and
-    on stage 2's held-out questions (what it must not forget)."""
+    """Stage 4: GRPO on the reasoning tasks from the last policy (with grpo.ptx_coef, SFT's loss on stage 2's
+    instructions mixed in), graded on held-out problems before and after, and on stage 2's held-out questions
+    (what it must not forget)."""
     out = ctx.out / "grpo"
     init = checkpoint.resolve(ctx.out / source(ctx.cfg, "grpo").model)
     train, heldout = ctx.reasoning_tasks
@@ -543,7 +544,8 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     before: dict[str, float] = {}
     if ctx.info.is_main:
         before = ctx.reasoning_accuracy(init, log_to=None)
-    ckpt = grpo.train(ctx.cfg.grpo, train, heldout, init, out, resume=True)
+    ptx = ctx.sft_conversations() if ctx.cfg.grpo.ptx_coef > 0 else []
+    ckpt = grpo.train(ctx.cfg.grpo, train, heldout, init, out, resume=True, ptx=ptx)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
         after = ctx.reasoning_accuracy(ckpt, log_to=out / "heldout_answers.jsonl")

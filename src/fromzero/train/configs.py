@@ -146,13 +146,6 @@ class PPOConfig(RolloutConfig):
     missing_eos_penalty: float | None = Field(
         None, ge=0, description="subtracted from the score of answers that never close with <|end|>; None: no penalty"
     )
-    ptx_coef: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the SFT loss on instruction conversations added to every "
-        "micro-batch's loss (PPO-ptx); 0: PPO alone",
-    )
-    ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
     ptx_keep: float = Field(
         1.0,
         gt=0,

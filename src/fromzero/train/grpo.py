@@ -15,6 +15,10 @@ reference (the starting model). The variants, with names from the papers and TRL
   the same reward carry no signal, so more prompts are sampled in their place) and overlong_buffer (a
   soft penalty for completions that run into the length limit).
 
+With ptx_coef > 0 every micro-batch also carries instruction conversations whose SFT loss, times ptx_coef, joins
+the objective, as PPO-ptx's does: the KL term holds the policy only on the problems it samples, and this on the
+other questions stage 2 taught (language models, small talk, people), which GRPO would otherwise forget.
+
 With num_iterations (μ) = 1 every step samples afresh, the ratio is 1 and clipping never acts; with
 μ > 1 a rollout serves μ optimizer steps and the sampling policy's log-probs are kept from rollout time.
 Rollouts come from the KV-cache sampler: prompts left-padded, each completion stopped at <|end|>.
@@ -23,7 +27,7 @@ Rollouts come from the KV-cache sampler: prompts left-padded, each completion st
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from fromzero import checkpoint, lora
+from fromzero.data.chat import Message
 from fromzero.data.tasks import Task, encode_prompt
 from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
 from fromzero.eval.reasoning import grade, sample_completions
@@ -47,9 +52,9 @@ from fromzero.rewards import (
     weighted_rewards,
 )
 from fromzero.tokenizer import Tokenizer
-from fromzero.train import common, loop
+from fromzero.train import common, loop, sft
 from fromzero.train.configs import GRPOConfig, LossType
-from fromzero.train.rollout import Position, RolloutSource, collate, token_logps
+from fromzero.train.rollout import Position, PtxRows, RolloutSource, collate, ptx_examples, token_logps
 
 # ---------------------------------------------------------------------------
 # The loss: pure tensor functions
@@ -150,6 +155,8 @@ class GRPOMicroBatch(NamedTuple):
     ref_logps: torch.Tensor | None  # [B, T-1] under the reference; None with beta = 0
     weight: float | None  # the share of the step's objective (loop.BatchSource); None: an equal share
     metrics: dict[str, float]  # the rollout's
+    ptx: tuple[torch.Tensor, torch.Tensor] | None = None  # instruction inputs and targets, drawn when served
+    ptx_share: float = 0.0  # the factor on the ptx loss that gives every micro-batch the same share (PtxRows.share)
 
 
 class GRPOBatches(RolloutSource):
@@ -174,6 +181,7 @@ class GRPOBatches(RolloutSource):
         rewards: Mapping[str, RewardFn],
         weights: Mapping[str, float],
         info: DistInfo,
+        ptx: list[sft.Example] = (),
     ):
         super().__init__(cfg, len(tasks), cfg.prompts_per_step, cfg.num_iterations, tok, info)
         self.cfg: GRPOConfig = cfg
@@ -183,13 +191,22 @@ class GRPOBatches(RolloutSource):
         self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
         self.stats = RewardStats()
         self.rollout: list[GRPOMicroBatch] = []
+        self.ptx = PtxRows(list(ptx), self) if ptx else None
 
     def _serve(self, at: Position) -> GRPOMicroBatch:
-        return self.rollout[at.micro]
+        batch = self.rollout[at.micro]
+        if self.ptx is None:
+            return batch
+        return batch._replace(ptx=self.ptx.next(self.policy), ptx_share=self.ptx.share(batch.weight))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ptx_order": self.ptx.state_dict() if self.ptx is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.rollout = [GRPOMicroBatch(*batch) for batch in self.rollout]
+        if self.ptx is not None:
+            self.ptx.load_state_dict(state.get("ptx_order"))
 
     def _sample(self, indices: list[int], round_: int) -> list[Group]:
         """This rank's groups for `indices`, then every rank's, in rank order (the order of one process)."""
@@ -305,6 +322,11 @@ def grpo_loss_fn(cfg: GRPOConfig):
         )
         with torch.no_grad():
             metrics["entropy"] = -(log_probs.exp() * log_probs).sum(-1).mean().item() if len(log_probs) else 0.0
+        if batch.ptx is not None:
+            # the loop scales all of the loss by the micro-batch's share; ptx_share makes the ptx term's equal
+            ptx_loss = model(*batch.ptx)
+            loss = loss + cfg.ptx_coef * ptx_loss * batch.ptx_share
+            metrics["ptx_loss"] = ptx_loss.item() * batch.ptx_share
         return loss, {**batch.metrics, **metrics}
 
     return loss_fn
@@ -350,9 +372,11 @@ def train(
     out_dir: Path,
     *,
     resume: bool = False,
+    ptx: Sequence[Sequence[Message]] = (),
     log=print,
 ) -> Path:
-    """Tune the checkpoint at `init` with GRPO on tasks; returns the final checkpoint."""
+    """Tune the checkpoint at `init` with GRPO on tasks; returns the final checkpoint. ptx are the instruction
+    conversations of ptx_coef's SFT loss (usually stage 2's own)."""
     info, done = common.begin(cfg, out_dir, resume)
     if done:
         return done
@@ -388,7 +412,15 @@ def train(
             f"[grpo] {len(fitting)} training prompts ({len(tasks) - len(fitting)} too long dropped), {len(heldout)} "
             f"held out; rewards {weights}"
         )
-    batches = GRPOBatches(cfg, model, reference, tok, fitting, funcs, weights, info)
+    examples: list[sft.Example] = []
+    if cfg.ptx_coef > 0:
+        examples, counts = ptx_examples("grpo", cfg, tok, ptx)
+        if info.is_main:
+            log(
+                f"[grpo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations, "
+                f"{cfg.ptx_batch_size} per micro-batch ({counts['truncated']} cut to seq_len)"
+            )
+    batches = GRPOBatches(cfg, model, reference, tok, fitting, funcs, weights, info, examples)
     evaluate = pass_at_1_evaluator(cfg, tok, heldout, info) if heldout and cfg.eval_problems else None
     stage = loop.Stage("grpo", Path(out_dir), tok_file, info)
     return loop.run(cfg, stage, model, batches, grpo_loss_fn(cfg), evaluate=evaluate, resume=resume)

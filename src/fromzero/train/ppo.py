@@ -36,7 +36,6 @@ import torch.nn as nn
 
 from fromzero import checkpoint
 from fromzero.data.chat import Message, render
-from fromzero.data.loader import GlobalOrder
 from fromzero.data.world_pref import GoldFn
 from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
 from fromzero.generate import Engine, row_seed
@@ -45,7 +44,15 @@ from fromzero.tokenizer import Tokenizer
 from fromzero.train import common, loop, sft
 from fromzero.train.configs import KLEstimator, PPOConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model, score_responses
-from fromzero.train.rollout import Position, RolloutSource, collate, logits_logps, token_logps
+from fromzero.train.rollout import (
+    Position,
+    PtxRows,
+    RolloutSource,
+    collate,
+    logits_logps,
+    ptx_examples,
+    token_logps,
+)
 
 # ---------------------------------------------------------------------------
 # The loss: pure tensor functions. Per-token tensors are [B, T]; mask is true on answer tokens.
@@ -208,9 +215,9 @@ class PPOMicroBatch(NamedTuple):
     advantages: torch.Tensor
     returns: torch.Tensor
     weight: float  # the share of the step's objective: of the minibatch's answer tokens (loop.BatchSource)
-    ptx_weight: float  # the share of the step's ptx loss: every micro-batch's the same
     metrics: dict[str, float]  # the rollout's
     ptx: tuple[torch.Tensor, torch.Tensor] | None  # instruction inputs and targets (sft.collate)
+    ptx_share: float  # the factor on the ptx loss that gives every micro-batch the same share (PtxRows.share)
 
 
 class _Answered(NamedTuple):
@@ -253,12 +260,7 @@ class PPOBatches(RolloutSource):
         super().__init__(cfg, len(prompts), cfg.prompts_per_rollout, cfg.ppo_epochs * cfg.num_minibatches, tok, info)
         self.cfg: PPOConfig = cfg
         self.model, self.reference, self.reward_model = model, reference, reward_model
-        self.ptx = list(ptx)
-        self.ptx_order = (
-            GlobalOrder(len(self.ptx), cfg.ptx_batch_size, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
-            if self.ptx
-            else None
-        )
+        self.ptx = PtxRows(list(ptx), self) if ptx else None
         self.prompts, self.gold = prompts, gold
         self.minibatch_size = cfg.prompts_per_rollout // cfg.num_minibatches
         self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)  # only updated with adaptive_kl
@@ -277,11 +279,6 @@ class PPOBatches(RolloutSource):
         chosen = rows[part * self.micro_batch : (part + 1) * self.micro_batch]
         share = sum(r.answer_lengths[i] for i in chosen) / sum(r.answer_lengths[i] for i in rows)
         idx, cut = torch.tensor(chosen, device=r.ids.device), max(r.lengths[i] for i in chosen) - 1
-        ptx = None
-        if self.ptx_order is not None:
-            x, y = sft.collate([self.ptx[i] for i in self.ptx_order.next_indices()], self.tok.pad_id)
-            ptx = (x.to(self.device), y.to(self.device))
-            self.spend(self.model.policy, x.numel(), backward=True)
         return PPOMicroBatch(
             input_ids=r.ids[idx, : cut + 1],
             answer_mask=r.mask[idx, :cut],
@@ -290,9 +287,9 @@ class PPOBatches(RolloutSource):
             advantages=r.advantages[idx, :cut],
             returns=r.returns[idx, :cut],
             weight=share,
-            ptx_weight=1 / (self.accumulation * world),
             metrics=r.metrics,
-            ptx=ptx,
+            ptx=self.ptx.next(self.model.policy) if self.ptx is not None else None,
+            ptx_share=self.ptx.share(share) if self.ptx is not None else 0.0,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -300,13 +297,13 @@ class PPOBatches(RolloutSource):
             **super().state_dict(),
             "kl_coef": self.kl.value,
             "value_model": self.model.value.state_dict(),
-            "ptx_order": self.ptx_order.state_dict() if self.ptx_order else None,
+            "ptx_order": self.ptx.state_dict() if self.ptx is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if self.ptx_order is not None and state.get("ptx_order") is not None:
-            self.ptx_order.load_state_dict(state["ptx_order"])
+        if self.ptx is not None:
+            self.ptx.load_state_dict(state.get("ptx_order"))
         self.kl.value = state["kl_coef"]
         self.model.value.load_state_dict(state["value_model"])
 
@@ -414,10 +411,9 @@ def ppo_loss_fn(cfg: PPOConfig):
         metrics.update(vf_metrics, policy_loss=policy_loss.item(), value_loss=vf_loss.item(), entropy=entropy.item())
         loss = policy_loss + cfg.vf_coef * vf_loss
         if ptx_loss is not None:
-            # the loop scales all of the loss by batch.weight (a token share); the ptx term's share is ptx_weight
-            relative = batch.ptx_weight / batch.weight
-            loss = loss + cfg.ptx_coef * ptx_loss * relative
-            metrics["ptx_loss"] = ptx_loss.item() * relative
+            # the loop scales all of the loss by batch.weight (a token share); ptx_share undoes it for the ptx term
+            loss = loss + cfg.ptx_coef * ptx_loss * batch.ptx_share
+            metrics["ptx_loss"] = ptx_loss.item() * batch.ptx_share
         return loss, {**batch.metrics, **metrics}
 
     return loss_fn
@@ -519,15 +515,7 @@ def train(
         )
     examples: list[sft.Example] = []
     if cfg.ptx_coef > 0:
-        if not ptx:
-            raise ValueError(
-                "ppo.ptx_coef > 0 needs instruction conversations for its SFT loss (--ptx-data FILE); none were given"
-            )
-        examples, counts = sft.tokenize(tok, list(ptx), cfg.seq_len)
-        if not examples:
-            raise ValueError(
-                "ppo.ptx_coef: none of the instruction conversations has an answer to learn within seq_len"
-            )
+        examples, counts = ptx_examples("ppo", cfg, tok, ptx)
         ranked = ""
         if cfg.ptx_keep < 1:
             n = len(examples)

@@ -1,22 +1,27 @@
 """What the RL stages (PPO, GRPO) share: their config's rollout shape, the schedule of a batch source that serves
-each rollout for several optimizer steps, padding prompts and answers into one batch, and the log-probabilities of
-the tokens a model was given (DPO's sequence log-probs are built on them too)."""
+each rollout for several optimizer steps, the instruction rows whose SFT loss either can mix in (ptx), padding
+prompts and answers into one batch, and the log-probabilities of the tokens a model was given (DPO's sequence
+log-probs are built on them too)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 
+from fromzero.data.chat import Message
 from fromzero.data.loader import GlobalOrder
 from fromzero.dist import DistInfo
 from fromzero.generate import SamplingConfig
 from fromzero.tokenizer import Tokenizer
 from fromzero.train.loop import TrainConfig
+
+if TYPE_CHECKING:  # sft's config is defined beside this module's RolloutConfig subclasses: imported where used
+    from fromzero.train import sft
 
 
 class RolloutConfig(TrainConfig, ABC):
@@ -40,6 +45,13 @@ class RolloutConfig(TrainConfig, ABC):
     dropout: float = Field(0.0, ge=0, le=0, description="none: the ratio to the rollout's log-probs must not be noise")
     eval_every: PositiveInt = 25
     checkpoint_every: PositiveInt = 25
+    ptx_coef: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the SFT loss on instruction conversations added to every "
+        "micro-batch's loss (PPO-ptx, Ouyang et al. 2022); 0: the RL loss alone",
+    )
+    ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
 
     @abstractmethod
     def step_shape(self) -> tuple[int, str]:
@@ -144,6 +156,60 @@ class RolloutSource(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state["order"])
         self.calls, self.rollout = state["calls"], state["rollout"]
+
+
+def ptx_examples(
+    stage: str, cfg: RolloutConfig, tok: Tokenizer, conversations: Sequence[Sequence[Message]]
+) -> tuple[list[sft.Example], dict[str, int]]:
+    """The instruction conversations of ptx_coef's SFT loss, tokenized within seq_len (and the counts of
+    `sft.tokenize`); a one-line error when there are none to learn from."""
+    if not conversations:
+        raise ValueError(
+            f"{stage}.ptx_coef > 0 needs instruction conversations for its SFT loss (--ptx-data FILE); none were given"
+        )
+    from fromzero.train.sft import tokenize
+
+    examples, counts = tokenize(tok, [list(c) for c in conversations], cfg.seq_len)
+    if not examples:
+        raise ValueError(
+            f"{stage}.ptx_coef: none of the instruction conversations has an answer to learn within seq_len"
+        )
+    return examples, counts
+
+
+class PtxRows:
+    """The instruction rows of a micro-batch's ptx term: ptx_batch_size examples on each rank, in a seeded order
+    shared by the ranks (so N ranks see what one process sees), their SFT loss times ptx_coef added to the RL loss.
+    Every micro-batch's ptx loss counts the same: `share` undoes the loop's weighting of the micro-batch."""
+
+    def __init__(self, examples: list[sft.Example], source: RolloutSource):
+        cfg, info = source.cfg, source.info
+        self.examples, self.source = examples, source
+        self.order = GlobalOrder(
+            len(examples), cfg.ptx_batch_size, seed=cfg.seed, rank=info.rank, world_size=info.world_size
+        )
+
+    def next(self, policy: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch's (inputs, targets) on the source's device; its forward and backward are counted."""
+        from fromzero.train.sft import collate as sft_collate
+
+        x, y = sft_collate([self.examples[i] for i in self.order.next_indices()], self.source.tok.pad_id)
+        self.source.spend(policy, x.numel(), backward=True)
+        return x.to(self.source.device), y.to(self.source.device)
+
+    def share(self, weight: float | None) -> float:
+        """The factor on a micro-batch's ptx loss that makes it 1 / (accumulation × ranks) of the step's, whatever
+        the loop weighs the micro-batch by (`weight`, its share of the RL objective; None: an equal share)."""
+        if weight is None:
+            return 1.0
+        return 1 / (self.source.accumulation * self.source.info.world_size) / weight
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.order.load_state_dict(state)
 
 
 def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
