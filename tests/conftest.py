@@ -49,3 +49,15 @@ def save_tiny_policy(out: Path):
         ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=48)
     )
     return checkpoint.save(out / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"}), tok, tok_file
+
+
+def save_ending_policy(init: Path, out: Path) -> Path:
+    """A copy of the checkpoint at `init` with a large <|end|> row in the output layer, saved as out/init: its
+    sampled answers stop after 1 to 12 tokens, where a random model's run on to max_new_tokens."""
+    from fromzero import checkpoint
+    from fromzero.tokenizer import Tokenizer
+
+    model, tok_file = checkpoint.load_model(init), checkpoint.tokenizer_file(init)
+    with torch.no_grad():
+        model.lm_head.weight[Tokenizer.load(tok_file).end_id] *= 30
+    return checkpoint.save(out / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"})

@@ -113,6 +113,7 @@ def configs(micro: int) -> dict[str, object]:
             eval_problems=4,
             ptx_coef=0.5,
             ptx_batch_size=2,
+            ptx_targets="policy",  # each rank samples its share of the answers, every rank trains on all of them
             **COMMON,
         ),
         "sft_fsdp": sft.SFTConfig(
@@ -165,7 +166,7 @@ def run_stage(name: str, cfg, inputs: dict[str, Path], out: Path) -> None:
             cfg,
             TASKS,
             [Task("say seven", "7"), Task("say eight", "8"), Task("nine", "9")],
-            inputs["init"],
+            inputs["ending"],
             out,
             ptx=CONVERSATIONS,
             **quiet,
@@ -199,14 +200,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    from conftest import save_tiny_policy
+    from conftest import save_ending_policy, save_tiny_policy
     from test_ppo import mean_feature_reward_model
 
     out = tmp_path_factory.mktemp("ddp-inputs")
     init, tok, tok_file = save_tiny_policy(out)
     feature = torch.tensor([float(any(c.isdigit() for c in tok.decode([i]))) for i in range(tok.vocab_size)])
     rm = checkpoint.save(out / "rm", 0, mean_feature_reward_model(feature), tokenizer_file=tok_file, meta={})
-    return {"init": init, "rm": rm}
+    # GRPO's ptx_targets="policy" learns the answers its starting policy finishes: this one finishes most
+    return {"init": init, "rm": rm, "ending": save_ending_policy(init, out / "ending")}
 
 
 @pytest.fixture(scope="module")

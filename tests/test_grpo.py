@@ -5,14 +5,15 @@ import shutil
 
 import pytest
 import torch
-from conftest import save_tiny_policy
+from conftest import save_ending_policy, save_tiny_policy
 
 from fromzero import checkpoint
 from fromzero.data.tasks import Task
+from fromzero.dist import DistInfo
 from fromzero.eval.reasoning import evaluate, pass_at_k
 from fromzero.model import ModelConfig, Transformer
 from fromzero.tokenizer import Tokenizer
-from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_logps, train
+from fromzero.train.grpo import GRPOConfig, group_advantages, grpo_loss, policy_answers, token_logps, train
 from fromzero.train.loop import read_metrics
 from fromzero.train.sft import collate, tokenize
 
@@ -239,14 +240,33 @@ def test_ptx_keeps_the_instruction_loss_down(tiny_init, tmp_path):
         train(config(ptx_coef=1.0), TASKS, [], tiny_init, tmp_path / "none", log=lambda *_: None)
 
 
+def test_policy_ptx_targets_are_the_starting_policys_own_answers(tiny_init, tmp_path):
+    """ptx_targets "policy": each ptx conversation's answer is one the starting policy samples to its prompt, the
+    same on every call (seeded), answers cut off at max_new_tokens left out; GRPO trains on them."""
+    init = save_ending_policy(tiny_init, tmp_path)  # most answers stop within max_new_tokens
+    model, tok = checkpoint.load_model(init), Tokenizer.load(checkpoint.tokenizer_file(init))
+    cfg = config(steps=2, ptx_coef=1.0, ptx_targets="policy", ptx_batch_size=2, max_new_tokens=12)
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    first = policy_answers(cfg, model, tok, PTX, info)
+    assert first == policy_answers(cfg, model, tok, PTX, info)
+    assert 0 < len(first) <= len(PTX)
+    prompts = [c[:-1] for c in PTX]
+    for conversation in first:
+        assert conversation[:-1] in prompts and conversation[-1]["role"] == "assistant"
+    assert [c[-1] for c in first] != [c[-1] for c in PTX if c[:-1] in [f[:-1] for f in first]]
+    train(cfg, TASKS, [], init, tmp_path / "grpo", ptx=PTX, log=lambda *_: None)
+    assert all(math.isfinite(m["ptx_loss"]) for m in read_metrics(tmp_path / "grpo") if "loss" in m)
+    # a random model's answers of one token all run on: nothing to learn, said in one line
+    with pytest.raises(ValueError, match="finished none of its answers to the 6 ptx conversations"):
+        short = cfg.model_copy(update={"max_new_tokens": 1})
+        train(short, TASKS, [], tiny_init, tmp_path / "random", ptx=PTX, log=lambda *_: None)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
 def test_micro_batch_size_only_changes_memory(tiny_init, tmp_path, loss_type):
     """One step of 32 completions in one micro-batch or in four: the same loss and gradient (dapo weighs every token
     of the step the same, so each micro-batch's token mean is scaled by its share of the step's tokens)."""
-    model, tok_file = checkpoint.load_model(tiny_init), checkpoint.tokenizer_file(tiny_init)
-    with torch.no_grad():  # a large <|end|> row in the output layer: completions stop after 1 to 12 tokens
-        model.lm_head.weight[Tokenizer.load(tok_file).end_id] *= 30
-    init = checkpoint.save(tmp_path / "init", 0, model, tokenizer_file=tok_file, meta={"stage": "init"})
+    init = save_ending_policy(tiny_init, tmp_path)  # completions stop after 1 to 12 tokens
     steps = []
     for mb in (32, 8):
         cfg = config(steps=1, micro_batch_size=mb, loss_type=loss_type, max_new_tokens=12)

@@ -73,12 +73,16 @@ RL_PANELS = [
     ),
     ("grpo", [("response_length", "tokens")], "step", "response length"),
     ("grpo", [("kl", "KL to the reference")], "step", "KL"),
+    # ptx: whether the RL stage keeps stage 2's loss on its instructions down
+    ("ppo", [("ptx_loss", "SFT loss (ptx)")], "step", "SFT loss on instructions"),
+    ("grpo", [("ptx_loss", "SFT loss (ptx)")], "step", "SFT loss on instructions"),
 ]
 
 
 def plot_rl(out: Path, stages: list[str]) -> Path | None:
     """The RL stages' curves: PPO's reward-model and gold reward against KL (over-optimisation shows as the gold
-    curve falling while the reward model's rises), GRPO's reward, held-out pass@1, response length and KL."""
+    curve falling while the reward model's rises), GRPO's reward, held-out pass@1, response length and KL, and either
+    stage's ptx loss."""
     panels = []
     for stage, series, x, title in RL_PANELS:
         if stage not in stages:

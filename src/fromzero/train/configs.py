@@ -186,6 +186,11 @@ class GRPOConfig(RolloutConfig, TaskSources):
     )
     max_new_tokens: int = Field(64, ge=1, description="longest completion")
     beta: float = Field(0.04, ge=0, description="KL coefficient towards the reference model; 0 drops the reference")
+    ptx_targets: Literal["data", "policy"] = Field(
+        "data",
+        description="ptx: learn the conversations' own answers (data), or answers the starting policy samples "
+        "to their prompts before training (policy: it keeps what the stages before taught, their style too)",
+    )
     clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
     clip_eps_high: float | None = Field(None, gt=0, description="upper clip ε_high (DAPO clip-higher); None: clip_eps")
     scale_rewards: bool = Field(True, description="divide advantages by their group's std (Dr. GRPO: off)")

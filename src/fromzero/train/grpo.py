@@ -17,7 +17,9 @@ reference (the starting model). The variants, with names from the papers and TRL
 
 With ptx_coef > 0 every micro-batch also carries instruction conversations whose SFT loss, times ptx_coef, joins
 the objective, as PPO-ptx's does: the KL term holds the policy only on the problems it samples, and this on the
-other questions stage 2 taught (language models, small talk, people), which GRPO would otherwise forget.
+other questions stage 2 taught (language models, small talk, people), which GRPO would otherwise forget. With
+ptx_targets "policy" the targets are the starting policy's own answers to those conversations' prompts, sampled
+once before training: the ptx term then holds what PPO taught (its style) as well as what SFT taught.
 
 With num_iterations (μ) = 1 every step samples afresh, the ratio is 1 and clipping never acts; with
 μ > 1 a rollout serves μ optimizer steps and the sampling policy's log-probs are kept from rollout time.
@@ -26,6 +28,7 @@ Rollouts come from the KV-cache sampler: prompts left-padded, each completion st
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,11 +39,11 @@ import torch
 import torch.nn as nn
 
 from fromzero import checkpoint, lora
-from fromzero.data.chat import Message
+from fromzero.data.chat import Message, render
 from fromzero.data.tasks import Task, encode_prompt
 from fromzero.dist import DistInfo, all_gather_objects, all_reduce_sum
 from fromzero.eval.reasoning import grade, sample_completions
-from fromzero.generate import Engine, row_seed
+from fromzero.generate import Engine, SamplingConfig, row_seed
 from fromzero.model import Transformer
 from fromzero.rewards import (
     RewardFn,
@@ -349,6 +352,44 @@ def pass_at_1_evaluator(cfg: GRPOConfig, tok: Tokenizer, heldout: list[Task], in
     return evaluate
 
 
+def policy_answers(
+    cfg: GRPOConfig,
+    policy: Transformer,
+    tok: Tokenizer,
+    conversations: Sequence[Sequence[Message]],
+    info: DistInfo,
+) -> list[list[Message]]:
+    """ptx_targets "policy": the conversations, up to their last answer, each ending with the answer the policy
+    samples to it instead (seeded per conversation; each rank samples its share and all ranks get every one). Only
+    as many as the run's ptx rows use, a seeded choice; those whose prompt leaves no room for max_new_tokens, or
+    whose answer runs into it, are left out."""
+    needed = cfg.steps * cfg.accumulation(info.world_size) * info.world_size * cfg.ptx_batch_size
+    room = cfg.seq_len - cfg.max_new_tokens
+    prompts: list[list[Message]] = []
+    ids: list[list[int]] = []
+    for messages in random.Random(f"{cfg.seed}:ptx").sample(list(conversations), len(conversations)):
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        encoded = render(tok, messages[:last], generation_prompt=True)[0] if last is not None else []
+        if encoded and len(encoded) <= room:
+            prompts.append(list(messages[:last]))
+            ids.append(encoded)
+        if len(prompts) == needed:
+            break
+    mine = list(range(info.rank, len(prompts), info.world_size))
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,))
+    was_training = policy.training
+    policy.eval()
+    with torch.no_grad(), loop.autocast(cfg, info.device, cfg.rollout_precision):
+        sampled = Engine(policy, tok).generate(
+            [ids[i] for i in mine], sampling, row_seeds=[row_seed(cfg.seed, -1, i) for i in mine]
+        )
+    policy.train(was_training)
+    # an answer cut off at max_new_tokens would teach the policy to stop there
+    answers = {i: c.text for i, c in zip(mine, sampled) if c.finish_reason == "stop"}
+    gathered = {i: a for part in all_gather_objects(answers) for i, a in part.items()}
+    return [prompts[i] + [{"role": "assistant", "content": gathered[i]}] for i in sorted(gathered)]
+
+
 def load_rewards(cfg: GRPOConfig) -> tuple[dict[str, RewardFn], dict[str, float]]:
     """The reward functions by metric name, and their weights."""
     funcs = dict(load_reward(spec) for spec in cfg.reward_funcs)
@@ -414,10 +455,20 @@ def train(
         )
     examples: list[sft.Example] = []
     if cfg.ptx_coef > 0:
+        if ptx and cfg.ptx_targets == "policy":
+            answered = policy_answers(cfg, model, tok, ptx, info)
+            if not answered:
+                raise ValueError(
+                    f"grpo.ptx_targets=policy: the starting policy finished none of its answers to the {len(ptx)} ptx "
+                    f"conversations within max_new_tokens ({cfg.max_new_tokens}); raise grpo.max_new_tokens, or set "
+                    "grpo.ptx_targets=data"
+                )
+            ptx = answered
         examples, counts = ptx_examples("grpo", cfg, tok, ptx)
         if info.is_main:
+            whose = ", the starting policy's answers" if cfg.ptx_targets == "policy" else ""
             log(
-                f"[grpo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations, "
+                f"[grpo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations{whose}, "
                 f"{cfg.ptx_batch_size} per micro-batch ({counts['truncated']} cut to seq_len)"
             )
     batches = GRPOBatches(cfg, model, reference, tok, fitting, funcs, weights, info, examples)
