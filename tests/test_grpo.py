@@ -262,6 +262,23 @@ def test_policy_ptx_targets_are_the_starting_policys_own_answers(tiny_init, tmp_
         train(short, TASKS, [], tiny_init, tmp_path / "random", ptx=PTX, log=lambda *_: None)
 
 
+def test_ptx_keep_ranks_the_conversations_by_the_reward_model(tiny_init, tmp_path):
+    """ptx_keep < 1: GRPO's ptx term learns from the share the reward model scores highest (PPO's ranking), which
+    needs a reward model, said in one line when there is none."""
+    from test_ppo import mean_feature_reward_model
+
+    tok_file = checkpoint.tokenizer_file(tiny_init)
+    tok = Tokenizer.load(tok_file)
+    feature = torch.tensor([float(any(c.isdigit() for c in tok.decode([i]))) for i in range(tok.vocab_size)])
+    rm = checkpoint.save(tmp_path / "rm", 0, mean_feature_reward_model(feature), tokenizer_file=tok_file, meta={})
+    lines: list[str] = []
+    cfg = config(steps=2, ptx_coef=1.0, ptx_keep=0.5)
+    train(cfg, TASKS, [], tiny_init, tmp_path / "ranked", ptx=PTX, reward_model=rm, log=lines.append)
+    assert any("on 6 conversations, the 3 of 6 the reward model scores highest" in line for line in lines), lines
+    with pytest.raises(ValueError, match=r"grpo.ptx_keep < 1 ranks the ptx conversations by a reward model"):
+        train(cfg, TASKS, [], tiny_init, tmp_path / "none", ptx=PTX, log=lambda *_: None)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
 def test_micro_batch_size_only_changes_memory(tiny_init, tmp_path, loss_type):
     """One step of 32 completions in one micro-batch or in four: the same loss and gradient (dapo weighs every token

@@ -105,10 +105,11 @@ def test_preference_stages_report_what_their_training_logged(run, stages):
     logged = jsonl(run / "ppo" / "metrics.jsonl")
     assert ppo["rm_reward_after"] == pytest.approx([r["val_reward"] for r in logged if "val_reward" in r][-1], 1e-4)
     assert logged[0]["kl"] == 0.0 and ppo["kl"] != 0  # the second rollout is sampled from a policy that moved
-    for name in ("dpo", "ppo"):
+    for name in ("dpo", "ppo", "grpo"):
         s = stages[name]
         assert 0.5 <= s["gold_win_rate_ceiling"] <= 1 and 0 <= s["gold_win_rate"] <= s["gold_win_rate_ceiling"]
-    assert stages["dpo"]["gold_score_before"] == ppo["gold_score_before"]  # both judged against SFT's same answers
+        # every one judged against SFT's same answers
+        assert s["gold_score_before"] == ppo["gold_score_before"]
 
 
 def test_grpo_is_graded_before_and_after_from_its_answers_log(run, stages):

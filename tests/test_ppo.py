@@ -19,12 +19,12 @@ from fromzero.train.ppo import (
     kl_penalty,
     ppo_policy_loss,
     reward_evaluator,
-    reward_ranked,
     train,
     value_loss,
     whiten,
 )
 from fromzero.train.reward import RewardModel, answer_rewards, load_reward_model
+from fromzero.train.rollout import reward_ranked
 from fromzero.train.sft import collate, tokenize
 
 

@@ -307,13 +307,19 @@ def grpo(
             "built-in world's",
         ),
     ] = None,
+    reward_model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--reward-model", help="reward model (`fromzero reward`) that ranks the ptx conversations for grpo.ptx_keep"
+        ),
+    ] = None,
     preset: Preset = "tiny",
     overrides: Overrides = None,
     resume: Resume = False,
 ):
     """Stage 4: reasoning by RL with verifiable rewards (GRPO): answers checked against the known result; pass@1 on
     held-out problems before and after. With grpo.ptx_coef > 0, SFT's loss on instruction conversations is mixed
-    in, so the other kinds of question hold."""
+    in, so the other kinds of question hold (with grpo.ptx_keep < 1, only on those --reward-model scores highest)."""
     from fromzero import checkpoint, dist
     from fromzero.data.sources import SourceStats
     from fromzero.data.tasks import load_tasks
@@ -330,7 +336,7 @@ def grpo(
     train, heldout = load_tasks(cfg.grpo, cfg.reasoning, build_world(cfg.world), cfg.seed, stats)
     if stats.skipped:
         typer.secho(f"skipped {stats.skipped} malformed records, e.g. {stats.errors[0]}", fg="yellow", err=True)
-    ckpt = stage.train(cfg.grpo, train, heldout, init, out, resume=resume, ptx=ptx)
+    ckpt = stage.train(cfg.grpo, train, heldout, init, out, resume=resume, ptx=ptx, reward_model=reward_model)
     info = dist.setup(cfg.grpo.device)
     if heldout and info.is_main:
         tok = Tokenizer.load(checkpoint.tokenizer_file(ckpt))

@@ -534,8 +534,8 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
 
 def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     """Stage 4: GRPO on the reasoning tasks from the last policy (with grpo.ptx_coef, SFT's loss on stage 2's
-    instructions mixed in), graded on held-out problems before and after, and on stage 2's held-out questions
-    (what it must not forget)."""
+    instructions mixed in), graded on held-out problems before and after, on stage 2's held-out questions (what it
+    must not forget) and by the gold win rate over SFT (what stage 3 gained)."""
     out = ctx.out / "grpo"
     init = checkpoint.resolve(ctx.out / source(ctx.cfg, "grpo").model)
     train, heldout = ctx.reasoning_tasks
@@ -545,7 +545,10 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     if ctx.info.is_main:
         before = ctx.reasoning_accuracy(init, log_to=None)
     ptx = ctx.sft_conversations() if ctx.cfg.grpo.ptx_coef > 0 else []
-    ckpt = grpo.train(ctx.cfg.grpo, train, heldout, init, out, resume=True, ptx=ptx)
+    # ptx_keep ranks them by stage 3's reward model, where one was trained
+    rm = ctx.out / "reward"
+    rm = checkpoint.resolve(rm) if ctx.cfg.grpo.ptx_keep < 1 and "reward" in stage_names(ctx.cfg) else None
+    ckpt = grpo.train(ctx.cfg.grpo, train, heldout, init, out, resume=True, ptx=ptx, reward_model=rm)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:
         after = ctx.reasoning_accuracy(ckpt, log_to=out / "heldout_answers.jsonl")
@@ -557,6 +560,8 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
             **{f"{k}_after": v for k, v in after.items() if k != "pass@1"},
             **{f"sft_{k}_after": v for k, v in qa_after.items()},
             **ctx.general_accuracy(ckpt, log_to=out / "general_answers.jsonl"),
+            # whether stage 4 keeps what stage 3 gained: the gold win rate over SFT, as PPO's and DPO's
+            **ctx.gold.win_rate(ckpt, checkpoint.resolve(ctx.out / "sft")),
         }
     return {"metrics": metrics, "checkpoint": ckpt, "chat": True}
 
@@ -642,10 +647,12 @@ def source(cfg: Config, stage: str) -> Start:
 
 
 def inputs(cfg: Config, stage: str) -> list[str]:
-    """The stages whose models a stage reads: the one it starts from, and for PPO the reward model too. When one of
-    them runs again, the stage is redone."""
+    """The stages whose models a stage reads: the one it starts from, and for PPO (and GRPO ranking its ptx
+    conversations) the reward model too. When one of them runs again, the stage is redone."""
     start = source(cfg, stage).model
-    return ([start] if start else []) + (["reward"] if stage == "ppo" else [])
+    g = cfg.grpo  # GRPO's ptx_keep ranks its ptx conversations by the reward model
+    ranks = stage == "grpo" and g.ptx_coef > 0 and g.ptx_keep < 1 and "reward" in stage_names(cfg)
+    return ([start] if start else []) + (["reward"] if stage == "ppo" or ranks else [])
 
 
 def run(cfg: Config, out: Path, *, redo: str | None = None, report: bool = True) -> dict[str, Any]:

@@ -161,7 +161,12 @@ STORY = {
     ),
     "grpo": (
         "Reasoning RL: GRPO rewards answers checked against the known result; it learns to work problems out.",
-        [("pass1_before", "pass@1 before"), ("pass1_after", "pass@1 after"), ("general_acc", "every kind")],
+        [
+            ("pass1_before", "pass@1 before"),
+            ("pass1_after", "pass@1 after"),
+            ("general_acc", "every kind"),
+            ("gold_win_rate", "gold win rate over SFT"),
+        ],
     ),
 }
 MEANING = {

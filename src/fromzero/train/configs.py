@@ -146,13 +146,6 @@ class PPOConfig(RolloutConfig):
     missing_eos_penalty: float | None = Field(
         None, ge=0, description="subtracted from the score of answers that never close with <|end|>; None: no penalty"
     )
-    ptx_keep: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="ptx: the share of the instruction conversations it learns from, those the reward model scores "
-        "highest (reward-ranked, as RAFT filters samples); 1: all of them",
-    )
     lr: PositiveFloat = 3e-5
 
     def step_shape(self) -> tuple[int, str]:
@@ -190,6 +183,12 @@ class GRPOConfig(RolloutConfig, TaskSources):
         "data",
         description="ptx: learn the conversations' own answers (data), or answers the starting policy samples "
         "to their prompts before training (policy: it keeps what the stages before taught, their style too)",
+    )
+    ptx_temperature: float = Field(
+        0.0,
+        ge=0,
+        description="ptx_targets=policy: the temperature of those answers; 0: greedy, the answer the policy gives "
+        "when asked (sampled ones carry its mistakes)",
     )
     clip_eps: float = Field(0.2, gt=0, description="clip range ε: ratios beyond [1-ε, 1+ε] give no gradient")
     clip_eps_high: float | None = Field(None, gt=0, description="upper clip ε_high (DAPO clip-higher); None: clip_eps")

@@ -18,8 +18,9 @@ reference (the starting model). The variants, with names from the papers and TRL
 With ptx_coef > 0 every micro-batch also carries instruction conversations whose SFT loss, times ptx_coef, joins
 the objective, as PPO-ptx's does: the KL term holds the policy only on the problems it samples, and this on the
 other questions stage 2 taught (language models, small talk, people), which GRPO would otherwise forget. With
-ptx_targets "policy" the targets are the starting policy's own answers to those conversations' prompts, sampled
-once before training: the ptx term then holds what PPO taught (its style) as well as what SFT taught.
+ptx_targets "policy" the targets are the starting policy's own answers to those conversations' prompts (greedy by
+default, ptx_temperature), made once before training: the ptx term then holds what PPO taught (its style) as well
+as what SFT taught.
 
 With num_iterations (μ) = 1 every step samples afresh, the ratio is 1 and clipping never acts; with
 μ > 1 a rollout serves μ optimizer steps and the sampling policy's log-probs are kept from rollout time.
@@ -57,6 +58,7 @@ from fromzero.rewards import (
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import common, loop, sft
 from fromzero.train.configs import GRPOConfig, LossType
+from fromzero.train.reward import load_reward_model
 from fromzero.train.rollout import Position, PtxRows, RolloutSource, collate, ptx_examples, token_logps
 
 # ---------------------------------------------------------------------------
@@ -360,7 +362,8 @@ def policy_answers(
     info: DistInfo,
 ) -> list[list[Message]]:
     """ptx_targets "policy": the conversations, up to their last answer, each ending with the answer the policy
-    samples to it instead (seeded per conversation; each rank samples its share and all ranks get every one). Only
+    gives instead, at ptx_temperature (seeded per conversation; each rank samples its share and all ranks get every
+    one). Only
     as many as the run's ptx rows use, a seeded choice; those whose prompt leaves no room for max_new_tokens, or
     whose answer runs into it, are left out."""
     needed = cfg.steps * cfg.accumulation(info.world_size) * info.world_size * cfg.ptx_batch_size
@@ -376,7 +379,9 @@ def policy_answers(
         if len(prompts) == needed:
             break
     mine = list(range(info.rank, len(prompts), info.world_size))
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.end_id,))
+    sampling = SamplingConfig(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.ptx_temperature, stop_tokens=(tok.end_id,)
+    )
     was_training = policy.training
     policy.eval()
     with torch.no_grad(), loop.autocast(cfg, info.device, cfg.rollout_precision):
@@ -414,10 +419,12 @@ def train(
     *,
     resume: bool = False,
     ptx: Sequence[Sequence[Message]] = (),
+    reward_model: Path | None = None,
     log=print,
 ) -> Path:
     """Tune the checkpoint at `init` with GRPO on tasks; returns the final checkpoint. ptx are the instruction
-    conversations of ptx_coef's SFT loss (usually stage 2's own)."""
+    conversations of ptx_coef's SFT loss (usually stage 2's own); with ptx_keep < 1 the reward model at
+    `reward_model` keeps the share of them it scores highest."""
     info, done = common.begin(cfg, out_dir, resume)
     if done:
         return done
@@ -455,8 +462,11 @@ def train(
         )
     examples: list[sft.Example] = []
     if cfg.ptx_coef > 0:
+        whose = ""
         if ptx and cfg.ptx_targets == "policy":
+            start = time.perf_counter()
             answered = policy_answers(cfg, model, tok, ptx, info)
+            whose = f", the starting policy's answers (sampled in {time.perf_counter() - start:.0f} s)"
             if not answered:
                 raise ValueError(
                     f"grpo.ptx_targets=policy: the starting policy finished none of its answers to the {len(ptx)} ptx "
@@ -464,9 +474,16 @@ def train(
                     "grpo.ptx_targets=data"
                 )
             ptx = answered
-        examples, counts = ptx_examples("grpo", cfg, tok, ptx)
+        scorer = None
+        if cfg.ptx_keep < 1 and reward_model is not None:
+            if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
+                raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
+            scorer = load_reward_model(reward_model, info.device).eval().requires_grad_(False)
+        examples, counts = ptx_examples("grpo", cfg, tok, ptx, scorer)
+        del scorer
+        if cfg.ptx_keep < 1:
+            whose += f", the {counts['kept']} of {counts['examples']} the reward model scores highest"
         if info.is_main:
-            whose = ", the starting policy's answers" if cfg.ptx_targets == "policy" else ""
             log(
                 f"[grpo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations{whose}, "
                 f"{cfg.ptx_batch_size} per micro-batch ({counts['truncated']} cut to seq_len)"

@@ -43,7 +43,7 @@ from fromzero.model import Transformer
 from fromzero.tokenizer import Tokenizer
 from fromzero.train import common, loop, sft
 from fromzero.train.configs import KLEstimator, PPOConfig
-from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model, score_responses
+from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
 from fromzero.train.rollout import (
     Position,
     PtxRows,
@@ -450,21 +450,6 @@ def reward_evaluator(
     return evaluate
 
 
-@torch.no_grad()
-def reward_ranked(
-    scorer: RewardModel, examples: Sequence[sft.Example], keep: float, pad_id: int, batch_size: int
-) -> list[sft.Example]:
-    """The `keep` share of the examples the reward model scores highest, in their order: SFT's data holds answers
-    of every style, and its loss on all of them would pull the policy back towards the styles PPO moves away from."""
-    scores: list[float] = []
-    for i in range(0, len(examples), batch_size):
-        ids = [list(e[0]) for e in examples[i : i + batch_size]]
-        scores += score_responses(scorer, ids, [[] for _ in ids], pad_id).tolist()
-    n = max(1, round(keep * len(examples)))
-    best = sorted(range(len(examples)), key=lambda i: (-scores[i], i))[:n]
-    return [examples[i] for i in sorted(best)]
-
-
 def train(
     cfg: PPOConfig,
     prompts: Sequence[Sequence[Message]],
@@ -515,12 +500,10 @@ def train(
         )
     examples: list[sft.Example] = []
     if cfg.ptx_coef > 0:
-        examples, counts = ptx_examples("ppo", cfg, tok, ptx)
+        examples, counts = ptx_examples("ppo", cfg, tok, ptx, scorer)
         ranked = ""
         if cfg.ptx_keep < 1:
-            n = len(examples)
-            examples = reward_ranked(scorer, examples, cfg.ptx_keep, tok.pad_id, cfg.micro_batch_size)
-            ranked = f", the {len(examples)} of {n} the reward model scores highest"
+            ranked = f", the {counts['kept']} of {counts['examples']} the reward model scores highest"
         if info.is_main:
             log(
                 f"[ppo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations{ranked}, "

@@ -20,8 +20,10 @@ from fromzero.generate import SamplingConfig
 from fromzero.tokenizer import Tokenizer
 from fromzero.train.loop import TrainConfig
 
-if TYPE_CHECKING:  # sft's config is defined beside this module's RolloutConfig subclasses: imported where used
+if TYPE_CHECKING:  # sft's and reward's configs are defined beside this module's RolloutConfig subclasses: imported
+    # where used
     from fromzero.train import sft
+    from fromzero.train.reward import RewardModel
 
 
 class RolloutConfig(TrainConfig, ABC):
@@ -52,6 +54,13 @@ class RolloutConfig(TrainConfig, ABC):
         "micro-batch's loss (PPO-ptx, Ouyang et al. 2022); 0: the RL loss alone",
     )
     ptx_batch_size: int = Field(8, ge=1, description="ptx: instruction conversations per micro-batch on one rank")
+    ptx_keep: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="ptx: the share of the instruction conversations it learns from, those the reward model scores "
+        "highest (reward-ranked, as RAFT filters samples); 1: all of them",
+    )
 
     @abstractmethod
     def step_shape(self) -> tuple[int, str]:
@@ -159,10 +168,15 @@ class RolloutSource(ABC):
 
 
 def ptx_examples(
-    stage: str, cfg: RolloutConfig, tok: Tokenizer, conversations: Sequence[Sequence[Message]]
+    stage: str,
+    cfg: RolloutConfig,
+    tok: Tokenizer,
+    conversations: Sequence[Sequence[Message]],
+    scorer: RewardModel | None = None,
 ) -> tuple[list[sft.Example], dict[str, int]]:
-    """The instruction conversations of ptx_coef's SFT loss, tokenized within seq_len (and the counts of
-    `sft.tokenize`); a one-line error when there are none to learn from."""
+    """The instruction conversations of ptx_coef's SFT loss, tokenized within seq_len, with ptx_keep < 1 only the
+    share `scorer` ranks highest (`reward_ranked`); and the counts of `sft.tokenize`, plus "kept". A one-line error
+    when there are none to learn from."""
     if not conversations:
         raise ValueError(
             f"{stage}.ptx_coef > 0 needs instruction conversations for its SFT loss (--ptx-data FILE); none were given"
@@ -174,7 +188,31 @@ def ptx_examples(
         raise ValueError(
             f"{stage}.ptx_coef: none of the instruction conversations has an answer to learn within seq_len"
         )
-    return examples, counts
+    if cfg.ptx_keep < 1:
+        if scorer is None:
+            raise ValueError(
+                f"{stage}.ptx_keep < 1 ranks the ptx conversations by a reward model, and none was given "
+                "(--reward-model DIR), or set it to 1"
+            )
+        examples = reward_ranked(scorer, examples, cfg.ptx_keep, tok.pad_id, cfg.micro_batch_size)
+    return examples, {**counts, "kept": len(examples)}
+
+
+@torch.no_grad()
+def reward_ranked(
+    scorer: RewardModel, examples: Sequence[sft.Example], keep: float, pad_id: int, batch_size: int
+) -> list[sft.Example]:
+    """The `keep` share of the examples the reward model scores highest, in their order: SFT's data holds answers
+    of every style, and its loss on all of them would pull the policy back towards the styles PPO moves away from."""
+    from fromzero.train.reward import score_responses
+
+    scores: list[float] = []
+    for i in range(0, len(examples), batch_size):
+        ids = [list(e[0]) for e in examples[i : i + batch_size]]
+        scores += score_responses(scorer, ids, [[] for _ in ids], pad_id).tolist()
+    n = max(1, round(keep * len(examples)))
+    best = sorted(range(len(examples)), key=lambda i: (-scores[i], i))[:n]
+    return [examples[i] for i in sorted(best)]
 
 
 class PtxRows:
