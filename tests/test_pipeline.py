@@ -123,6 +123,7 @@ def test_grpo_is_graded_before_and_after_from_its_answers_log(run, stages):
     logged = [r for r in jsonl(run / "grpo" / "metrics.jsonl") if "kl" in r]
     for i, r in enumerate(logged):
         assert (r["kl"] > 0) == any(x["frac_zero_std"] < 1 for x in logged[:i]), logged
+    assert all(r["ptx_loss"] > 0 for r in logged)  # SFT's loss on the conversations the reward model ranked
 
 
 def test_general_evaluation_grades_every_kind_from_sft_on(run, stages):

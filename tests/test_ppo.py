@@ -392,6 +392,9 @@ def test_ptx_keep_learns_from_the_conversations_the_reward_model_scores_highest(
     kept = reward_ranked(load_reward_model(rm_path), examples, 0.5, tok.pad_id, batch_size=3)
     assert kept == examples[1::2]  # every second answer is the digits
     assert len(kept) == 4 and reward_ranked(load_reward_model(rm_path), examples, 1e-9, tok.pad_id, 8) == [kept[0]]
+    # examples cut to seq_len hold seq_len + 1 tokens: ranked by a reward model of max_seq_len = seq_len, one is cut
+    long = tokenize(tok, [[{"role": "user", "content": "count"}, {"role": "assistant", "content": "1 2 " * 40}]], 48)[0]
+    assert len(long[0][0]) == 49 and reward_ranked(load_reward_model(rm_path), long, 1.0, tok.pad_id, 8) == long
     lines = []
     train(
         config(steps=2, ptx_coef=1.0, ptx_keep=0.5), PROMPTS, init, rm_path, tmp_path / "k", ptx=mixed, log=lines.append

@@ -310,7 +310,9 @@ def grpo(
     reward_model: Annotated[
         Optional[Path],
         typer.Option(
-            "--reward-model", help="reward model (`fromzero reward`) that ranks the ptx conversations for grpo.ptx_keep"
+            "--reward-model",
+            help="reward model (`fromzero reward`) that ranks the ptx conversations for grpo.ptx_keep; "
+            "without it GRPO-ptx learns from all of them",
         ),
     ] = None,
     preset: Preset = "tiny",

@@ -474,14 +474,17 @@ def train(
                     "grpo.ptx_targets=data"
                 )
             ptx = answered
-        scorer = None
+        scorer, ranking = None, cfg
         if cfg.ptx_keep < 1 and reward_model is not None:
             if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
                 raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
             scorer = load_reward_model(reward_model, info.device).eval().requires_grad_(False)
-        examples, counts = ptx_examples("grpo", cfg, tok, ptx, scorer)
+        elif cfg.ptx_keep < 1:  # a run without stage 3, or the command without --reward-model: nothing ranks them
+            ranking = cfg.model_copy(update={"ptx_keep": 1.0})
+            whose += f", all of them: grpo.ptx_keep={cfg.ptx_keep} ranks by a reward model, and none was given"
+        examples, counts = ptx_examples("grpo", ranking, tok, ptx, scorer)
         del scorer
-        if cfg.ptx_keep < 1:
+        if ranking.ptx_keep < 1:
             whose += f", the {counts['kept']} of {counts['examples']} the reward model scores highest"
         if info.is_main:
             log(

@@ -191,8 +191,7 @@ def ptx_examples(
     if cfg.ptx_keep < 1:
         if scorer is None:
             raise ValueError(
-                f"{stage}.ptx_keep < 1 ranks the ptx conversations by a reward model, and none was given "
-                "(--reward-model DIR), or set it to 1"
+                f"{stage}.ptx_keep < 1 ranks the ptx conversations by a reward model, and none was given; set it to 1"
             )
         examples = reward_ranked(scorer, examples, cfg.ptx_keep, tok.pad_id, cfg.micro_batch_size)
     return examples, {**counts, "kept": len(examples)}
@@ -208,7 +207,8 @@ def reward_ranked(
 
     scores: list[float] = []
     for i in range(0, len(examples), batch_size):
-        ids = [list(e[0]) for e in examples[i : i + batch_size]]
+        # an example holds up to seq_len + 1 tokens (inputs and targets), one more than a model of seq_len reads
+        ids = [list(e[0])[: scorer.cfg.max_seq_len] for e in examples[i : i + batch_size]]
         scores += score_responses(scorer, ids, [[] for _ in ids], pad_id).tolist()
     n = max(1, round(keep * len(examples)))
     best = sorted(range(len(examples)), key=lambda i: (-scores[i], i))[:n]
