@@ -363,9 +363,8 @@ def policy_answers(
 ) -> list[list[Message]]:
     """ptx_targets "policy": the conversations, up to their last answer, each ending with the answer the policy
     gives instead, at ptx_temperature (seeded per conversation; each rank samples its share and all ranks get every
-    one). Only
-    as many as the run's ptx rows use, a seeded choice; those whose prompt leaves no room for max_new_tokens, or
-    whose answer runs into it, are left out."""
+    one). Only as many as the run's ptx rows use, a seeded choice; those whose prompt leaves no room for
+    max_new_tokens, or whose answer runs into it, are left out."""
     needed = cfg.steps * cfg.accumulation(info.world_size) * info.world_size * cfg.ptx_batch_size
     room = cfg.seq_len - cfg.max_new_tokens
     prompts: list[list[Message]] = []
