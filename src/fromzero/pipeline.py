@@ -545,9 +545,8 @@ def stage_grpo(ctx: RunContext) -> dict[str, Any]:
     if ctx.info.is_main:
         before = ctx.reasoning_accuracy(init, log_to=None)
     ptx = ctx.sft_conversations() if ctx.cfg.grpo.ptx_coef > 0 else []
-    rm = None  # ptx_keep ranks them by stage 3's reward model, where one was trained
-    if ctx.cfg.grpo.ptx_keep < 1 and "reward" in stage_names(ctx.cfg):
-        rm = checkpoint.resolve(ctx.out / "reward")
+    # ptx_keep ranks them by stage 3's reward model, where one was trained (`inputs` names it then)
+    rm = checkpoint.resolve(ctx.out / "reward") if "reward" in inputs(ctx.cfg, "grpo") else None
     ckpt = grpo.train(ctx.cfg.grpo, train, heldout, init, out, resume=True, ptx=ptx, reward_model=rm)
     metrics: dict[str, float] = {}
     if ctx.info.is_main:

@@ -57,6 +57,12 @@ def check_seq_len(stage: str, cfg: loop.TrainConfig, model: Transformer, whose: 
         raise ValueError(f"{stage}.seq_len={cfg.seq_len} exceeds {limit}={model.cfg.max_seq_len}")
 
 
+def check_same_tokenizer(reward_model: Path, init: Path) -> None:
+    """A one-line error when the reward model at `reward_model` reads another tokenizer than the policy at `init`."""
+    if checkpoint.tokenizer_file(reward_model).read_bytes() != checkpoint.tokenizer_file(init).read_bytes():
+        raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
+
+
 def load_init(
     stage: str,
     cfg: loop.TrainConfig,

@@ -59,7 +59,7 @@ from fromzero.tokenizer import Tokenizer
 from fromzero.train import common, loop, sft
 from fromzero.train.configs import GRPOConfig, LossType
 from fromzero.train.reward import load_reward_model
-from fromzero.train.rollout import Position, PtxRows, RolloutSource, collate, ptx_examples, token_logps
+from fromzero.train.rollout import Position, RolloutSource, add_ptx, collate, ptx_examples, token_logps
 
 # ---------------------------------------------------------------------------
 # The loss: pure tensor functions
@@ -188,7 +188,7 @@ class GRPOBatches(RolloutSource):
         info: DistInfo,
         ptx: list[sft.Example] = (),
     ):
-        super().__init__(cfg, len(tasks), cfg.prompts_per_step, cfg.num_iterations, tok, info)
+        super().__init__(cfg, len(tasks), cfg.prompts_per_step, cfg.num_iterations, tok, info, ptx)
         self.cfg: GRPOConfig = cfg
         self.policy, self.reference, self.tasks = policy, reference, tasks
         self.engine = Engine(policy, tok)
@@ -196,7 +196,6 @@ class GRPOBatches(RolloutSource):
         self.prompts = [encode_prompt(tok, t, cfg.system_prompt) for t in tasks]
         self.stats = RewardStats()
         self.rollout: list[GRPOMicroBatch] = []
-        self.ptx = PtxRows(list(ptx), self) if ptx else None
 
     def _serve(self, at: Position) -> GRPOMicroBatch:
         batch = self.rollout[at.micro]
@@ -204,14 +203,9 @@ class GRPOBatches(RolloutSource):
             return batch
         return batch._replace(ptx=self.ptx.next(self.policy), ptx_share=self.ptx.share(batch.weight))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "ptx_order": self.ptx.state_dict() if self.ptx is not None else None}
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.rollout = [GRPOMicroBatch(*batch) for batch in self.rollout]
-        if self.ptx is not None:
-            self.ptx.load_state_dict(state.get("ptx_order"))
 
     def _sample(self, indices: list[int], round_: int) -> list[Group]:
         """This rank's groups for `indices`, then every rank's, in rank order (the order of one process)."""
@@ -328,10 +322,7 @@ def grpo_loss_fn(cfg: GRPOConfig):
         with torch.no_grad():
             metrics["entropy"] = -(log_probs.exp() * log_probs).sum(-1).mean().item() if len(log_probs) else 0.0
         if batch.ptx is not None:
-            # the loop scales all of the loss by the micro-batch's share; ptx_share makes the ptx term's equal
-            ptx_loss = model(*batch.ptx)
-            loss = loss + cfg.ptx_coef * ptx_loss * batch.ptx_share
-            metrics["ptx_loss"] = ptx_loss.item() * batch.ptx_share
+            loss = add_ptx(loss, model(*batch.ptx), cfg.ptx_coef, batch.ptx_share, metrics)
         return loss, {**batch.metrics, **metrics}
 
     return loss_fn
@@ -473,18 +464,18 @@ def train(
                     "grpo.ptx_targets=data"
                 )
             ptx = answered
-        scorer, ranking = None, cfg
+        scorer = None
         if cfg.ptx_keep < 1 and reward_model is not None:
-            if checkpoint.tokenizer_file(reward_model).read_bytes() != tok_file.read_bytes():
-                raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
+            common.check_same_tokenizer(reward_model, init)
             scorer = load_reward_model(reward_model, info.device).eval().requires_grad_(False)
-        elif cfg.ptx_keep < 1:  # a run without stage 3, or the command without --reward-model: nothing ranks them
-            ranking = cfg.model_copy(update={"ptx_keep": 1.0})
-            whose += f", all of them: grpo.ptx_keep={cfg.ptx_keep} ranks by a reward model, and none was given"
-        examples, counts = ptx_examples("grpo", ranking, tok, ptx, scorer)
+        examples, counts = ptx_examples("grpo", cfg, tok, ptx, scorer)
+        if cfg.ptx_keep < 1:  # without stage 3 (or --reward-model) nothing ranks them: all are kept, and said so
+            whose += (
+                f", the {counts['kept']} of {counts['examples']} the reward model scores highest"
+                if scorer is not None
+                else f", all of them: grpo.ptx_keep={cfg.ptx_keep} ranks by a reward model, and none was given"
+            )
         del scorer
-        if ranking.ptx_keep < 1:
-            whose += f", the {counts['kept']} of {counts['examples']} the reward model scores highest"
         if info.is_main:
             log(
                 f"[grpo] ptx: SFT loss × {cfg.ptx_coef} on {counts['examples']} conversations{whose}, "

@@ -46,8 +46,8 @@ from fromzero.train.configs import KLEstimator, PPOConfig
 from fromzero.train.reward import RewardModel, answer_rewards, last_token_rewards, load_reward_model
 from fromzero.train.rollout import (
     Position,
-    PtxRows,
     RolloutSource,
+    add_ptx,
     collate,
     logits_logps,
     ptx_examples,
@@ -257,10 +257,10 @@ class PPOBatches(RolloutSource):
         info: DistInfo,
         ptx: list[sft.Example] = (),
     ):
-        super().__init__(cfg, len(prompts), cfg.prompts_per_rollout, cfg.ppo_epochs * cfg.num_minibatches, tok, info)
+        steps = cfg.ppo_epochs * cfg.num_minibatches
+        super().__init__(cfg, len(prompts), cfg.prompts_per_rollout, steps, tok, info, ptx)
         self.cfg: PPOConfig = cfg
         self.model, self.reference, self.reward_model = model, reference, reward_model
-        self.ptx = PtxRows(list(ptx), self) if ptx else None
         self.prompts, self.gold = prompts, gold
         self.minibatch_size = cfg.prompts_per_rollout // cfg.num_minibatches
         self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)  # only updated with adaptive_kl
@@ -297,13 +297,10 @@ class PPOBatches(RolloutSource):
             **super().state_dict(),
             "kl_coef": self.kl.value,
             "value_model": self.model.value.state_dict(),
-            "ptx_order": self.ptx.state_dict() if self.ptx is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if self.ptx is not None:
-            self.ptx.load_state_dict(state.get("ptx_order"))
         self.kl.value = state["kl_coef"]
         self.model.value.load_state_dict(state["value_model"])
 
@@ -411,9 +408,7 @@ def ppo_loss_fn(cfg: PPOConfig):
         metrics.update(vf_metrics, policy_loss=policy_loss.item(), value_loss=vf_loss.item(), entropy=entropy.item())
         loss = policy_loss + cfg.vf_coef * vf_loss
         if ptx_loss is not None:
-            # the loop scales all of the loss by batch.weight (a token share); ptx_share undoes it for the ptx term
-            loss = loss + cfg.ptx_coef * ptx_loss * batch.ptx_share
-            metrics["ptx_loss"] = ptx_loss.item() * batch.ptx_share
+            loss = add_ptx(loss, ptx_loss, cfg.ptx_coef, batch.ptx_share, metrics)
         return loss, {**batch.metrics, **metrics}
 
     return loss_fn
@@ -480,8 +475,7 @@ def train(
             "rank, which sharded parameters (gathered per forward, every rank in step) cannot; "
             "use parallel=ddp"
         )
-    if checkpoint.tokenizer_file(reward_model).read_bytes() != checkpoint.tokenizer_file(init).read_bytes():
-        raise ValueError(f"the reward model at {reward_model} uses another tokenizer than the policy at {init}")
+    common.check_same_tokenizer(reward_model, init)
     tok_file, tok, policy = common.load_init("ppo", cfg, init, info, whose="policy")
     value = load_reward_model(reward_model, info.device)
     common.check_seq_len("ppo", cfg, value, "reward model")

@@ -102,9 +102,10 @@ def position(calls: int, steps_per_rollout: int, accumulation: int) -> Position:
 
 class RolloutSource(ABC):
     """What the RL batch sources share: a seeded order of the prompts, of which each rank samples its share of a
-    rollout's; answers sampled up to <|end|>; and a rollout made every steps_per_rollout optimizer steps, each
-    step served as this rank's accumulation micro-batches (`_serve`). Its state, for exact resume, is the prompt
-    order, the micro-batches served and the current rollout."""
+    rollout's; answers sampled up to <|end|>; a rollout made every steps_per_rollout optimizer steps, each step
+    served as this rank's accumulation micro-batches (`_serve`); and, given ptx examples, their rows (`PtxRows`).
+    Its state, for exact resume, is the prompt order, the micro-batches served, the current rollout and the ptx
+    rows' order."""
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class RolloutSource(ABC):
         steps_per_rollout: int,
         tok: Tokenizer,
         info: DistInfo,
+        ptx: Sequence[sft.Example] = (),
     ):
         self.cfg, self.tok, self.info, self.device = cfg, tok, info, info.device
         self.steps_per_rollout = steps_per_rollout
@@ -128,6 +130,7 @@ class RolloutSource(ABC):
         self.calls = 0
         self.rollout: Any = None
         self._spent = 0.0
+        self.ptx = PtxRows(list(ptx), self) if ptx else None
 
     def spend(self, model: nn.Module, tokens: int, backward: bool = False) -> None:
         """Count a pass of `model` over `tokens` tokens outside the loop's own input ids: a forward (sampling
@@ -160,11 +163,14 @@ class RolloutSource(ABC):
         """The micro-batch at `at` of the current rollout."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout}
+        ptx = self.ptx.state_dict() if self.ptx is not None else None
+        return {"order": self.order.state_dict(), "calls": self.calls, "rollout": self.rollout, "ptx_order": ptx}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state["order"])
         self.calls, self.rollout = state["calls"], state["rollout"]
+        if self.ptx is not None:
+            self.ptx.load_state_dict(state.get("ptx_order"))
 
 
 def ptx_examples(
@@ -174,9 +180,9 @@ def ptx_examples(
     conversations: Sequence[Sequence[Message]],
     scorer: RewardModel | None = None,
 ) -> tuple[list[sft.Example], dict[str, int]]:
-    """The instruction conversations of ptx_coef's SFT loss, tokenized within seq_len, with ptx_keep < 1 only the
-    share `scorer` ranks highest (`reward_ranked`); and the counts of `sft.tokenize`, plus "kept". A one-line error
-    when there are none to learn from."""
+    """The instruction conversations of ptx_coef's SFT loss, tokenized within seq_len, with ptx_keep < 1 and a
+    reward model (`scorer`) only the share it ranks highest (`reward_ranked`); and the counts of `sft.tokenize`,
+    plus "kept". A one-line error when there are none to learn from."""
     if not conversations:
         raise ValueError(
             f"{stage}.ptx_coef > 0 needs instruction conversations for its SFT loss (--ptx-data FILE); none were given"
@@ -188,11 +194,7 @@ def ptx_examples(
         raise ValueError(
             f"{stage}.ptx_coef: none of the instruction conversations has an answer to learn within seq_len"
         )
-    if cfg.ptx_keep < 1:
-        if scorer is None:
-            raise ValueError(
-                f"{stage}.ptx_keep < 1 ranks the ptx conversations by a reward model, and none was given; set it to 1"
-            )
+    if cfg.ptx_keep < 1 and scorer is not None:
         examples = reward_ranked(scorer, examples, cfg.ptx_keep, tok.pad_id, cfg.micro_batch_size)
     return examples, {**counts, "kept": len(examples)}
 
@@ -248,6 +250,16 @@ class PtxRows:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is not None:
             self.order.load_state_dict(state)
+
+
+def add_ptx(
+    loss: torch.Tensor, ptx_loss: torch.Tensor, coef: float, share: float, metrics: dict[str, float]
+) -> torch.Tensor:
+    """An RL micro-batch's loss with its ptx term, coef × the SFT loss times `share` (`PtxRows.share`: the loop
+    scales all of the loss by the micro-batch's share of the step, which the ptx term must not take); its metric
+    "ptx_loss" is logged at the same share, so the step's log holds the SFT loss itself."""
+    metrics["ptx_loss"] = ptx_loss.item() * share
+    return loss + coef * ptx_loss * share
 
 
 def collate(rows: Sequence[tuple[list[int], list[int], bool]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
